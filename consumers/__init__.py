@@ -1,0 +1,1 @@
+"""RabbitMQ: the domain-event consumer, payload schemas and mapping, and the event publisher."""

@@ -1,0 +1,1 @@
+"""What every part of the service needs: settings and small shared primitives."""

@@ -1,0 +1,128 @@
+"""The service's configuration: one typed object, built once from the environment at start."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import zoneinfo
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import msgspec
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
+
+
+class SettingsError(SystemExit):
+    """A variable is missing or malformed; the message names it and start-up stops."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        self.variable = variable
+        self.problem = problem
+        super().__init__(f"bad setting {variable}: {problem}")
+
+
+def _url(*schemes: str) -> Any:
+    alternatives = "|".join(re.escape(s) for s in schemes)
+    return Annotated[str, msgspec.Meta(pattern=rf"^({alternatives})://")]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
+    clickhouse_url: _url("chdb", "http", "https") = "chdb://./data/clickhouse"  # type: ignore[valid-type]
+    clickhouse_database: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = (
+        "analytics"
+    )
+    # Server mode on a cluster: DDL gets ON CLUSTER and Replicated engines.
+    clickhouse_cluster: str = ""
+    redis_url: _url("redis", "rediss", "unix") = "redis://127.0.0.1:6379/0"  # type: ignore[valid-type]
+    amqp_url: _url("amqp", "amqps") = "amqp://guest:guest@127.0.0.1:5672/"  # type: ignore[valid-type]
+    amqp_exchange: Annotated[str, msgspec.Meta(min_length=1)] = "lomash.events"
+    storage_url: _url("file", "s3") = "file://./data/objects"  # type: ignore[valid-type]
+    s3_endpoint_url: str = ""
+    geoip_db: str = ""
+    auth_jwt_secret: str = ""
+    auth_jwt_public_key: str = ""
+    report_timezone: str = "Europe/London"
+    rate_limit: str = "100/minute"
+    trusted_proxies: tuple[str, ...] = ()
+    flush_max_rows: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    flush_interval_ms: Annotated[int, msgspec.Meta(ge=10, le=600_000)] = 1_000
+    api_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+
+    @property
+    def embedded(self) -> bool:
+        """True when ClickHouse runs in this process (chDB), which allows one process only."""
+        return self.clickhouse_url.startswith("chdb://")
+
+    @property
+    def rate_limit_per_window(self) -> tuple[int, str]:
+        match = _RATE.match(self.rate_limit)
+        assert match is not None  # checked in load_settings
+        return int(match.group(1)), match.group(2)
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies)
+
+
+_FIELDS = msgspec.structs.fields(Settings)
+
+
+def _split_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _variable_of(error: msgspec.ValidationError) -> tuple[str, str]:
+    message = str(error)
+    match = re.search(r" - at `\$\.(\w+)`", message)
+    if match is None:
+        return "?", message
+    return match.group(1).upper(), message[: match.start()]
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from the environment; a bad value raises SettingsError naming it."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    for field in _FIELDS:
+        name = field.name.upper()
+        if name not in env:
+            continue
+        value = env[name]
+        raw[field.name] = _split_list(value) if field.name == "trusted_proxies" else value
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as error:
+        variable, problem = _variable_of(error)
+        if variable in env:
+            problem = f"{problem} (got {env[variable]!r})"
+        raise SettingsError(variable, problem) from None
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    if not _RATE.match(settings.rate_limit):
+        raise SettingsError(
+            "RATE_LIMIT", f"expected N/second|minute|hour|day, got {settings.rate_limit!r}"
+        )
+    try:
+        zoneinfo.ZoneInfo(settings.report_timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(
+            "REPORT_TIMEZONE", f"unknown time zone {settings.report_timezone!r}"
+        ) from None
+    for proxy in settings.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise SettingsError(
+                "TRUSTED_PROXIES", f"{proxy!r} is not an IP address or network"
+            ) from None
+    if settings.embedded and not settings.clickhouse_url.removeprefix("chdb://"):
+        raise SettingsError("CLICKHOUSE_URL", "chdb:// needs a data path, e.g. chdb://./data/ch")
+    if settings.auth_jwt_public_key and "BEGIN PUBLIC KEY" not in settings.auth_jwt_public_key:
+        raise SettingsError("AUTH_JWT_PUBLIC_KEY", "expected an RS256 public key in PEM form")

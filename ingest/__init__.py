@@ -1,0 +1,1 @@
+"""The HTTP edge: beacon endpoint, enrichment, batch writer, admin API, tracker script."""

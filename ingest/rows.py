@@ -1,0 +1,45 @@
+"""The row a tracking event becomes in `tracking_events`, in the table's column names."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+
+class TrackingRow(msgspec.Struct, kw_only=True):
+    event_id: uuid.UUID
+    event_type: str
+    session_id: uuid.UUID
+    user_id: uuid.UUID | None
+    received_at: datetime
+    client_timestamp: datetime | None
+    url: str
+    referrer: str = ""
+    user_agent: str = ""
+    device_type: str = ""
+    browser: str = ""
+    browser_version: str = ""
+    os: str = ""
+    os_version: str = ""
+    is_bot: bool = False
+    country: str = ""
+    region: str = ""
+    city: str = ""
+    session_seq: int = 0
+    session_started_at: datetime | None = None
+    landing_page: str = ""
+    entry_referrer: str = ""
+    utm_source: str = ""
+    utm_medium: str = ""
+    utm_campaign: str = ""
+    is_returning: bool = False
+    properties: str = "{}"
+
+    def values(self) -> tuple[Any, ...]:
+        return msgspec.structs.astuple(self)
+
+
+TRACKING_COLUMNS: tuple[str, ...] = TrackingRow.__struct_fields__

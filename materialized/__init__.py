@@ -1,0 +1,1 @@
+"""ClickHouse: the client, the migration runner and the read side (counters, funnels, widgets)."""

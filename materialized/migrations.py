@@ -1,0 +1,123 @@
+"""Applies `sql/NNNN_what.sql` in order, once each, and refuses files edited after they ran."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from materialized.warehouse import Warehouse
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(Exception):
+    """The migration files and the database disagree; nothing further was applied."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    text: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def statements(self, cluster: str) -> list[str]:
+        on_cluster = f"ON CLUSTER `{cluster}`" if cluster else ""
+        replicated = "Replicated" if cluster else ""
+        rendered = self.text.replace("${ON_CLUSTER}", on_cluster).replace(
+            "${REPLICATED}", replicated
+        )
+        return split_statements(rendered)
+
+
+def load_migrations(directory: Path = SQL_DIR) -> list[Migration]:
+    migrations: list[Migration] = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if match is None:
+            raise MigrationError(f"{path.name}: migration files are named NNNN_what.sql")
+        migrations.append(Migration(int(match.group(1)), path.name, path.read_text()))
+    versions = [m.version for m in migrations]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migration files share a number in {directory}")
+    return migrations
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split on `;` outside quotes and comments (the HTTP interface takes one statement a call)."""
+    statements: list[str] = []
+    current: list[str] = []
+    i, quote = 0, ""
+    while i < len(sql):
+        ch = sql[i]
+        if quote:
+            current.append(ch)
+            if ch == "\\" and i + 1 < len(sql):
+                current.append(sql[i + 1])
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "'`\"":
+            quote = ch
+            current.append(ch)
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = len(sql) if end == -1 else end
+            continue
+        elif ch == ";":
+            statements.append("".join(current).strip())
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    statements.append("".join(current).strip())
+    return [s for s in statements if s]
+
+
+async def applied_checksums(warehouse: Warehouse) -> dict[int, tuple[str, str]]:
+    exists = await warehouse.scalar(
+        "SELECT count() FROM system.tables WHERE database = currentDatabase()"
+        " AND name = 'schema_migrations'"
+    )
+    if not exists:
+        return {}
+    rows = await warehouse.rows("SELECT version, name, checksum FROM schema_migrations FINAL")
+    return {int(v): (str(n), str(c)) for v, n, c in rows}
+
+
+async def migrate(
+    warehouse: Warehouse, *, cluster: str = "", directory: Path = SQL_DIR
+) -> list[str]:
+    """Apply pending migrations in order; returns the names applied (empty when up to date)."""
+    migrations = load_migrations(directory)
+    applied = await applied_checksums(warehouse)
+    known = {m.version for m in migrations}
+    for version, (name, _) in sorted(applied.items()):
+        if version not in known:
+            raise MigrationError(f"{name} was applied but its file is gone from {directory}")
+    for migration in migrations:
+        if migration.version in applied and applied[migration.version][1] != migration.checksum:
+            raise MigrationError(
+                f"{migration.name} was edited after it was applied (checksum "
+                f"{applied[migration.version][1][:12]}… in the database, "
+                f"{migration.checksum[:12]}… on disk); put the change in a new migration"
+            )
+    done: list[str] = []
+    for migration in migrations:
+        if migration.version in applied:
+            continue
+        for statement in migration.statements(cluster):
+            await warehouse.command(statement)
+        await warehouse.insert(
+            "schema_migrations",
+            [(migration.version, migration.name, migration.checksum)],
+            ("version", "name", "checksum"),
+        )
+        done.append(migration.name)
+    return done

@@ -1,0 +1,143 @@
+"""The one owner of ClickHouse access: async methods over clickhouse-connect's sync client.
+
+chDB (the embedded default) has only a synchronous client, and the HTTP client is synchronous
+too, so every call runs on a small thread pool and the event loop never waits on ClickHouse.
+Each pool thread keeps its own client, which keeps per-connection session state apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+T = TypeVar("T")
+
+
+def chdb_path(url: str) -> str:
+    """`chdb://./data/ch` and `chdb:///abs/ch` both name a directory; the rest is literal."""
+    return str(Path(unquote(url.removeprefix("chdb://"))).resolve())
+
+
+def _open_client(url: str, database: str | None) -> Client:
+    if url.startswith("chdb://"):
+        Path(chdb_path(url)).mkdir(parents=True, exist_ok=True)
+        return clickhouse_connect.get_client(
+            interface="chdb", path=chdb_path(url), database=database
+        )
+    parsed = urlparse(url)
+    return clickhouse_connect.get_client(
+        interface=parsed.scheme,
+        host=parsed.hostname,
+        port=parsed.port or (8443 if parsed.scheme == "https" else 8123),
+        username=unquote(parsed.username or "default"),
+        password=unquote(parsed.password or ""),
+        database=database,
+        # Concurrent queries from the pool must not share one server-side session.
+        autogenerate_session_id=False,
+    )
+
+
+class Warehouse:
+    """Async access to one ClickHouse database, embedded (chdb://) or a server (http[s]://)."""
+
+    def __init__(self, url: str, database: str, *, threads: int = 4) -> None:
+        self.url = url
+        self.database = database
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clickhouse")
+        self._local = threading.local()
+        self._clients: list[Client] = []
+        self._clients_lock = threading.Lock()
+
+    @property
+    def embedded(self) -> bool:
+        return self.url.startswith("chdb://")
+
+    async def open(self) -> None:
+        """Create the database if it is missing; later calls run inside it."""
+        def create() -> None:
+            bootstrap = _open_client(self.url, None)
+            try:
+                bootstrap.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+            finally:
+                bootstrap.close()
+
+        await self._run(create)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
+
+    def _shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+        with self._clients_lock:
+            for client in self._clients:
+                client.close()
+            self._clients.clear()
+
+    def _client(self) -> Client:
+        client: Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = _open_client(self.url, self.database)
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, partial(fn, *args, **kwargs))
+
+    async def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        return await self._run(lambda: self._client().command(sql, parameters=parameters))
+
+    async def rows(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        def query() -> list[tuple[Any, ...]]:
+            return list(self._client().query(sql, parameters=parameters).result_rows)
+
+        result: list[tuple[Any, ...]] = await self._run(query)
+        return result
+
+    async def dicts(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        def query() -> list[dict[str, Any]]:
+            return list(self._client().query(sql, parameters=parameters).named_results())
+
+        result: list[dict[str, Any]] = await self._run(query)
+        return result
+
+    async def scalar(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        rows = await self.rows(sql, parameters)
+        return rows[0][0] if rows else None
+
+    async def insert(
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        *,
+        dedup_token: str | None = None,
+    ) -> None:
+        """Insert rows; the same `dedup_token` again stores nothing (a retried batch lands once)."""
+        settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
+
+        def insert() -> None:
+            self._client().insert(table, rows, column_names=list(columns), settings=settings)
+
+        await self._run(insert)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.scalar("SELECT 1") == 1)
+        except Exception:
+            return False

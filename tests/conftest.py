@@ -1,0 +1,148 @@
+"""Fixtures: real ClickHouse (chDB in a temp dir, a fresh database per test), real Redis and
+RabbitMQ, and the real HTTP server on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from sanic import Sanic
+
+from core.settings import Settings, load_settings
+from ingest.app import create_app
+from ingest.services import Services, app_services
+from materialized.migrations import migrate
+from materialized.warehouse import Warehouse
+
+Sanic.test_mode = True
+
+
+@pytest.fixture(scope="session")
+def chdb_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    # chDB opens one data path per process, so every test shares this one and isolates by
+    # database name.
+    return f"chdb://{tmp_path_factory.mktemp('clickhouse')}"
+
+
+@pytest.fixture
+def database() -> str:
+    return f"test_{uuid.uuid4().hex[:12]}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def settings(chdb_url: str, database: str, tmp_path: Path) -> Settings:
+    return load_settings(
+        {
+            "PORT": str(free_port()),
+            "CLICKHOUSE_URL": chdb_url,
+            "CLICKHOUSE_DATABASE": database,
+            "STORAGE_URL": f"file://{tmp_path / 'objects'}",
+            "FLUSH_INTERVAL_MS": "50",
+        }
+    )
+
+
+@pytest.fixture
+async def warehouse(settings: Settings) -> AsyncIterator[Warehouse]:
+    wh = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
+    await wh.open()
+    await migrate(wh)
+    yield wh
+    await wh.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}`")
+    await wh.close()
+
+
+class Running:
+    """A started app: its base URL, an HTTP client and its services."""
+
+    def __init__(self, app: Sanic, base_url: str, http: httpx.AsyncClient) -> None:  # type: ignore[type-arg]
+        self.app = app
+        self.base_url = base_url
+        self.http = http
+
+    @property
+    def services(self) -> Services:
+        return app_services(self.app)
+
+    async def drain(self) -> None:
+        """Write out whatever the batch writer holds, so assertions see every accepted row."""
+        await self.services.tracking_writer.flush(force_retries=True)
+
+
+@pytest.fixture
+async def make_server(
+    warehouse: Warehouse,
+) -> AsyncIterator[Callable[[Settings], Any]]:
+    started: list[tuple[Any, httpx.AsyncClient]] = []
+
+    async def start(settings: Settings) -> Running:
+        app = create_app(settings, name=f"t{uuid.uuid4().hex[:10]}")
+        server = await app.create_server(
+            host="127.0.0.1", port=settings.port, return_asyncio_server=True,
+            access_log=False,
+        )
+        assert server is not None
+        await server.startup()
+        await server.before_start()
+        await server.after_start()
+        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}", timeout=10)
+        started.append((server, http))
+        return Running(app, f"http://127.0.0.1:{settings.port}", http)
+
+    yield start
+    for server, http in started:
+        await http.aclose()
+        await server.before_stop()
+        server.close()
+        await server.wait_closed()
+        await server.after_stop()
+
+
+@pytest.fixture
+async def server(make_server: Callable[[Settings], Any], settings: Settings) -> Running:
+    running: Running = await make_server(settings)
+    return running
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    """A valid tracking event as a browser would send it."""
+    body: dict[str, Any] = {
+        "eventType": "PAGEVIEW",
+        "sessionId": str(uuid.uuid4()),
+        "userId": None,
+        "metadata": {
+            "url": "https://www.lomashwood.co.uk/kitchens/shaker-oak",
+            "referrer": "https://www.google.com/",
+            "userAgent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0 Safari/537.36",
+            "deviceType": "desktop",
+        },
+        "properties": {"productId": "kit-shaker-oak", "price": 1249.5},
+    }
+    body.update(overrides)
+    return body
+
+
+def encode(value: Any) -> bytes:
+    return msgspec.json.encode(value)
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)

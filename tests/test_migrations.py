@@ -1,0 +1,106 @@
+import shutil
+from pathlib import Path
+
+import pytest
+
+from materialized.migrations import SQL_DIR, MigrationError, load_migrations, migrate, split_statements
+from materialized.warehouse import Warehouse
+
+
+@pytest.fixture
+def sql_dir(tmp_path: Path) -> Path:
+    copy = tmp_path / "sql"
+    shutil.copytree(SQL_DIR, copy)
+    return copy
+
+
+@pytest.fixture
+async def empty_warehouse(settings) -> Warehouse:  # type: ignore[no-untyped-def]
+    wh = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
+    await wh.open()
+    yield wh
+    await wh.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}`")
+    await wh.close()
+
+
+async def test_fresh_database_gets_every_migration_in_order(empty_warehouse: Warehouse) -> None:
+    applied = await migrate(empty_warehouse)
+    assert applied == [m.name for m in load_migrations()]
+    recorded = await empty_warehouse.rows(
+        "SELECT version, name, checksum FROM schema_migrations FINAL ORDER BY version"
+    )
+    assert [(v, n, c) for v, n, c in recorded] == [
+        (m.version, m.name, m.checksum) for m in load_migrations()
+    ]
+    engine, sorting_key, partition_key, ttl = (await empty_warehouse.rows(
+        "SELECT engine, sorting_key, partition_key, "
+            "create_table_query LIKE '%TTL toDateTime(received_at) + toIntervalDay(90)%'"
+        " FROM system.tables WHERE database = currentDatabase() AND name = 'tracking_events'"
+    ))[0]
+    assert engine == "MergeTree"
+    assert sorting_key.startswith("event_type, received_at")
+    assert partition_key == "toYYYYMM(received_at)"
+    assert ttl
+
+
+async def test_running_again_changes_nothing(empty_warehouse: Warehouse) -> None:
+    await migrate(empty_warehouse)
+    assert await migrate(empty_warehouse) == []
+    assert await empty_warehouse.scalar("SELECT count() FROM schema_migrations") == len(
+        load_migrations()
+    )
+
+
+async def test_a_new_file_is_applied_after_the_old_ones(
+    empty_warehouse: Warehouse, sql_dir: Path
+) -> None:
+    await migrate(empty_warehouse, directory=sql_dir)
+    (sql_dir / "9000_extra.sql").write_text(
+        "-- a test table\nCREATE TABLE extra (a UInt8, s String DEFAULT 'x;y') "
+        "ENGINE = MergeTree ORDER BY a;\nINSERT INTO extra (a) VALUES (7);\n"
+    )
+    assert await migrate(empty_warehouse, directory=sql_dir) == ["9000_extra.sql"]
+    assert await empty_warehouse.rows("SELECT a, s FROM extra") == [(7, "x;y")]
+
+
+async def test_an_edited_applied_file_is_refused(
+    empty_warehouse: Warehouse, sql_dir: Path
+) -> None:
+    await migrate(empty_warehouse, directory=sql_dir)
+    target = sql_dir / "0002_tracking_events.sql"
+    target.write_text(target.read_text().replace("90 DAY", "30 DAY"))
+    (sql_dir / "9000_extra.sql").write_text("CREATE TABLE extra (a UInt8) ENGINE = Log;")
+    with pytest.raises(MigrationError, match=r"0002_tracking_events.sql was edited after it was"):
+        await migrate(empty_warehouse, directory=sql_dir)
+    # Nothing after the refusal ran.
+    assert not await empty_warehouse.scalar(
+        "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'extra'"
+    )
+
+
+async def test_an_applied_file_that_disappeared_is_refused(
+    empty_warehouse: Warehouse, sql_dir: Path
+) -> None:
+    await migrate(empty_warehouse, directory=sql_dir)
+    (sql_dir / "0002_tracking_events.sql").unlink()
+    with pytest.raises(MigrationError, match="its file is gone"):
+        await migrate(empty_warehouse, directory=sql_dir)
+
+
+def test_badly_named_file_is_refused(sql_dir: Path) -> None:
+    (sql_dir / "add-things.sql").write_text("SELECT 1")
+    with pytest.raises(MigrationError, match="NNNN_what.sql"):
+        load_migrations(sql_dir)
+
+
+def test_statements_split_outside_strings_and_comments() -> None:
+    sql = "-- header; with a semicolon\nCREATE TABLE a (s String DEFAULT 'a;b');\n\nSELECT ';' ;"
+    assert split_statements(sql) == ["CREATE TABLE a (s String DEFAULT 'a;b')", "SELECT ';'"]
+
+
+def test_cluster_setting_renders_on_cluster_and_replicated_engines() -> None:
+    tracking = next(m for m in load_migrations() if m.name == "0002_tracking_events.sql")
+    (plain,) = tracking.statements(cluster="")
+    (clustered,) = tracking.statements(cluster="lomash")
+    assert "ON CLUSTER" not in plain and "ENGINE = MergeTree" in plain
+    assert "ON CLUSTER `lomash`" in clustered and "ENGINE = ReplicatedMergeTree" in clustered

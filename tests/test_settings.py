@@ -1,0 +1,63 @@
+import pytest
+
+from core.settings import SettingsError, load_settings
+
+
+def test_defaults_match_the_design() -> None:
+    settings = load_settings({})
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.clickhouse_url == "chdb://./data/clickhouse"
+    assert settings.clickhouse_database == "analytics"
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
+    assert settings.amqp_exchange == "lomash.events"
+    assert settings.storage_url == "file://./data/objects"
+    assert settings.report_timezone == "Europe/London"
+    assert settings.rate_limit_per_window == (100, "minute")
+    assert settings.trusted_proxies == ()
+    assert settings.embedded
+
+
+def test_values_are_read_and_typed() -> None:
+    settings = load_settings(
+        {
+            "PORT": "9001",
+            "CLICKHOUSE_URL": "https://user:pw@ch.example:8443/analytics",
+            "TRUSTED_PROXIES": "10.0.0.0/8, 192.168.1.7,::1",
+            "RATE_LIMIT": "20/second",
+            "FLUSH_MAX_ROWS": "500",
+        }
+    )
+    assert settings.port == 9001
+    assert not settings.embedded
+    assert settings.trusted_proxies == ("10.0.0.0/8", "192.168.1.7", "::1")
+    assert settings.rate_limit_per_window == (20, "second")
+    assert settings.flush_max_rows == 500
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("PORT", "abc", "Expected `int`"),
+        ("PORT", "70000", "<= 65535"),
+        ("CLICKHOUSE_URL", "mysql://db/analytics", "chdb|http|https"),
+        ("CLICKHOUSE_URL", "chdb://", "needs a data path"),
+        ("CLICKHOUSE_DATABASE", "drop table;", "matching regex"),
+        ("REDIS_URL", "http://127.0.0.1:6379", "redis"),
+        ("AMQP_URL", "127.0.0.1:5672", "amqp"),
+        ("STORAGE_URL", "ftp://x", "file|s3"),
+        ("RATE_LIMIT", "100/fortnight", "N/second"),
+        ("REPORT_TIMEZONE", "Europe/Atlantis", "unknown time zone"),
+        ("TRUSTED_PROXIES", "10.0.0.0/8,not-an-ip", "'not-an-ip'"),
+        ("FLUSH_INTERVAL_MS", "0", ">= 10"),
+        ("AUTH_JWT_PUBLIC_KEY", "secret", "PEM"),
+    ],
+)
+def test_bad_value_is_refused_naming_the_variable(variable: str, value: str, says: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({variable: value})
+    assert caught.value.variable == variable
+    message = str(caught.value)
+    assert message.startswith(f"bad setting {variable}: ")
+    assert says in message
+    assert "\n" not in message
