@@ -67,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(settings, workers=1)
     if settings.embedded:
-        print("bad setting CLICKHOUSE_URL: `analytics api` runs several processes and chDB "
-              "allows one; use `analytics serve` or a ClickHouse server", file=sys.stderr)
+        print(
+            "bad setting CLICKHOUSE_URL: `analytics api` runs several processes and chDB "
+            "allows one; use `analytics serve` or a ClickHouse server",
+            file=sys.stderr,
+        )
         return 2
     return _serve(settings, workers=settings.api_workers)
 

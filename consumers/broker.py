@@ -7,10 +7,10 @@ import asyncio
 import aio_pika
 
 
-async def ping(url: str, timeout: float = 2.0) -> bool:
+async def ping(url: str, within: float = 2.0) -> bool:
     """True when a connection to the broker can be opened now."""
     try:
-        connection = await asyncio.wait_for(aio_pika.connect(url), timeout=timeout)
+        connection = await asyncio.wait_for(aio_pika.connect(url), timeout=within)
     except (Exception, TimeoutError):
         return False
     await connection.close()

@@ -23,24 +23,29 @@ class SettingsError(SystemExit):
         super().__init__(f"bad setting {variable}: {problem}")
 
 
-def _url(*schemes: str) -> Any:
-    alternatives = "|".join(re.escape(s) for s in schemes)
-    return Annotated[str, msgspec.Meta(pattern=rf"^({alternatives})://")]
+def _url_pattern(*schemes: str) -> msgspec.Meta:
+    return msgspec.Meta(pattern=rf"^({'|'.join(re.escape(s) for s in schemes)})://")
+
+
+ClickHouseUrl = Annotated[str, _url_pattern("chdb", "http", "https")]
+RedisUrl = Annotated[str, _url_pattern("redis", "rediss", "unix")]
+AmqpUrl = Annotated[str, _url_pattern("amqp", "amqps")]
+StorageUrl = Annotated[str, _url_pattern("file", "s3")]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
-    clickhouse_url: _url("chdb", "http", "https") = "chdb://./data/clickhouse"  # type: ignore[valid-type]
+    clickhouse_url: ClickHouseUrl = "chdb://./data/clickhouse"
     clickhouse_database: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = (
         "analytics"
     )
     # Server mode on a cluster: DDL gets ON CLUSTER and Replicated engines.
     clickhouse_cluster: str = ""
-    redis_url: _url("redis", "rediss", "unix") = "redis://127.0.0.1:6379/0"  # type: ignore[valid-type]
-    amqp_url: _url("amqp", "amqps") = "amqp://guest:guest@127.0.0.1:5672/"  # type: ignore[valid-type]
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0"
+    amqp_url: AmqpUrl = "amqp://guest:guest@127.0.0.1:5672/"
     amqp_exchange: Annotated[str, msgspec.Meta(min_length=1)] = "lomash.events"
-    storage_url: _url("file", "s3") = "file://./data/objects"  # type: ignore[valid-type]
+    storage_url: StorageUrl = "file://./data/objects"
     s3_endpoint_url: str = ""
     geoip_db: str = ""
     auth_jwt_secret: str = ""

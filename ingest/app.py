@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from redis.asyncio import Redis
 from sanic import Request, Sanic
@@ -27,8 +26,9 @@ class JSONErrors(ErrorHandler):
     def default(self, request: Request, exception: Exception) -> HTTPResponse:
         status = getattr(exception, "status_code", 500)
         if status >= 500:
-            log.exception("unhandled error on %s %s", request.method, request.path,
-                          exc_info=exception)
+            log.exception(
+                "unhandled error on %s %s", request.method, request.path, exc_info=exception
+            )
             return json({"error": "internal error"}, status=500)
         headers = getattr(exception, "headers", None) or {}
         return json({"error": str(exception)}, status=status, headers=headers)

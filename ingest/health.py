@@ -34,8 +34,12 @@ async def readyz(request: Request) -> JSONResponse:
         ping_rabbitmq(svc.settings.amqp_url),
         return_exceptions=True,
     )
-    checks = {name: ok is True for name, ok in
-              (("clickhouse", clickhouse), ("redis", redis), ("rabbitmq", rabbitmq))}
+    checks = {
+        name: ok is True
+        for name, ok in (("clickhouse", clickhouse), ("redis", redis), ("rabbitmq", rabbitmq))
+    }
     ready = all(checks.values())
-    return json({"status": "ready" if ready else "not ready", "checks": checks},
-                status=200 if ready else 503)
+    return json(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status=200 if ready else 503,
+    )

@@ -24,8 +24,9 @@ async def track(request: Request) -> JSONResponse:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     # sendBeacon posts text/plain so that the browser skips the CORS preflight.
     if content_type not in _ACCEPTED_TYPES:
-        return _error(415, f"content type {content_type!r} not accepted; send application/json"
-                      " or text/plain")
+        return _error(
+            415, f"content type {content_type!r} not accepted; send application/json or text/plain"
+        )
     body = request.body
     if len(body) > MAX_BODY_BYTES:
         return _error(413, f"body of {len(body)} bytes; at most {MAX_BODY_BYTES}")

@@ -72,23 +72,26 @@ class BatchWriter:
             self._task = None
         await self.flush(force_retries=True)
         if self.pending_rows:
-            log.error("%d rows of %s could not be stored at shutdown", self.pending_rows,
-                      self._table)
+            log.error(
+                "%d rows of %s could not be stored at shutdown", self.pending_rows, self._table
+            )
 
     async def _run(self) -> None:
         while True:
             try:
                 await asyncio.wait_for(self._full.wait(), timeout=self._interval)
             except TimeoutError:
-                pass
-            await self.flush()
+                await self.flush()
+            else:
+                # Size-triggered: write whole batches; the remainder waits for the timer.
+                await self.flush(full_batches_only=True)
 
-    async def flush(self, *, force_retries: bool = False) -> None:
+    async def flush(self, *, force_retries: bool = False, full_batches_only: bool = False) -> None:
         async with self._lock:
             self._full.clear()
             if self._failed and (force_retries or time.monotonic() >= self._retry_at):
                 await self._retry_failed()
-            while self._buffer:
+            while self._buffer and (not full_batches_only or len(self._buffer) >= self._max_rows):
                 rows, self._buffer = self._buffer[: self._max_rows], self._buffer[self._max_rows :]
                 if not await self._insert(Batch(rows)):
                     break
@@ -109,8 +112,14 @@ class BatchWriter:
             backoff = min(self._max_backoff, 0.5 * 2 ** min(batch.attempts, 10))
             self._retry_at = time.monotonic() + backoff
             self._failed.append(batch)
-            log.warning("insert of %d rows into %s failed (attempt %d, retry in %.1fs): %s",
-                        len(batch.rows), self._table, batch.attempts, backoff, error)
+            log.warning(
+                "insert of %d rows into %s failed (attempt %d, retry in %.1fs): %s",
+                len(batch.rows),
+                self._table,
+                batch.attempts,
+                backoff,
+                error,
+            )
             return False
         self.stored_rows += len(batch.rows)
         return True

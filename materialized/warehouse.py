@@ -13,13 +13,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
-
-T = TypeVar("T")
 
 
 def chdb_path(url: str) -> str:
@@ -63,6 +61,7 @@ class Warehouse:
 
     async def open(self) -> None:
         """Create the database if it is missing; later calls run inside it."""
+
         def create() -> None:
             bootstrap = _open_client(self.url, None)
             try:
@@ -102,7 +101,8 @@ class Warehouse:
         self, sql: str, parameters: dict[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
         def query() -> list[tuple[Any, ...]]:
-            return list(self._client().query(sql, parameters=parameters).result_rows)
+            rows = self._client().query(sql, parameters=parameters).result_rows
+            return cast(list[tuple[Any, ...]], list(rows))
 
         result: list[tuple[Any, ...]] = await self._run(query)
         return result

@@ -92,7 +92,9 @@ async def make_server(
     async def start(settings: Settings) -> Running:
         app = create_app(settings, name=f"t{uuid.uuid4().hex[:10]}")
         server = await app.create_server(
-            host="127.0.0.1", port=settings.port, return_asyncio_server=True,
+            host="127.0.0.1",
+            port=settings.port,
+            return_asyncio_server=True,
             access_log=False,
         )
         assert server is not None
@@ -140,8 +142,8 @@ def encode(value: Any) -> bytes:
     return msgspec.json.encode(value)
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for(predicate: Callable[[], Any], within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while not await predicate():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")

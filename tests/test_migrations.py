@@ -3,7 +3,13 @@ from pathlib import Path
 
 import pytest
 
-from materialized.migrations import SQL_DIR, MigrationError, load_migrations, migrate, split_statements
+from materialized.migrations import (
+    SQL_DIR,
+    MigrationError,
+    load_migrations,
+    migrate,
+    split_statements,
+)
 from materialized.warehouse import Warehouse
 
 
@@ -32,11 +38,13 @@ async def test_fresh_database_gets_every_migration_in_order(empty_warehouse: War
     assert [(v, n, c) for v, n, c in recorded] == [
         (m.version, m.name, m.checksum) for m in load_migrations()
     ]
-    engine, sorting_key, partition_key, ttl = (await empty_warehouse.rows(
-        "SELECT engine, sorting_key, partition_key, "
+    engine, sorting_key, partition_key, ttl = (
+        await empty_warehouse.rows(
+            "SELECT engine, sorting_key, partition_key, "
             "create_table_query LIKE '%TTL toDateTime(received_at) + toIntervalDay(90)%'"
-        " FROM system.tables WHERE database = currentDatabase() AND name = 'tracking_events'"
-    ))[0]
+            " FROM system.tables WHERE database = currentDatabase() AND name = 'tracking_events'"
+        )
+    )[0]
     assert engine == "MergeTree"
     assert sorting_key.startswith("event_type, received_at")
     assert partition_key == "toYYYYMM(received_at)"
@@ -63,14 +71,12 @@ async def test_a_new_file_is_applied_after_the_old_ones(
     assert await empty_warehouse.rows("SELECT a, s FROM extra") == [(7, "x;y")]
 
 
-async def test_an_edited_applied_file_is_refused(
-    empty_warehouse: Warehouse, sql_dir: Path
-) -> None:
+async def test_an_edited_applied_file_is_refused(empty_warehouse: Warehouse, sql_dir: Path) -> None:
     await migrate(empty_warehouse, directory=sql_dir)
     target = sql_dir / "0002_tracking_events.sql"
     target.write_text(target.read_text().replace("90 DAY", "30 DAY"))
     (sql_dir / "9000_extra.sql").write_text("CREATE TABLE extra (a UInt8) ENGINE = Log;")
-    with pytest.raises(MigrationError, match=r"0002_tracking_events.sql was edited after it was"):
+    with pytest.raises(MigrationError, match=r"0002_tracking_events\.sql was edited after it was"):
         await migrate(empty_warehouse, directory=sql_dir)
     # Nothing after the refusal ran.
     assert not await empty_warehouse.scalar(
@@ -83,13 +89,13 @@ async def test_an_applied_file_that_disappeared_is_refused(
 ) -> None:
     await migrate(empty_warehouse, directory=sql_dir)
     (sql_dir / "0002_tracking_events.sql").unlink()
-    with pytest.raises(MigrationError, match="its file is gone"):
+    with pytest.raises(MigrationError, match=r"its file is gone"):
         await migrate(empty_warehouse, directory=sql_dir)
 
 
 def test_badly_named_file_is_refused(sql_dir: Path) -> None:
     (sql_dir / "add-things.sql").write_text("SELECT 1")
-    with pytest.raises(MigrationError, match="NNNN_what.sql"):
+    with pytest.raises(MigrationError, match=r"NNNN_what\.sql"):
         load_migrations(sql_dir)
 
 

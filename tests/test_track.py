@@ -11,7 +11,9 @@ async def stored(warehouse: Warehouse) -> list[dict]:  # type: ignore[type-arg]
     return await warehouse.dicts("SELECT * FROM tracking_events ORDER BY received_at, event_id")
 
 
-async def test_a_single_event_lands_with_every_column(server: Running, warehouse: Warehouse) -> None:
+async def test_a_single_event_lands_with_every_column(
+    server: Running, warehouse: Warehouse
+) -> None:
     sent = event(
         eventType="PRODUCT_VIEW",
         userId=str(uuid.uuid4()),
@@ -119,24 +121,56 @@ def _meta(**changes: object) -> dict:  # type: ignore[type-arg]
 
 
 BAD_BODIES = [
-    pytest.param(encode(event(eventType="SIGNUP")), 400, "$.eventType", "Invalid enum value",
-                 id="unknown-event-type"),
-    pytest.param(encode(_without("eventType")), 400, "$", "missing required field `eventType`",
-                 id="missing-event-type"),
-    pytest.param(encode(event(sessionId="abc")), 400, "$.sessionId", "Invalid UUID",
-                 id="session-not-uuid"),
-    pytest.param(encode(event(userId=42)), 400, "$.userId", "Expected `uuid | null`",
-                 id="user-not-uuid"),
-    pytest.param(encode(_without("metadata")), 400, "$", "missing required field `metadata`",
-                 id="missing-metadata"),
+    pytest.param(
+        encode(event(eventType="SIGNUP")),
+        400,
+        "$.eventType",
+        "Invalid enum value",
+        id="unknown-event-type",
+    ),
+    pytest.param(
+        encode(_without("eventType")),
+        400,
+        "$",
+        "missing required field `eventType`",
+        id="missing-event-type",
+    ),
+    pytest.param(
+        encode(event(sessionId="abc")), 400, "$.sessionId", "Invalid UUID", id="session-not-uuid"
+    ),
+    pytest.param(
+        encode(event(userId=42)), 400, "$.userId", "Expected `uuid | null`", id="user-not-uuid"
+    ),
+    pytest.param(
+        encode(_without("metadata")),
+        400,
+        "$",
+        "missing required field `metadata`",
+        id="missing-metadata",
+    ),
     pytest.param(encode(_meta(url=7)), 400, "$.metadata.url", "Expected `str`", id="url-not-str"),
     pytest.param(encode(_meta(url="")), 400, "$.metadata.url", "length >= 1", id="url-empty"),
-    pytest.param(encode(_meta(deviceType="fridge")), 400, "$.metadata.deviceType", "regex",
-                 id="device-unknown"),
-    pytest.param(encode(event(properties=[1, 2])), 400, "$.properties", "Expected `object`",
-                 id="properties-not-object"),
-    pytest.param(encode(event(timestamp="yesterday")), 400, "$.timestamp", "Invalid RFC3339",
-                 id="timestamp-not-iso"),
+    pytest.param(
+        encode(_meta(deviceType="fridge")),
+        400,
+        "$.metadata.deviceType",
+        "regex",
+        id="device-unknown",
+    ),
+    pytest.param(
+        encode(event(properties=[1, 2])),
+        400,
+        "$.properties",
+        "Expected `object`",
+        id="properties-not-object",
+    ),
+    pytest.param(
+        encode(event(timestamp="yesterday")),
+        400,
+        "$.timestamp",
+        "Invalid RFC3339",
+        id="timestamp-not-iso",
+    ),
     pytest.param(b'{"eventType": "PAGEVIEW",', 400, "$", "malformed JSON", id="truncated-json"),
     pytest.param(b"\xff\xfe\x00", 400, "$", "malformed JSON", id="not-utf8"),
     pytest.param(b"", 400, "$", "empty body", id="empty-body"),
@@ -182,7 +216,8 @@ async def test_body_over_64_kib_is_413(server: Running, warehouse: Warehouse) ->
 
 async def test_other_content_types_are_415(server: Running, warehouse: Warehouse) -> None:
     response = await server.http.post(
-        "/v1/analytics/track", content=encode(event()),
+        "/v1/analytics/track",
+        content=encode(event()),
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert response.status_code == 415
@@ -199,14 +234,16 @@ async def test_health_and_readiness(server: Running) -> None:
 
 
 async def test_readiness_fails_when_a_dependency_is_unreachable(
-    make_server, settings  # type: ignore[no-untyped-def]
+    make_server,
+    settings,  # type: ignore[no-untyped-def]
 ) -> None:
     import msgspec
 
     from tests.conftest import free_port
 
     unreachable = msgspec.structs.replace(
-        settings, amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+        settings,
+        amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/",
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
     )
     running = await make_server(unreachable)

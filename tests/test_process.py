@@ -1,0 +1,146 @@
+"""The `analytics` command as an operator runs it: separate processes on their own chDB path."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import event, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+ANALYTICS = [sys.executable, "-m", "cli.main"]
+
+QUERY = """
+import sys, json, clickhouse_connect
+client = clickhouse_connect.get_client(interface="chdb", path=sys.argv[1], database="analytics")
+print(json.dumps([list(map(str, r)) for r in client.query(sys.argv[2]).result_rows]))
+client.close()
+"""
+
+
+def query(data: Path, sql: str) -> list[list[str]]:
+    """Read a stopped service's chDB data from a fresh process (a path opens in one process)."""
+    out = subprocess.run(
+        [sys.executable, "-c", QUERY, str(data / "clickhouse"), sql],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    result: list[list[str]] = json.loads(out.stdout)
+    return result
+
+
+def env_for(data: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.isupper() and not k.startswith("PYTEST")}
+    env.update(CLICKHOUSE_URL=f"chdb://{data / 'clickhouse'}", PORT=str(free_port()), **extra)
+    return env
+
+
+def start_service(data: Path, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    env = env_for(data, **extra)
+    proc = subprocess.Popen(
+        [*ANALYTICS, "serve"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{env['PORT']}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("service did not start")
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> str:
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    return out.decode()
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_writes_out_buffered_events_and_restart_stores_none_twice(tmp_path: Path) -> None:
+    # Long timer and huge batches: every accepted event is still buffered at SIGTERM.
+    proc, base = start_service(tmp_path, FLUSH_INTERVAL_MS="600000", FLUSH_MAX_ROWS="1000000")
+    ids: list[str] = []
+    with httpx.Client(base_url=base) as http:
+        for i in range(40):
+            single = http.post("/v1/analytics/track", json=event(properties={"n": i}))
+            assert single.status_code == 202
+            ids.append(single.json()["eventId"])
+        batch = http.post("/v1/analytics/track", json=[event() for _ in range(100)])
+        assert batch.status_code == 202
+        ids.extend(batch.json()["eventIds"])
+    output = stop(proc)
+    assert proc.returncode == 0, output
+
+    proc, base = start_service(tmp_path)  # restart: migrations no-op, nothing replayed twice
+    output = stop(proc, signal.SIGINT)
+    assert proc.returncode == 0, output
+
+    rows = query(tmp_path, "SELECT toString(event_id) FROM tracking_events")
+    stored = [r[0] for r in rows]
+    assert len(stored) == 140
+    assert sorted(stored) == sorted(ids)
+
+
+def test_migrate_command_applies_then_reports_up_to_date(tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    first = subprocess.run(
+        [*ANALYTICS, "migrate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert first.returncode == 0, first.stderr
+    assert "applied: 0001_schema_migrations.sql, 0002_tracking_events.sql" in first.stdout
+    again = subprocess.run(
+        [*ANALYTICS, "migrate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0 and again.stdout.strip() == "up to date"
+    assert query(tmp_path, "SELECT count() FROM schema_migrations") == [["2"]]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("PORT", "abc"), ("CLICKHOUSE_URL", "postgres://x/y"), ("RATE_LIMIT", "lots")],
+)
+def test_bad_setting_stops_start_up_with_one_line_naming_it(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    env = env_for(tmp_path)
+    env[variable] = value
+    result = subprocess.run(
+        [*ANALYTICS, "serve"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bad setting {variable}: ")
+    assert not (tmp_path / "clickhouse").exists()  # refused before touching anything
+
+
+def test_api_command_refuses_embedded_clickhouse(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*ANALYTICS, "api"],
+        cwd=ROOT,
+        env=env_for(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "CLICKHOUSE_URL" in result.stderr and "analytics serve" in result.stderr
+
+
+def test_sigterm_with_nothing_buffered_exits_cleanly(tmp_path: Path) -> None:
+    proc, base = start_service(tmp_path, CLICKHOUSE_DATABASE=f"db_{uuid.uuid4().hex[:8]}")
+    assert httpx.get(f"{base}/readyz").status_code == 200
+    output = stop(proc)
+    assert proc.returncode == 0, output
