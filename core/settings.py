@@ -53,6 +53,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     report_timezone: str = "Europe/London"
     rate_limit: str = "100/minute"
     trusted_proxies: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ("*",)
     flush_max_rows: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
     flush_interval_ms: Annotated[int, msgspec.Meta(ge=10, le=600_000)] = 1_000
     api_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
@@ -74,6 +75,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _FIELDS = msgspec.structs.fields(Settings)
+_LIST_FIELDS = {"trusted_proxies", "cors_origins"}  # comma-separated in the environment
 
 
 def _split_list(value: str) -> list[str]:
@@ -97,7 +99,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if name not in env:
             continue
         value = env[name]
-        raw[field.name] = _split_list(value) if field.name == "trusted_proxies" else value
+        raw[field.name] = _split_list(value) if field.name in _LIST_FIELDS else value
     try:
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as error:

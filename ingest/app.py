@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import logging
 
-from redis.asyncio import Redis
+from arq.connections import ArqRedis
 from sanic import Request, Sanic
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
+from consumers.publisher import EventPublisher
+from core.retry_queue import RetryBatch, RetryQueue
 from core.settings import Settings
-from ingest import health, track
-from ingest.rows import TRACKING_COLUMNS
+from ingest import ops, track, tracker
+from ingest.geo import GeoLocator
+from ingest.ratelimit import RateLimiter
+from ingest.rows import TrackingRow
 from ingest.services import Services, app_services
+from ingest.sessions import SessionStore
+from ingest.tracked import announce_stored
 from ingest.writer import BatchWriter
 from materialized.migrations import migrate
 from materialized.warehouse import Warehouse
+from workers.embedded import EmbeddedWorker
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +41,24 @@ class JSONErrors(ErrorHandler):
         return json({"error": str(exception)}, status=status, headers=headers)
 
 
-def create_app(settings: Settings, name: str = "lomash_analytics") -> Sanic:  # type: ignore[type-arg]
+def redis_client(url: str) -> ArqRedis:
+    # Short timeouts: when Redis is gone, ingest fails open quickly instead of hanging.
+    client: ArqRedis = ArqRedis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    return client
+
+
+def create_app(
+    settings: Settings, name: str = "lomash_analytics", *, run_worker: bool = True
+) -> Sanic:  # type: ignore[type-arg]
+    """The API; with `run_worker`, the arq worker runs in the same event loop (`serve`)."""
     app: Sanic = Sanic(name, error_handler=JSONErrors(), configure_logging=False)  # type: ignore[type-arg]
     app.config.REQUEST_MAX_SIZE = track.MAX_BODY_BYTES
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.ACCESS_LOG = False
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = 10.0
     app.blueprint(track.bp)
-    app.blueprint(health.bp)
+    app.blueprint(tracker.bp)
+    app.blueprint(ops.bp)
 
     @app.before_server_start
     async def open_clients(app: Sanic) -> None:  # type: ignore[type-arg]
@@ -50,26 +67,67 @@ def create_app(settings: Settings, name: str = "lomash_analytics") -> Sanic:  # 
         applied = await migrate(warehouse, cluster=settings.clickhouse_cluster)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
-        writer = BatchWriter(
+        redis = redis_client(settings.redis_url)
+        retry_queue = RetryQueue(redis)
+        publisher = EventPublisher(settings.amqp_url, settings.amqp_exchange)
+        publisher.start()
+        sessions = SessionStore(redis)
+
+        async def hand_off(batch: RetryBatch) -> None:
+            await retry_queue.push(batch)
+            await redis.enqueue_job("retry_failed_batches", _defer_by=1)
+
+        writer: BatchWriter[TrackingRow] = BatchWriter(
             warehouse,
             "tracking_events",
-            TRACKING_COLUMNS,
+            TrackingRow,
             max_rows=settings.flush_max_rows,
             interval_ms=settings.flush_interval_ms,
+            prepare=sessions.enrich,
+            on_stored=lambda rows: announce_stored(publisher, rows),
+            hand_off=hand_off,
         )
         writer.start()
+        limit, per = settings.rate_limit_per_window
         app.ctx.services = Services(
             settings=settings,
             warehouse=warehouse,
-            redis=Redis.from_url(settings.redis_url),
+            redis=redis,
+            retry_queue=retry_queue,
+            publisher=publisher,
+            limiter=RateLimiter(redis, limit, per),
+            geo=GeoLocator(settings.geoip_db) if settings.geoip_db else None,
+            trusted_proxies=settings.trusted_networks,
             tracking_writer=writer,
         )
+        app.ctx.worker = None
+        if run_worker:
+            try:
+                await retry_queue.recover()
+            except Exception as error:
+                log.warning("could not recover in-flight retries (Redis down?): %s", error)
+            worker = EmbeddedWorker(
+                settings.redis_url,
+                {
+                    "settings": settings,
+                    "warehouse": warehouse,
+                    "publisher": publisher,
+                    "retry_queue": retry_queue,
+                },
+            )
+            worker.start()
+            app.ctx.worker = worker
 
     @app.after_server_stop
     async def close_clients(app: Sanic) -> None:  # type: ignore[type-arg]
         svc = app_services(app)
         await svc.tracking_writer.close()
+        if app.ctx.worker is not None:
+            await app.ctx.worker.close()
+        await svc.publisher.close()
         await svc.redis.aclose()
+        if svc.geo is not None:
+            svc.geo.close()
         await svc.warehouse.close()
 
     return app

@@ -1,13 +1,26 @@
-"""Turns a validated tracking event into the row stored for it, stamped with server facts."""
+"""Enrichment, as a named sequence of small steps.
+
+Per event, in the request (pure, no I/O): `to_row` stamps the server facts, then each of STEPS
+fills what it knows. Per batch, before the insert (one Redis call): `SessionStore.enrich` in
+`sessions.py` drops duplicates and attaches session data.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from core.ids import new_event_id
+from ingest.geo import UNKNOWN, Place
 from ingest.rows import TrackingRow
 from ingest.schema import TrackingEvent
+from ingest.useragent import parse_agent
+
+# A client clock is believed within this window around the receive time (batched beacons and
+# offline queues arrive late; clocks run fast or slow); outside it the receive time is used.
+TRUST_CLIENT_PAST = timedelta(hours=24)
+TRUST_CLIENT_FUTURE = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,7 +28,11 @@ class Context:
     """What the request tells us about every event in it."""
 
     received_at: datetime
-    client_ip: str
+    place: Place = UNKNOWN  # GeoIP of the client address, looked up once per request
+    header_user_agent: str = ""
+
+
+Step = Callable[[TrackingRow, Context], None]
 
 
 def to_row(event: TrackingEvent, ctx: Context) -> TrackingRow:
@@ -31,12 +48,48 @@ def to_row(event: TrackingEvent, ctx: Context) -> TrackingRow:
         user_id=event.user_id,
         received_at=ctx.received_at,
         client_timestamp=timestamp,
+        occurred_at=ctx.received_at,
         url=meta.url,
         referrer=meta.referrer or "",
-        user_agent=meta.user_agent or "",
+        user_agent=meta.user_agent or ctx.header_user_agent,
         device_type=(meta.device_type or "").lower(),
         properties=bytes(event.properties).decode(),
     )
+
+
+def trust_client_clock(row: TrackingRow, ctx: Context) -> None:
+    ts = row.client_timestamp
+    if ts is not None and (
+        ctx.received_at - TRUST_CLIENT_PAST <= ts <= ctx.received_at + TRUST_CLIENT_FUTURE
+    ):
+        row.occurred_at = ts
+
+
+def put_geolocation(row: TrackingRow, ctx: Context) -> None:
+    row.country, row.region, row.city = ctx.place
+
+
+def parse_user_agent(row: TrackingRow, ctx: Context) -> None:
+    agent = parse_agent(row.user_agent)
+    row.browser, row.browser_version = agent.browser, agent.browser_version
+    row.os, row.os_version = agent.os, agent.os_version
+    if not row.device_type:
+        row.device_type = agent.device_type
+
+
+def flag_bot(row: TrackingRow, ctx: Context) -> None:
+    # Bots are stored, flagged, and kept out of every report by `is_bot = 0` in the views.
+    row.is_bot = parse_agent(row.user_agent).is_bot
+
+
+STEPS: Sequence[Step] = (trust_client_clock, put_geolocation, parse_user_agent, flag_bot)
+
+
+def enrich(event: TrackingEvent, ctx: Context, steps: Sequence[Step] = STEPS) -> TrackingRow:
+    row = to_row(event, ctx)
+    for step in steps:
+        step(row, ctx)
+    return row
 
 
 def now() -> datetime:

@@ -1,21 +1,25 @@
-"""The row a tracking event becomes in `tracking_events`, in the table's column names."""
+"""The row a tracking event becomes in `tracking_events`, in the table's column names.
+
+Rows are encoded as JSONCompactEachRow lines (array-like structs, msgspec), which ClickHouse
+parses without holding our GIL; the same bytes are what a failed batch keeps for its retry.
+"""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
 import msgspec
 
 
-class TrackingRow(msgspec.Struct, kw_only=True):
+class TrackingRow(msgspec.Struct, kw_only=True, array_like=True):
     event_id: uuid.UUID
     event_type: str
     session_id: uuid.UUID
     user_id: uuid.UUID | None
     received_at: datetime
     client_timestamp: datetime | None
+    occurred_at: datetime
     url: str
     referrer: str = ""
     user_agent: str = ""
@@ -37,9 +41,6 @@ class TrackingRow(msgspec.Struct, kw_only=True):
     utm_campaign: str = ""
     is_returning: bool = False
     properties: str = "{}"
-
-    def values(self) -> tuple[Any, ...]:
-        return msgspec.structs.astuple(self)
 
 
 TRACKING_COLUMNS: tuple[str, ...] = TrackingRow.__struct_fields__

@@ -11,6 +11,8 @@ from typing import Annotated
 import msgspec
 
 MAX_EVENTS_PER_REQUEST = 100
+MAX_PROPERTIES_BYTES = 8 * 1024
+MAX_PROPERTIES_DEPTH = 5  # {"a": {"b": [1]}} is depth 3
 
 
 class EventType(enum.StrEnum):
@@ -73,7 +75,9 @@ class BodyError(Exception):
 
 
 _event_decoder = msgspec.json.Decoder(TrackingEvent)
+_events_decoder = msgspec.json.Decoder(list[TrackingEvent])
 _array_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_any_decoder = msgspec.json.Decoder()
 _AT_PATH = re.compile(r" - at `(\$[^`]*)`$")
 
 
@@ -94,9 +98,32 @@ def decode_event(raw: bytes | msgspec.Raw, path: str = "$") -> TrackingEvent:
         raise BodyError(message, path=where) from None
     except msgspec.DecodeError as error:
         raise BodyError(f"malformed JSON: {error}", path=path) from None
-    if not bytes(event.properties).startswith(b"{"):
-        raise BodyError("Expected `object`", path=f"{path}.properties")
+    check_properties(event.properties, f"{path}.properties")
     return event
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def check_properties(raw: msgspec.Raw, path: str) -> None:
+    data = bytes(raw)
+    if not data.startswith(b"{"):
+        raise BodyError("Expected `object`", path=path)
+    if len(data) > MAX_PROPERTIES_BYTES:
+        raise BodyError(f"{len(data)} bytes; at most {MAX_PROPERTIES_BYTES}", path=path)
+    # Counting brackets is C-fast and over-counts (brackets in strings), so the exact walk
+    # only runs when the count says the nesting could be too deep.
+    if data.count(b"{") + data.count(b"[") > MAX_PROPERTIES_DEPTH:
+        depth = _depth(_any_decoder.decode(data))
+        if depth > MAX_PROPERTIES_DEPTH:
+            raise BodyError(
+                f"nested {depth} levels deep; at most {MAX_PROPERTIES_DEPTH}", path=path
+            )
 
 
 def _first_byte(body: bytes) -> bytes:
@@ -111,6 +138,14 @@ def decode_body(body: bytes) -> Decoded:
         raise BodyError("empty body: send one event object or an array of events")
     if first != b"[":
         return Decoded(is_array=False, events=[(0, decode_event(body))], rejected=[])
+    try:
+        # Fast path: the whole array valid in one pass (then only the properties checks).
+        all_events = _events_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        pass
+    else:
+        if 0 < len(all_events) <= MAX_EVENTS_PER_REQUEST:
+            return _checked(all_events)
     try:
         items = _array_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
@@ -128,4 +163,18 @@ def decode_body(body: bytes) -> Decoded:
             events.append((index, decode_event(item, path=f"$[{index}]")))
         except BodyError as error:
             rejected.append(Rejection(index=index, error=str(error), path=error.path))
+    return Decoded(is_array=True, events=events, rejected=rejected)
+
+
+def _checked(all_events: list[TrackingEvent]) -> Decoded:
+    events: list[tuple[int, TrackingEvent]] = []
+    rejected: list[Rejection] = []
+    for index, event in enumerate(all_events):
+        path = f"$[{index}].properties"
+        try:
+            check_properties(event.properties, path)
+        except BodyError as error:
+            rejected.append(Rejection(index=index, error=str(error), path=error.path))
+        else:
+            events.append((index, event))
     return Decoded(is_array=True, events=events, rejected=rejected)

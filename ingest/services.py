@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from arq.connections import ArqRedis
 from sanic import Request, Sanic
 
+from consumers.publisher import EventPublisher
+from core.retry_queue import RetryQueue
 from core.settings import Settings
+from ingest.client_ip import Network
+from ingest.geo import GeoLocator
+from ingest.ratelimit import RateLimiter
+from ingest.rows import TrackingRow
 from ingest.writer import BatchWriter
 from materialized.warehouse import Warehouse
 
@@ -16,13 +22,17 @@ from materialized.warehouse import Warehouse
 class Services:
     settings: Settings
     warehouse: Warehouse
-    redis: Redis
-    tracking_writer: BatchWriter
+    redis: ArqRedis  # a redis.asyncio client that can also enqueue arq jobs
+    retry_queue: RetryQueue
+    publisher: EventPublisher
+    limiter: RateLimiter
+    geo: GeoLocator | None
+    trusted_proxies: tuple[Network, ...]
+    tracking_writer: BatchWriter[TrackingRow]
 
 
 def services(request: Request) -> Services:
-    found: Services = request.app.ctx.services
-    return found
+    return app_services(request.app)
 
 
 def app_services(app: Sanic) -> Services:  # type: ignore[type-arg]

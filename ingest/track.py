@@ -1,11 +1,21 @@
-"""`POST /v1/analytics/track`: the beacon endpoint. Validates, stamps, buffers, answers 202."""
+"""`POST /v1/analytics/track`: the beacon endpoint.
+
+The request path, in order: check the content type and size, find the client address, apply
+the rate limit, decode and validate, enrich each event (pure steps), hand the rows to the batch
+writer, answer 202. Everything that needs a round trip per event (duplicates, sessions) happens
+per batch in the writer, after the answer.
+"""
 
 from __future__ import annotations
 
-from sanic import Blueprint, Request, json
+from sanic import Blueprint, HTTPResponse, Request, json
 from sanic.response import JSONResponse
 
-from ingest.enrich import Context, now, to_row
+from core.metrics import EVENTS_ACCEPTED, EVENTS_RECEIVED, RATES, Drop, drop
+from ingest import cors
+from ingest.client_ip import client_ip
+from ingest.enrich import Context, enrich, now
+from ingest.geo import UNKNOWN
 from ingest.schema import BodyError, decode_body
 from ingest.services import services
 
@@ -19,29 +29,63 @@ def _error(status: int, message: str, path: str = "$") -> JSONResponse:
     return json({"error": message, "path": path}, status=status)
 
 
+@bp.on_response  # type: ignore[untyped-decorator]
+async def add_cors(request: Request, response: HTTPResponse) -> None:
+    cors.add_headers(request, response, services(request).settings.cors_origins)
+
+
+@bp.options("/v1/analytics/track")
+async def track_preflight(request: Request) -> HTTPResponse:
+    return cors.preflight(request, services(request).settings.cors_origins)
+
+
 @bp.post("/v1/analytics/track")
 async def track(request: Request) -> JSONResponse:
+    svc = services(request)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     # sendBeacon posts text/plain so that the browser skips the CORS preflight.
     if content_type not in _ACCEPTED_TYPES:
+        drop(Drop.INVALID)
         return _error(
-            415, f"content type {content_type!r} not accepted; send application/json or text/plain"
+            415,
+            f"content type {content_type!r} not accepted; send application/json or text/plain",
         )
     body = request.body
     if len(body) > MAX_BODY_BYTES:
+        drop(Drop.TOO_LARGE)
         return _error(413, f"body of {len(body)} bytes; at most {MAX_BODY_BYTES}")
+
+    address = client_ip(request.ip, request.headers.get("x-forwarded-for"), svc.trusted_proxies)
+    wait = await svc.limiter.retry_after(address)
+    if wait:
+        drop(Drop.RATE_LIMITED)
+        return json(
+            {"error": f"rate limit {svc.settings.rate_limit} exceeded; retry in {wait}s"},
+            status=429,
+            headers={"Retry-After": str(wait)},
+        )
+
     try:
         decoded = decode_body(body)
     except BodyError as error:
+        drop(Drop.TOO_LARGE if error.status == 413 else Drop.INVALID)
         return _error(error.status, str(error), error.path)
-
+    EVENTS_RECEIVED.inc(len(decoded.events) + len(decoded.rejected))
+    if decoded.rejected:
+        drop(Drop.INVALID, len(decoded.rejected))
     rejected = [{"index": r.index, "error": r.error, "path": r.path} for r in decoded.rejected]
     if not decoded.events:
         return json({"error": "no event in the array is valid", "rejected": rejected}, 400)
 
-    ctx = Context(received_at=now(), client_ip=request.ip)
-    rows = [to_row(event, ctx) for _, event in decoded.events]
-    services(request).tracking_writer.add([row.values() for row in rows])
+    ctx = Context(
+        received_at=now(),
+        place=svc.geo.locate(address) if svc.geo else UNKNOWN,
+        header_user_agent=request.headers.get("user-agent", ""),
+    )
+    rows = [enrich(event, ctx) for _, event in decoded.events]
+    svc.tracking_writer.add(rows)
+    EVENTS_ACCEPTED.inc(len(rows))
+    RATES.record(accepted=len(rows))
 
     if not decoded.is_array:
         return json({"eventId": str(rows[0].event_id)}, status=202)

@@ -1,7 +1,10 @@
 """The one batch writer: rows go to ClickHouse in batches, on size, on a timer and at shutdown.
 
-A batch gets its deduplication token when it is cut from the buffer and keeps it through every
-retry, so ClickHouse stores a retried batch once even if an earlier attempt did land.
+When a batch is cut from the buffer it is prepared once (the Redis enrichment steps), encoded
+once, and given a deduplication token that it keeps through every retry, so ClickHouse stores it
+once even if an earlier attempt did land. A batch ClickHouse refuses is handed to the retry
+queue (Redis, retried by an arq job); if that fails too it stays here and is retried with
+backoff. Nothing accepted is dropped.
 """
 
 from __future__ import annotations
@@ -11,52 +14,56 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
+import msgspec
+
+from core.metrics import BATCH_ROWS, FLUSH_SECONDS, INSERT_FAILURES, RETRY_QUEUE_DEPTH
+from core.retry_queue import RetryBatch
 from materialized.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(slots=True)
-class Batch:
-    rows: list[tuple[Any, ...]]
-    token: str = field(default_factory=lambda: uuid.uuid4().hex)
-    attempts: int = 0
+Row = TypeVar("Row", bound=msgspec.Struct)
+_encoder = msgspec.json.Encoder()
 
 
-class BatchWriter:
+class BatchWriter(Generic[Row]):
     def __init__(
         self,
         warehouse: Warehouse,
         table: str,
-        columns: Sequence[str],
+        row_type: type[Row],
         *,
         max_rows: int,
         interval_ms: int,
+        prepare: Callable[[list[Row]], Awaitable[list[Row]]] | None = None,
+        on_stored: Callable[[list[Row]], None] | None = None,
+        hand_off: Callable[[RetryBatch], Awaitable[None]] | None = None,
         max_backoff_s: float = 30.0,
     ) -> None:
         self._warehouse = warehouse
         self._table = table
-        self._columns = tuple(columns)
+        self._columns: tuple[str, ...] = row_type.__struct_fields__
         self._max_rows = max_rows
         self._interval = interval_ms / 1000
+        self._prepare = prepare
+        self._on_stored = on_stored
+        self._hand_off = hand_off
         self._max_backoff = max_backoff_s
-        self._buffer: list[tuple[Any, ...]] = []
-        self._failed: deque[Batch] = deque()
+        self._buffer: list[Row] = []
+        self._held: deque[tuple[RetryBatch, list[Row]]] = deque()
         self._full = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._retry_at = 0.0
-        self.stored_rows = 0
 
     @property
     def pending_rows(self) -> int:
-        return len(self._buffer) + sum(len(b.rows) for b in self._failed)
+        return len(self._buffer) + sum(batch.rows for batch, _ in self._held)
 
-    def add(self, rows: Sequence[tuple[Any, ...]]) -> None:
+    def add(self, rows: list[Row]) -> None:
         self._buffer.extend(rows)
         if len(self._buffer) >= self._max_rows:
             self._full.set()
@@ -73,7 +80,9 @@ class BatchWriter:
         await self.flush(force_retries=True)
         if self.pending_rows:
             log.error(
-                "%d rows of %s could not be stored at shutdown", self.pending_rows, self._table
+                "%d rows of %s could not be stored or handed off at shutdown",
+                self.pending_rows,
+                self._table,
             )
 
     async def _run(self) -> None:
@@ -89,37 +98,56 @@ class BatchWriter:
     async def flush(self, *, force_retries: bool = False, full_batches_only: bool = False) -> None:
         async with self._lock:
             self._full.clear()
-            if self._failed and (force_retries or time.monotonic() >= self._retry_at):
-                await self._retry_failed()
+            if self._held and (force_retries or time.monotonic() >= self._retry_at):
+                await self._retry_held()
             while self._buffer and (not full_batches_only or len(self._buffer) >= self._max_rows):
-                rows, self._buffer = self._buffer[: self._max_rows], self._buffer[self._max_rows :]
-                if not await self._insert(Batch(rows)):
-                    break
+                rows = self._buffer[: self._max_rows]
+                del self._buffer[: self._max_rows]
+                if self._prepare is not None:
+                    rows = await self._prepare(rows)
+                if rows:
+                    await self._write(self._batch(rows), rows)
+            RETRY_QUEUE_DEPTH.labels("memory").set(len(self._held))
 
-    async def _retry_failed(self) -> None:
-        while self._failed:
-            batch = self._failed.popleft()
-            if not await self._insert(batch):
-                return
+    def _batch(self, rows: list[Row]) -> RetryBatch:
+        return RetryBatch(
+            table=self._table,
+            columns=self._columns,
+            token=uuid.uuid4().hex,
+            data=_encoder.encode_lines(rows),
+            rows=len(rows),
+        )
 
-    async def _insert(self, batch: Batch) -> bool:
-        batch.attempts += 1
+    async def _retry_held(self) -> None:
+        for _ in range(len(self._held)):
+            batch, rows = self._held.popleft()
+            await self._write(batch, rows)
+
+    async def _write(self, batch: RetryBatch, rows: list[Row]) -> None:
+        started = time.perf_counter()
         try:
-            await self._warehouse.insert(
-                self._table, batch.rows, self._columns, dedup_token=batch.token
+            await self._warehouse.insert_lines(
+                self._table, self._columns, batch.data, dedup_token=batch.token
             )
         except Exception as error:
-            backoff = min(self._max_backoff, 0.5 * 2 ** min(batch.attempts, 10))
-            self._retry_at = time.monotonic() + backoff
-            self._failed.append(batch)
-            log.warning(
-                "insert of %d rows into %s failed (attempt %d, retry in %.1fs): %s",
-                len(batch.rows),
-                self._table,
-                batch.attempts,
-                backoff,
-                error,
-            )
-            return False
-        self.stored_rows += len(batch.rows)
-        return True
+            INSERT_FAILURES.labels(self._table).inc()
+            log.warning("insert of %d rows into %s failed: %s", batch.rows, self._table, error)
+            await self._keep(batch, rows)
+            return
+        FLUSH_SECONDS.observe(time.perf_counter() - started)
+        BATCH_ROWS.observe(batch.rows)
+        if self._on_stored is not None:
+            self._on_stored(rows)
+
+    async def _keep(self, batch: RetryBatch, rows: list[Row]) -> None:
+        if self._hand_off is not None:
+            try:
+                await self._hand_off(batch)
+                return
+            except Exception as error:
+                log.warning("retry queue unavailable, holding %d rows here: %s", batch.rows, error)
+        batch.attempts += 1
+        self._retry_at = time.monotonic() + min(
+            self._max_backoff, 0.5 * 2 ** min(batch.attempts, 10)
+        )
+        self._held.append((batch, rows))

@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import httpx
 import msgspec
 import pytest
+from redis.asyncio import Redis
 from sanic import Sanic
 
 from core.settings import Settings, load_settings
@@ -43,15 +45,44 @@ def free_port() -> int:
         return port
 
 
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+TEST_REDIS_URL = "redis://127.0.0.1:6379/15"  # flushed before every test
+GEOIP_DB = Path(__file__).parent / "data" / "GeoLite2-City-Test.mmdb"
+
+
 @pytest.fixture
-def settings(chdb_url: str, database: str, tmp_path: Path) -> Settings:
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(TEST_REDIS_URL)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def exchange_name() -> AsyncIterator[str]:
+    name = f"test.{uuid.uuid4().hex[:10]}"
+    yield name
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.exchange_delete(name)
+
+
+@pytest.fixture
+def settings(
+    chdb_url: str, database: str, tmp_path: Path, redis: Redis, exchange_name: str
+) -> Settings:
     return load_settings(
         {
             "PORT": str(free_port()),
             "CLICKHOUSE_URL": chdb_url,
             "CLICKHOUSE_DATABASE": database,
+            "REDIS_URL": TEST_REDIS_URL,
+            "AMQP_EXCHANGE": exchange_name,
             "STORAGE_URL": f"file://{tmp_path / 'objects'}",
             "FLUSH_INTERVAL_MS": "50",
+            "RATE_LIMIT": "100000/minute",
+            "GEOIP_DB": str(GEOIP_DB),
         }
     )
 

@@ -1,0 +1,12 @@
+"""arq: WorkerSettings, jobs, cron schedule. `arq workers.WorkerSettings` runs them standalone."""
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    # Built on first use so that importing a job module does not read the environment.
+    if name == "WorkerSettings":
+        from workers.settings import worker_settings
+
+        return worker_settings()
+    raise AttributeError(name)

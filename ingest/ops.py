@@ -1,16 +1,18 @@
-"""Liveness and readiness for orchestrators and load balancers."""
+"""Operations endpoints: liveness, readiness (ClickHouse, Redis, RabbitMQ) and Prometheus."""
 
 from __future__ import annotations
 
 import asyncio
 
-from sanic import Blueprint, Request, json
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sanic import Blueprint, HTTPResponse, Request, json
 from sanic.response import JSONResponse
 
 from consumers.broker import ping as ping_rabbitmq
+from core.metrics import PUBLISH_BACKLOG, RATES, RETRY_QUEUE_DEPTH
 from ingest.services import services
 
-bp = Blueprint("health")
+bp = Blueprint("ops")
 
 
 @bp.get("/healthz")
@@ -43,3 +45,16 @@ async def readyz(request: Request) -> JSONResponse:
         {"status": "ready" if ready else "not ready", "checks": checks},
         status=200 if ready else 503,
     )
+
+
+@bp.get("/metrics")
+async def metrics(request: Request) -> HTTPResponse:
+    svc = services(request)
+    RATES.refresh_gauges()
+    PUBLISH_BACKLOG.set(svc.publisher.backlog)
+    try:
+        depth = await asyncio.wait_for(svc.retry_queue.depth(), timeout=1)
+        RETRY_QUEUE_DEPTH.labels("redis").set(depth)
+    except Exception:
+        pass  # the gauge keeps its last value; redis_unavailable tells the rest
+    return HTTPResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

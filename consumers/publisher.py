@@ -1,0 +1,135 @@
+"""Publishes our events on the platform exchange, with publisher confirms, in batches.
+
+`publish` only appends to an in-memory backlog, so a slow or absent broker never delays the
+caller. A background task sends the backlog in chunks and waits for the broker's confirms; what
+is not confirmed goes back to the front and is sent again after a reconnect. Messages carry the
+envelope's eventId as message_id, so consumers can drop the rare re-send. The backlog is
+bounded: past `max_backlog` the oldest messages are discarded and counted, never silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from typing import NamedTuple
+
+import aio_pika
+from aio_pika.abc import AbstractRobustExchange
+
+from core.metrics import PUBLISH_BACKLOG, PUBLISH_FAILURES, PUBLISH_LOST, PUBLISHED
+
+log = logging.getLogger(__name__)
+
+
+class Outgoing(NamedTuple):
+    routing_key: str
+    message_id: str
+    body: bytes
+
+
+class EventPublisher:
+    def __init__(
+        self, url: str, exchange: str, *, max_backlog: int = 1_000_000, chunk: int = 500
+    ) -> None:
+        self._url = url
+        self._exchange_name = exchange
+        self._max_backlog = max_backlog
+        self._chunk = chunk
+        self._backlog: deque[Outgoing] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self.connected = asyncio.Event()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._backlog)
+
+    def publish(self, routing_key: str, message_id: str, body: bytes) -> None:
+        if len(self._backlog) >= self._max_backlog:
+            lost = self._backlog.popleft()
+            PUBLISH_LOST.labels(lost.routing_key).inc()
+        self._backlog.append(Outgoing(routing_key, message_id, body))
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="publisher")
+
+    async def close(self, drain_within: float = 5.0) -> None:
+        """Give the backlog a few seconds to go out, then stop; count what could not."""
+        if self._task is not None:
+            deadline = asyncio.get_running_loop().time() + drain_within
+            while self._backlog and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for message in self._backlog:
+            PUBLISH_LOST.labels(message.routing_key).inc()
+        if self._backlog:
+            log.error("%d messages were not published before shutdown", len(self._backlog))
+        self._backlog.clear()
+        if self._connection is not None:
+            await self._connection.close()
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                self._connection = await aio_pika.connect(self._url, timeout=5)
+                channel = await self._connection.channel(publisher_confirms=True)
+                exchange = await channel.declare_exchange(
+                    self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+                )
+                self.connected.set()
+                backoff = 0.5
+                await self._pump(exchange)  # type: ignore[arg-type]
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self.connected.clear()
+                log.warning("publisher: %s; reconnecting in %.1fs", error, backoff)
+                if self._connection is not None:
+                    await asyncio.gather(self._connection.close(), return_exceptions=True)
+                    self._connection = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _pump(self, exchange: AbstractRobustExchange) -> None:
+        while True:
+            PUBLISH_BACKLOG.set(len(self._backlog))
+            if not self._backlog:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            chunk = [self._backlog.popleft() for _ in range(min(self._chunk, len(self._backlog)))]
+            results = await asyncio.gather(
+                *(
+                    exchange.publish(
+                        aio_pika.Message(
+                            m.body,
+                            message_id=m.message_id,
+                            content_type="application/json",
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        ),
+                        routing_key=m.routing_key,
+                    )
+                    for m in chunk
+                ),
+                return_exceptions=True,
+            )
+            failed = [
+                m for m, r in zip(chunk, results, strict=True) if isinstance(r, BaseException)
+            ]
+            confirmed = Counter(
+                m.routing_key
+                for m, r in zip(chunk, results, strict=True)
+                if not isinstance(r, BaseException)
+            )
+            for routing_key, count in confirmed.items():
+                PUBLISHED.labels(routing_key).inc(count)
+            if failed:
+                for m in failed:
+                    PUBLISH_FAILURES.labels(m.routing_key).inc()
+                self._backlog.extendleft(reversed(failed))
+                raise ConnectionError(f"{len(failed)} of {len(chunk)} messages not confirmed")

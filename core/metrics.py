@@ -1,0 +1,101 @@
+"""Prometheus metrics, defined once; every process part records into these."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import deque
+
+from prometheus_client import Counter, Gauge, Histogram
+
+
+class Drop(enum.StrEnum):
+    """Every reason an event sent to us is not stored; the label of `tracking_events_dropped`."""
+
+    INVALID = "invalid"  # failed validation (the client got a 400 or a `rejected` entry)
+    TOO_LARGE = "too_large"  # body or array over the limit (counted per request)
+    RATE_LIMITED = "rate_limited"  # 429 (counted per request)
+    DUPLICATE = "duplicate"  # eventId already accepted: acknowledged, not stored again
+
+
+EVENTS_RECEIVED = Counter(
+    "tracking_events_received", "Tracking events received, valid or not (per request when unparsed)"
+)
+EVENTS_ACCEPTED = Counter("tracking_events_accepted", "Tracking events answered with 202")
+EVENTS_STORED = Counter("tracking_events_stored", "Tracking events confirmed stored in ClickHouse")
+EVENTS_DROPPED = Counter(
+    "tracking_events_dropped", "Tracking events not stored, by reason", ["reason"]
+)
+BOT_EVENTS = Counter(
+    "tracking_bot_events", "Events stored with is_bot = true (kept out of reports)"
+)
+BATCH_ROWS = Histogram(
+    "tracking_batch_rows",
+    "Rows per insert batch",
+    buckets=(1, 10, 100, 500, 1_000, 5_000, 10_000, 50_000, 100_000),
+)
+FLUSH_SECONDS = Histogram(
+    "tracking_flush_seconds",
+    "Time to write one batch to ClickHouse",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+INSERT_FAILURES = Counter(
+    "clickhouse_insert_failures", "Batch inserts ClickHouse refused", ["table"]
+)
+RETRY_QUEUE_DEPTH = Gauge("tracking_retry_queue_depth", "Batches waiting to be retried", ["where"])
+REDIS_FAILURES = Counter(
+    "redis_unavailable", "Redis calls that failed; ingest went on without them", ["operation"]
+)
+RATE_LIMIT_FAIL_OPEN = Counter(
+    "rate_limit_fail_open", "Requests let through because Redis could not be asked"
+)
+PUBLISHED = Counter("analytics_events_published", "Messages confirmed by RabbitMQ", ["routing_key"])
+PUBLISH_FAILURES = Counter(
+    "analytics_publish_failures", "Publish attempts that failed and were put back", ["routing_key"]
+)
+PUBLISH_BACKLOG = Gauge("analytics_publish_backlog", "Messages waiting to be published")
+PUBLISH_LOST = Counter(
+    "analytics_publish_lost", "Messages discarded because the backlog was full", ["routing_key"]
+)
+INGEST_RATE = Gauge(
+    "tracking_ingest_rate_per_second", "Events accepted per second over the last minute"
+)
+DROP_RATE = Gauge(
+    "analytics_event_drop_rate", "Share of received events dropped over the last minute (0..1)"
+)
+
+
+class RateWindow:
+    """Per-second rates over a trailing window, for the two seed gauges."""
+
+    def __init__(self, seconds: int = 60) -> None:
+        self._seconds = seconds
+        self._buckets: deque[tuple[int, int, int]] = deque()  # (second, accepted, dropped)
+
+    def record(self, accepted: int = 0, dropped: int = 0) -> None:
+        now = int(time.monotonic())
+        if self._buckets and self._buckets[-1][0] == now:
+            _, a, d = self._buckets[-1]
+            self._buckets[-1] = (now, a + accepted, d + dropped)
+        else:
+            self._buckets.append((now, accepted, dropped))
+        self._trim(now)
+
+    def _trim(self, now: int) -> None:
+        while self._buckets and self._buckets[0][0] <= now - self._seconds:
+            self._buckets.popleft()
+
+    def refresh_gauges(self) -> None:
+        self._trim(int(time.monotonic()))
+        accepted = sum(a for _, a, _ in self._buckets)
+        dropped = sum(d for _, _, d in self._buckets)
+        INGEST_RATE.set(accepted / self._seconds)
+        DROP_RATE.set(dropped / (accepted + dropped) if accepted + dropped else 0.0)
+
+
+RATES = RateWindow()
+
+
+def drop(reason: Drop, count: int = 1) -> None:
+    EVENTS_DROPPED.labels(reason.value).inc(count)
+    RATES.record(dropped=count)

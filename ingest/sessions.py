@@ -1,0 +1,160 @@
+"""The Redis steps of enrichment, run once per batch: drop duplicates, attach session data.
+
+One script call per batch. Per session it keeps the first-seen time, landing page, entry
+referrer and UTM tags and a counter that gives each event its sequence number; per known user,
+the session they were first seen in, which makes every later session "returning". Keys expire.
+When Redis is unreachable the batch is stored without session data and without the duplicate
+check, and the failure is counted: stopping ingest would lose more than it protects.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, urlsplit
+
+from redis.asyncio import Redis
+
+from core.metrics import REDIS_FAILURES, Drop, drop
+from ingest.rows import TrackingRow
+
+log = logging.getLogger(__name__)
+
+# Every event id is remembered this long (our tracker sets eventId on every event, so nearly
+# all ids are client-chosen; server-made UUIDv7s cannot collide but cost only a key each).
+DEDUP_TTL_S = 86400
+SESSION_TTL_S = 86400  # the tracker's sessionId lives as long as the browser tab session
+VISITOR_TTL_S = 400 * 86400
+
+# ARGV: ttls; n rows as (event id, group); m groups as (session, user,
+# first-seen ms, landing url, referrer, utm source, medium, campaign).
+# Returns per row 1 when it is a duplicate, and per group its session data with the last
+# sequence number handed out before this batch.
+_SCRIPT = """
+local dedup_ttl, session_ttl, visitor_ttl = ARGV[1], ARGV[2], ARGV[3]
+local n = tonumber(ARGV[4])
+local duplicates, counts = {}, {}
+local i = 5
+for k = 1, n do
+  local group = tonumber(ARGV[i + 1])
+  duplicates[k] = 0
+  if redis.call('SET', 'lw:evt:' .. ARGV[i], '1', 'NX', 'EX', dedup_ttl) then
+    counts[group] = (counts[group] or 0) + 1
+  else
+    duplicates[k] = 1
+  end
+  i = i + 2
+end
+local m = tonumber(ARGV[i]); i = i + 1
+local sessions = {}
+for g = 1, m do
+  local sid, uid = ARGV[i], ARGV[i + 1]
+  local key = 'lw:sess:' .. sid
+  if redis.call('HSETNX', key, 'first', ARGV[i + 2]) == 1 then
+    redis.call('HSET', key, 'landing', ARGV[i + 3], 'referrer', ARGV[i + 4],
+               'us', ARGV[i + 5], 'um', ARGV[i + 6], 'uc', ARGV[i + 7])
+  end
+  local last = redis.call('HINCRBY', key, 'seq', counts[g] or 0)
+  redis.call('EXPIRE', key, session_ttl)
+  local s = redis.call('HMGET', key, 'first', 'landing', 'referrer', 'us', 'um', 'uc')
+  local returning = 0
+  if uid ~= '' then
+    local first_session = redis.call('GET', 'lw:visitor:' .. uid)
+    if not first_session then
+      redis.call('SET', 'lw:visitor:' .. uid, sid, 'EX', visitor_ttl)
+    elseif first_session ~= sid then
+      returning = 1
+    end
+  end
+  sessions[g] = {last - (counts[g] or 0), s[1], s[2], s[3], s[4], s[5], s[6], returning}
+  i = i + 8
+end
+return {duplicates, sessions}
+"""
+
+
+class _Session(NamedTuple):
+    seq_before: int
+    started: datetime
+    landing: str
+    referrer: str
+    utm: tuple[str, str, str]
+    returning: bool
+
+    @classmethod
+    def from_redis(cls, answer: list[Any]) -> _Session:
+        before, first_ms, landing, referrer, us, um, uc, returning = answer
+        return cls(
+            int(before),
+            datetime.fromtimestamp(int(first_ms) / 1000, UTC),
+            landing.decode(),
+            referrer.decode(),
+            (us.decode(), um.decode(), uc.decode()),
+            bool(returning),
+        )
+
+
+def _utm(url: str) -> tuple[str, str, str]:
+    query = parse_qs(urlsplit(url).query)
+
+    def first(name: str) -> str:
+        return query.get(name, [""])[0][:256]
+
+    return first("utm_source"), first("utm_medium"), first("utm_campaign")
+
+
+class SessionStore:
+    def __init__(self, redis: Redis) -> None:
+        self._script = redis.register_script(_SCRIPT)
+
+    async def enrich(self, rows: list[TrackingRow]) -> list[TrackingRow]:
+        """The rows minus those whose eventId was seen before, with their session data."""
+        groups: dict[tuple[str, str], int] = {}
+        row_group: list[int] = []
+        group_first: list[TrackingRow] = []
+        for row in rows:
+            key = (str(row.session_id), str(row.user_id) if row.user_id else "")
+            if key not in groups:
+                groups[key] = len(groups) + 1  # Lua tables count from 1
+                group_first.append(row)
+            row_group.append(groups[key])
+        args: list[str | int] = [DEDUP_TTL_S, SESSION_TTL_S, VISITOR_TTL_S, len(rows)]
+        for row, group in zip(rows, row_group, strict=True):
+            args.extend((str(row.event_id), group))
+        args.append(len(groups))
+        for (session_id, user), first in zip(groups, group_first, strict=True):
+            args.extend(
+                (
+                    session_id,
+                    user,
+                    int(first.received_at.timestamp() * 1000),
+                    first.url,
+                    first.referrer,
+                    *_utm(first.url),
+                )
+            )
+        try:
+            duplicates, sessions = await self._script(args=args)
+        except Exception as error:
+            REDIS_FAILURES.labels("session_enrichment").inc()
+            log.warning("session enrichment skipped for %d events: %s", len(rows), error)
+            return rows
+
+        kept = [row for row, dup in zip(rows, duplicates, strict=True) if not dup]
+        if len(kept) < len(rows):
+            drop(Drop.DUPLICATE, len(rows) - len(kept))
+        known = [_Session.from_redis(answer) for answer in sessions]
+        seq = [session.seq_before for session in known]
+        for row, group, dup in zip(rows, row_group, duplicates, strict=True):
+            if dup:
+                continue
+            session = known[group - 1]
+            seq[group - 1] += 1
+            row.session_seq = seq[group - 1]
+            row.session_started_at = session.started
+            row.landing_page = session.landing
+            row.entry_referrer = session.referrer
+            row.utm_source, row.utm_medium, row.utm_campaign = session.utm
+            row.is_returning = session.returning
+        return kept

@@ -1,0 +1,76 @@
+"""`lomash.analytics.event.tracked`: one message per stored tracking event."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import msgspec
+
+from consumers.publisher import EventPublisher
+from core.envelope import routing_key_to_event_type
+from core.metrics import EVENTS_STORED
+from ingest.rows import TrackingRow
+
+ROUTING_KEY = "lomash.analytics.event.tracked"
+EVENT_TYPE = routing_key_to_event_type(ROUTING_KEY)
+
+
+class TrackedPayload(msgspec.Struct, rename="camel", kw_only=True):
+    event_id: uuid.UUID
+    event_type: str
+    session_id: uuid.UUID
+    user_id: uuid.UUID | None
+    url: str
+    occurred_at: datetime
+    received_at: datetime
+    device_type: str
+    country: str
+    is_bot: bool
+    session_seq: int
+    properties: msgspec.Raw
+
+
+class TrackedEnvelope(msgspec.Struct, rename="camel", kw_only=True):
+    event_id: uuid.UUID
+    event_type: str
+    timestamp: datetime
+    version: str
+    payload: TrackedPayload
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def envelope(row: TrackingRow) -> bytes:
+    # The tracked event's own id identifies the message: a re-send is recognisable downstream.
+    return _encoder.encode(
+        TrackedEnvelope(
+            event_id=row.event_id,
+            event_type=EVENT_TYPE,
+            timestamp=row.received_at,
+            version="1.0",
+            payload=TrackedPayload(
+                event_id=row.event_id,
+                event_type=row.event_type,
+                session_id=row.session_id,
+                user_id=row.user_id,
+                url=row.url,
+                occurred_at=row.occurred_at,
+                received_at=row.received_at,
+                device_type=row.device_type,
+                country=row.country,
+                is_bot=row.is_bot,
+                session_seq=row.session_seq,
+                properties=msgspec.Raw(row.properties.encode()),
+            ),
+        )
+    )
+
+
+def announce_stored(publisher: EventPublisher | None, rows: list[TrackingRow]) -> None:
+    EVENTS_STORED.inc(len(rows))
+    if publisher is None:
+        return
+    for row in rows:
+        publisher.publish(ROUTING_KEY, str(row.event_id), envelope(row))

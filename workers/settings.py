@@ -1,0 +1,52 @@
+"""The arq worker: its jobs, cron schedule and clients (for `arq workers.WorkerSettings`).
+
+`analytics serve` runs the same functions and crons in its own event loop with the API's
+clients; standalone, `open_clients` makes them from the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arq import cron
+from arq.connections import RedisSettings
+
+from consumers.publisher import EventPublisher
+from core.retry_queue import RetryQueue
+from core.settings import load_settings
+from materialized.migrations import migrate
+from materialized.warehouse import Warehouse
+from workers.jobs import retry_failed_batches
+
+FUNCTIONS = [retry_failed_batches]
+CRON_JOBS = [cron(retry_failed_batches, second={0}, run_at_startup=True)]
+
+
+async def open_clients(ctx: dict[str, Any]) -> None:
+    settings = load_settings()
+    warehouse = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
+    await warehouse.open()
+    await migrate(warehouse, cluster=settings.clickhouse_cluster)
+    publisher = EventPublisher(settings.amqp_url, settings.amqp_exchange)
+    publisher.start()
+    queue = RetryQueue(ctx["redis"])
+    await queue.recover()
+    ctx.update(settings=settings, warehouse=warehouse, publisher=publisher, retry_queue=queue)
+
+
+async def close_clients(ctx: dict[str, Any]) -> None:
+    await ctx["publisher"].close()
+    await ctx["warehouse"].close()
+
+
+def worker_settings() -> type:
+    settings = load_settings()
+
+    class WorkerSettings:
+        functions = FUNCTIONS
+        cron_jobs = CRON_JOBS
+        on_startup = open_clients
+        on_shutdown = close_clients
+        redis_settings = RedisSettings.from_dsn(settings.redis_url)
+
+    return WorkerSettings
