@@ -1,0 +1,193 @@
+"""Nothing accepted is lost or stored twice: ClickHouse refusing writes, the retry queue and
+its arq job, and `lomash.analytics.event.tracked` for every stored event."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import msgspec
+import pytest
+from arq import create_pool
+from arq.worker import Worker
+from redis.asyncio import Redis
+
+import workers
+from core.retry_queue import RetryBatch, RetryQueue
+from core.settings import Settings
+from ingest.rows import TrackingRow
+from materialized.warehouse import Warehouse
+from tests.conftest import AMQP_URL, Running, event, free_port, wait_for
+
+TRACK = "/v1/analytics/track"
+
+
+@pytest.fixture
+async def tracked_queue(exchange_name: str) -> AsyncIterator[aio_pika.abc.AbstractQueue]:
+    """A queue of our own on the test exchange, read with a separate connection."""
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel()
+    exchange = await channel.declare_exchange(
+        exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    queue = await channel.declare_queue("", exclusive=True)
+    await queue.bind(exchange, "lomash.analytics.event.tracked")
+    yield queue
+    await connection.close()
+
+
+async def drain_queue(queue: aio_pika.abc.AbstractQueue, expected: int) -> list[dict[str, Any]]:
+    bodies: list[dict[str, Any]] = []
+    deadline = asyncio.get_running_loop().time() + 20
+    while len(bodies) < expected and asyncio.get_running_loop().time() < deadline:
+        message = await queue.get(fail=False)
+        if message is None:
+            await asyncio.sleep(0.05)
+            continue
+        await message.ack()
+        bodies.append(msgspec.json.decode(message.body))
+    return bodies
+
+
+async def send_load(server: Running, requests: int, per_request: int) -> list[str]:
+    async def one() -> list[str]:
+        response = await server.http.post(TRACK, json=[event() for _ in range(per_request)])
+        assert response.status_code == 202
+        ids: list[str] = response.json()["eventIds"]
+        return ids
+
+    ids: list[str] = []
+    for start in range(0, requests, 10):
+        for chunk in await asyncio.gather(*(one() for _ in range(min(10, requests - start)))):
+            ids.extend(chunk)
+    return ids
+
+
+@pytest.mark.timeout(90)
+async def test_clickhouse_refusing_writes_under_load_loses_nothing_and_doubles_nothing(
+    server: Running,
+    warehouse: Warehouse,
+    redis: Redis,
+    tracked_queue: aio_pika.abc.AbstractQueue,
+) -> None:
+    await server.services.publisher.connected.wait()
+    # A real refusal: the table is gone from ClickHouse until it is attached again.
+    await warehouse.command("DETACH TABLE tracking_events")
+    ids = await send_load(server, requests=60, per_request=10)
+    assert len(ids) == 600
+    queue = RetryQueue(redis)
+
+    async def handed_off() -> bool:
+        return server.services.tracking_writer.pending_rows == 0 and await queue.depth() > 0
+
+    await wait_for(handed_off)
+    await asyncio.sleep(1.5)  # let the arq job fail at least once against the missing table
+    await warehouse.command("ATTACH TABLE tracking_events")
+
+    async def all_stored() -> bool:
+        return bool(await warehouse.scalar("SELECT count() FROM tracking_events") >= 600)
+
+    await wait_for(all_stored, within=40)
+    assert await warehouse.scalar("SELECT count() FROM tracking_events") == 600
+    stored_ids = await warehouse.rows("SELECT toString(event_id) FROM tracking_events")
+    assert sorted(r[0] for r in stored_ids) == sorted(ids)
+    assert await queue.depth() == 0
+
+    messages = await drain_queue(tracked_queue, 600)
+    assert sorted(m["payload"]["eventId"] for m in messages) == sorted(ids)
+    first = messages[0]
+    assert first["eventType"] == "analytics-event-tracked"
+    assert first["eventId"] == first["payload"]["eventId"]
+    assert set(first) == {"eventId", "eventType", "timestamp", "version", "payload"}
+    assert first["payload"]["eventType"] == "PAGEVIEW"
+    assert first["payload"]["properties"] == {"productId": "kit-shaker-oak", "price": 1249.5}
+
+
+async def test_every_stored_event_is_published_once_with_its_envelope(
+    server: Running, warehouse: Warehouse, tracked_queue: aio_pika.abc.AbstractQueue
+) -> None:
+    user = str(uuid.uuid4())
+    response = await server.http.post(
+        TRACK, json=[event(userId=user, eventType="BOOKING_START"), event()]
+    )
+    await server.drain()
+    messages = await drain_queue(tracked_queue, 2)
+    assert sorted(m["eventId"] for m in messages) == sorted(response.json()["eventIds"])
+    booking = next(m for m in messages if m["payload"]["eventType"] == "BOOKING_START")
+    payload = booking["payload"]
+    assert payload["userId"] == user
+    assert payload["sessionSeq"] == 1
+    assert payload["url"] == "https://www.lomashwood.co.uk/kitchens/shaker-oak"
+    assert {"occurredAt", "receivedAt", "deviceType", "country", "isBot"} <= set(payload)
+    await asyncio.sleep(0.3)
+    assert await tracked_queue.get(fail=False) is None  # nothing twice
+
+
+async def test_rabbitmq_down_never_delays_the_202_and_the_backlog_is_counted(
+    make_server,
+    settings: Settings,
+    warehouse: Warehouse,  # type: ignore[no-untyped-def]
+) -> None:
+    server: Running = await make_server(
+        msgspec.structs.replace(settings, amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    )
+    started = asyncio.get_running_loop().time()
+    response = await server.http.post(TRACK, json=[event() for _ in range(5)])
+    assert response.status_code == 202
+    assert asyncio.get_running_loop().time() - started < 0.5
+    await server.drain()
+    assert await warehouse.scalar("SELECT count() FROM tracking_events") == 5
+    assert server.services.publisher.backlog == 5
+    metrics = (await server.http.get("/metrics")).text
+    assert "analytics_publish_backlog 5.0" in metrics
+
+
+async def test_standalone_worker_retries_a_queued_batch_once(
+    settings: Settings, warehouse: Warehouse, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = datetime(2026, 11, 27, 10, tzinfo=UTC)
+    row = TrackingRow(
+        event_id=uuid.uuid4(),
+        event_type="PAGEVIEW",
+        session_id=uuid.uuid4(),
+        user_id=None,
+        received_at=at,
+        client_timestamp=None,
+        occurred_at=at,
+        url="https://www.lomashwood.co.uk/",
+    )
+    batch = RetryBatch(
+        table="tracking_events",
+        columns=TrackingRow.__struct_fields__,
+        token=uuid.uuid4().hex,
+        data=msgspec.json.Encoder().encode_lines([row]),
+        rows=1,
+    )
+    queue = RetryQueue(redis)
+    await queue.push(batch)
+    await queue.push(batch)  # the same batch twice, as after a crash between insert and done
+    for name, value in {
+        "CLICKHOUSE_URL": settings.clickhouse_url,
+        "CLICKHOUSE_DATABASE": settings.clickhouse_database,
+        "REDIS_URL": settings.redis_url,
+        "AMQP_EXCHANGE": settings.amqp_exchange,
+    }.items():
+        monkeypatch.setenv(name, value)
+    ws = workers.WorkerSettings
+    worker = Worker(
+        functions=ws.functions,
+        on_startup=ws.on_startup,
+        on_shutdown=ws.on_shutdown,
+        redis_settings=ws.redis_settings,
+        burst=True,
+        handle_signals=False,
+    )
+    pool = await create_pool(ws.redis_settings)
+    await pool.enqueue_job("retry_failed_batches")
+    await pool.aclose()
+    await worker.async_run()
+    await worker.close()
+    assert await warehouse.scalar("SELECT count() FROM tracking_events") == 1
+    assert await queue.depth() == 0
