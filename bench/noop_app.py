@@ -8,6 +8,11 @@ from sanic.response import JSONResponse
 app = Sanic("noop_baseline", configure_logging=False)
 
 
+@app.get("/healthz")
+async def healthz(request: Request) -> JSONResponse:
+    return json({"status": "ok"})
+
+
 @app.post("/v1/analytics/track")
 async def track(request: Request) -> JSONResponse:
     return json({"eventId": "00000000-0000-0000-0000-000000000000"}, status=202)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from typing import NamedTuple
 
 import aio_pika
+import msgspec
 from aio_pika.abc import AbstractRobustExchange
 
 from core.metrics import PUBLISH_BACKLOG, PUBLISH_FAILURES, PUBLISH_LOST, PUBLISHED
@@ -22,7 +22,9 @@ from core.metrics import PUBLISH_BACKLOG, PUBLISH_FAILURES, PUBLISH_LOST, PUBLIS
 log = logging.getLogger(__name__)
 
 
-class Outgoing(NamedTuple):
+class Outgoing(msgspec.Struct, frozen=True, gc=False):
+    """A message waiting in the backlog; gc=False keeps a large backlog cheap for the GC."""
+
     routing_key: str
     message_id: str
     body: bytes

@@ -39,6 +39,11 @@ FLUSH_SECONDS = Histogram(
     "Time to write one batch to ClickHouse",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+VISIBLE_SECONDS = Histogram(
+    "tracking_visible_seconds",
+    "From the 202 to the row being queryable, for the oldest row of each stored batch",
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60),
+)
 INSERT_FAILURES = Counter(
     "clickhouse_insert_failures", "Batch inserts ClickHouse refused", ["table"]
 )

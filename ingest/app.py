@@ -6,6 +6,7 @@ import logging
 
 from arq.connections import ArqRedis
 from sanic import Request, Sanic
+from sanic.exceptions import RequestCancelled
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
@@ -31,6 +32,9 @@ class JSONErrors(ErrorHandler):
     """Every error, Sanic's own (404, 405, 413) included, answers `{"error": ...}`."""
 
     def default(self, request: Request, exception: Exception) -> HTTPResponse:
+        if isinstance(exception, RequestCancelled):
+            # The client went away mid-request; nobody is left to answer.
+            return HTTPResponse(status=499)
         status = getattr(exception, "status_code", 500)
         if status >= 500:
             log.exception(

@@ -1,7 +1,7 @@
 """Enrichment, as a named sequence of small steps.
 
-Per event, in the request (pure, no I/O): `to_row` stamps the server facts, then each of STEPS
-fills what it knows. Per batch, before the insert (one Redis call): `SessionStore.enrich` in
+In the request (pure, no I/O): `to_row` stamps the server facts on each event, then each of
+STEPS fills what it knows. Per batch, before the insert (one Redis call): `SessionStore.enrich` in
 `sessions.py` drops duplicates and attaches session data.
 """
 
@@ -32,7 +32,7 @@ class Context:
     header_user_agent: str = ""
 
 
-Step = Callable[[TrackingRow, Context], None]
+Step = Callable[[list[TrackingRow], Context], None]
 
 
 def to_row(event: TrackingEvent, ctx: Context) -> TrackingRow:
@@ -43,7 +43,7 @@ def to_row(event: TrackingEvent, ctx: Context) -> TrackingRow:
     return TrackingRow(
         # A client retry reuses its eventId; otherwise the server makes a time-ordered one.
         event_id=event.event_id or new_event_id(),
-        event_type=event.event_type.value,
+        event_type=event.event_type,
         session_id=event.session_id,
         user_id=event.user_id,
         received_at=ctx.received_at,
@@ -57,39 +57,48 @@ def to_row(event: TrackingEvent, ctx: Context) -> TrackingRow:
     )
 
 
-def trust_client_clock(row: TrackingRow, ctx: Context) -> None:
-    ts = row.client_timestamp
-    if ts is not None and (
-        ctx.received_at - TRUST_CLIENT_PAST <= ts <= ctx.received_at + TRUST_CLIENT_FUTURE
-    ):
-        row.occurred_at = ts
+def trust_client_clock(rows: list[TrackingRow], ctx: Context) -> None:
+    earliest = ctx.received_at - TRUST_CLIENT_PAST
+    latest = ctx.received_at + TRUST_CLIENT_FUTURE
+    for row in rows:
+        ts = row.client_timestamp
+        if ts is not None and earliest <= ts <= latest:
+            row.occurred_at = ts
 
 
-def put_geolocation(row: TrackingRow, ctx: Context) -> None:
-    row.country, row.region, row.city = ctx.place
+def put_geolocation(rows: list[TrackingRow], ctx: Context) -> None:
+    country, region, city = ctx.place
+    for row in rows:
+        row.country, row.region, row.city = country, region, city
 
 
-def parse_user_agent(row: TrackingRow, ctx: Context) -> None:
-    agent = parse_agent(row.user_agent)
-    row.browser, row.browser_version = agent.browser, agent.browser_version
-    row.os, row.os_version = agent.os, agent.os_version
-    if not row.device_type:
-        row.device_type = agent.device_type
+def parse_user_agent(rows: list[TrackingRow], ctx: Context) -> None:
+    for row in rows:
+        agent = parse_agent(row.user_agent)
+        row.browser, row.browser_version = agent.browser, agent.browser_version
+        row.os, row.os_version = agent.os, agent.os_version
+        if not row.device_type:
+            row.device_type = agent.device_type
 
 
-def flag_bot(row: TrackingRow, ctx: Context) -> None:
+def flag_bot(rows: list[TrackingRow], ctx: Context) -> None:
     # Bots are stored, flagged, and kept out of every report by `is_bot = 0` in the views.
-    row.is_bot = parse_agent(row.user_agent).is_bot
+    for row in rows:
+        row.is_bot = parse_agent(row.user_agent).is_bot
 
 
 STEPS: Sequence[Step] = (trust_client_clock, put_geolocation, parse_user_agent, flag_bot)
 
 
-def enrich(event: TrackingEvent, ctx: Context, steps: Sequence[Step] = STEPS) -> TrackingRow:
-    row = to_row(event, ctx)
+def enrich(
+    events: Sequence[TrackingEvent], ctx: Context, steps: Sequence[Step] = STEPS
+) -> list[TrackingRow]:
+    """The rows for one request's events. Steps take the request's rows together: one call
+    per step and request, not per event, which matters for arrays of 100."""
+    rows = [to_row(event, ctx) for event in events]
     for step in steps:
-        step(row, ctx)
-    return row
+        step(rows, ctx)
+    return rows
 
 
 def now() -> datetime:

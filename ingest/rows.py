@@ -12,7 +12,9 @@ from datetime import datetime
 import msgspec
 
 
-class TrackingRow(msgspec.Struct, kw_only=True, array_like=True):
+# gc=False: rows hold only scalars, so they cannot be part of a reference cycle, and keeping
+# hundreds of thousands of them out of the collector's sight keeps GC pauses short.
+class TrackingRow(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     event_id: uuid.UUID
     event_type: str
     session_id: uuid.UUID

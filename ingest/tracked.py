@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 import msgspec
 
 from consumers.publisher import EventPublisher
 from core.envelope import routing_key_to_event_type
-from core.metrics import EVENTS_STORED
+from core.metrics import EVENTS_STORED, VISIBLE_SECONDS
 from ingest.rows import TrackingRow
 
 ROUTING_KEY = "lomash.analytics.event.tracked"
 EVENT_TYPE = routing_key_to_event_type(ROUTING_KEY)
 
 
-class TrackedPayload(msgspec.Struct, rename="camel", kw_only=True):
+class TrackedPayload(msgspec.Struct, rename="camel", kw_only=True, gc=False):
     event_id: uuid.UUID
     event_type: str
     session_id: uuid.UUID
@@ -31,7 +31,7 @@ class TrackedPayload(msgspec.Struct, rename="camel", kw_only=True):
     properties: msgspec.Raw
 
 
-class TrackedEnvelope(msgspec.Struct, rename="camel", kw_only=True):
+class TrackedEnvelope(msgspec.Struct, rename="camel", kw_only=True, gc=False):
     event_id: uuid.UUID
     event_type: str
     timestamp: datetime
@@ -70,6 +70,9 @@ def envelope(row: TrackingRow) -> bytes:
 
 def announce_stored(publisher: EventPublisher | None, rows: list[TrackingRow]) -> None:
     EVENTS_STORED.inc(len(rows))
+    if rows:
+        oldest = min(row.received_at for row in rows)
+        VISIBLE_SECONDS.observe((datetime.now(UTC) - oldest).total_seconds())
     if publisher is None:
         return
     for row in rows:

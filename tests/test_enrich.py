@@ -8,7 +8,8 @@ import pytest
 
 from ingest.client_ip import client_ip
 from ingest.enrich import Context, enrich
-from ingest.geo import GeoLocator
+from ingest.geo import GeoLocator, Place
+from ingest.rows import TrackingRow
 from ingest.schema import decode_event
 from ingest.useragent import parse_agent
 from tests.conftest import GEOIP_DB, encode, event
@@ -95,20 +96,22 @@ def test_user_agent_parsing(ua: str, browser: str, os: str, device: str, bot: bo
     )
 
 
-def _row(**overrides: object):  # type: ignore[no-untyped-def]
-    return enrich(
-        decode_event(encode(event(**overrides))),
+def _row(**overrides: object) -> TrackingRow:
+    (row,) = enrich(
+        [decode_event(encode(event(**overrides)))],
         Context(
-            received_at=datetime(2026, 3, 29, 12, 0, tzinfo=UTC), place=("GB", "England", "London")
+            received_at=datetime(2026, 3, 29, 12, 0, tzinfo=UTC),
+            place=Place(("GB", "England", "London")),
         ),
     )
+    return row
 
 
 def test_enrich_fills_geo_agent_and_keeps_the_sent_device_type() -> None:
     sent = event()
     sent["metadata"]["userAgent"] = IPHONE
     sent["metadata"]["deviceType"] = "TABLET"
-    row = enrich(decode_event(encode(sent)), Context(received_at=datetime.now(UTC)))
+    (row,) = enrich([decode_event(encode(sent))], Context(received_at=datetime.now(UTC)))
     assert (row.browser, row.os, row.os_version) == ("Mobile Safari", "iOS", "17.5")
     assert row.device_type == "tablet"  # the client said so; we only fill a gap
     assert row.is_bot is False
@@ -117,14 +120,14 @@ def test_enrich_fills_geo_agent_and_keeps_the_sent_device_type() -> None:
 def test_device_type_is_derived_when_missing() -> None:
     sent = event()
     sent["metadata"] = {"url": "https://x.test/", "userAgent": ANDROID_TABLET}
-    row = enrich(decode_event(encode(sent)), Context(received_at=datetime.now(UTC)))
+    (row,) = enrich([decode_event(encode(sent))], Context(received_at=datetime.now(UTC)))
     assert row.device_type == "tablet"
 
 
 def test_bot_is_flagged_not_dropped() -> None:
     sent = event()
     sent["metadata"]["userAgent"] = GOOGLEBOT
-    row = enrich(decode_event(encode(sent)), Context(received_at=datetime.now(UTC)))
+    (row,) = enrich([decode_event(encode(sent))], Context(received_at=datetime.now(UTC)))
     assert row.is_bot is True
 
 

@@ -101,12 +101,16 @@ def test_migrate_command_applies_then_reports_up_to_date(tmp_path: Path) -> None
         [*ANALYTICS, "migrate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert first.returncode == 0, first.stderr
-    assert first.stdout.startswith("applied: 0001_schema_migrations.sql, 0002_tracking_events.sql, ")
+    assert first.stdout.startswith(
+        "applied: 0001_schema_migrations.sql, 0002_tracking_events.sql, "
+    )
     again = subprocess.run(
         [*ANALYTICS, "migrate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert again.returncode == 0 and again.stdout.strip() == "up to date"
-    assert query(tmp_path, "SELECT count() FROM schema_migrations") == [[str(len(load_migrations()))]]
+    assert query(tmp_path, "SELECT count() FROM schema_migrations") == [
+        [str(len(load_migrations()))]
+    ]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,179 @@
+"""What the benchmark scripts share: ports, starting servers, wrk, reading /metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def event() -> dict[str, object]:
+    return {
+        "eventType": "PAGEVIEW",
+        "sessionId": str(uuid.uuid4()),
+        "userId": None,
+        "metadata": {
+            "url": "https://www.lomashwood.co.uk/kitchens/shaker-oak",
+            "referrer": "https://www.google.com/",
+            "userAgent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0 Safari/537.36",
+            "deviceType": "desktop",
+        },
+        "properties": {"productId": "kit-shaker-oak", "price": 1249.5},
+    }
+
+
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [=[%s]=]
+%s
+"""
+
+
+def wrk_script(path: Path, body: object, delay_ms: float | None = None) -> Path:
+    delay = f"function delay() return {delay_ms} end" if delay_ms else ""
+    path.write_text(LUA % (json.dumps(body), delay))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running(cmd: list[str], env: dict[str, str], port: int) -> Iterator[str]:
+    proc = subprocess.Popen(
+        [part.replace("{port}", str(port)) for part in cmd],
+        cwd=ROOT,
+        env={**os.environ, **env, "PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"{cmd} exited with {proc.returncode}")
+            try:
+                httpx.get(f"{base}/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{cmd} did not start") from None
+                time.sleep(0.2)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+
+
+def service(data: Path, **env: str) -> tuple[list[str], dict[str, str]]:
+    return [sys.executable, "-m", "cli.main", "serve"], {
+        "CLICKHOUSE_URL": f"chdb://{data / 'clickhouse'}",
+        "RATE_LIMIT": "100000000/minute",
+        "REDIS_URL": "redis://127.0.0.1:6379/14",
+        "AMQP_EXCHANGE": f"bench.{uuid.uuid4().hex[:8]}",
+        **env,
+    }
+
+
+def noop() -> tuple[list[str], dict[str, str]]:
+    return [sys.executable, str(ROOT / "bench" / "noop_app.py"), "{port}"], {}
+
+
+def wrk(
+    url: str, script: Path, seconds: int, connections: int, threads: int = 1
+) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+    def find(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, out)
+        if match is None:
+            raise SystemExit(f"unexpected wrk output:\n{out}")
+        return match
+
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    latency = {
+        q: float(m.group(1)) * scale[m.group(2)]
+        for q in ("50", "99")
+        if (m := re.search(rf"{q}%\s+([\d.]+)(us|ms|s)\b", out))
+    }
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(find(r"Requests/sec:\s+([\d.]+)").group(1)),
+        "requests": int(find(r"(\d+) requests in").group(1)),
+        "errors": int(non2xx.group(1)) if non2xx else 0,
+        "p50_ms": latency.get("50", float("nan")),
+        "p99_ms": latency.get("99", float("nan")),
+    }
+
+
+def metric(base: str, name: str) -> float:
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def histogram_quantile(base: str, name: str, q: float) -> float:
+    """The upper bound of the bucket holding quantile q (Prometheus-style, no interpolation)."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    buckets: list[tuple[float, float]] = []
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket"):
+            le = re.search(r'le="([^"]+)"', line)
+            assert le is not None
+            buckets.append((float(le.group(1)), float(line.rsplit(" ", 1)[1])))
+    total = buckets[-1][1] if buckets else 0.0
+    for bound, count in buckets:
+        if total and count >= q * total:
+            return bound
+    return float("nan")
+
+
+def count_rows(data: Path) -> int:
+    script = (
+        "import sys, clickhouse_connect\n"
+        "c = clickhouse_connect.get_client(\n"
+        "    interface='chdb', path=sys.argv[1], database='analytics')\n"
+        "print(c.command('SELECT count() FROM tracking_events'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(data / "clickhouse")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(out.stdout.strip())
