@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 import zoneinfo
+from pathlib import Path
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -131,5 +132,7 @@ def _check(settings: Settings) -> None:
             ) from None
     if settings.embedded and not settings.clickhouse_url.removeprefix("chdb://"):
         raise SettingsError("CLICKHOUSE_URL", "chdb:// needs a data path, e.g. chdb://./data/ch")
+    if settings.geoip_db and not Path(settings.geoip_db).is_file():
+        raise SettingsError("GEOIP_DB", f"no such file {settings.geoip_db!r}")
     if settings.auth_jwt_public_key and "BEGIN PUBLIC KEY" not in settings.auth_jwt_public_key:
         raise SettingsError("AUTH_JWT_PUBLIC_KEY", "expected an RS256 public key in PEM form")

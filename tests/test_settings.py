@@ -51,6 +51,7 @@ def test_values_are_read_and_typed() -> None:
         ("TRUSTED_PROXIES", "10.0.0.0/8,not-an-ip", "'not-an-ip'"),
         ("FLUSH_INTERVAL_MS", "0", ">= 10"),
         ("AUTH_JWT_PUBLIC_KEY", "secret", "PEM"),
+        ("GEOIP_DB", "/nonexistent/City.mmdb", "no such file"),
     ],
 )
 def test_bad_value_is_refused_naming_the_variable(variable: str, value: str, says: str) -> None:
