@@ -6,8 +6,8 @@ import ipaddress
 import os
 import re
 import zoneinfo
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
