@@ -1,4 +1,4 @@
-"""`analytics serve | api | migrate`: the service's processes and operator commands."""
+"""`analytics serve | api | consume | migrate`: the service's processes and operator commands."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import gc
 import logging
+import signal
 import sys
+from functools import partial
 
 from core.settings import Settings, SettingsError, load_settings
 
@@ -41,21 +43,60 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def _serve(settings: Settings, *, workers: int) -> int:
+def _serve(settings: Settings, *, embedded: bool) -> int:
+    from sanic import Sanic
+    from sanic.worker.loader import AppLoader
+
     from ingest.app import create_app
 
     _tune_gc()
-
-    app = create_app(settings)
-    # chDB opens its data path in one process only: the embedded mode is one process.
-    app.run(
+    loader = AppLoader(factory=partial(create_app, settings, embedded=embedded))
+    app = loader.load()
+    app.prepare(
         host=settings.host,
         port=settings.port,
-        single_process=workers == 1,
-        workers=workers,
+        # chDB opens its data path in one process only: the embedded mode is one process.
+        single_process=embedded,
+        workers=1 if embedded else settings.api_workers,
         motd=False,
         access_log=False,
     )
+    if embedded:
+        Sanic.serve_single(app)
+    else:
+        Sanic.serve(primary=app, app_loader=loader)
+    return 0
+
+
+def _consume(settings: Settings) -> int:
+    from consumers.consumer import DomainEventConsumer
+    from ingest.app import redis_client
+    from materialized.migrations import migrate
+    from materialized.warehouse import Warehouse
+
+    async def run() -> None:
+        warehouse = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
+        await warehouse.open()
+        await migrate(warehouse, cluster=settings.clickhouse_cluster)
+        redis = redis_client(settings.redis_url)
+        consumer = DomainEventConsumer(
+            amqp_url=settings.amqp_url,
+            exchange=settings.amqp_exchange,
+            warehouse=warehouse,
+            redis=redis,
+            report_timezone=settings.report_timezone,
+        )
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        consumer.start()
+        await stop.wait()
+        await consumer.close()
+        await redis.aclose()
+        await warehouse.close()
+
+    _tune_gc()
+    asyncio.run(run())
     return 0
 
 
@@ -64,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="API, consumer and worker in one process (embedded default)")
     commands.add_parser("api", help="the HTTP API alone, API_WORKERS processes (server mode)")
+    commands.add_parser("consume", help="the RabbitMQ domain-event consumer alone (server mode)")
     commands.add_parser("migrate", help="apply pending sql/ migrations and exit")
     args = parser.parse_args(argv)
 
@@ -77,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         return _migrate(settings)
     if args.command == "serve":
-        return _serve(settings, workers=1)
+        return _serve(settings, embedded=True)
+    if args.command == "consume":
+        return _consume(settings)
     if settings.embedded:
         print(
             "bad setting CLICKHOUSE_URL: `analytics api` runs several processes and chDB "
@@ -85,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return _serve(settings, workers=settings.api_workers)
+    return _serve(settings, embedded=False)
 
 
 if __name__ == "__main__":

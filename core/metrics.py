@@ -62,6 +62,19 @@ PUBLISH_BACKLOG = Gauge("analytics_publish_backlog", "Messages waiting to be pub
 PUBLISH_LOST = Counter(
     "analytics_publish_lost", "Messages discarded because the backlog was full", ["routing_key"]
 )
+DOMAIN_RECEIVED = Counter("domain_events_received", "Domain event messages taken from RabbitMQ")
+DOMAIN_STORED = Counter("domain_events_stored", "Domain events stored", ["event_type"])
+DOMAIN_DUPLICATES = Counter(
+    "domain_events_duplicates", "Redelivered or republished domain events not stored again"
+)
+DOMAIN_DEAD_LETTERED = Counter(
+    "domain_events_dead_lettered", "Messages sent to the dead-letter queue", ["routing_key"]
+)
+DOMAIN_BATCH_SECONDS = Histogram(
+    "domain_events_batch_seconds",
+    "From taking a batch to acking it",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 INGEST_RATE = Gauge(
     "tracking_ingest_rate_per_second", "Events accepted per second over the last minute"
 )

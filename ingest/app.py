@@ -10,6 +10,7 @@ from sanic.exceptions import RequestCancelled
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
+from consumers.consumer import DomainEventConsumer
 from consumers.publisher import EventPublisher
 from core.retry_queue import RetryBatch, RetryQueue
 from core.settings import Settings
@@ -52,9 +53,10 @@ def redis_client(url: str) -> ArqRedis:
 
 
 def create_app(
-    settings: Settings, name: str = "lomash_analytics", *, run_worker: bool = True
+    settings: Settings, name: str = "lomash_analytics", *, embedded: bool = True
 ) -> Sanic:  # type: ignore[type-arg]
-    """The API; with `run_worker`, the arq worker runs in the same event loop (`serve`)."""
+    """The API; `embedded` also runs the domain-event consumer and the arq worker in the same
+    event loop (`analytics serve`, the only way with chDB)."""
     app: Sanic = Sanic(name, error_handler=JSONErrors(), configure_logging=False)  # type: ignore[type-arg]
     app.config.REQUEST_MAX_SIZE = track.MAX_BODY_BYTES
     app.config.FALLBACK_ERROR_FORMAT = "json"
@@ -105,7 +107,17 @@ def create_app(
             tracking_writer=writer,
         )
         app.ctx.worker = None
-        if run_worker:
+        app.ctx.consumer = None
+        if embedded:
+            consumer = DomainEventConsumer(
+                amqp_url=settings.amqp_url,
+                exchange=settings.amqp_exchange,
+                warehouse=warehouse,
+                redis=redis,
+                report_timezone=settings.report_timezone,
+            )
+            consumer.start()
+            app.ctx.consumer = consumer
             try:
                 await retry_queue.recover()
             except Exception as error:
@@ -126,6 +138,8 @@ def create_app(
     async def close_clients(app: Sanic) -> None:  # type: ignore[type-arg]
         svc = app_services(app)
         await svc.tracking_writer.close()
+        if app.ctx.consumer is not None:
+            await app.ctx.consumer.close()
         if app.ctx.worker is not None:
             await app.ctx.worker.close()
         await svc.publisher.close()

@@ -7,13 +7,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from materialized.migrations import load_migrations
-from tests.conftest import event, free_port
+from tests.conftest import TEST_REDIS_URL, event, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ANALYTICS = [sys.executable, "-m", "cli.main"]
@@ -41,32 +42,55 @@ def query(data: Path, sql: str) -> list[list[str]]:
 
 def env_for(data: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.isupper() and not k.startswith("PYTEST")}
-    env.update(CLICKHOUSE_URL=f"chdb://{data / 'clickhouse'}", PORT=str(free_port()), **extra)
+    env.update(
+        CLICKHOUSE_URL=f"chdb://{data / 'clickhouse'}",
+        PORT=str(free_port()),
+        REDIS_URL=TEST_REDIS_URL,
+        RATE_LIMIT="100000/minute",
+        AMQP_EXCHANGE=f"test.process.{uuid.uuid4().hex[:8]}",
+        **extra,
+    )
     return env
+
+
+STARTED: list[subprocess.Popen[bytes]] = []
 
 
 def start_service(data: Path, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
     env = env_for(data, **extra)
+    # A file, not a pipe: a chatty process must never block on a full pipe.
+    log = (data / "service.log").open("ab")
     proc = subprocess.Popen(
-        [*ANALYTICS, "serve"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [*ANALYTICS, "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
+    log.close()
+    STARTED.append(proc)
     base = f"http://127.0.0.1:{env['PORT']}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert proc.poll() is None, (data / "service.log").read_text()
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                 return proc, base
         except httpx.HTTPError:
             time.sleep(0.1)
-    proc.kill()
     raise AssertionError("service did not start")
 
 
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> str:
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
     proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=60)
-    return out.decode()
+    return proc.wait(timeout=60)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(redis: object) -> Iterator[None]:
+    """An empty Redis database (the `redis` fixture flushes it); no process left behind."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.timeout(180)
@@ -82,12 +106,10 @@ def test_sigterm_writes_out_buffered_events_and_restart_stores_none_twice(tmp_pa
         batch = http.post("/v1/analytics/track", json=[event() for _ in range(100)])
         assert batch.status_code == 202
         ids.extend(batch.json()["eventIds"])
-    output = stop(proc)
-    assert proc.returncode == 0, output
+    assert stop(proc) == 0, (tmp_path / "service.log").read_text()
 
     proc, base = start_service(tmp_path)  # restart: migrations no-op, nothing replayed twice
-    output = stop(proc, signal.SIGINT)
-    assert proc.returncode == 0, output
+    assert stop(proc, signal.SIGINT) == 0, (tmp_path / "service.log").read_text()
 
     rows = query(tmp_path, "SELECT toString(event_id) FROM tracking_events")
     stored = [r[0] for r in rows]
@@ -147,5 +169,4 @@ def test_api_command_refuses_embedded_clickhouse(tmp_path: Path) -> None:
 def test_sigterm_with_nothing_buffered_exits_cleanly(tmp_path: Path) -> None:
     proc, base = start_service(tmp_path, CLICKHOUSE_DATABASE=f"db_{uuid.uuid4().hex[:8]}")
     assert httpx.get(f"{base}/readyz").status_code == 200
-    output = stop(proc)
-    assert proc.returncode == 0, output
+    assert stop(proc) == 0, (tmp_path / "service.log").read_text()
