@@ -82,6 +82,7 @@ def _consume(settings: Settings) -> int:
         consumer = DomainEventConsumer(
             amqp_url=settings.amqp_url,
             exchange=settings.amqp_exchange,
+            queue=settings.amqp_queue,
             warehouse=warehouse,
             redis=redis,
             report_timezone=settings.report_timezone,

@@ -49,9 +49,6 @@ from materialized.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
-QUEUE = "analytics.domain-events"
-DEAD_LETTER_EXCHANGE = "analytics.domain-events.dlx"
-DEAD_LETTER_QUEUE = "analytics.domain-events.dlq"
 COLUMNS = DomainRow.__struct_fields__
 T = TypeVar("T")
 
@@ -65,7 +62,7 @@ class DomainEventConsumer:
         warehouse: Warehouse,
         redis: Redis,
         report_timezone: str,
-        queue: str = QUEUE,
+        queue: str,
         batch_size: int = 500,
         flush_ms: int = 200,
     ) -> None:
@@ -75,8 +72,8 @@ class DomainEventConsumer:
         self._redis = redis
         self._zone = zoneinfo.ZoneInfo(report_timezone)
         self.queue_name = queue
-        self.dead_letter_queue = f"{queue}.dlq" if queue != QUEUE else DEAD_LETTER_QUEUE
-        self._dead_letter_exchange = f"{queue}.dlx" if queue != QUEUE else DEAD_LETTER_EXCHANGE
+        self.dead_letter_queue = f"{queue}.dlq"
+        self._dead_letter_exchange = f"{queue}.dlx"
         self._batch_size = batch_size
         self._flush = flush_ms / 1000
         self._pending: list[AbstractIncomingMessage] = []

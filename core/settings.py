@@ -46,6 +46,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0"
     amqp_url: AmqpUrl = "amqp://guest:guest@127.0.0.1:5672/"
     amqp_exchange: Annotated[str, msgspec.Meta(min_length=1)] = "lomash.events"
+    # Our own durable queue on that exchange (dead letters go to `<queue>.dlq`).
+    amqp_queue: Annotated[str, msgspec.Meta(min_length=1)] = "analytics.domain-events"
     storage_url: StorageUrl = "file://./data/objects"
     s3_endpoint_url: str = ""
     geoip_db: str = ""

@@ -112,6 +112,7 @@ def create_app(
             consumer = DomainEventConsumer(
                 amqp_url=settings.amqp_url,
                 exchange=settings.amqp_exchange,
+                queue=settings.amqp_queue,
                 warehouse=warehouse,
                 redis=redis,
                 report_timezone=settings.report_timezone,

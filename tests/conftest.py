@@ -60,12 +60,20 @@ async def redis() -> AsyncIterator[Redis]:
 
 @pytest.fixture
 async def exchange_name() -> AsyncIterator[str]:
+    """A topic exchange and a consumer queue name of this test's own, deleted afterwards."""
     name = f"test.{uuid.uuid4().hex[:10]}"
     yield name
+    await delete_broker_objects(name)
+
+
+async def delete_broker_objects(name: str) -> None:
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
         await channel.exchange_delete(name)
+        for queue in (f"{name}.q", f"{name}.q.dlq"):
+            await channel.queue_delete(queue)
+        await channel.exchange_delete(f"{name}.q.dlx")
 
 
 @pytest.fixture
@@ -79,6 +87,7 @@ def settings(
             "CLICKHOUSE_DATABASE": database,
             "REDIS_URL": TEST_REDIS_URL,
             "AMQP_EXCHANGE": exchange_name,
+            "AMQP_QUEUE": f"{exchange_name}.q",
             "STORAGE_URL": f"file://{tmp_path / 'objects'}",
             "FLUSH_INTERVAL_MS": "50",
             "RATE_LIMIT": "100000/minute",

@@ -1,5 +1,6 @@
 """The `analytics` command as an operator runs it: separate processes on their own chDB path."""
 
+import asyncio
 import json
 import os
 import signal
@@ -7,14 +8,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from materialized.migrations import load_migrations
-from tests.conftest import TEST_REDIS_URL, event, free_port
+from tests.conftest import TEST_REDIS_URL, delete_broker_objects, event, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ANALYTICS = [sys.executable, "-m", "cli.main"]
@@ -42,12 +43,15 @@ def query(data: Path, sql: str) -> list[list[str]]:
 
 def env_for(data: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.isupper() and not k.startswith("PYTEST")}
+    name = f"test.process.{uuid.uuid4().hex[:8]}"
+    EXCHANGES.append(name)
     env.update(
         CLICKHOUSE_URL=f"chdb://{data / 'clickhouse'}",
         PORT=str(free_port()),
         REDIS_URL=TEST_REDIS_URL,
         RATE_LIMIT="100000/minute",
-        AMQP_EXCHANGE=f"test.process.{uuid.uuid4().hex[:8]}",
+        AMQP_EXCHANGE=name,
+        AMQP_QUEUE=f"{name}.q",
         **extra,
     )
     return env
@@ -60,6 +64,7 @@ def start_service(data: Path, **extra: str) -> tuple[subprocess.Popen[bytes], st
     env = env_for(data, **extra)
     # A file, not a pipe: a chatty process must never block on a full pipe.
     log = (data / "service.log").open("ab")
+    offset = log.tell()
     proc = subprocess.Popen(
         [*ANALYTICS, "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
@@ -69,11 +74,15 @@ def start_service(data: Path, **extra: str) -> tuple[subprocess.Popen[bytes], st
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert proc.poll() is None, (data / "service.log").read_text()
+        # Sanic answers a little before it installs its signal handlers; "Worker ready" is
+        # logged after, and a signal sent before it would be lost.
+        ready = b"Worker ready" in (data / "service.log").read_bytes()[offset:]
         try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+            if ready and httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                 return proc, base
         except httpx.HTTPError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     raise AssertionError("service did not start")
 
 
@@ -82,15 +91,21 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
     return proc.wait(timeout=60)
 
 
+EXCHANGES: list[str] = []
+
+
 @pytest.fixture(autouse=True)
-def _isolated(redis: object) -> Iterator[None]:
-    """An empty Redis database (the `redis` fixture flushes it); no process left behind."""
+async def _isolated(redis: object) -> AsyncIterator[None]:
+    """An empty Redis database (the `redis` fixture flushes it); no process or broker
+    objects left behind."""
     yield
     while STARTED:
         proc = STARTED.pop()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    while EXCHANGES:
+        await delete_broker_objects(EXCHANGES.pop())
 
 
 @pytest.mark.timeout(180)
@@ -170,3 +185,44 @@ def test_sigterm_with_nothing_buffered_exits_cleanly(tmp_path: Path) -> None:
     proc, base = start_service(tmp_path, CLICKHOUSE_DATABASE=f"db_{uuid.uuid4().hex[:8]}")
     assert httpx.get(f"{base}/readyz").status_code == 200
     assert stop(proc) == 0, (tmp_path / "service.log").read_text()
+
+
+@pytest.mark.timeout(120)
+async def test_consume_command_stores_domain_events_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import aio_pika
+    import msgspec
+
+    from tests.conftest import AMQP_URL
+    from tests.domain_events import MAKERS
+
+    queue_env = env_for(tmp_path)
+    exchange_name = queue_env["AMQP_EXCHANGE"]
+    log = (tmp_path / "consume.log").open("ab")
+    proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
+        [*ANALYTICS, "consume"], cwd=ROOT, env=queue_env, stdout=log, stderr=subprocess.STDOUT
+    )
+    log.close()
+    STARTED.append(proc)
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel(publisher_confirms=True)
+    exchange = await channel.declare_exchange(
+        exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    # The consumer starts consuming after declaring and binding its queue.
+    for _ in range(300):
+        try:
+            probe = await (await connection.channel()).declare_queue(
+                queue_env["AMQP_QUEUE"], passive=True
+            )
+            if probe.declaration_result.consumer_count:
+                break
+        except aio_pika.exceptions.ChannelClosed:
+            pass
+        await asyncio.sleep(0.1)
+    for key, make in MAKERS.items():
+        await exchange.publish(aio_pika.Message(msgspec.json.encode(make())), routing_key=key)
+    await asyncio.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 60) == 0, (tmp_path / "consume.log").read_text()
+    await connection.close()
+    assert query(tmp_path, "SELECT count() FROM analytics_events") == [[str(len(MAKERS))]]
