@@ -1,0 +1,286 @@
+"""A deterministic generator of believable Lomash Wood traffic, for `analytics demo` and tests.
+
+Browsing sessions (landing pages, product views, wishlists, bookings started and completed,
+brochure requests, blog reading), a few bots, known customers who come back, and the domain
+events their actions cause (orders, payments, bookings and cancellations, reviews, brochure
+and newsletter sign-ups). The same seed gives the same traffic.
+"""
+
+from __future__ import annotations
+
+import decimal
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from consumers.mapping import DomainRow
+from ingest.rows import TrackingRow
+from materialized.warehouse import Warehouse
+
+SITE = "https://www.lomashwood.co.uk"
+KITCHENS = ["shaker-oak", "handleless-gloss", "in-frame-sage", "modern-walnut", "country-cream"]
+BEDROOMS = ["fitted-white", "sliding-oak", "walk-in-graphite"]
+BLOG = ["kitchen-trends-2026", "small-kitchen-ideas", "choosing-worktops", "bedroom-storage"]
+CHROME = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/126.0.0.0 Safari/537.36"
+)
+IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1"
+)
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+@dataclass
+class Traffic:
+    tracking: list[TrackingRow] = field(default_factory=list)
+    domain: list[DomainRow] = field(default_factory=list)
+
+
+@dataclass
+class _Visit:
+    rng: random.Random
+    traffic: Traffic
+    session: uuid.UUID
+    user: uuid.UUID | None
+    agent: str
+    device: str
+    bot: bool
+    clock: datetime
+    seq: int = 0
+    landing: str = ""
+
+    def uuid(self) -> uuid.UUID:
+        return uuid.UUID(int=self.rng.getrandbits(128), version=4)
+
+    def tick(self, low: float = 5, high: float = 120) -> datetime:
+        self.clock += timedelta(milliseconds=int(self.rng.uniform(low, high) * 1000))
+        return self.clock
+
+    def track(
+        self, event_type: str, path: str, properties: dict[str, object] | None = None
+    ) -> None:
+        at = self.tick()
+        self.seq += 1
+        url = SITE + path
+        self.landing = self.landing or url
+        self.traffic.tracking.append(
+            TrackingRow(
+                event_id=self.uuid(),
+                event_type=event_type,
+                session_id=self.session,
+                user_id=self.user,
+                received_at=at + timedelta(milliseconds=self.rng.randint(20, 1500)),
+                client_timestamp=at,
+                occurred_at=at,
+                url=url,
+                referrer="https://www.google.com/" if self.seq == 1 else self.landing,
+                user_agent=self.agent,
+                device_type=self.device,
+                browser="Googlebot" if self.bot else "Chrome",
+                is_bot=self.bot,
+                country="GB",
+                session_seq=self.seq,
+                session_started_at=self.clock if self.seq == 1 else None,
+                landing_page=self.landing,
+                properties=msgspec.json.encode(properties or {}).decode(),
+            )
+        )
+
+    def domain(self, event_type: str, routing_key: str, **facts: object) -> None:
+        at = self.tick(1, 30)
+        payload = {
+            k: str(v) if isinstance(v, uuid.UUID | decimal.Decimal) else v for k, v in facts.items()
+        }
+        self.traffic.domain.append(
+            DomainRow(
+                event_id=self.uuid(),
+                event_type=event_type,
+                routing_key=routing_key,
+                version="1.0",
+                occurred_at=at,
+                received_at=at + timedelta(milliseconds=self.rng.randint(5, 500)),
+                payload=msgspec.json.encode(payload).decode(),
+                **{k: v for k, v in facts.items() if k in DomainRow.__struct_fields__},  # type: ignore[arg-type]
+            )
+        )
+
+
+def generate(start: datetime, days: int, sessions_per_day: int, seed: int = 7) -> Traffic:
+    rng = random.Random(seed)
+    traffic = Traffic()
+    customers = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(sessions_per_day)]
+    products = {slug: uuid.UUID(int=rng.getrandbits(128), version=4) for slug in KITCHENS}
+    showroom = uuid.UUID(int=rng.getrandbits(128), version=4)
+    for day in range(days):
+        for _ in range(sessions_per_day):
+            began = start + timedelta(days=day, seconds=rng.uniform(0, 86400))
+            bot = rng.random() < 0.04
+            known = not bot and rng.random() < 0.45
+            visit = _Visit(
+                rng=rng,
+                traffic=traffic,
+                session=uuid.UUID(int=rng.getrandbits(128), version=4),
+                user=rng.choice(customers) if known else None,
+                agent=GOOGLEBOT if bot else rng.choice([CHROME, IPHONE]),
+                device="desktop",
+                bot=bot,
+                clock=began,
+            )
+            visit.device = "mobile" if visit.agent == IPHONE else "desktop"
+            _browse(visit, products, showroom)
+    traffic.tracking.sort(key=lambda r: r.received_at)
+    traffic.domain.sort(key=lambda r: r.occurred_at)
+    return traffic
+
+
+def _browse(visit: _Visit, products: dict[str, uuid.UUID], showroom: uuid.UUID) -> None:
+    rng = visit.rng
+    if rng.random() < 0.2:
+        slug = rng.choice(BLOG)
+        visit.track("PAGEVIEW", f"/blog/{slug}")
+        if rng.random() < 0.05 and visit.user:
+            visit.domain(
+                "blog-published",
+                "lomash.content.blog.published",
+                blogId=visit.uuid(),
+                slug=slug,
+                title=slug.replace("-", " "),
+            )
+        return
+    visit.track("PAGEVIEW", rng.choice(["/", "/kitchens", "/bedrooms"]))
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.random()
+        if kind < 0.6:
+            slug = rng.choice(KITCHENS)
+            visit.track("PAGEVIEW", f"/kitchens/{slug}")
+            visit.track("PRODUCT_VIEW", f"/kitchens/{slug}", {"productId": slug})
+            if rng.random() < 0.3:
+                visit.track("ADD_TO_WISHLIST", f"/kitchens/{slug}", {"productId": slug})
+                if visit.user and rng.random() < 0.5:
+                    _order(visit, products[slug])
+        elif kind < 0.8:
+            slug = rng.choice(BEDROOMS)
+            visit.track("PAGEVIEW", f"/bedrooms/{slug}")
+            visit.track("FILTER_APPLY", "/bedrooms", {"colour": rng.choice(["white", "oak"])})
+        else:
+            visit.track("CLICK", "/kitchens", {"target": "brochure-banner"})
+    if rng.random() < 0.25:
+        visit.track("BOOKING_START", "/book-appointment")
+        if rng.random() < 0.6:
+            visit.track("BOOKING_COMPLETE", "/book-appointment/done")
+            if visit.user:
+                booking = visit.uuid()
+                visit.domain(
+                    "booking-created",
+                    "lomash.bookings.created",
+                    bookingId=booking,
+                    booking_id=booking,
+                    customerId=visit.user,
+                    customer_id=visit.user,
+                    showroomId=showroom,
+                    showroom_id=showroom,
+                    appointmentType="KITCHEN_DESIGN",
+                    appointment_type="KITCHEN_DESIGN",
+                    scheduledAt=(visit.clock + timedelta(days=5)).isoformat(),
+                )
+                if rng.random() < 0.15:
+                    visit.domain(
+                        "booking-cancelled",
+                        "lomash.bookings.cancelled",
+                        bookingId=booking,
+                        booking_id=booking,
+                        customerId=visit.user,
+                        customer_id=visit.user,
+                    )
+    if rng.random() < 0.1:
+        visit.track("BROCHURE_REQUEST", "/brochure")
+        request = visit.uuid()
+        visit.domain(
+            "brochure-request-submitted",
+            "lomash.brochure.request.submitted",
+            requestId=request,
+            entity_id=request,
+            customer_id=visit.user,
+        )
+    if rng.random() < 0.05:
+        subscription = visit.uuid()
+        visit.domain(
+            "newsletter-subscription-created",
+            "lomash.newsletter.subscription.created",
+            subscriptionId=subscription,
+            entity_id=subscription,
+            customer_id=visit.user,
+        )
+
+
+def _order(visit: _Visit, product: uuid.UUID) -> None:
+    rng = visit.rng
+    order = visit.uuid()
+    quantity = rng.randint(1, 2)
+    unit = decimal.Decimal(rng.randint(120_000, 900_000)) / 100
+    total = unit * quantity
+    assert visit.user is not None
+    visit.domain(
+        "order-created",
+        "lomash.orders.created",
+        orderId=order,
+        order_id=order,
+        customerId=visit.user,
+        customer_id=visit.user,
+        totalAmount=total,
+        amount=total,
+        currency="GBP",
+        quantity=quantity,
+        items=[{"productId": str(product), "quantity": quantity, "unitPrice": str(unit)}],
+    )
+    if rng.random() < 0.85:
+        payment = visit.uuid()
+        visit.domain(
+            "payment-succeeded",
+            "lomash.payments.succeeded",
+            paymentId=payment,
+            payment_id=payment,
+            orderId=order,
+            order_id=order,
+            customerId=visit.user,
+            customer_id=visit.user,
+            amount=total,
+            currency="GBP",
+        )
+    if rng.random() < 0.3:
+        review = visit.uuid()
+        visit.domain(
+            "review-created",
+            "lomash.customers.review.created",
+            reviewId=review,
+            entity_id=review,
+            productId=product,
+            product_id=product,
+            customerId=visit.user,
+            customer_id=visit.user,
+            rating=rng.randint(3, 5),
+        )
+
+
+async def load(warehouse: Warehouse, traffic: Traffic, chunk: int = 50_000) -> None:
+    """Insert through the same JSONCompactEachRow path as the service, so the views fire."""
+    encoder = msgspec.json.Encoder()
+    for table, rows, columns in (
+        ("tracking_events", traffic.tracking, TrackingRow.__struct_fields__),
+        ("analytics_events", traffic.domain, DomainRow.__struct_fields__),
+    ):
+        for at in range(0, len(rows), chunk):
+            part = rows[at : at + chunk]
+            await warehouse.insert_lines(
+                table, columns, encoder.encode_lines(part), dedup_token=uuid.uuid4().hex
+            )
+
+
+def default_start(now: datetime | None = None, days: int = 60) -> datetime:
+    today = (now or datetime.now(UTC)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=days - 1)

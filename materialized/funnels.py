@@ -1,0 +1,147 @@
+"""The booking and checkout funnels, computed with ClickHouse's windowFunnel.
+
+A funnel follows one visitor: the userId when known, else the sessionId; domain events count
+for their customerId, which is the same id as a browser event's userId. Per visitor,
+windowFunnel(window) finds the furthest step reached by a chain that starts at a first-step
+event and takes each next step, in order of event time, no later than `window` after that
+chain's first event (events at the same millisecond are taken in step order). Step k's count
+is the number of visitors who reached at least step k. Bots are excluded. Browser events are
+timed by `occurred_at` (the client clock where it can be believed), domain events by their
+envelope timestamp; only events inside the period count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from materialized.warehouse import Warehouse
+
+DEFAULT_WINDOW_SECONDS = 7 * 86400
+
+# A product page: /kitchens/<range>, /bedrooms/<range> or /products/<id>.
+PRODUCT_PAGE = r"^/(kitchens|bedrooms|products)/[^/]+"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    name: str
+    source: str  # "tracking" or "domain"
+    event_type: str
+    product_page: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Funnel:
+    name: str
+    steps: tuple[Step, ...]
+
+
+FUNNELS: dict[str, Funnel] = {
+    "booking": Funnel(
+        "booking",
+        (
+            Step("PRODUCT_PAGE_VIEW", "tracking", "PAGEVIEW", product_page=True),
+            Step("BOOKING_START", "tracking", "BOOKING_START"),
+            Step("BOOKING_COMPLETE", "tracking", "BOOKING_COMPLETE"),
+        ),
+    ),
+    "checkout": Funnel(
+        "checkout",
+        (
+            Step("PRODUCT_VIEW", "tracking", "PRODUCT_VIEW"),
+            Step("ADD_TO_WISHLIST", "tracking", "ADD_TO_WISHLIST"),
+            Step("ORDER_CREATED", "domain", "order-created"),
+            Step("PAYMENT_SUCCEEDED", "domain", "payment-succeeded"),
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FunnelResult:
+    funnel: str
+    period_start: datetime
+    period_end: datetime
+    window_seconds: int
+    steps: list[tuple[str, int]]
+
+    @property
+    def conversion_rate(self) -> float:
+        first, last = self.steps[0][1], self.steps[-1][1]
+        return round(last / first * 100, 2) if first else 0.0
+
+    def as_payload(self) -> dict[str, object]:
+        return {
+            "funnel": self.funnel,
+            "periodStart": self.period_start.isoformat(),
+            "periodEnd": self.period_end.isoformat(),
+            "windowSeconds": self.window_seconds,
+            "steps": [{"name": name, "count": count} for name, count in self.steps],
+            "conversionRate": self.conversion_rate,
+        }
+
+
+def _condition(step: Step) -> str:
+    cond = f"source = '{step.source}' AND event_type = '{step.event_type}'"
+    if step.product_page:
+        cond += f" AND match(path, '{PRODUCT_PAGE}')"
+    return cond
+
+
+def _types(funnel: Funnel, source: str) -> list[str]:
+    return sorted({step.event_type for step in funnel.steps if step.source == source})
+
+
+def funnel_sql(funnel: Funnel) -> str:
+    parts = []
+    if _types(funnel, "tracking"):
+        parts.append(
+            "SELECT 'tracking' AS source, if(user_id IS NULL, toString(session_id),"
+            " toString(user_id)) AS visitor, toUInt64(toUnixTimestamp64Milli(occurred_at)) AS ts,"
+            " event_type, path FROM tracking_events"
+            " WHERE event_type IN {tracking_types:Array(String)} AND NOT is_bot"
+            " AND occurred_at >= {start:DateTime64(3, 'UTC')}"
+            " AND occurred_at < {end:DateTime64(3, 'UTC')}"
+        )
+    if _types(funnel, "domain"):
+        parts.append(
+            "SELECT 'domain' AS source, toString(assumeNotNull(customer_id)) AS visitor,"
+            " toUInt64(toUnixTimestamp64Milli(occurred_at)) AS ts, event_type, '' AS path"
+            " FROM analytics_events FINAL"
+            " WHERE event_type IN {domain_types:Array(String)} AND customer_id IS NOT NULL"
+            " AND occurred_at >= {start:DateTime64(3, 'UTC')}"
+            " AND occurred_at < {end:DateTime64(3, 'UTC')}"
+        )
+    conditions = ", ".join(_condition(step) for step in funnel.steps)
+    return (
+        "SELECT level, count() AS visitors FROM ("
+        f" SELECT visitor, windowFunnel({{window:UInt64}})(ts, {conditions}) AS level"
+        f" FROM ({' UNION ALL '.join(parts)}) GROUP BY visitor"
+        ") WHERE level > 0 GROUP BY level"
+    )
+
+
+async def compute(
+    warehouse: Warehouse,
+    funnel: Funnel,
+    start: datetime,
+    end: datetime,
+    window_seconds: int = DEFAULT_WINDOW_SECONDS,
+) -> FunnelResult:
+    rows = await warehouse.rows(
+        funnel_sql(funnel),
+        {
+            "start": start,
+            "end": end,
+            "window": window_seconds * 1000,
+            "tracking_types": _types(funnel, "tracking"),
+            "domain_types": _types(funnel, "domain"),
+        },
+    )
+    reached = {int(level): int(n) for level, n in rows}
+    steps = [
+        (step.name, sum(n for level, n in reached.items() if level >= k))
+        for k, step in enumerate(funnel.steps, start=1)
+    ]
+    return FunnelResult(funnel.name, start, end, window_seconds, steps)

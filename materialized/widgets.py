@@ -1,0 +1,174 @@
+"""Dashboard widgets, answered from the hourly rollups (never a scan of raw events).
+
+Every rollup is bucketed by UTC hour; Europe/London (any zone with whole-hour offsets) cuts its
+days, weeks and months on UTC hour boundaries, so a local-day total is an exact sum of hours.
+A range is therefore taken at hour granularity: `from` rounded down, `to` rounded up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import decimal
+import zoneinfo
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from materialized.warehouse import Warehouse
+
+TOP_PRODUCTS = 10
+
+
+def floor_hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def ceil_hour(moment: datetime) -> datetime:
+    floored = floor_hour(moment)
+    return floored if floored == moment.astimezone(UTC) else floored + timedelta(hours=1)
+
+
+def money(amount: decimal.Decimal) -> str:
+    """Exact, with at least two decimals: 101 -> "101.00", 0.125 -> "0.125"."""
+    normal = amount.normalize()
+    exponent = normal.as_tuple().exponent
+    assert isinstance(exponent, int)
+    return f"{amount:.2f}" if exponent >= -2 else format(normal, "f")
+
+
+def local_periods(now: datetime, zone: zoneinfo.ZoneInfo) -> dict[str, datetime]:
+    """Start of today, this week (Monday) and this month in the zone, as UTC instants."""
+    local = now.astimezone(zone)
+    today = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    week = today - timedelta(days=today.weekday())
+    month = today.replace(day=1)
+
+    def utc(day: datetime) -> datetime:
+        # Re-localise the wall-clock midnight: the offset may differ from `now`'s (DST).
+        return day.replace(tzinfo=None).replace(tzinfo=zone).astimezone(UTC)
+
+    return {"today": utc(today), "week": utc(week), "month": utc(month)}
+
+
+async def compute(
+    warehouse: Warehouse,
+    start: datetime,
+    end: datetime,
+    *,
+    zone: zoneinfo.ZoneInfo,
+    now: datetime,
+) -> dict[str, Any]:
+    start, end = floor_hour(start), ceil_hour(end)
+    rng = {"start": start, "end": end}
+    periods = local_periods(now, zone)
+    since = min(periods.values())
+    (
+        by_type,
+        domain,
+        bookings_now,
+        products,
+        blog,
+        customers,
+        conversion,
+    ) = await asyncio.gather(
+        warehouse.rows(
+            "SELECT event_type, sum(events) FROM tracking_events_hourly"
+            " WHERE hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}"
+            " GROUP BY event_type ORDER BY event_type",
+            rng,
+        ),
+        warehouse.rows(
+            "SELECT event_type, currency, sum(events), sum(amount) FROM domain_events_hourly"
+            " WHERE hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}"
+            " GROUP BY event_type, currency",
+            rng,
+        ),
+        warehouse.rows(
+            "SELECT sumIf(events, hour >= {today:DateTime('UTC')}),"
+            " sumIf(events, hour >= {week:DateTime('UTC')}),"
+            " sumIf(events, hour >= {month:DateTime('UTC')})"
+            " FROM domain_events_hourly"
+            " WHERE event_type = 'booking-created' AND hour >= {since:DateTime('UTC')}",
+            {**periods, "since": since},
+        ),
+        warehouse.rows(
+            "SELECT product_id, sum(views) AS v FROM product_views_hourly"
+            " WHERE hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}"
+            f" GROUP BY product_id ORDER BY v DESC, product_id LIMIT {TOP_PRODUCTS}",
+            rng,
+        ),
+        warehouse.scalar(
+            "SELECT sum(views) FROM blog_views_hourly"
+            " WHERE hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}",
+            rng,
+        ),
+        warehouse.rows(
+            "SELECT countIf(first >= {start:DateTime('UTC')}),"
+            " countIf(first < {start:DateTime('UTC')})"
+            " FROM (SELECT customer_id, minMerge(first_order) AS first FROM customer_first_order"
+            "  WHERE customer_id IN (SELECT customer_id FROM customer_orders_hourly"
+            "   WHERE hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')})"
+            "  GROUP BY customer_id)",
+            rng,
+        ),
+        warehouse.dicts(
+            "SELECT funnel, period_start, period_end, window_seconds, step_names, step_counts,"
+            " conversion_rate, computed_at FROM funnels"
+            " ORDER BY computed_at DESC LIMIT 1 BY funnel"
+        ),
+    )
+    counts: dict[str, int] = defaultdict(int)
+    amounts: dict[str, dict[str, decimal.Decimal]] = defaultdict(dict)
+    for event_type, currency, events, amount in domain:
+        counts[event_type] += int(events)
+        if currency:
+            amounts[event_type][currency] = amounts[event_type].get(
+                currency, decimal.Decimal(0)
+            ) + decimal.Decimal(amount)
+    order_counts: dict[str, int] = defaultdict(int)
+    for event_type, currency, events, _ in domain:
+        if event_type == "order-created" and currency:
+            order_counts[currency] += int(events)
+    today, week, month = bookings_now[0] if bookings_now else (0, 0, 0)
+    new, returning = customers[0] if customers else (0, 0)
+    return {
+        "range": {"from": start.isoformat(), "to": end.isoformat(), "timezone": zone.key},
+        "bookings": {
+            "inRange": counts["booking-created"],
+            "cancelledInRange": counts["booking-cancelled"],
+            "today": int(today or 0),
+            "thisWeek": int(week or 0),
+            "thisMonth": int(month or 0),
+        },
+        "orders": {
+            "count": counts["order-created"],
+            "revenue": {
+                cur: money(total) for cur, total in sorted(amounts["payment-succeeded"].items())
+            },
+            "averageOrderValue": {
+                cur: money((total / order_counts[cur]).quantize(decimal.Decimal("0.01")))
+                for cur, total in sorted(amounts["order-created"].items())
+                if order_counts[cur]
+            },
+        },
+        "topProducts": [{"productId": p, "views": int(v)} for p, v in products],
+        "customers": {"new": int(new), "returning": int(returning)},
+        "brochureRequests": counts["brochure-request-submitted"],
+        "newsletterSignups": counts["newsletter-subscription-created"],
+        "blogViews": int(blog or 0),
+        "eventsByType": {event_type: int(n) for event_type, n in by_type},
+        "conversion": {
+            row["funnel"]: {
+                "periodStart": row["period_start"].replace(tzinfo=UTC).isoformat(),
+                "periodEnd": row["period_end"].replace(tzinfo=UTC).isoformat(),
+                "windowSeconds": row["window_seconds"],
+                "steps": [
+                    {"name": n, "count": int(c)}
+                    for n, c in zip(row["step_names"], row["step_counts"], strict=True)
+                ],
+                "conversionRate": row["conversion_rate"],
+                "computedAt": row["computed_at"].replace(tzinfo=UTC).isoformat(),
+            }
+            for row in conversion
+        },
+    }
