@@ -75,6 +75,15 @@ DOMAIN_BATCH_SECONDS = Histogram(
     "From taking a batch to acking it",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+DASHBOARD_SNAPSHOT_AGE = Gauge(
+    "dashboard_snapshot_age_minutes", "Age of the newest dashboard snapshot"
+)
+AGGREGATION_JOB_DURATION = Histogram(
+    "aggregation_job_duration_ms",
+    "Duration of the aggregation jobs (recompute-funnels, rebuild-dashboards)",
+    ["job"],
+    buckets=(10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000),
+)
 INGEST_RATE = Gauge(
     "tracking_ingest_rate_per_second", "Events accepted per second over the last minute"
 )

@@ -60,6 +60,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     flush_max_rows: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
     flush_interval_ms: Annotated[int, msgspec.Meta(ge=10, le=600_000)] = 1_000
     api_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    # windowFunnel's window: how long after a funnel's first step later steps still count.
+    funnel_window_seconds: Annotated[int, msgspec.Meta(ge=60, le=90 * 86400)] = 7 * 86400
 
     @property
     def embedded(self) -> bool:

@@ -14,7 +14,8 @@ from consumers.consumer import DomainEventConsumer
 from consumers.publisher import EventPublisher
 from core.retry_queue import RetryBatch, RetryQueue
 from core.settings import Settings
-from ingest import ops, track, tracker
+from ingest import admin_jobs, dashboard, ops, track, tracker
+from ingest.auth import AdminAuth
 from ingest.geo import GeoLocator
 from ingest.ratelimit import RateLimiter
 from ingest.rows import TrackingRow
@@ -65,6 +66,9 @@ def create_app(
     app.blueprint(track.bp)
     app.blueprint(tracker.bp)
     app.blueprint(ops.bp)
+    app.blueprint(dashboard.bp)
+    app.blueprint(admin_jobs.bp)
+    app.ctx.admin_auth = AdminAuth(settings)
 
     @app.before_server_start
     async def open_clients(app: Sanic) -> None:  # type: ignore[type-arg]

@@ -9,8 +9,9 @@ from sanic import Blueprint, HTTPResponse, Request, json
 from sanic.response import JSONResponse
 
 from consumers.broker import ping as ping_rabbitmq
-from core.metrics import PUBLISH_BACKLOG, RATES, RETRY_QUEUE_DEPTH
+from core.metrics import DASHBOARD_SNAPSHOT_AGE, PUBLISH_BACKLOG, RATES, RETRY_QUEUE_DEPTH
 from ingest.services import services
+from materialized import snapshots
 
 bp = Blueprint("ops")
 
@@ -57,4 +58,10 @@ async def metrics(request: Request) -> HTTPResponse:
         RETRY_QUEUE_DEPTH.labels("redis").set(depth)
     except Exception:
         pass  # the gauge keeps its last value; redis_unavailable tells the rest
+    try:
+        age = await asyncio.wait_for(snapshots.age_minutes(svc.warehouse), timeout=2)
+        if age is not None:
+            DASHBOARD_SNAPSHOT_AGE.set(age)
+    except Exception:
+        pass
     return HTTPResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import logging
+import time
+import zoneinfo
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
+from consumers.publisher import EventPublisher
+from core.envelope import Envelope, routing_key_to_event_type
+from core.ids import new_event_id
+from core.metrics import AGGREGATION_JOB_DURATION, DASHBOARD_SNAPSHOT_AGE
 from core.retry_queue import RetryQueue
+from core.settings import Settings
 from ingest.rows import TrackingRow
 from ingest.tracked import announce_stored
+from materialized import dashboard_cache, funnels, snapshots, widgets
 from materialized.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -54,3 +63,122 @@ async def retry_failed_batches(ctx: dict[str, Any]) -> str:
         if batch.table == "tracking_events":
             announce_stored(ctx.get("publisher"), _tracking_rows.decode_lines(batch.data))
     return f"stored {stored} rows"
+
+
+FUNNEL_PERIOD = timedelta(days=30)
+STALE_AFTER_MINUTES = 120
+FUNNEL_COMPLETED = "lomash.analytics.funnel.completed"
+DASHBOARD_REFRESHED = "lomash.analytics.dashboard.refreshed"
+ALERT_RAISED = "lomash.analytics.alert.raised"
+
+
+def _publish(ctx: dict[str, Any], routing_key: str, payload: dict[str, Any]) -> None:
+    publisher: EventPublisher | None = ctx.get("publisher")
+    if publisher is None:
+        return
+    event_id = new_event_id()
+    body = msgspec.json.encode(
+        Envelope(
+            event_id=event_id,
+            event_type=routing_key_to_event_type(routing_key),
+            timestamp=datetime.now(UTC),
+            payload=payload,
+        )
+    )
+    publisher.publish(routing_key, str(event_id), body)
+
+
+async def recompute_funnels(ctx: dict[str, Any]) -> str:
+    """Each funnel over the last 30 days to the current hour: stored in `funnels`, published."""
+    started = time.perf_counter()
+    warehouse: Warehouse = ctx["warehouse"]
+    settings: Settings = ctx["settings"]
+    end = widgets.ceil_hour(datetime.now(UTC))
+    results = []
+    for funnel in funnels.FUNNELS.values():
+        result = await funnels.compute(
+            warehouse, funnel, end - FUNNEL_PERIOD, end, settings.funnel_window_seconds
+        )
+        await warehouse.command(
+            "INSERT INTO funnels (computed_at, funnel, period_start, period_end, window_seconds,"
+            " step_names, step_counts, conversion_rate) VALUES (now64(3), {funnel:String},"
+            " {start:DateTime64(3, 'UTC')}, {end:DateTime64(3, 'UTC')}, {window:UInt32},"
+            " {names:Array(String)}, {counts:Array(UInt64)}, {rate:Float64})",
+            {
+                "funnel": result.funnel,
+                "start": result.period_start,
+                "end": result.period_end,
+                "window": result.window_seconds,
+                "names": [name for name, _ in result.steps],
+                "counts": [count for _, count in result.steps],
+                "rate": result.conversion_rate,
+            },
+        )
+        _publish(ctx, FUNNEL_COMPLETED, result.as_payload())
+        results.append(f"{result.funnel} {result.conversion_rate}%")
+    AGGREGATION_JOB_DURATION.labels("recompute-funnels").observe(
+        (time.perf_counter() - started) * 1000
+    )
+    return "; ".join(results)
+
+
+async def rebuild_dashboards(ctx: dict[str, Any]) -> str:
+    """Today, this week, this month and the last 30 days: snapshots saved and announced."""
+    started = time.perf_counter()
+    warehouse: Warehouse = ctx["warehouse"]
+    settings: Settings = ctx["settings"]
+    zone = zoneinfo.ZoneInfo(settings.report_timezone)
+    now = datetime.now(UTC)
+    end = widgets.ceil_hour(now)
+    periods = widgets.local_periods(now, zone)
+    ranges = {
+        "today": periods["today"],
+        "week": periods["week"],
+        "month": periods["month"],
+        "last-30-days": end - timedelta(days=30),
+    }
+    for label, start in ranges.items():
+        found = await widgets.compute(warehouse, start, end, zone=zone, now=now)
+        await snapshots.save(warehouse, start, end, label, found)
+    redis = ctx.get("redis")
+    if redis is not None:
+        await dashboard_cache.invalidate(redis)
+    DASHBOARD_SNAPSHOT_AGE.set(0)
+    _publish(
+        ctx,
+        DASHBOARD_REFRESHED,
+        {
+            "computedAt": now.isoformat(),
+            "ranges": [
+                {"label": label, "from": start.isoformat(), "to": end.isoformat()}
+                for label, start in ranges.items()
+            ],
+        },
+    )
+    AGGREGATION_JOB_DURATION.labels("rebuild-dashboards").observe(
+        (time.perf_counter() - started) * 1000
+    )
+    return f"rebuilt {len(ranges)} dashboards"
+
+
+async def check_dashboard_freshness(ctx: dict[str, Any]) -> str:
+    """Publish an admin alert when the newest snapshot is older than two hours (or missing)."""
+    age = await snapshots.age_minutes(ctx["warehouse"])
+    if age is not None:
+        DASHBOARD_SNAPSHOT_AGE.set(age)
+    if age is not None and age <= STALE_AFTER_MINUTES:
+        return f"fresh: {age:.0f} min"
+    _publish(
+        ctx,
+        ALERT_RAISED,
+        {
+            "alertType": "DASHBOARD_STALE",
+            "severity": "WARNING",
+            "audience": "ADMIN",
+            "message": "No dashboard snapshot newer than two hours: rebuild-dashboards is failing"
+            if age is not None
+            else "No dashboard snapshot exists yet",
+            "snapshotAgeMinutes": None if age is None else round(age),
+        },
+    )
+    return "alert raised"

@@ -16,10 +16,20 @@ from core.retry_queue import RetryQueue
 from core.settings import load_settings
 from materialized.migrations import migrate
 from materialized.warehouse import Warehouse
-from workers.jobs import retry_failed_batches
+from workers.jobs import (
+    check_dashboard_freshness,
+    rebuild_dashboards,
+    recompute_funnels,
+    retry_failed_batches,
+)
 
-FUNCTIONS = [retry_failed_batches]
-CRON_JOBS = [cron(retry_failed_batches, second={0}, run_at_startup=True)]
+FUNCTIONS = [retry_failed_batches, recompute_funnels, rebuild_dashboards, check_dashboard_freshness]
+CRON_JOBS = [
+    cron(retry_failed_batches, second={0}, run_at_startup=True),
+    cron(recompute_funnels, minute={0, 30}, second={10}),
+    cron(rebuild_dashboards, minute={5}, second={20}),
+    cron(check_dashboard_freshness, minute=set(range(0, 60, 10)), second={40}),
+]
 
 
 async def open_clients(ctx: dict[str, Any]) -> None:

@@ -1,0 +1,24 @@
+"""`POST /v1/admin/jobs/rebuild-dashboards` (ADMIN): enqueue the job now, answer its id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sanic import Blueprint, HTTPResponse, Request, json
+
+from ingest.auth import admin_only
+from ingest.services import services
+
+bp = Blueprint("admin_jobs")
+
+
+@bp.post("/v1/admin/jobs/rebuild-dashboards")
+@admin_only
+async def rebuild_dashboards(request: Request, claims: dict[str, Any]) -> HTTPResponse:
+    try:
+        job = await services(request).redis.enqueue_job("rebuild_dashboards")
+    except Exception as error:
+        return json({"error": f"job queue unavailable: {error}"}, status=503)
+    if job is None:  # arq refuses a duplicate id; ours are random, so this is not expected
+        return json({"error": "job not enqueued"}, status=409)
+    return json({"jobId": job.job_id}, status=202)

@@ -1,0 +1,126 @@
+"""`GET /v1/analytics/dashboard?from=&to=` (ADMIN): the widgets for a range.
+
+Answers come from the Redis cache (`dashboard:snapshot:{from}:{to}`, 300 s), else are computed
+from the rollups, cached and saved as a snapshot; if computing fails, the newest snapshot is
+returned marked stale with its age. Times without an offset are read in REPORT_TIMEZONE; the
+range is taken at hour granularity (from rounded down, to rounded up) and the answer says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zoneinfo
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from sanic import Blueprint, HTTPResponse, Request, json
+
+from ingest.auth import admin_only
+from ingest.services import services
+from materialized import dashboard_cache, snapshots, widgets
+
+log = logging.getLogger(__name__)
+bp = Blueprint("dashboard")
+
+CACHE_SECONDS = 300
+MAX_RANGE = timedelta(days=400)
+COMPUTE_TIMEOUT_S = 10.0
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+class RangeError(Exception):
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def parse_instant(raw: str | None, parameter: str, zone: zoneinfo.ZoneInfo) -> datetime:
+    if not raw:
+        raise RangeError(parameter, f"`{parameter}` is required (ISO 8601)")
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise RangeError(parameter, f"`{parameter}`: {raw!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    return moment.astimezone(UTC)
+
+
+def parse_range(request: Request, zone: zoneinfo.ZoneInfo) -> tuple[datetime, datetime]:
+    start = parse_instant(request.args.get("from"), "from", zone)
+    end = parse_instant(request.args.get("to"), "to", zone)
+    if end <= start:
+        raise RangeError("to", "`to` must be after `from`")
+    if end - start > MAX_RANGE:
+        raise RangeError("to", f"the range is longer than {MAX_RANGE.days} days")
+    if start < EARLIEST or end > datetime.now(UTC) + timedelta(days=366):
+        raise RangeError("from", "the range must lie between 2000 and a year from now")
+    return widgets.floor_hour(start), widgets.ceil_hour(end)
+
+
+def _answer(body: bytes, cache: str) -> HTTPResponse:
+    return HTTPResponse(
+        body,
+        content_type="application/json",
+        headers={"X-Cache": cache, "Cache-Control": "no-store"},
+    )
+
+
+@bp.get("/v1/analytics/dashboard")
+@admin_only
+async def dashboard(request: Request, claims: dict[str, Any]) -> HTTPResponse:
+    svc = services(request)
+    zone = zoneinfo.ZoneInfo(svc.settings.report_timezone)
+    try:
+        start, end = parse_range(request, zone)
+    except RangeError as error:
+        return json({"error": str(error), "parameter": error.parameter}, status=400)
+    key = dashboard_cache.cache_key(start.isoformat(), end.isoformat())
+    try:
+        cached: bytes | None = await svc.redis.get(key)
+    except Exception:  # Redis down: compute instead
+        cached = None
+    if cached is not None:
+        return _answer(cached, "HIT")
+
+    now = datetime.now(UTC)
+    try:
+        found = await asyncio.wait_for(
+            widgets.compute(svc.warehouse, start, end, zone=zone, now=now),
+            timeout=COMPUTE_TIMEOUT_S,
+        )
+    except Exception as error:
+        log.exception("dashboard computation failed; answering from the newest snapshot")
+        return await _stale(svc.warehouse, start, end, error)
+    body = msgspec.json.encode({"computedAt": now.isoformat(), "stale": False, "widgets": found})
+    try:
+        async with svc.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, body, ex=CACHE_SECONDS)
+            pipe.sadd(dashboard_cache.INDEX_KEY, key)
+            await pipe.execute()
+    except Exception as error:
+        log.warning("could not cache the dashboard: %s", error)
+    await snapshots.save(svc.warehouse, start, end, "on-demand", found)
+    return _answer(body, "MISS")
+
+
+async def _stale(warehouse: Any, start: datetime, end: datetime, error: Exception) -> HTTPResponse:
+    try:
+        newest = await snapshots.newest(warehouse, start, end)
+    except Exception:
+        newest = None
+    if newest is None:
+        return json(
+            {"error": f"dashboard unavailable and no snapshot to fall back on: {error}"}, status=503
+        )
+    computed_at, found = newest
+    age = (datetime.now(UTC) - computed_at).total_seconds()
+    body = {
+        "computedAt": computed_at.isoformat(),
+        "stale": True,
+        "ageSeconds": round(age),
+        "widgets": found,
+    }
+    return _answer(msgspec.json.encode(body), "STALE")
