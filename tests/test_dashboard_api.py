@@ -1,0 +1,322 @@
+"""The admin dashboard API: who may call it, which ranges it takes, its cache, its fallback,
+and the jobs that keep funnels and snapshots current."""
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aio_pika
+import jwt
+import msgspec
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from redis.asyncio import Redis
+
+from cli.demo_traffic import default_start, generate, load
+from core.settings import Settings
+from materialized import dashboard_cache
+from materialized.warehouse import Warehouse
+from tests.conftest import AMQP_URL, JWT_SECRET, Running, wait_for
+from workers import jobs
+
+DASHBOARD = "/v1/analytics/dashboard"
+
+
+def token(
+    role: str = "ADMIN",
+    *,
+    secret: str = JWT_SECRET,
+    expires_in: int = 300,
+    algorithm: str = "HS256",
+    **extra: Any,
+) -> str:
+    now = int(time.time())
+    claims = {"sub": "admin@lomashwood.co.uk", "role": role, "iat": now, "exp": now + expires_in}
+    claims.update(extra)
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def _hs256_by_hand(claims: dict[str, Any], key: bytes) -> str:
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(msgspec.json.encode(claims))
+    signature = hmac.new(key, signing.encode(), hashlib.sha256).digest()
+    return signing + "." + b64(signature)
+
+
+def bearer(value: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {value}"}
+
+
+def a_day() -> dict[str, str]:
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    return {"from": (end - timedelta(days=1)).isoformat(), "to": end.isoformat()}
+
+
+@pytest.fixture
+async def demo(warehouse: Warehouse) -> Warehouse:
+    await load(warehouse, generate(default_start(days=10), days=10, sessions_per_day=60, seed=3))
+    return warehouse
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "says"),
+    [
+        ({}, 401, "missing bearer token"),
+        (bearer("not-a-jwt"), 401, "invalid token"),
+        (bearer(token(secret="another-secret-0123456789-abcdefghij")), 401, "Signature"),
+        (bearer(token(expires_in=-10)), 401, "expired"),
+        (bearer(token(role="CUSTOMER")), 403, "ADMIN role required"),
+        (
+            bearer(
+                jwt.encode({"role": "ADMIN", "exp": int(time.time()) + 60}, None, algorithm="none")
+            ),
+            401,
+            "invalid token",
+        ),
+        (bearer(jwt.encode({"role": "ADMIN"}, JWT_SECRET, algorithm="HS256")), 401, "exp"),
+        ({"authorization": f"Basic {token()}"}, 401, "missing bearer token"),
+    ],
+    ids=["none", "garbage", "wrong-key", "expired", "other-role", "alg-none", "no-exp", "basic"],
+)
+async def test_only_a_valid_admin_token_gets_in(
+    server: Running, headers: dict[str, str], status: int, says: str
+) -> None:
+    response = await server.http.get(DASHBOARD, params=a_day(), headers=headers)
+    assert response.status_code == status
+    assert says in response.json()["error"]
+    if status == 401:
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_rs256_public_key(make_server, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    server: Running = await make_server(
+        msgspec.structs.replace(settings, auth_jwt_public_key=public, auth_jwt_secret="")
+    )
+    good = token(secret=key, algorithm="RS256")  # type: ignore[arg-type]
+    assert (
+        await server.http.get(DASHBOARD, params=a_day(), headers=bearer(good))
+    ).status_code == 200
+    # The classic algorithm swap: HS256 "signed" with the public key's text. Refused.
+    forged = _hs256_by_hand({"role": "ADMIN", "exp": int(time.time()) + 60}, public.encode())
+    answer = await server.http.get(DASHBOARD, params=a_day(), headers=bearer(forged))
+    assert answer.status_code == 401
+
+
+async def test_without_a_configured_key_admin_calls_are_refused(
+    make_server,
+    settings: Settings,  # type: ignore[no-untyped-def]
+) -> None:
+    server: Running = await make_server(msgspec.structs.replace(settings, auth_jwt_secret=""))
+    response = await server.http.get(DASHBOARD, params=a_day(), headers=bearer(token()))
+    assert response.status_code == 401
+    assert "disabled" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("params", "parameter", "says"),
+    [
+        ({"to": "2026-11-01T00:00:00Z"}, "from", "required"),
+        ({"from": "yesterday", "to": "2026-11-01T00:00:00Z"}, "from", "not an ISO 8601"),
+        ({"from": "2026-11-02T00:00:00Z", "to": "2026-11-01T00:00:00Z"}, "to", "after"),
+        ({"from": "2026-11-01T00:00:00Z", "to": "2026-11-01T00:00:00Z"}, "to", "after"),
+        ({"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "to", "longer than"),
+        ({"from": "1066-10-14T00:00:00Z", "to": "1066-10-15T00:00:00Z"}, "from", "between"),
+    ],
+)
+async def test_bad_ranges_are_400_naming_the_parameter(
+    server: Running, params: dict[str, str], parameter: str, says: str
+) -> None:
+    response = await server.http.get(DASHBOARD, params=params, headers=bearer(token()))
+    assert response.status_code == 400
+    assert response.json()["parameter"] == parameter
+    assert says in response.json()["error"]
+
+
+async def test_dashboard_answers_from_rollups_then_from_cache(
+    server: Running, demo: Warehouse, redis: Redis
+) -> None:
+    params = {"from": "2000-01-01T00:30:00", "to": datetime.now(UTC).isoformat()}
+    params["from"] = (datetime.now(UTC) - timedelta(days=30)).isoformat()
+    first = await server.http.get(DASHBOARD, params=params, headers=bearer(token()))
+    assert first.status_code == 200
+    assert first.headers["x-cache"] == "MISS"
+    body = first.json()
+    assert body["stale"] is False
+    assert datetime.fromisoformat(body["computedAt"]) <= datetime.now(UTC)
+    found = body["widgets"]
+    assert found["range"]["timezone"] == "Europe/London"
+    assert found["bookings"]["inRange"] > 0
+    assert found["orders"]["count"] > 0 and found["orders"]["revenue"]["GBP"]
+    assert found["topProducts"][0]["views"] >= found["topProducts"][-1]["views"]
+    assert sum(found["customers"].values()) > 0
+    second = await server.http.get(DASHBOARD, params=params, headers=bearer(token()))
+    assert second.headers["x-cache"] == "HIT"
+    assert second.json() == body
+    keys = [k async for k in redis.scan_iter("dashboard:snapshot:*")]
+    cache_keys = [k for k in keys if k != dashboard_cache.INDEX_KEY.encode()]
+    assert len(cache_keys) == 1
+    assert 0 < await redis.ttl(cache_keys[0]) <= 300
+
+
+async def test_naive_times_are_read_in_uk_time_and_rounded_to_hours(server: Running) -> None:
+    response = await server.http.get(
+        DASHBOARD,
+        params={"from": "2026-07-01T00:30:00", "to": "2026-07-02T00:00:00"},
+        headers=bearer(token()),
+    )
+    answer = response.json()["widgets"]["range"]
+    # Midnight BST is 23:00 UTC the day before; 00:30 rounds down to 00:00.
+    assert answer["from"] == "2026-06-30T23:00:00+00:00"
+    assert answer["to"] == "2026-07-01T23:00:00+00:00"
+
+
+async def test_when_computing_fails_the_newest_snapshot_is_served_stale(
+    server: Running, demo: Warehouse
+) -> None:
+    params = a_day()
+    fresh = await server.http.get(DASHBOARD, params=params, headers=bearer(token()))
+    assert fresh.json()["stale"] is False
+    await server.services.redis.flushdb()  # no cached answer left
+    await demo.command("DETACH TABLE domain_events_hourly")  # and the rollups break
+    try:
+        stale = await server.http.get(DASHBOARD, params=params, headers=bearer(token()))
+    finally:
+        await demo.command("ATTACH TABLE domain_events_hourly")
+    assert stale.status_code == 200
+    assert stale.headers["x-cache"] == "STALE"
+    body = stale.json()
+    assert body["stale"] is True
+    assert body["ageSeconds"] >= 0
+    assert body["widgets"] == fresh.json()["widgets"]
+
+
+@pytest.fixture
+async def announcements(exchange_name: str) -> AsyncIterator[aio_pika.abc.AbstractQueue]:
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel()
+    exchange = await channel.declare_exchange(
+        exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    queue = await channel.declare_queue("", exclusive=True)
+    for key in (
+        "lomash.analytics.funnel.completed",
+        "lomash.analytics.dashboard.refreshed",
+        "lomash.analytics.alert.raised",
+    ):
+        await queue.bind(exchange, key)
+    yield queue
+    await connection.close()
+
+
+async def messages(queue: aio_pika.abc.AbstractQueue, n: int) -> list[tuple[str, dict[str, Any]]]:
+    found: list[tuple[str, dict[str, Any]]] = []
+    deadline = asyncio.get_running_loop().time() + 15
+    while len(found) < n and asyncio.get_running_loop().time() < deadline:
+        message = await queue.get(fail=False)
+        if message is None:
+            await asyncio.sleep(0.05)
+            continue
+        await message.ack()
+        found.append((message.routing_key or "", msgspec.json.decode(message.body)))
+    return found
+
+
+async def test_admin_can_enqueue_a_rebuild_that_saves_and_announces_snapshots(
+    server: Running, demo: Warehouse, announcements: aio_pika.abc.AbstractQueue
+) -> None:
+    await server.services.publisher.connected.wait()
+    refused = await server.http.post(
+        "/v1/admin/jobs/rebuild-dashboards", headers=bearer(token("USER"))
+    )
+    assert refused.status_code == 403
+    response = await server.http.post("/v1/admin/jobs/rebuild-dashboards", headers=bearer(token()))
+    assert response.status_code == 202
+    job_id = response.json()["jobId"]
+    assert job_id
+
+    async def rebuilt() -> bool:
+        return bool(
+            await demo.scalar("SELECT countIf(label != 'on-demand') FROM dashboard_snapshots") >= 4
+        )
+
+    await wait_for(rebuilt, within=20)
+    labels = {r[0] for r in await demo.rows("SELECT label FROM dashboard_snapshots")}
+    assert {"today", "week", "month", "last-30-days"} <= labels
+    ((key, body),) = await messages(announcements, 1)
+    assert key == "lomash.analytics.dashboard.refreshed"
+    assert body["eventType"] == "analytics-dashboard-refreshed"
+    assert [r["label"] for r in body["payload"]["ranges"]] == [
+        "today",
+        "week",
+        "month",
+        "last-30-days",
+    ]
+    metrics = (await server.http.get("/metrics")).text
+    assert "aggregation_job_duration_ms_bucket" in metrics
+    assert "dashboard_snapshot_age_minutes" in metrics
+
+
+async def test_recompute_funnels_writes_and_publishes_each_funnel(
+    server: Running, demo: Warehouse, announcements: aio_pika.abc.AbstractQueue, settings: Settings
+) -> None:
+    await server.services.publisher.connected.wait()
+    ctx = {"warehouse": demo, "settings": settings, "publisher": server.services.publisher}
+    summary = await jobs.recompute_funnels(ctx)
+    assert "booking" in summary and "checkout" in summary
+    rows = await demo.dicts("SELECT * FROM funnels ORDER BY funnel")
+    assert [r["funnel"] for r in rows] == ["booking", "checkout"]
+    checkout = rows[1]
+    assert checkout["step_names"] == [
+        "PRODUCT_VIEW",
+        "ADD_TO_WISHLIST",
+        "ORDER_CREATED",
+        "PAYMENT_SUCCEEDED",
+    ]
+    counts = checkout["step_counts"]
+    assert counts[0] >= counts[1] >= counts[2] >= counts[3] > 0
+    assert checkout["conversion_rate"] == round(counts[3] / counts[0] * 100, 2)
+    published = await messages(announcements, 2)
+    payloads = {body["payload"]["funnel"]: body["payload"] for _, body in published}
+    assert payloads["checkout"]["steps"][0] == {"name": "PRODUCT_VIEW", "count": counts[0]}
+    assert payloads["checkout"]["conversionRate"] == checkout["conversion_rate"]
+    # The dashboard shows the latest result of each funnel.
+    dashboard = await server.http.get(DASHBOARD, params=a_day(), headers=bearer(token()))
+    conversion = dashboard.json()["widgets"]["conversion"]
+    assert conversion["checkout"]["conversionRate"] == checkout["conversion_rate"]
+
+
+async def test_an_old_or_missing_snapshot_raises_an_admin_alert(
+    server: Running,
+    warehouse: Warehouse,
+    announcements: aio_pika.abc.AbstractQueue,
+    settings: Settings,
+) -> None:
+    await server.services.publisher.connected.wait()
+    ctx = {"warehouse": warehouse, "settings": settings, "publisher": server.services.publisher}
+    assert await jobs.check_dashboard_freshness(ctx) == "alert raised"  # none at all
+    await warehouse.command(
+        "INSERT INTO dashboard_snapshots VALUES (now64(3) - INTERVAL 3 HOUR, now64(3),"
+        " now64(3), 'today', '{}')"
+    )
+    assert await jobs.check_dashboard_freshness(ctx) == "alert raised"
+    alerts = await messages(announcements, 2)
+    payload = alerts[1][1]["payload"]
+    assert alerts[1][0] == "lomash.analytics.alert.raised"
+    assert payload["alertType"] == "DASHBOARD_STALE"
+    assert payload["snapshotAgeMinutes"] == 180
+    await jobs.rebuild_dashboards({**ctx})
+    assert (await jobs.check_dashboard_freshness(ctx)).startswith("fresh")
