@@ -1,4 +1,5 @@
-"""`analytics serve | api | consume | migrate`: the service's processes and operator commands."""
+"""`analytics serve | api | consume | migrate | demo | token`: the service's processes and
+operator commands."""
 
 from __future__ import annotations
 
@@ -101,6 +102,39 @@ def _consume(settings: Settings) -> int:
     return 0
 
 
+def _demo(settings: Settings, days: int, sessions: int, seed: int) -> int:
+    from cli.demo_traffic import default_start, generate, load
+    from materialized.migrations import migrate
+    from materialized.warehouse import Warehouse
+    from workers.jobs import rebuild_dashboards, recompute_funnels
+
+    async def run() -> str:
+        warehouse = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
+        try:
+            await warehouse.open()
+            await migrate(warehouse, cluster=settings.clickhouse_cluster)
+            traffic = generate(default_start(days=days), days, sessions, seed)
+            await load(warehouse, traffic)
+            ctx = {"warehouse": warehouse, "settings": settings}
+            await recompute_funnels(ctx)
+            await rebuild_dashboards(ctx)
+            return f"{len(traffic.tracking):,} browser and {len(traffic.domain):,} domain events"
+        finally:
+            await warehouse.close()
+
+    try:
+        made = asyncio.run(run())
+    except Exception as error:
+        print(
+            f"demo failed: {error} (is `analytics serve` running on the same chDB path?"
+            " chDB opens a path in one process: stop it first)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"loaded {made} over the last {days} days; funnels and dashboards rebuilt")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="analytics", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("api", help="the HTTP API alone, API_WORKERS processes (server mode)")
     commands.add_parser("consume", help="the RabbitMQ domain-event consumer alone (server mode)")
     commands.add_parser("migrate", help="apply pending sql/ migrations and exit")
+    demo = commands.add_parser("demo", help="fill the install with believable traffic")
+    demo.add_argument("--days", type=int, default=60)
+    demo.add_argument("--sessions-per-day", type=int, default=300)
+    demo.add_argument("--seed", type=int, default=7)
+    token = commands.add_parser("token", help="mint a short-lived admin token (HS256 secret)")
+    token.add_argument("--role", default="ADMIN")
+    token.add_argument("--subject", default="analytics-cli")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -119,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "migrate":
         return _migrate(settings)
+    if args.command == "demo":
+        return _demo(settings, args.days, args.sessions_per_day, args.seed)
+    if args.command == "token":
+        from ingest.auth import mint
+
+        print(mint(settings, args.role, args.subject, args.ttl))
+        return 0
     if args.command == "serve":
         return _serve(settings, embedded=True)
     if args.command == "consume":

@@ -226,3 +226,56 @@ async def test_consume_command_stores_domain_events_and_stops_on_sigterm(tmp_pat
     assert await asyncio.to_thread(proc.wait, 60) == 0, (tmp_path / "consume.log").read_text()
     await connection.close()
     assert query(tmp_path, "SELECT count() FROM analytics_events") == [[str(len(MAKERS))]]
+
+
+def test_demo_fills_an_empty_install_that_then_serves_a_dashboard(tmp_path: Path) -> None:
+    env = env_for(tmp_path, AUTH_JWT_SECRET="demo-secret-0123456789-abcdefghijklmnop")
+    demo = subprocess.run(
+        [*ANALYTICS, "demo", "--days", "5", "--sessions-per-day", "40"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert "funnels and dashboards rebuilt" in demo.stdout
+    minted = subprocess.run(
+        [*ANALYTICS, "token", "--role", "ADMIN"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert minted.returncode == 0, minted.stderr
+    proc, base = start_service(tmp_path, AUTH_JWT_SECRET=env["AUTH_JWT_SECRET"])
+    now = time.time()
+    answer = httpx.get(
+        f"{base}/v1/analytics/dashboard",
+        params={
+            "from": time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime(now - 5 * 86400)),
+            "to": time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(now + 3600)),
+        },
+        headers={"authorization": f"Bearer {minted.stdout.strip()}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    widgets = answer.json()["widgets"]
+    assert widgets["bookings"]["inRange"] > 0
+    assert widgets["orders"]["count"] > 0
+    assert set(widgets["conversion"]) == {"booking", "checkout"}
+    assert stop(proc) == 0
+
+
+def test_token_needs_the_secret(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*ANALYTICS, "token"],
+        cwd=ROOT,
+        env=env_for(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "AUTH_JWT_SECRET" in result.stderr
