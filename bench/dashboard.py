@@ -1,0 +1,224 @@
+"""Dashboard speed at scale: 10 million browser events and 1 million domain events.
+
+Measures, in one run on one chDB data directory:
+  * the dashboard for the last month, uncached (widgets from the rollups), p50 and p95;
+  * the same through the HTTP API with the Redis cache warm, p50 and p95;
+  * the same widgets computed by scanning the raw events (the baseline of the ratio);
+  * recompute-funnels for 30 days (both funnels).
+
+    .venv/bin/python -m bench.dashboard [--tracking 10000000] [--domain 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+import zoneinfo
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import jwt
+from sanic import Sanic
+
+from core.settings import load_settings
+from ingest.app import create_app
+from materialized import widgets
+from materialized.migrations import migrate
+from materialized.warehouse import Warehouse
+from workers.jobs import recompute_funnels
+
+DAYS = 60
+ZONE = zoneinfo.ZoneInfo("Europe/London")
+
+# Deterministic synthetic rows, made by ClickHouse itself: sessions of 8 events spread over the
+# last 60 days, a user id for a third of them (200k customers), 2% bots, 50 products.
+TRACKING = """
+INSERT INTO tracking_events (event_id, event_type, session_id, user_id, received_at,
+    client_timestamp, occurred_at, url, referrer, user_agent, device_type, browser, os, is_bot,
+    country, session_seq, properties)
+SELECT generateUUIDv4(number),
+    ['PAGEVIEW', 'PAGEVIEW', 'PAGEVIEW', 'PRODUCT_VIEW', 'PRODUCT_VIEW', 'ADD_TO_WISHLIST',
+     'CLICK', 'FILTER_APPLY', 'BOOKING_START', 'BOOKING_COMPLETE', 'BROCHURE_REQUEST']
+        [1 + cityHash64(number, 1) % 11] AS event_type,
+    toUUID(concat('00000000-0000-4000-8000-', leftPad(hex(intDiv(number, 8)), 12, '0'))),
+    if(cityHash64(intDiv(number, 8), 2) % 3 = 0,
+       toUUID(concat('00000000-0000-4000-9000-',
+                     leftPad(hex(cityHash64(intDiv(number, 8), 3) % 200000), 12, '0'))),
+       NULL),
+    {now:DateTime64(3, 'UTC')} - toIntervalMillisecond(
+        cityHash64(intDiv(number, 8), 5) % ({days:UInt64} * 86400000) + (number % 8) * 30000)
+        AS at,
+    at, at,
+    if(cityHash64(number, 8) % 5 = 0,
+       concat('https://www.lomashwood.co.uk/blog/post-', toString(cityHash64(number, 6) % 20)),
+       concat('https://www.lomashwood.co.uk/kitchens/k', toString(cityHash64(number, 6) % 50))),
+    'https://www.google.com/', 'Mozilla/5.0', 'desktop', 'Chrome', 'Windows',
+    cityHash64(number, 7) % 50 = 0, 'GB', number % 8 + 1,
+    concat('{"productId":"k', toString(cityHash64(number, 6) % 50), '"}')
+FROM numbers({first:UInt64}, {count:UInt64})
+"""
+
+DOMAIN = """
+INSERT INTO analytics_events (event_id, event_type, routing_key, version, occurred_at,
+    received_at, customer_id, order_id, booking_id, amount, currency, payload)
+SELECT generateUUIDv4(number),
+    ['order-created', 'payment-succeeded', 'booking-created', 'booking-cancelled',
+     'brochure-request-submitted', 'newsletter-subscription-created', 'review-created']
+        [1 + cityHash64(number, 1) % 7] AS event_type,
+    concat('lomash.', event_type), '1.0',
+    {now:DateTime64(3, 'UTC')} - toIntervalMillisecond(
+        cityHash64(number, 5) % ({days:UInt64} * 86400000)) AS at,
+    at,
+    toUUID(concat('00000000-0000-4000-9000-', leftPad(hex(cityHash64(number, 3) % 200000),
+                                                      12, '0'))),
+    generateUUIDv4(number + 1), generateUUIDv4(number + 2),
+    if(event_type IN ('order-created', 'payment-succeeded'),
+       toDecimal128(1000 + cityHash64(number, 9) % 800000 / 100, 6), NULL),
+    if(event_type IN ('order-created', 'payment-succeeded'), 'GBP', ''),
+    '{}'
+FROM numbers({count:UInt64})
+"""
+
+RAW = [  # the same widgets as materialized/widgets.py, straight from the raw events
+    "SELECT event_type, count() FROM tracking_events WHERE NOT is_bot"
+    " AND received_at >= {start:DateTime64(3, 'UTC')} AND received_at < {end:DateTime64(3, 'UTC')}"
+    " GROUP BY event_type",
+    "SELECT event_type, currency, count(), sum(amount) FROM analytics_events"
+    " WHERE occurred_at >= {start:DateTime64(3, 'UTC')}"
+    " AND occurred_at < {end:DateTime64(3, 'UTC')} GROUP BY event_type, currency",
+    "SELECT JSONExtractString(properties, 'productId') AS p, count() AS v FROM tracking_events"
+    " WHERE event_type = 'PRODUCT_VIEW' AND NOT is_bot"
+    " AND received_at >= {start:DateTime64(3, 'UTC')} AND received_at < {end:DateTime64(3, 'UTC')}"
+    " GROUP BY p ORDER BY v DESC, p LIMIT 10",
+    "SELECT count() FROM tracking_events WHERE event_type = 'PAGEVIEW' AND NOT is_bot"
+    " AND startsWith(path, '/blog/')"
+    " AND received_at >= {start:DateTime64(3, 'UTC')} AND received_at < {end:DateTime64(3, 'UTC')}",
+    "SELECT countIf(f >= {start:DateTime64(3, 'UTC')}), countIf(f < {start:DateTime64(3, 'UTC')})"
+    " FROM (SELECT customer_id, min(occurred_at) AS f FROM analytics_events"
+    "  WHERE event_type = 'order-created' GROUP BY customer_id"
+    "  HAVING countIf(occurred_at >= {start:DateTime64(3, 'UTC')}"
+    "   AND occurred_at < {end:DateTime64(3, 'UTC')}) > 0)",
+]
+
+
+def quantiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[max(0, int(len(ordered) * 0.95) - 1)]
+
+
+async def timed(call, runs: int) -> list[float]:  # type: ignore[no-untyped-def]
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tracking", type=int, default=10_000_000)
+    parser.add_argument("--domain", type=int, default=1_000_000)
+    args = parser.parse_args()
+    now = datetime.now(UTC)
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"chdb://{Path(tmp) / 'ch'}"
+        warehouse = Warehouse(url, "bench")
+        await warehouse.open()
+        await migrate(warehouse)
+        loading = time.perf_counter()
+        step = 2_000_000
+        for first in range(0, args.tracking, step):
+            await warehouse.command(
+                TRACKING,
+                {
+                    "now": now,
+                    "days": DAYS,
+                    "first": first,
+                    "count": min(step, args.tracking - first),
+                },
+            )
+        await warehouse.command(DOMAIN, {"now": now, "days": DAYS, "count": args.domain})
+        await warehouse.command("OPTIMIZE TABLE tracking_events_hourly FINAL")
+        loaded = time.perf_counter() - loading
+        rows = await warehouse.scalar("SELECT count() FROM tracking_events")
+        domain_rows = await warehouse.scalar("SELECT count() FROM analytics_events")
+
+        end = widgets.ceil_hour(now)
+        start = end - timedelta(days=30)
+
+        async def from_rollups() -> None:
+            await widgets.compute(warehouse, start, end, zone=ZONE, now=now)
+
+        async def from_raw() -> None:
+            await asyncio.gather(
+                *(warehouse.rows(sql, {"start": start, "end": end}) for sql in RAW)
+            )
+
+        await from_rollups()
+        rollup_ms = await timed(from_rollups, 30)
+        await from_raw()
+        raw_ms = await timed(from_raw, 5)
+        ctx = {"warehouse": warehouse, "settings": load_settings({})}
+        funnel_ms = await timed(lambda: recompute_funnels(ctx), 3)
+        await warehouse.close()
+
+        # The HTTP API on the same data, with the Redis cache warm.
+        secret = "bench-secret-0123456789-abcdefghijklmnop"
+        settings = load_settings(
+            {
+                "CLICKHOUSE_URL": url,
+                "CLICKHOUSE_DATABASE": "bench",
+                "AUTH_JWT_SECRET": secret,
+                "REDIS_URL": "redis://127.0.0.1:6379/14",
+                "PORT": "8791",
+                "AMQP_EXCHANGE": f"bench.{uuid.uuid4().hex[:6]}",
+            }
+        )
+        Sanic.test_mode = True
+        app = create_app(settings, embedded=False)
+        server = await app.create_server(
+            host="127.0.0.1", port=8791, return_asyncio_server=True, access_log=False
+        )
+        assert server is not None
+        await server.startup()
+        await server.before_start()
+        await server.after_start()
+        token = jwt.encode(
+            {"role": "ADMIN", "exp": int(time.time()) + 3600}, secret, algorithm="HS256"
+        )
+        async with httpx.AsyncClient(
+            base_url="http://127.0.0.1:8791", headers={"authorization": f"Bearer {token}"}
+        ) as http:
+            params = {"from": start.isoformat(), "to": end.isoformat()}
+            miss = await http.get("/v1/analytics/dashboard", params=params)
+            assert miss.headers["x-cache"] == "MISS", miss.text
+
+            async def cached() -> None:
+                hit = await http.get("/v1/analytics/dashboard", params=params)
+                assert hit.headers["x-cache"] == "HIT"
+
+            cached_ms = await timed(cached, 200)
+        await server.before_stop()
+        server.close()
+        await server.wait_closed()
+        await server.after_stop()
+
+    r50, r95 = quantiles(rollup_ms)
+    b50, b95 = quantiles(raw_ms)
+    c50, c95 = quantiles(cached_ms)
+    print(f"loaded {rows:,} browser and {domain_rows:,} domain events in {loaded:.0f} s")
+    print(f"dashboard, last 30 days, from rollups (uncached): p50 {r50:.1f} ms, p95 {r95:.1f} ms")
+    print(f"same widgets by scanning raw events (baseline):   p50 {b50:.1f} ms, p95 {b95:.1f} ms")
+    print(f"rollups vs raw scan: {b50 / r50:.0f}x faster")
+    print(f"through the API, Redis cache warm:                p50 {c50:.2f} ms, p95 {c95:.2f} ms")
+    print(f"recompute-funnels, 30 days, both funnels: {statistics.median(funnel_ms) / 1000:.2f} s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
