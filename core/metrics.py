@@ -84,6 +84,11 @@ AGGREGATION_JOB_DURATION = Histogram(
     ["job"],
     buckets=(10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000),
 )
+EXPORT_DURATION = Histogram(
+    "export_generation_duration_ms",
+    "Time to generate one report export",
+    buckets=(50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000),
+)
 INGEST_RATE = Gauge(
     "tracking_ingest_rate_per_second", "Events accepted per second over the last minute"
 )

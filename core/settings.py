@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
+import secrets
 import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+_PROCESS_KEY = secrets.token_bytes(32)
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
 
 
@@ -50,6 +53,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     amqp_queue: Annotated[str, msgspec.Meta(min_length=1)] = "analytics.domain-events"
     storage_url: StorageUrl = "file://./data/objects"
     s3_endpoint_url: str = ""
+    # Where people reach this API; file-storage download links point here.
+    public_url: str = ""
     geoip_db: str = ""
     auth_jwt_secret: str = ""
     auth_jwt_public_key: str = ""
@@ -62,6 +67,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     # windowFunnel's window: how long after a funnel's first step later steps still count.
     funnel_window_seconds: Annotated[int, msgspec.Meta(ge=60, le=90 * 86400)] = 7 * 86400
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+    @property
+    def download_signing_key(self) -> bytes:
+        """HMAC key of file download links: derived from the admin secret when there is one,
+        else made at start (links then die with the process)."""
+        secret = self.auth_jwt_secret or self.auth_jwt_public_key
+        if not secret:
+            return _PROCESS_KEY
+        return hashlib.sha256(b"lomash-downloads\n" + secret.encode()).digest()
 
     @property
     def embedded(self) -> bool:

@@ -14,7 +14,8 @@ from consumers.consumer import DomainEventConsumer
 from consumers.publisher import EventPublisher
 from core.retry_queue import RetryBatch, RetryQueue
 from core.settings import Settings
-from ingest import admin_jobs, dashboard, ops, track, tracker
+from core.storage import open_storage
+from ingest import admin_jobs, dashboard, exports, ops, track, tracker
 from ingest.auth import AdminAuth
 from ingest.geo import GeoLocator
 from ingest.ratelimit import RateLimiter
@@ -68,6 +69,7 @@ def create_app(
     app.blueprint(ops.bp)
     app.blueprint(dashboard.bp)
     app.blueprint(admin_jobs.bp)
+    app.blueprint(exports.bp)
     app.ctx.admin_auth = AdminAuth(settings)
 
     @app.before_server_start
@@ -99,6 +101,12 @@ def create_app(
         )
         writer.start()
         limit, per = settings.rate_limit_per_window
+        storage = open_storage(
+            settings.storage_url,
+            endpoint_url=settings.s3_endpoint_url,
+            signing_key=settings.download_signing_key,
+            public_base=settings.base_url,
+        )
         app.ctx.services = Services(
             settings=settings,
             warehouse=warehouse,
@@ -109,6 +117,7 @@ def create_app(
             geo=GeoLocator(settings.geoip_db) if settings.geoip_db else None,
             trusted_proxies=settings.trusted_networks,
             tracking_writer=writer,
+            storage=storage,
         )
         app.ctx.worker = None
         app.ctx.consumer = None
@@ -134,6 +143,7 @@ def create_app(
                     "warehouse": warehouse,
                     "publisher": publisher,
                     "retry_queue": retry_queue,
+                    "storage": storage,
                 },
             )
             worker.start()

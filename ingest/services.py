@@ -10,6 +10,7 @@ from sanic import Request, Sanic
 from consumers.publisher import EventPublisher
 from core.retry_queue import RetryQueue
 from core.settings import Settings
+from core.storage import Storage
 from ingest.client_ip import Network
 from ingest.geo import GeoLocator
 from ingest.ratelimit import RateLimiter
@@ -29,6 +30,7 @@ class Services:
     geo: GeoLocator | None
     trusted_proxies: tuple[Network, ...]
     tracking_writer: BatchWriter[TrackingRow]
+    storage: Storage
 
 
 def services(request: Request) -> Services:

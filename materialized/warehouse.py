@@ -155,6 +155,16 @@ class Warehouse:
 
         await self._run(insert)
 
+    async def formatted(self, sql: str, parameters: dict[str, Any], fmt: str) -> bytes:
+        """The result as ClickHouse writes it in `fmt` (CSV, JSONEachRow, Parquet...)."""
+
+        def query() -> bytes:
+            data: bytes = self._client().raw_query(sql, parameters=parameters, fmt=fmt)
+            return data
+
+        result: bytes = await self._run(query)
+        return result
+
     async def ping(self) -> bool:
         try:
             return bool(await self.scalar("SELECT 1") == 1)

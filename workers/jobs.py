@@ -11,14 +11,16 @@ from typing import Any
 import msgspec
 
 from consumers.publisher import EventPublisher
+from core import export_state
 from core.envelope import Envelope, routing_key_to_event_type
 from core.ids import new_event_id
-from core.metrics import AGGREGATION_JOB_DURATION, DASHBOARD_SNAPSHOT_AGE
+from core.metrics import AGGREGATION_JOB_DURATION, DASHBOARD_SNAPSHOT_AGE, EXPORT_DURATION
 from core.retry_queue import RetryQueue
 from core.settings import Settings
+from core.storage import Storage
 from ingest.rows import TrackingRow
 from ingest.tracked import announce_stored
-from materialized import dashboard_cache, funnels, snapshots, widgets
+from materialized import dashboard_cache, funnels, reports, snapshots, widgets
 from materialized.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -182,3 +184,76 @@ async def check_dashboard_freshness(ctx: dict[str, Any]) -> str:
         },
     )
     return "alert raised"
+
+
+EXPORT_LIFETIME = timedelta(days=7)
+REPORT_GENERATED = "lomash.analytics.report.generated"
+
+
+async def export_report(ctx: dict[str, Any], export_id: str) -> str:
+    """Stream one report from ClickHouse into `exports/{id}.{csv|json}`, page by page."""
+    started = time.perf_counter()
+    redis = ctx["redis"]
+    storage: Storage = ctx["storage"]
+    settings: Settings = ctx["settings"]
+    state = await export_state.load(redis, export_id)
+    if state is None:
+        return f"export {export_id} unknown (expired?)"
+    await export_state.save(redis, export_id, status="RUNNING")
+    object_key = f"exports/{export_id}.{'csv' if state['format'] == 'CSV' else 'json'}"
+    writer = await storage.writer(object_key)
+    lines = 0
+
+    async def write(chunk: bytes) -> None:
+        nonlocal lines
+        lines += chunk.count(b"\n")
+        await writer.write(chunk)
+
+    try:
+        await reports.write_report(
+            ctx["warehouse"],
+            state["reportType"],  # type: ignore[arg-type]
+            state["format"],  # type: ignore[arg-type]
+            datetime.fromisoformat(state["start"]),
+            datetime.fromisoformat(state["end"]),
+            zoneinfo.ZoneInfo(settings.report_timezone),
+            write,
+        )
+        await writer.close()
+    except Exception as error:
+        await writer.abort()
+        await export_state.save(redis, export_id, status="FAILED", error=str(error)[:500])
+        log.exception("export %s failed", export_id)
+        return f"export {export_id} failed: {error}"
+    rows = lines - 1 if state["format"] == "CSV" else lines  # CSV has a header line
+    expires = datetime.now(UTC) + EXPORT_LIFETIME
+    await export_state.save(
+        redis,
+        export_id,
+        status="READY",
+        objectKey=object_key,
+        expiresAt=expires.isoformat(),
+        rows=str(rows),
+    )
+    EXPORT_DURATION.observe((time.perf_counter() - started) * 1000)
+    _publish(
+        ctx,
+        REPORT_GENERATED,
+        {
+            "exportId": export_id,
+            "reportType": state["reportType"],
+            "format": state["format"],
+            "dateRange": {"from": state["start"], "to": state["end"]},
+            "rows": rows,
+            "downloadUrl": storage.download_url(object_key, expires),
+            "expiresAt": expires.isoformat(),
+            "requestedBy": state.get("requestedBy", ""),
+        },
+    )
+    return f"export {export_id}: {rows} rows"
+
+
+async def remove_old_exports(ctx: dict[str, Any]) -> str:
+    storage: Storage = ctx["storage"]
+    removed = await storage.delete_older_than("exports/", EXPORT_LIFETIME)
+    return f"removed {removed} export files"

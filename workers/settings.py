@@ -10,25 +10,37 @@ from typing import Any
 
 from arq import cron
 from arq.connections import RedisSettings
+from arq.typing import WorkerCoroutine
 
 from consumers.publisher import EventPublisher
 from core.retry_queue import RetryQueue
 from core.settings import load_settings
+from core.storage import open_storage
 from materialized.migrations import migrate
 from materialized.warehouse import Warehouse
 from workers.jobs import (
     check_dashboard_freshness,
+    export_report,
     rebuild_dashboards,
     recompute_funnels,
+    remove_old_exports,
     retry_failed_batches,
 )
 
-FUNCTIONS = [retry_failed_batches, recompute_funnels, rebuild_dashboards, check_dashboard_freshness]
+FUNCTIONS: list[WorkerCoroutine] = [
+    retry_failed_batches,
+    recompute_funnels,
+    rebuild_dashboards,
+    check_dashboard_freshness,
+    export_report,
+    remove_old_exports,
+]
 CRON_JOBS = [
     cron(retry_failed_batches, second={0}, run_at_startup=True),
     cron(recompute_funnels, minute={0, 30}, second={10}),
     cron(rebuild_dashboards, minute={5}, second={20}),
     cron(check_dashboard_freshness, minute=set(range(0, 60, 10)), second={40}),
+    cron(remove_old_exports, hour={3}, minute={15}),
 ]
 
 
@@ -41,7 +53,19 @@ async def open_clients(ctx: dict[str, Any]) -> None:
     publisher.start()
     queue = RetryQueue(ctx["redis"])
     await queue.recover()
-    ctx.update(settings=settings, warehouse=warehouse, publisher=publisher, retry_queue=queue)
+    storage = open_storage(
+        settings.storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        signing_key=settings.download_signing_key,
+        public_base=settings.base_url,
+    )
+    ctx.update(
+        settings=settings,
+        warehouse=warehouse,
+        publisher=publisher,
+        retry_queue=queue,
+        storage=storage,
+    )
 
 
 async def close_clients(ctx: dict[str, Any]) -> None:

@@ -1,0 +1,117 @@
+"""Report exports (ADMIN): `POST /v1/analytics/exports` queues one, `GET .../exports/{id}` tells
+its state, `GET /v1/analytics/downloads/...` serves file-storage results behind signed links."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from sanic import Blueprint, HTTPResponse, Request, json
+from sanic.response import ResponseStream, file_stream
+
+from core import export_state
+from core.ids import new_event_id
+from core.storage import FileStorage
+from ingest.auth import admin_only
+from ingest.services import services
+from materialized.reports import Format, ReportType
+
+bp = Blueprint("exports")
+
+
+class DateRange(msgspec.Struct, forbid_unknown_fields=True):
+    from_: datetime = msgspec.field(name="from")
+    to: datetime
+
+
+class ExportRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    report_type: ReportType
+    format: Format
+    date_range: DateRange
+
+
+_decode = msgspec.json.Decoder(ExportRequest).decode
+
+
+def _utc(moment: datetime) -> datetime:
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+@bp.post("/v1/analytics/exports")
+@admin_only
+async def create_export(request: Request, claims: dict[str, Any]) -> HTTPResponse:
+    try:
+        body = _decode(request.body or b"")
+    except msgspec.ValidationError as error:
+        message, _, path = str(error).partition(" - at `")
+        return json({"error": message, "path": path.rstrip("`") or "$"}, status=400)
+    except msgspec.DecodeError as error:
+        return json({"error": f"malformed JSON: {error}", "path": "$"}, status=400)
+    start, end = _utc(body.date_range.from_), _utc(body.date_range.to)
+    if end <= start:
+        return json({"error": "`to` must be after `from`", "path": "$.dateRange.to"}, status=400)
+    if (end - start).days > 400:
+        return json({"error": "at most 400 days", "path": "$.dateRange"}, status=400)
+    svc = services(request)
+    export_id = str(new_event_id())
+    await export_state.save(
+        svc.redis,
+        export_id,
+        status="QUEUED",
+        reportType=body.report_type,
+        format=body.format,
+        start=start.isoformat(),
+        end=end.isoformat(),
+        requestedBy=str(claims.get("sub", "")),
+        createdAt=datetime.now(UTC).isoformat(),
+    )
+    await svc.redis.enqueue_job("export_report", export_id, _job_id=f"export:{export_id}")
+    return json({"exportId": export_id}, status=202)
+
+
+@bp.get("/v1/analytics/exports/<export_id:str>")
+@admin_only
+async def export_status(request: Request, export_id: str, claims: dict[str, Any]) -> HTTPResponse:
+    try:
+        uuid.UUID(export_id)
+    except ValueError:
+        return json({"error": f"no export {export_id!r}"}, status=404)
+    state = await export_state.load(services(request).redis, export_id)
+    if state is None:
+        return json({"error": f"no export {export_id!r}"}, status=404)
+    answer: dict[str, Any] = {
+        "exportId": export_id,
+        "status": state["status"],
+        "reportType": state["reportType"],
+        "format": state["format"],
+        "dateRange": {"from": state["start"], "to": state["end"]},
+    }
+    if state["status"] == "READY":
+        storage = services(request).storage
+        expires = datetime.fromisoformat(state["expiresAt"])
+        answer["downloadUrl"] = storage.download_url(state["objectKey"], expires)
+        answer["expiresAt"] = state["expiresAt"]
+        answer["rows"] = int(state.get("rows", "0"))
+    if state["status"] == "FAILED":
+        answer["error"] = state.get("error", "")
+    return json(answer)
+
+
+@bp.get("/v1/analytics/downloads/<key:path>")
+async def download(request: Request, key: str) -> HTTPResponse | ResponseStream:
+    """File storage only: the link's HMAC signature and expiry are the authorisation."""
+    storage = services(request).storage
+    if not isinstance(storage, FileStorage):
+        return json({"error": "downloads come from object storage links"}, status=404)
+    if not storage.verify(key, request.args.get("expires", ""), request.args.get("signature", "")):
+        return json({"error": "link invalid or expired"}, status=403)
+    try:
+        path = storage.path(key)
+    except ValueError:
+        return json({"error": "link invalid or expired"}, status=403)
+    if not path.is_file():
+        return json({"error": "file no longer exists"}, status=404)
+    media = "text/csv" if key.endswith(".csv") else "application/x-ndjson"
+    return await file_stream(path, mime_type=media, filename=path.name)

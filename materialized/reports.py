@@ -1,0 +1,152 @@
+"""Report exports: each report's rows, written by ClickHouse as CSV or JSON Lines, in pages.
+
+Row-level reports are cut into pages of at most PAGE_ROWS rows along UTC hours (counted from
+the rollups first), so memory stays the size of a page whatever the report's size. Columns:
+
+BOOKINGS  occurred_at, event_type (booking-created | booking-cancelled), booking_id,
+          customer_id, showroom_id, appointment_type, scheduled_at
+ORDERS    occurred_at, order_id, customer_id, amount, currency, quantity
+REVENUE   day (REPORT_TIMEZONE), currency, orders, order_value, payments, revenue,
+          average_order_value
+PRODUCTS  product_id, views (PRODUCT_VIEW, bots excluded)
+FUNNELS   funnel, step_number, step, visitors, conversion_rate (windowFunnel, see funnels.py)
+"""
+
+from __future__ import annotations
+
+import io
+import zoneinfo
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from materialized import funnels
+from materialized.warehouse import Warehouse
+
+ReportType = Literal["BOOKINGS", "ORDERS", "REVENUE", "PRODUCTS", "FUNNELS"]
+Format = Literal["CSV", "JSON"]
+PAGE_ROWS = 100_000
+
+_ROW_REPORTS = {
+    "BOOKINGS": (
+        ("booking-created", "booking-cancelled"),
+        "SELECT occurred_at, event_type, booking_id, customer_id, showroom_id, appointment_type,"
+        " scheduled_at FROM analytics_events FINAL"
+        " WHERE event_type IN ('booking-created', 'booking-cancelled')",
+    ),
+    "ORDERS": (
+        ("order-created",),
+        "SELECT occurred_at, order_id, customer_id, amount, currency, quantity"
+        " FROM analytics_events FINAL WHERE event_type = 'order-created'",
+    ),
+}
+_PAGE = (
+    " AND occurred_at >= {start:DateTime64(3, 'UTC')} AND occurred_at < {end:DateTime64(3, 'UTC')}"
+    " ORDER BY occurred_at, event_id"
+)
+_REVENUE = (
+    "SELECT toDate(hour, {zone:String}) AS day, currency,"
+    " sumIf(events, event_type = 'order-created') AS orders,"
+    " sumIf(amount, event_type = 'order-created') AS order_value,"
+    " sumIf(events, event_type = 'payment-succeeded') AS payments,"
+    " sumIf(amount, event_type = 'payment-succeeded') AS revenue,"
+    " if(orders = 0, toDecimal128(0, 2), toDecimal128(order_value / orders, 2))"
+    " AS average_order_value"
+    " FROM domain_events_hourly WHERE currency != ''"
+    " AND hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}"
+    " GROUP BY day, currency ORDER BY day, currency"
+)
+_PRODUCTS = (
+    "SELECT product_id, sum(views) AS views FROM product_views_hourly"
+    " WHERE hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}"
+    " GROUP BY product_id ORDER BY views DESC, product_id"
+)
+
+Write = Callable[[bytes], Awaitable[None]]
+
+
+def _clickhouse_format(fmt: Format, first_page: bool) -> str:
+    if fmt == "JSON":
+        return "JSONEachRow"
+    return "CSVWithNames" if first_page else "CSV"
+
+
+async def _pages(
+    warehouse: Warehouse, event_types: tuple[str, ...], start: datetime, end: datetime
+) -> list[tuple[datetime, datetime]]:
+    """Consecutive hour spans of at most PAGE_ROWS rows each (an hour is never split)."""
+    hours = await warehouse.rows(
+        "SELECT hour, sum(events) FROM domain_events_hourly"
+        " WHERE event_type IN {types:Array(String)}"
+        " AND hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}"
+        " GROUP BY hour ORDER BY hour",
+        {"types": list(event_types), "start": start, "end": end},
+    )
+    pages: list[tuple[datetime, datetime]] = []
+    page_start, rows = start, 0
+    for hour, count in hours:
+        hour = hour.replace(tzinfo=start.tzinfo)
+        if rows and rows + int(count) > PAGE_ROWS:
+            pages.append((page_start, hour))
+            page_start, rows = hour, 0
+        rows += int(count)
+    pages.append((page_start, end))
+    return pages
+
+
+async def write_report(
+    warehouse: Warehouse,
+    report: ReportType,
+    fmt: Format,
+    start: datetime,
+    end: datetime,
+    zone: zoneinfo.ZoneInfo,
+    write: Write,
+) -> None:
+    """Write the report, page by page; nothing but one page is held in memory."""
+    params = {"start": start, "end": end, "zone": zone.key}
+    if report in _ROW_REPORTS:
+        event_types, select = _ROW_REPORTS[report]
+        for number, (page_start, page_end) in enumerate(
+            await _pages(warehouse, event_types, start, end)
+        ):
+            await write(
+                await warehouse.formatted(
+                    select + _PAGE,
+                    {"start": page_start, "end": page_end},
+                    _clickhouse_format(fmt, number == 0),
+                )
+            )
+    elif report == "REVENUE":
+        await write(await warehouse.formatted(_REVENUE, params, _clickhouse_format(fmt, True)))
+    elif report == "PRODUCTS":
+        await write(await warehouse.formatted(_PRODUCTS, params, _clickhouse_format(fmt, True)))
+    else:
+        await write(await _funnel_report(warehouse, fmt, start, end))
+
+
+async def _funnel_report(
+    warehouse: Warehouse, fmt: Format, start: datetime, end: datetime
+) -> bytes:
+    rows = []
+    for funnel in funnels.FUNNELS.values():
+        result = await funnels.compute(warehouse, funnel, start, end)
+        for number, (step, visitors) in enumerate(result.steps, start=1):
+            rows.append(
+                {
+                    "funnel": funnel.name,
+                    "step_number": number,
+                    "step": step,
+                    "visitors": visitors,
+                    "conversion_rate": result.conversion_rate,
+                }
+            )
+    if fmt == "JSON":
+        return msgspec.json.Encoder().encode_lines(rows)
+    out = io.StringIO()
+    out.write("funnel,step_number,step,visitors,conversion_rate\n")
+    for row in rows:
+        out.write(",".join(f'"{v}"' if isinstance(v, str) else str(v) for v in row.values()) + "\n")
+    return out.getvalue().encode()

@@ -1,0 +1,275 @@
+"""Report exports: validation, the job streaming into file storage and into S3 (moto's server
+over HTTP), signed download links, the published event, paging, and clean-up."""
+
+import asyncio
+import csv
+import decimal
+import io
+import os
+import time
+import zoneinfo
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aio_pika
+import boto3
+import httpx
+import msgspec
+import pytest
+from moto.server import ThreadedMotoServer
+
+from cli.demo_traffic import default_start, generate, load
+from core.settings import Settings
+from materialized import reports
+from materialized.warehouse import Warehouse
+from tests.conftest import AMQP_URL, Running, free_port
+from tests.test_dashboard_api import bearer, token
+from workers import jobs
+
+EXPORTS = "/v1/analytics/exports"
+ORDERS_SQL = "SELECT count() FROM analytics_events WHERE event_type = 'order-created'"
+TOTAL_SQL = "SELECT sum(amount) FROM analytics_events WHERE event_type = 'order-created'"
+
+
+def request_body(report: str = "ORDERS", fmt: str = "CSV", days: int = 12) -> dict[str, Any]:
+    end = datetime.now(UTC) + timedelta(days=2)  # the generated traffic runs to midnight
+    return {
+        "reportType": report,
+        "format": fmt,
+        "dateRange": {"from": (end - timedelta(days=days)).isoformat(), "to": end.isoformat()},
+    }
+
+
+@pytest.fixture
+async def demo(warehouse: Warehouse) -> Warehouse:
+    await load(warehouse, generate(default_start(days=10), days=10, sessions_per_day=60, seed=5))
+    return warehouse
+
+
+async def finished(server: Running, export_id: str) -> dict[str, Any]:
+    for _ in range(200):
+        answer = await server.http.get(f"{EXPORTS}/{export_id}", headers=bearer(token()))
+        body: dict[str, Any] = answer.json()
+        if body["status"] in ("READY", "FAILED"):
+            return body
+        await asyncio.sleep(0.1)
+    raise AssertionError("export did not finish")
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "says"),
+    [
+        ({**request_body(), "reportType": "SALES"}, "$.reportType", "Invalid enum value"),
+        ({**request_body(), "format": "XLSX"}, "$.format", "Invalid enum value"),
+        ({"reportType": "ORDERS", "format": "CSV"}, "$", "dateRange"),
+        (
+            {**request_body(), "dateRange": {"from": "yesterday", "to": "2026-01-01"}},
+            "$.dateRange.from",
+            "datetime",
+        ),
+        (
+            {
+                **request_body(),
+                "dateRange": {"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
+            },
+            "$.dateRange.to",
+            "after",
+        ),
+        ({**request_body(), "colour": "red"}, "$", "unknown field `colour`"),
+    ],
+)
+async def test_bad_export_requests_are_400_naming_the_field(
+    server: Running, body: dict[str, Any], path: str, says: str
+) -> None:
+    answer = await server.http.post(EXPORTS, json=body, headers=bearer(token()))
+    assert answer.status_code == 400
+    assert answer.json()["path"] == path
+    assert says in answer.json()["error"]
+
+
+async def test_exports_need_an_admin(server: Running) -> None:
+    assert (await server.http.post(EXPORTS, json=request_body())).status_code == 401
+    other = await server.http.post(EXPORTS, json=request_body(), headers=bearer(token("USER")))
+    assert other.status_code == 403
+    assert (await server.http.get(f"{EXPORTS}/x")).status_code == 401
+
+
+async def test_unknown_export_is_404(server: Running) -> None:
+    for export_id in ("0190f0f0-0000-7000-8000-000000000000", "not-an-id"):
+        answer = await server.http.get(f"{EXPORTS}/{export_id}", headers=bearer(token()))
+        assert answer.status_code == 404
+
+
+@pytest.fixture
+async def generated(exchange_name: str) -> AsyncIterator[aio_pika.abc.AbstractQueue]:
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel()
+    exchange = await channel.declare_exchange(
+        exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    queue = await channel.declare_queue("", exclusive=True)
+    await queue.bind(exchange, "lomash.analytics.report.generated")
+    yield queue
+    await connection.close()
+
+
+async def test_csv_export_lands_in_file_storage_behind_a_signed_link(
+    server: Running, demo: Warehouse, generated: aio_pika.abc.AbstractQueue
+) -> None:
+    await server.services.publisher.connected.wait()
+    created = await server.http.post(EXPORTS, json=request_body(), headers=bearer(token()))
+    assert created.status_code == 202
+    export_id = created.json()["exportId"]
+    state = await finished(server, export_id)
+    assert state["status"] == "READY", state
+    orders = await demo.scalar(ORDERS_SQL)
+    assert state["rows"] == orders > 0
+    expires = datetime.fromisoformat(state["expiresAt"])
+    assert timedelta(days=6, hours=23) < expires - datetime.now(UTC) <= timedelta(days=7)
+    download = await server.http.get(state["downloadUrl"])
+    assert download.status_code == 200
+    table = list(csv.reader(io.StringIO(download.text)))
+    assert table[0] == ["occurred_at", "order_id", "customer_id", "amount", "currency", "quantity"]
+    assert len(table) - 1 == orders
+    total = await demo.scalar(TOTAL_SQL)
+    assert sum(decimal.Decimal(row[3]) for row in table[1:]) == total
+    # The link is the authorisation: altered or expired, it is refused.
+    tampered = state["downloadUrl"].replace("signature=", "signature=0")
+    assert (await server.http.get(tampered)).status_code == 403
+    storage = server.services.storage
+    key = f"exports/{export_id}.csv"
+    old = storage.download_url(key, datetime.now(UTC) - timedelta(seconds=1))
+    assert (await server.http.get(old)).status_code == 403
+    message = await generated.get(timeout=10)
+    body = msgspec.json.decode(message.body)
+    assert body["eventType"] == "analytics-report-generated"
+    payload = body["payload"]
+    assert payload["exportId"] == export_id
+    assert payload["requestedBy"] == "admin@lomashwood.co.uk"
+    assert payload["downloadUrl"].startswith(server.base_url)
+    assert payload["rows"] == orders
+    metrics = (await server.http.get("/metrics")).text
+    assert "export_generation_duration_ms_count 1.0" in metrics
+
+
+@pytest.mark.parametrize("report", ["BOOKINGS", "REVENUE", "PRODUCTS", "FUNNELS"])
+async def test_each_report_as_json_lines(server: Running, demo: Warehouse, report: str) -> None:
+    created = await server.http.post(
+        EXPORTS, json=request_body(report, "JSON"), headers=bearer(token())
+    )
+    state = await finished(server, created.json()["exportId"])
+    assert state["status"] == "READY", state
+    text = (await server.http.get(state["downloadUrl"])).text
+    rows = [msgspec.json.decode(line) for line in text.splitlines()]
+    assert len(rows) == state["rows"] > 0
+    expected = {
+        "BOOKINGS": {
+            "occurred_at",
+            "event_type",
+            "booking_id",
+            "customer_id",
+            "showroom_id",
+            "appointment_type",
+            "scheduled_at",
+        },
+        "REVENUE": {
+            "day",
+            "currency",
+            "orders",
+            "order_value",
+            "payments",
+            "revenue",
+            "average_order_value",
+        },
+        "PRODUCTS": {"product_id", "views"},
+        "FUNNELS": {"funnel", "step_number", "step", "visitors", "conversion_rate"},
+    }[report]
+    assert set(rows[0]) == expected
+
+
+async def test_large_reports_go_out_in_pages_with_one_header(
+    server: Running, demo: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reports, "PAGE_ROWS", 20)
+    pages: list[bytes] = []
+
+    async def collect(chunk: bytes) -> None:
+        pages.append(chunk)
+
+    now = datetime.now(UTC) + timedelta(days=2)
+    await reports.write_report(
+        demo,
+        "ORDERS",
+        "CSV",
+        now - timedelta(days=12),
+        now,
+        zoneinfo.ZoneInfo("UTC"),
+        collect,
+    )
+    orders = await demo.scalar(ORDERS_SQL)
+    text = b"".join(pages).decode()
+    assert len(pages) >= orders // 20 >= 2
+    assert all(page.count(b"\n") <= 20 + (number == 0) for number, page in enumerate(pages))
+    assert text.count("occurred_at") == 1
+    assert len(text.splitlines()) - 1 == orders
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    moto.start()
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "eu-west-2",
+    }.items():
+        monkeypatch.setenv(name, value)
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(
+        Bucket="lomash-reports", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"}
+    )
+    yield endpoint
+    moto.stop()
+
+
+async def test_export_to_s3_with_a_presigned_link(
+    make_server,
+    settings: Settings,
+    demo: Warehouse,
+    s3: str,  # type: ignore[no-untyped-def]
+) -> None:
+    server: Running = await make_server(
+        msgspec.structs.replace(
+            settings, storage_url="s3://lomash-reports/analytics", s3_endpoint_url=s3
+        )
+    )
+    created = await server.http.post(EXPORTS, json=request_body(), headers=bearer(token()))
+    state = await finished(server, created.json()["exportId"])
+    assert state["status"] == "READY", state
+    assert state["downloadUrl"].startswith(s3)
+    query = dict(httpx.URL(state["downloadUrl"]).params)
+    assert query["X-Amz-Signature"]
+    assert 7 * 86400 - 120 < int(query["X-Amz-Expires"]) <= 7 * 86400  # valid seven days
+    async with httpx.AsyncClient() as http:
+        download = await http.get(state["downloadUrl"])
+    assert download.status_code == 200
+    assert len(download.text.splitlines()) - 1 == state["rows"]
+    listed = boto3.client("s3", endpoint_url=s3).list_objects_v2(Bucket="lomash-reports")
+    assert [o["Key"] for o in listed["Contents"]] == [
+        f"analytics/exports/{created.json()['exportId']}.csv"
+    ]
+
+
+async def test_old_export_files_are_removed(server: Running) -> None:
+    storage = server.services.storage
+    for name, age_days in (("old", 8), ("new", 1)):
+        writer = await storage.writer(f"exports/{name}.csv")
+        await writer.write(b"a\n")
+        await writer.close()
+        stamp = time.time() - age_days * 86400
+        os.utime(storage.path(f"exports/{name}.csv"), (stamp, stamp))  # type: ignore[attr-defined]
+    assert await jobs.remove_old_exports({"storage": storage}) == "removed 1 export files"
+    assert not await storage.exists("exports/old.csv")
+    assert await storage.exists("exports/new.csv")
