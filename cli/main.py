@@ -1,5 +1,5 @@
-"""`analytics serve | api | consume | migrate | demo | token`: the service's processes and
-operator commands."""
+"""`analytics serve | api | consume | migrate | demo | jobs | restore-day | token`: the
+service's processes and operator commands."""
 
 from __future__ import annotations
 
@@ -135,6 +135,34 @@ def _demo(settings: Settings, days: int, sessions: int, seed: int) -> int:
     return 0
 
 
+def _restore_day(settings: Settings, day: str) -> int:
+    from datetime import date
+
+    from core.storage import open_storage
+    from materialized.archive import restore_day
+    from materialized.migrations import migrate
+    from materialized.warehouse import Warehouse
+
+    async def run() -> int:
+        warehouse = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
+        storage = open_storage(
+            settings.storage_url,
+            endpoint_url=settings.s3_endpoint_url,
+            signing_key=settings.download_signing_key,
+            public_base=settings.base_url,
+        )
+        try:
+            await warehouse.open()
+            await migrate(warehouse, cluster=settings.clickhouse_cluster)
+            return await restore_day(warehouse, storage, date.fromisoformat(day))
+        finally:
+            await warehouse.close()
+
+    rows = asyncio.run(run())
+    print(f"restored {rows} rows of {day} into tracking_events_restored")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="analytics", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--days", type=int, default=60)
     demo.add_argument("--sessions-per-day", type=int, default=300)
     demo.add_argument("--seed", type=int, default=7)
+    jobs = commands.add_parser("jobs", help="list recent and queued jobs, or enqueue one")
+    jobs.add_argument("action", nargs="?", choices=["list", "run"], default="list")
+    jobs.add_argument(
+        "name",
+        nargs="?",
+        help="rebuild-dashboards, recompute-funnels, archive,"
+        " purge, retry, remove-old-exports, check-freshness, export",
+    )
+    jobs.add_argument("--report", default="", help="export: BOOKINGS|ORDERS|REVENUE|...")
+    jobs.add_argument("--format", default="", help="export: CSV|JSON")
+    jobs.add_argument("--from", dest="start", default="", help="export: ISO 8601")
+    jobs.add_argument("--to", dest="end", default="", help="export: ISO 8601")
+    restore = commands.add_parser("restore-day", help="load an archived day back into ClickHouse")
+    restore.add_argument("day", help="YYYY-MM-DD (UTC)")
     token = commands.add_parser("token", help="mint a short-lived admin token (HS256 secret)")
     token.add_argument("--role", default="ADMIN")
     token.add_argument("--subject", default="analytics-cli")
@@ -163,6 +205,18 @@ def main(argv: list[str] | None = None) -> int:
         return _migrate(settings)
     if args.command == "demo":
         return _demo(settings, args.days, args.sessions_per_day, args.seed)
+    if args.command == "jobs":
+        from cli.jobs import list_jobs, run_job
+
+        if args.action == "list":
+            print(list_jobs(settings))
+        else:
+            print(
+                run_job(settings, args.name or "", args.report, args.format, args.start, args.end)
+            )
+        return 0
+    if args.command == "restore-day":
+        return _restore_day(settings, args.day)
     if args.command == "token":
         from ingest.auth import mint
 

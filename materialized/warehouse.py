@@ -155,6 +155,14 @@ class Warehouse:
 
         await self._run(insert)
 
+    async def insert_raw(self, table: str, columns: Sequence[str], data: bytes, fmt: str) -> None:
+        """Insert a file ClickHouse reads itself (Parquet, CSV...)."""
+
+        def insert() -> None:
+            self._client().raw_insert(table, column_names=list(columns), insert_block=data, fmt=fmt)
+
+        await self._run(insert)
+
     async def formatted(self, sql: str, parameters: dict[str, Any], fmt: str) -> bytes:
         """The result as ClickHouse writes it in `fmt` (CSV, JSONEachRow, Parquet...)."""
 

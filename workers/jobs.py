@@ -20,7 +20,7 @@ from core.settings import Settings
 from core.storage import Storage
 from ingest.rows import TrackingRow
 from ingest.tracked import announce_stored
-from materialized import dashboard_cache, funnels, reports, snapshots, widgets
+from materialized import archive, dashboard_cache, funnels, reports, snapshots, widgets
 from materialized.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -257,3 +257,17 @@ async def remove_old_exports(ctx: dict[str, Any]) -> str:
     storage: Storage = ctx["storage"]
     removed = await storage.delete_older_than("exports/", EXPORT_LIFETIME)
     return f"removed {removed} export files"
+
+
+async def archive_historical_data(ctx: dict[str, Any]) -> str:
+    """Every day of raw events nearing the TTL, to cold storage as Parquet, verified."""
+    warehouse: Warehouse = ctx["warehouse"]
+    days = await archive.days_to_archive(warehouse, datetime.now(UTC).date())
+    done = [await archive.archive_day(warehouse, ctx["storage"], day) for day in days]
+    return f"archived {len(done)} days, {sum(a.rows for a in done)} rows"
+
+
+async def purge_old_events(ctx: dict[str, Any]) -> str:
+    """Remove raw days past retention that the archive holds and the TTL has not yet."""
+    days = await archive.purge(ctx["warehouse"], datetime.now(UTC).date())
+    return f"purged {len(days)} days"

@@ -19,8 +19,10 @@ from core.storage import open_storage
 from materialized.migrations import migrate
 from materialized.warehouse import Warehouse
 from workers.jobs import (
+    archive_historical_data,
     check_dashboard_freshness,
     export_report,
+    purge_old_events,
     rebuild_dashboards,
     recompute_funnels,
     remove_old_exports,
@@ -34,6 +36,8 @@ FUNCTIONS: list[WorkerCoroutine] = [
     check_dashboard_freshness,
     export_report,
     remove_old_exports,
+    archive_historical_data,
+    purge_old_events,
 ]
 CRON_JOBS = [
     cron(retry_failed_batches, second={0}, run_at_startup=True),
@@ -41,6 +45,8 @@ CRON_JOBS = [
     cron(rebuild_dashboards, minute={5}, second={20}),
     cron(check_dashboard_freshness, minute=set(range(0, 60, 10)), second={40}),
     cron(remove_old_exports, hour={3}, minute={15}),
+    cron(archive_historical_data, hour={2}, minute={30}),
+    cron(purge_old_events, hour={4}, minute={0}),
 ]
 
 

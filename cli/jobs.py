@@ -1,0 +1,87 @@
+"""`analytics jobs`: recent runs and queued jobs, and enqueueing a job by name."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+
+from core import export_state
+from core.ids import new_event_id
+from core.settings import Settings
+
+NAMES = {
+    "rebuild-dashboards": "rebuild_dashboards",
+    "recompute-funnels": "recompute_funnels",
+    "archive": "archive_historical_data",
+    "purge": "purge_old_events",
+    "retry": "retry_failed_batches",
+    "remove-old-exports": "remove_old_exports",
+    "check-freshness": "check_dashboard_freshness",
+    "export": "export_report",
+}
+
+
+async def _pool(settings: Settings) -> ArqRedis:
+    return await create_pool(RedisSettings.from_dsn(settings.redis_url))
+
+
+def list_jobs(settings: Settings, limit: int = 20) -> str:
+    async def run() -> str:
+        pool = await _pool(settings)
+        try:
+            results = sorted(
+                await pool.all_job_results(), key=lambda r: r.finish_time, reverse=True
+            )[:limit]
+            queued = await pool.queued_jobs()
+        finally:
+            await pool.aclose()
+        lines = [f"queued: {len(queued)}"]
+        lines += [
+            f"  {job.function} (job {job.job_id}) at {job.enqueue_time:%Y-%m-%d %H:%M:%S}"
+            for job in queued
+        ]
+        lines.append(f"recent runs (newest first, up to {limit}):")
+        for r in results:
+            took = (r.finish_time - r.start_time).total_seconds()
+            outcome = "ok    " if r.success else "FAILED"
+            lines.append(
+                f"  {r.finish_time:%Y-%m-%d %H:%M:%S} {r.function:<26} {outcome} {took:7.2f}s"
+                f"  {str(r.result)[:80]}"
+            )
+        return "\n".join(lines)
+
+    return asyncio.run(run())
+
+
+def run_job(settings: Settings, name: str, report: str, fmt: str, start: str, end: str) -> str:
+    if name not in NAMES:
+        raise SystemExit(f"unknown job {name!r}; one of: {', '.join(NAMES)}")
+
+    async def run() -> str:
+        pool = await _pool(settings)
+        try:
+            if name != "export":
+                job = await pool.enqueue_job(NAMES[name])
+                return f"enqueued {name}: job {job.job_id if job else '?'}"
+            if not (report and fmt and start and end):
+                raise SystemExit("export needs --report, --format, --from and --to")
+            export_id = str(new_event_id())
+            await export_state.save(
+                pool,
+                export_id,
+                status="QUEUED",
+                reportType=report,
+                format=fmt,
+                start=datetime.fromisoformat(start).astimezone(UTC).isoformat(),
+                end=datetime.fromisoformat(end).astimezone(UTC).isoformat(),
+                requestedBy="analytics-cli",
+                createdAt=datetime.now(UTC).isoformat(),
+            )
+            await pool.enqueue_job("export_report", export_id, _job_id=f"export:{export_id}")
+            return f"enqueued export {export_id}"
+        finally:
+            await pool.aclose()
+
+    return asyncio.run(run())
