@@ -143,6 +143,12 @@ def _restore_day(settings: Settings, day: str) -> int:
     from materialized.migrations import migrate
     from materialized.warehouse import Warehouse
 
+    try:
+        wanted = date.fromisoformat(day)
+    except ValueError:
+        print(f"restore-day: {day!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
+        return 2
+
     async def run() -> int:
         warehouse = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
         storage = open_storage(
@@ -154,7 +160,7 @@ def _restore_day(settings: Settings, day: str) -> int:
         try:
             await warehouse.open()
             await migrate(warehouse, cluster=settings.clickhouse_cluster)
-            return await restore_day(warehouse, storage, date.fromisoformat(day))
+            return await restore_day(warehouse, storage, wanted)
         finally:
             await warehouse.close()
 
