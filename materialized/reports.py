@@ -27,7 +27,7 @@ from materialized.warehouse import Warehouse
 
 ReportType = Literal["BOOKINGS", "ORDERS", "REVENUE", "PRODUCTS", "FUNNELS"]
 Format = Literal["CSV", "JSON"]
-PAGE_ROWS = 100_000
+PAGE_ROWS = 25_000
 
 _ROW_REPORTS = {
     "BOOKINGS": (
