@@ -114,10 +114,10 @@ async def migrate(
             continue
         for statement in migration.statements(cluster):
             await warehouse.command(statement)
-        await warehouse.insert(
-            "schema_migrations",
-            [(migration.version, migration.name, migration.checksum)],
-            ("version", "name", "checksum"),
+        await warehouse.command(
+            "INSERT INTO schema_migrations (version, name, checksum)"
+            " VALUES ({version:UInt32}, {name:String}, {checksum:String})",
+            {"version": migration.version, "name": migration.name, "checksum": migration.checksum},
         )
         done.append(migration.name)
     return done

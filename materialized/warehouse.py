@@ -120,22 +120,6 @@ class Warehouse:
         rows = await self.rows(sql, parameters)
         return rows[0][0] if rows else None
 
-    async def insert(
-        self,
-        table: str,
-        rows: Sequence[Sequence[Any]],
-        columns: Sequence[str],
-        *,
-        dedup_token: str | None = None,
-    ) -> None:
-        """Insert rows; the same `dedup_token` again stores nothing (a retried batch lands once)."""
-        settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
-
-        def insert() -> None:
-            self._client().insert(table, rows, column_names=list(columns), settings=settings)
-
-        await self._run(insert)
-
     async def insert_lines(
         self, table: str, columns: Sequence[str], data: bytes, *, dedup_token: str
     ) -> None:

@@ -104,7 +104,7 @@ async def warehouse(settings: Settings) -> AsyncIterator[Warehouse]:
     await wh.open()
     await migrate(wh)
     yield wh
-    await wh.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}`")
+    await wh.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}` SYNC")
     await wh.close()
 
 

@@ -25,7 +25,7 @@ async def empty_warehouse(settings) -> Warehouse:  # type: ignore[no-untyped-def
     wh = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
     await wh.open()
     yield wh
-    await wh.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}`")
+    await wh.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}` SYNC")
     await wh.close()
 
 
