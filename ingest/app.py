@@ -15,7 +15,7 @@ from consumers.publisher import EventPublisher
 from core.retry_queue import RetryBatch, RetryQueue
 from core.settings import Settings
 from core.storage import open_storage
-from ingest import admin_jobs, dashboard, exports, ops, track, tracker
+from ingest import admin_jobs, dashboard, exports, openapi, ops, track, tracker
 from ingest.auth import AdminAuth
 from ingest.geo import GeoLocator
 from ingest.ratelimit import RateLimiter
@@ -70,6 +70,7 @@ def create_app(
     app.blueprint(dashboard.bp)
     app.blueprint(admin_jobs.bp)
     app.blueprint(exports.bp)
+    app.blueprint(openapi.bp)
     app.ctx.admin_auth = AdminAuth(settings)
 
     @app.before_server_start

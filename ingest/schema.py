@@ -12,6 +12,7 @@ import msgspec
 MAX_EVENTS_PER_REQUEST = 100
 MAX_PROPERTIES_BYTES = 8 * 1024
 MAX_PROPERTIES_DEPTH = 5  # {"a": {"b": [1]}} is depth 3
+TOO_DEEP = "JSON nested too deeply"
 
 
 # A Literal decodes to a plain str (an Enum member costs a slow property lookup per use).
@@ -49,7 +50,7 @@ class TrackingEvent(msgspec.Struct, rename="camel", frozen=True, gc=False):
     metadata: Metadata
     user_id: uuid.UUID | None = None
     # Kept as the client's exact bytes so nothing about the object is lost in storage.
-    properties: msgspec.Raw = msgspec.Raw(b"{}")
+    properties: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
     event_id: uuid.UUID | None = None
     timestamp: datetime | None = None
 
@@ -101,6 +102,8 @@ def decode_event(raw: bytes | msgspec.Raw, path: str = "$") -> TrackingEvent:
         raise BodyError(message, path=where) from None
     except msgspec.DecodeError as error:
         raise BodyError(f"malformed JSON: {error}", path=path) from None
+    except RecursionError:
+        raise BodyError(TOO_DEEP, path=path) from None
     check_properties(event.properties, f"{path}.properties")
     return event
 
@@ -122,7 +125,10 @@ def check_properties(raw: msgspec.Raw, path: str) -> None:
     # Counting brackets is C-fast and over-counts (brackets in strings), so the exact walk
     # only runs when the count says the nesting could be too deep.
     if data.count(b"{") + data.count(b"[") > MAX_PROPERTIES_DEPTH:
-        depth = _depth(_any_decoder.decode(data))
+        try:
+            depth = _depth(_any_decoder.decode(data))
+        except RecursionError:
+            raise BodyError(TOO_DEEP, path=path) from None
         if depth > MAX_PROPERTIES_DEPTH:
             raise BodyError(
                 f"nested {depth} levels deep; at most {MAX_PROPERTIES_DEPTH}", path=path
@@ -144,7 +150,7 @@ def decode_body(body: bytes) -> Decoded:
     try:
         # Fast path: the whole array valid in one pass (then only the properties checks).
         all_events = _events_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         pass
     else:
         if 0 < len(all_events) <= MAX_EVENTS_PER_REQUEST:
@@ -153,6 +159,8 @@ def decode_body(body: bytes) -> Decoded:
         items = _array_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
         raise BodyError(f"malformed JSON: {error}") from None
+    except RecursionError:
+        raise BodyError(TOO_DEEP) from None
     if not items:
         raise BodyError("empty array: send at least one event")
     if len(items) > MAX_EVENTS_PER_REQUEST:
