@@ -320,3 +320,23 @@ async def test_an_old_or_missing_snapshot_raises_an_admin_alert(
     assert payload["snapshotAgeMinutes"] == 180
     await jobs.rebuild_dashboards({**ctx})
     assert (await jobs.check_dashboard_freshness(ctx)).startswith("fresh")
+
+
+async def test_admin_endpoints_are_not_open_to_cross_origin_callers(server: Running) -> None:
+    for method, path in (
+        ("GET", DASHBOARD),
+        ("POST", "/v1/admin/jobs/rebuild-dashboards"),
+        ("POST", "/v1/analytics/exports"),
+    ):
+        answer = await server.http.request(
+            method,
+            path,
+            params=a_day(),
+            headers={**bearer(token()), "origin": "https://evil.test"},
+        )
+        assert "access-control-allow-origin" not in answer.headers, path
+        assert "access-control-allow-credentials" not in answer.headers, path
+        preflight = await server.http.options(
+            path, headers={"origin": "https://evil.test", "access-control-request-method": method}
+        )
+        assert "access-control-allow-origin" not in preflight.headers, path
