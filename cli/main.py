@@ -80,14 +80,7 @@ def _consume(settings: Settings) -> int:
         await warehouse.open()
         await migrate(warehouse, cluster=settings.clickhouse_cluster)
         redis = redis_client(settings.redis_url)
-        consumer = DomainEventConsumer(
-            amqp_url=settings.amqp_url,
-            exchange=settings.amqp_exchange,
-            queue=settings.amqp_queue,
-            warehouse=warehouse,
-            redis=redis,
-            report_timezone=settings.report_timezone,
-        )
+        consumer = DomainEventConsumer.for_settings(settings, warehouse, redis)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -138,7 +131,7 @@ def _demo(settings: Settings, days: int, sessions: int, seed: int) -> int:
 def _restore_day(settings: Settings, day: str) -> int:
     from datetime import date
 
-    from core.storage import open_storage
+    from core.storage import storage_for
     from materialized.archive import restore_day
     from materialized.migrations import migrate
     from materialized.warehouse import Warehouse
@@ -151,12 +144,7 @@ def _restore_day(settings: Settings, day: str) -> int:
 
     async def run() -> int:
         warehouse = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
-        storage = open_storage(
-            settings.storage_url,
-            endpoint_url=settings.s3_endpoint_url,
-            signing_key=settings.download_signing_key,
-            public_base=settings.base_url,
-        )
+        storage = storage_for(settings)
         try:
             await warehouse.open()
             await migrate(warehouse, cluster=settings.clickhouse_cluster)

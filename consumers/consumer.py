@@ -44,6 +44,7 @@ from core.metrics import (
     DOMAIN_RECEIVED,
     DOMAIN_STORED,
 )
+from core.settings import Settings
 from materialized import counters, dashboard_cache
 from materialized.warehouse import Warehouse
 
@@ -84,6 +85,19 @@ class DomainEventConsumer:
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self._encoder = msgspec.json.Encoder()
+
+    @classmethod
+    def for_settings(
+        cls, settings: Settings, warehouse: Warehouse, redis: Redis
+    ) -> DomainEventConsumer:
+        return cls(
+            amqp_url=settings.amqp_url,
+            exchange=settings.amqp_exchange,
+            queue=settings.amqp_queue,
+            warehouse=warehouse,
+            redis=redis,
+            report_timezone=settings.report_timezone,
+        )
 
     def start(self) -> None:
         """Connect in the background: a broker that is down at start-up delays consuming,

@@ -21,6 +21,8 @@ from urllib.parse import quote, urlparse
 import boto3
 from botocore.exceptions import ClientError
 
+from core.settings import Settings
+
 PART_BYTES = 8 * 1024 * 1024
 
 
@@ -226,3 +228,12 @@ def open_storage(url: str, *, endpoint_url: str, signing_key: bytes, public_base
         return S3Storage(parsed.netloc, parsed.path, endpoint_url)
     path = Path(url.removeprefix("file://"))
     return FileStorage(path, signing_key, public_base)
+
+
+def storage_for(settings: Settings) -> Storage:
+    return open_storage(
+        settings.storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        signing_key=settings.download_signing_key,
+        public_base=settings.base_url,
+    )

@@ -14,7 +14,7 @@ from consumers.consumer import DomainEventConsumer
 from consumers.publisher import EventPublisher
 from core.retry_queue import RetryBatch, RetryQueue
 from core.settings import Settings
-from core.storage import open_storage
+from core.storage import storage_for
 from ingest import admin_jobs, dashboard, exports, openapi, ops, track, tracker
 from ingest.auth import AdminAuth
 from ingest.geo import GeoLocator
@@ -102,12 +102,7 @@ def create_app(
         )
         writer.start()
         limit, per = settings.rate_limit_per_window
-        storage = open_storage(
-            settings.storage_url,
-            endpoint_url=settings.s3_endpoint_url,
-            signing_key=settings.download_signing_key,
-            public_base=settings.base_url,
-        )
+        storage = storage_for(settings)
         app.ctx.services = Services(
             settings=settings,
             warehouse=warehouse,
@@ -123,14 +118,7 @@ def create_app(
         app.ctx.worker = None
         app.ctx.consumer = None
         if embedded:
-            consumer = DomainEventConsumer(
-                amqp_url=settings.amqp_url,
-                exchange=settings.amqp_exchange,
-                queue=settings.amqp_queue,
-                warehouse=warehouse,
-                redis=redis,
-                report_timezone=settings.report_timezone,
-            )
+            consumer = DomainEventConsumer.for_settings(settings, warehouse, redis)
             consumer.start()
             app.ctx.consumer = consumer
             try:

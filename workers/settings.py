@@ -15,7 +15,7 @@ from arq.typing import WorkerCoroutine
 from consumers.publisher import EventPublisher
 from core.retry_queue import RetryQueue
 from core.settings import load_settings
-from core.storage import open_storage
+from core.storage import storage_for
 from materialized.migrations import migrate
 from materialized.warehouse import Warehouse
 from workers.jobs import (
@@ -59,12 +59,7 @@ async def open_clients(ctx: dict[str, Any]) -> None:
     publisher.start()
     queue = RetryQueue(ctx["redis"])
     await queue.recover()
-    storage = open_storage(
-        settings.storage_url,
-        endpoint_url=settings.s3_endpoint_url,
-        signing_key=settings.download_signing_key,
-        public_base=settings.base_url,
-    )
+    storage = storage_for(settings)
     ctx.update(
         settings=settings,
         warehouse=warehouse,
