@@ -57,6 +57,7 @@ class BatchWriter(Generic[Row]):
         self._full = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self._retry_at = 0.0
 
     @property
@@ -72,10 +73,14 @@ class BatchWriter(Generic[Row]):
         self._task = asyncio.create_task(self._run(), name=f"writer:{self._table}")
 
     async def close(self) -> None:
-        """Stop the timer and write out everything still held."""
+        """Stop the timer and write out everything still held.
+
+        The loop is asked to stop, never cancelled: a cancel landing inside a flush would lose
+        the batch it had just cut from the buffer."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            self._closing = True
+            self._full.set()
+            await self._task
             self._task = None
         await self.flush(force_retries=True)
         if self.pending_rows:
@@ -86,14 +91,14 @@ class BatchWriter(Generic[Row]):
             )
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await asyncio.wait_for(self._full.wait(), timeout=self._interval)
             except TimeoutError:
                 await self.flush()
             else:
                 # Size-triggered: write whole batches; the remainder waits for the timer.
-                await self.flush(full_batches_only=True)
+                await self.flush(full_batches_only=not self._closing)
 
     async def flush(self, *, force_retries: bool = False, full_batches_only: bool = False) -> None:
         async with self._lock:

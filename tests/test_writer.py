@@ -168,3 +168,21 @@ async def test_clickhouse_calls_do_not_block_the_event_loop(warehouse: Warehouse
     await warehouse.scalar("SELECT sleep(1)")
     task.cancel()
     assert ticks >= 50  # the loop kept running for most of the one-second query
+
+
+async def test_close_during_a_flush_loses_nothing(warehouse: Warehouse) -> None:
+    await make_table(warehouse)
+    entered = asyncio.Event()
+
+    async def slow(batch: list[SinkRow]) -> list[SinkRow]:
+        entered.set()
+        await asyncio.sleep(0.3)  # close() arrives while this batch is cut and in flight
+        return batch
+
+    writer = BatchWriter(warehouse, "sink", SinkRow, max_rows=100, interval_ms=20, prepare=slow)
+    writer.start()
+    writer.add(rows(range(1000)))
+    await entered.wait()
+    await writer.close()
+    assert await count(warehouse) == 1000
+    assert await warehouse.scalar("SELECT uniqExact(id) FROM sink") == 1000
