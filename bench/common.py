@@ -86,6 +86,7 @@ def running(cmd: list[str], env: dict[str, str], port: int) -> Iterator[str]:
 def service(data: Path, **env: str) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-m", "cli.main", "serve"], {
         "CLICKHOUSE_URL": f"chdb://{data / 'clickhouse'}",
+        "SPOOL_DIR": str(data / "spool"),
         "RATE_LIMIT": "100000000/minute",
         "REDIS_URL": "redis://127.0.0.1:6379/14",
         "AMQP_EXCHANGE": f"bench.{uuid.uuid4().hex[:8]}",

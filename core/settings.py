@@ -52,6 +52,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Our own durable queue on that exchange (dead letters go to `<queue>.dlq`).
     amqp_queue: Annotated[str, msgspec.Meta(min_length=1)] = "analytics.domain-events"
     storage_url: StorageUrl = "file://./data/objects"
+    # Accepted events are written here before their 202 (one subdirectory per process);
+    # empty turns the spool off (a 202 then means accepted in memory only).
+    spool_dir: str = "./data/spool"
     s3_endpoint_url: str = ""
     # Where people reach this API; file-storage download links point here.
     public_url: str = ""

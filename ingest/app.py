@@ -22,6 +22,7 @@ from ingest.ratelimit import RateLimiter
 from ingest.rows import TrackingRow
 from ingest.services import Services, app_services
 from ingest.sessions import SessionStore
+from ingest.spool import open_spool, replay
 from ingest.tracked import announce_stored
 from ingest.writer import BatchWriter
 from materialized.migrations import migrate
@@ -100,6 +101,12 @@ def create_app(
             on_stored=lambda rows: announce_stored(publisher, rows),
             hand_off=hand_off,
         )
+        spool = None
+        if settings.spool_dir:
+            # Events a killed process had accepted are stored before anything new is taken.
+            spool, leftovers = open_spool(settings.spool_dir, lambda: writer.done_through)
+            await replay(warehouse, leftovers, lambda rows: announce_stored(publisher, rows))
+            spool.start()
         writer.start()
         limit, per = settings.rate_limit_per_window
         storage = storage_for(settings)
@@ -114,6 +121,7 @@ def create_app(
             trusted_proxies=settings.trusted_networks,
             tracking_writer=writer,
             storage=storage,
+            spool=spool,
         )
         app.ctx.worker = None
         app.ctx.consumer = None
@@ -142,6 +150,9 @@ def create_app(
     async def close_clients(app: Sanic) -> None:  # type: ignore[type-arg]
         svc = app_services(app)
         await svc.tracking_writer.close()
+        if svc.spool is not None:
+            await svc.spool.close()
+            svc.spool.trim()
         if app.ctx.consumer is not None:
             await app.ctx.consumer.close()
         if app.ctx.worker is not None:

@@ -15,6 +15,7 @@ from ingest.client_ip import Network
 from ingest.geo import GeoLocator
 from ingest.ratelimit import RateLimiter
 from ingest.rows import TrackingRow
+from ingest.spool import Spool
 from ingest.writer import BatchWriter
 from materialized.warehouse import Warehouse
 
@@ -31,6 +32,7 @@ class Services:
     trusted_proxies: tuple[Network, ...]
     tracking_writer: BatchWriter[TrackingRow]
     storage: Storage
+    spool: Spool | None
 
 
 def services(request: Request) -> Services:

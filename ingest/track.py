@@ -86,7 +86,15 @@ async def track(request: Request) -> HTTPResponse:
         header_user_agent=request.headers.get("user-agent", ""),
     )
     rows = enrich([event for _, event in decoded.events], ctx)
-    svc.tracking_writer.add(rows)
+    if svc.spool is None:  # SPOOL_DIR="": accepted means in memory only
+        svc.tracking_writer.add(rows)
+    else:
+        try:
+            # On disk before the 202: a crash after this point cannot lose these events.
+            spooled = await svc.spool.append(_lines(rows))
+        except OSError as error:
+            return _error(503, f"could not make the events durable: {error}")
+        svc.spool.note(spooled, svc.tracking_writer.add(rows))
     EVENTS_ACCEPTED.inc(len(rows))
     RATES.record(accepted=len(rows))
 
@@ -109,7 +117,9 @@ class AcceptedMany(msgspec.Struct, rename="camel"):
     event_ids: list[uuid.UUID]
 
 
-_encode = msgspec.json.Encoder().encode
+_encoder = msgspec.json.Encoder()
+_encode = _encoder.encode
+_lines = _encoder.encode_lines
 
 
 def _accepted(body: Accepted | AcceptedMany) -> HTTPResponse:

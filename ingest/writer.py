@@ -53,21 +53,36 @@ class BatchWriter(Generic[Row]):
         self._hand_off = hand_off
         self._max_backoff = max_backoff_s
         self._buffer: list[Row] = []
-        self._held: deque[tuple[RetryBatch, list[Row]]] = deque()
+        self._held: deque[tuple[RetryBatch, list[Row], int]] = deque()  # + first row's seq
         self._full = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._retry_at = 0.0
+        # Every row added gets a sequence number; `done_through` is the lowest one not yet
+        # stored or handed off (the spool deletes what lies below it).
+        self._added = 0
+        self._buffer_start = 0
+        self._in_flight: int | None = None
 
     @property
     def pending_rows(self) -> int:
-        return len(self._buffer) + sum(batch.rows for batch, _ in self._held)
+        return len(self._buffer) + sum(batch.rows for batch, _, _ in self._held)
 
-    def add(self, rows: list[Row]) -> None:
+    @property
+    def done_through(self) -> int:
+        firsts = [self._buffer_start] + [first for _, _, first in self._held]
+        if self._in_flight is not None:
+            firsts.append(self._in_flight)
+        return min(firsts)
+
+    def add(self, rows: list[Row]) -> int:
+        """Buffer rows; returns the sequence number just past the last of them."""
         self._buffer.extend(rows)
+        self._added += len(rows)
         if len(self._buffer) >= self._max_rows:
             self._full.set()
+        return self._added
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"writer:{self._table}")
@@ -108,10 +123,15 @@ class BatchWriter(Generic[Row]):
             while self._buffer and (not full_batches_only or len(self._buffer) >= self._max_rows):
                 rows = self._buffer[: self._max_rows]
                 del self._buffer[: self._max_rows]
-                if self._prepare is not None:
-                    rows = await self._prepare(rows)
-                if rows:
-                    await self._write(self._batch(rows), rows)
+                first, self._in_flight = self._buffer_start, self._buffer_start
+                self._buffer_start += len(rows)
+                try:
+                    if self._prepare is not None:
+                        rows = await self._prepare(rows)
+                    if rows:
+                        await self._write(self._batch(rows), rows, first)
+                finally:
+                    self._in_flight = None
             RETRY_QUEUE_DEPTH.labels("memory").set(len(self._held))
 
     def _batch(self, rows: list[Row]) -> RetryBatch:
@@ -125,10 +145,14 @@ class BatchWriter(Generic[Row]):
 
     async def _retry_held(self) -> None:
         for _ in range(len(self._held)):
-            batch, rows = self._held.popleft()
-            await self._write(batch, rows)
+            batch, rows, first = self._held.popleft()
+            self._in_flight = first
+            try:
+                await self._write(batch, rows, first)
+            finally:
+                self._in_flight = None
 
-    async def _write(self, batch: RetryBatch, rows: list[Row]) -> None:
+    async def _write(self, batch: RetryBatch, rows: list[Row], first: int) -> None:
         started = time.perf_counter()
         try:
             await self._warehouse.insert_lines(
@@ -137,14 +161,14 @@ class BatchWriter(Generic[Row]):
         except Exception as error:
             INSERT_FAILURES.labels(self._table).inc()
             log.warning("insert of %d rows into %s failed: %s", batch.rows, self._table, error)
-            await self._keep(batch, rows)
+            await self._keep(batch, rows, first)
             return
         FLUSH_SECONDS.observe(time.perf_counter() - started)
         BATCH_ROWS.observe(batch.rows)
         if self._on_stored is not None:
             self._on_stored(rows)
 
-    async def _keep(self, batch: RetryBatch, rows: list[Row]) -> None:
+    async def _keep(self, batch: RetryBatch, rows: list[Row], first: int) -> None:
         if self._hand_off is not None:
             try:
                 await self._hand_off(batch)
@@ -155,4 +179,4 @@ class BatchWriter(Generic[Row]):
         self._retry_at = time.monotonic() + min(
             self._max_backoff, 0.5 * 2 ** min(batch.attempts, 10)
         )
-        self._held.append((batch, rows))
+        self._held.append((batch, rows, first))

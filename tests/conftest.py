@@ -90,6 +90,7 @@ def settings(
             "AMQP_EXCHANGE": exchange_name,
             "AMQP_QUEUE": f"{exchange_name}.q",
             "STORAGE_URL": f"file://{tmp_path / 'objects'}",
+            "SPOOL_DIR": str(tmp_path / "spool"),
             "FLUSH_INTERVAL_MS": "50",
             "RATE_LIMIT": "100000/minute",
             "GEOIP_DB": str(GEOIP_DB),

@@ -42,6 +42,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "RATE_LIMIT": "1000000/minute",
         "AUTH_JWT_SECRET": SECRET,
         "STORAGE_URL": f"file://{data / 'objects'}",
+        "SPOOL_DIR": str(data / "spool"),
         "AMQP_EXCHANGE": "test.fuzz",
         "AMQP_QUEUE": "test.fuzz.q",
     }

@@ -19,6 +19,7 @@ from core.retry_queue import RetryQueue
 from core.settings import Settings
 from core.storage import Storage
 from ingest.rows import TrackingRow
+from ingest.spool import stored_event_ids
 from ingest.tracked import announce_stored
 from materialized import archive, dashboard_cache, funnels, reports, snapshots, widgets
 from materialized.warehouse import Warehouse
@@ -26,10 +27,18 @@ from materialized.warehouse import Warehouse
 log = logging.getLogger(__name__)
 
 _tracking_rows = msgspec.json.Decoder(TrackingRow)
+_tracking_encoder = msgspec.json.Encoder()
 
 
 def backoff_seconds(attempts: int) -> float:
     return float(min(60, 2 ** min(attempts, 6)))
+
+
+async def _not_yet_stored(warehouse: Warehouse, data: bytes) -> bytes:
+    rows = _tracking_rows.decode_lines(data)
+    stored = await stored_event_ids(warehouse, rows) if rows else set()
+    missing = [row for row in rows if row.event_id not in stored]
+    return _tracking_encoder.encode_lines(missing) if missing else b""
 
 
 async def retry_failed_batches(ctx: dict[str, Any]) -> str:
@@ -44,9 +53,13 @@ async def retry_failed_batches(ctx: dict[str, Any]) -> str:
     while (claimed := await queue.claim()) is not None:
         raw, batch = claimed
         try:
-            await warehouse.insert_lines(
-                batch.table, batch.columns, batch.data, dedup_token=batch.token
-            )
+            if batch.table == "tracking_events":
+                # A killed process's spool may have replayed some of these rows already.
+                batch.data = await _not_yet_stored(warehouse, batch.data)
+            if batch.data:
+                await warehouse.insert_lines(
+                    batch.table, batch.columns, batch.data, dedup_token=batch.token
+                )
         except Exception as error:
             await queue.give_back(raw, batch)
             delay = backoff_seconds(batch.attempts)

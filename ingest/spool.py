@@ -1,0 +1,230 @@
+"""The local spool: an accepted event is on disk before its 202.
+
+Requests hand their encoded rows to `append`, which returns once they are written and fsynced;
+concurrent requests share one write and one fsync (group commit). Segments rotate every
+`segment_seconds`; a sealed segment is deleted once the batch writer reports every row in it
+stored or handed to the Redis retry queue (`BatchWriter.done_through`). At start-up, the
+segments a previous process left (killed, say) are replayed into ClickHouse, skipping events
+whose eventId is already stored, so replay never duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import msgspec
+
+from ingest.rows import TRACKING_COLUMNS, TrackingRow
+from materialized.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Segment:
+    path: Path
+    handle: IO[bytes]
+    opened: float
+    max_seq: int = 0
+    unnoted: int = 0  # appends written here whose rows the writer has not numbered yet
+    sealed: bool = False
+
+
+@dataclass
+class _Pending:
+    data: bytes
+    done: asyncio.Future[_Segment] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Spool:
+    def __init__(
+        self, directory: Path, done_through: Callable[[], int], segment_seconds: float = 1.0
+    ) -> None:
+        self.directory = directory
+        self._done_through = done_through
+        self._segment_seconds = segment_seconds
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._segments: list[_Segment] = []
+        self._task: asyncio.Task[None] | None = None
+        self.bytes_written = 0
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._task = asyncio.create_task(self._commit_loop(), name="spool")
+
+    async def close(self) -> None:
+        """Flush what is waiting; segments stay until the writer has stored their rows."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._pending:
+            await self._commit()
+        for segment in self._segments:
+            if not segment.sealed:
+                segment.handle.close()
+                segment.sealed = True
+
+    def trim(self) -> int:
+        """Delete sealed segments whose rows are all done; returns how many."""
+        done = self._done_through()
+        removed = 0
+        for segment in list(self._segments):
+            if segment.sealed and segment.unnoted == 0 and segment.max_seq <= done:
+                segment.path.unlink(missing_ok=True)
+                self._segments.remove(segment)
+                removed += 1
+        return removed
+
+    async def append(self, data: bytes) -> object:
+        """Returns a token for `note` once `data` is on disk."""
+        pending = _Pending(data)
+        self._pending.append(pending)
+        self._wake.set()
+        return await pending.done
+
+    def note(self, token: object, seq_end: int) -> None:
+        """The writer numbered the rows of an append up to `seq_end`."""
+        assert isinstance(token, _Segment)
+        token.max_seq = max(token.max_seq, seq_end)
+        token.unnoted -= 1
+
+    async def _commit_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._segment_seconds)
+            self._wake.clear()
+            try:
+                if self._pending:
+                    await self._commit()
+                self._seal_if_old()
+                self.trim()
+            except Exception:  # the loop must outlive any one failure, or appends would hang
+                log.exception("spool commit failed")
+
+    def _seal_if_old(self) -> None:
+        if self._segments and not self._segments[-1].sealed:
+            current = self._segments[-1]
+            if time.monotonic() - current.opened >= self._segment_seconds:
+                current.handle.close()
+                current.sealed = True
+
+    def _current(self) -> _Segment:
+        now = time.monotonic()
+        if self._segments and not self._segments[-1].sealed:
+            current = self._segments[-1]
+            if now - current.opened < self._segment_seconds:
+                return current
+            current.handle.close()
+            current.sealed = True
+        path = self.directory / f"{time.time_ns():020d}.jsonl"
+        segment = _Segment(path, path.open("ab"), now)
+        self._segments.append(segment)
+        return segment
+
+    async def _commit(self) -> None:
+        batch, self._pending = self._pending, []
+        segment = self._current()
+        data = b"".join(p.data for p in batch)
+
+        def write() -> None:
+            segment.handle.write(data)
+            segment.handle.flush()
+            os.fsync(segment.handle.fileno())
+
+        try:
+            await asyncio.to_thread(write)
+        except Exception as error:
+            for pending in batch:
+                if not pending.done.done():
+                    pending.done.set_exception(error)
+            return
+        self.bytes_written += len(data)
+        for pending in batch:
+            # A request whose client went away meanwhile was cancelled: it got no 202.
+            if not pending.done.done():
+                segment.unnoted += 1
+                pending.done.set_result(segment)
+
+
+def open_spool(directory: str, done_through: Callable[[], int]) -> tuple[Spool, list[Path]]:
+    """This process's spool (`<directory>/<pid>`), and the segments of processes that are
+    gone, to replay first."""
+    root = Path(directory).resolve()
+    leftovers = [segment for dead in dead_spools(root) for segment in sorted(dead.glob("*.jsonl"))]
+    return Spool(root / str(os.getpid()), done_through), leftovers
+
+
+async def stored_event_ids(warehouse: Warehouse, rows: list[TrackingRow]) -> set[uuid.UUID]:
+    """Which of these rows' events `tracking_events` already holds (their time range bounds
+    the search to a few parts)."""
+    found = await warehouse.rows(
+        "SELECT event_id FROM tracking_events WHERE event_id IN {ids:Array(UUID)}"
+        " AND received_at >= {low:DateTime64(3, 'UTC')}"
+        " AND received_at <= {high:DateTime64(3, 'UTC')}",
+        {
+            "ids": [row.event_id for row in rows],
+            "low": min(row.received_at for row in rows),
+            "high": max(row.received_at for row in rows),
+        },
+    )
+    return {r[0] for r in found}
+
+
+def dead_spools(root: Path) -> list[Path]:
+    """Spool directories of processes that are gone (named by their pid)."""
+    root.mkdir(parents=True, exist_ok=True)
+    gone = []
+    for directory in sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit()):
+        try:
+            os.kill(int(directory.name), 0)
+        except ProcessLookupError:
+            gone.append(directory)
+        except PermissionError:
+            pass  # alive, someone else's
+    return gone
+
+
+async def replay(
+    warehouse: Warehouse, segments: list[Path], on_stored: Callable[[list[TrackingRow]], None]
+) -> int:
+    """Store the rows of an earlier process's segments that ClickHouse does not have yet."""
+    decoder = msgspec.json.Decoder(TrackingRow)
+    encoder = msgspec.json.Encoder()
+    replayed = 0
+    for path in segments:
+        rows: list[TrackingRow] = []
+        for line in path.read_bytes().splitlines():
+            try:
+                rows.append(decoder.decode(line))
+            except msgspec.DecodeError:
+                log.warning("%s: skipping a torn last line (killed mid-write)", path.name)
+        if rows:
+            stored = await stored_event_ids(warehouse, rows)
+            missing = [row for row in rows if row.event_id not in stored]
+            if missing:
+                await warehouse.insert_lines(
+                    "tracking_events",
+                    TRACKING_COLUMNS,
+                    encoder.encode_lines(missing),
+                    dedup_token=f"spool:{path.name}",
+                )
+                on_stored(missing)
+                replayed += len(missing)
+        path.unlink()
+        with contextlib.suppress(OSError):  # the dead process's directory, once empty
+            path.parent.rmdir()
+    if segments:
+        log.info("spool: replayed %d events from %d segments", replayed, len(segments))
+    return replayed
