@@ -36,7 +36,13 @@ class _Segment:
     opened: float
     max_seq: int = 0
     unnoted: int = 0  # appends written here whose rows the writer has not numbered yet
+    syncing: int = 0  # fsyncs in flight
     sealed: bool = False
+
+    def seal(self) -> None:
+        self.sealed = True
+        if self.syncing == 0:
+            self.handle.close()
 
 
 @dataclass
@@ -58,6 +64,9 @@ class Spool:
         self._wake = asyncio.Event()
         self._segments: list[_Segment] = []
         self._task: asyncio.Task[None] | None = None
+        # fsyncs overlap: while one runs, the next group is already written behind it.
+        self._sync_slots = asyncio.Semaphore(4)
+        self._syncs: set[asyncio.Task[None]] = set()
         self.bytes_written = 0
 
     def start(self) -> None:
@@ -71,17 +80,22 @@ class Spool:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._pending:
             await self._commit()
+        await asyncio.gather(*self._syncs, return_exceptions=True)
         for segment in self._segments:
             if not segment.sealed:
-                segment.handle.close()
-                segment.sealed = True
+                segment.seal()
 
     def trim(self) -> int:
         """Delete sealed segments whose rows are all done; returns how many."""
         done = self._done_through()
         removed = 0
         for segment in list(self._segments):
-            if segment.sealed and segment.unnoted == 0 and segment.max_seq <= done:
+            if (
+                segment.sealed
+                and segment.syncing == 0
+                and segment.unnoted == 0
+                and segment.max_seq <= done
+            ):
                 segment.path.unlink(missing_ok=True)
                 self._segments.remove(segment)
                 removed += 1
@@ -117,8 +131,7 @@ class Spool:
         if self._segments and not self._segments[-1].sealed:
             current = self._segments[-1]
             if time.monotonic() - current.opened >= self._segment_seconds:
-                current.handle.close()
-                current.sealed = True
+                current.seal()
 
     def _current(self) -> _Segment:
         now = time.monotonic()
@@ -126,14 +139,14 @@ class Spool:
             current = self._segments[-1]
             if now - current.opened < self._segment_seconds:
                 return current
-            current.handle.close()
-            current.sealed = True
+            current.seal()
         path = self.directory / f"{time.time_ns():020d}.jsonl"
         segment = _Segment(path, path.open("ab"), now)
         self._segments.append(segment)
         return segment
 
     async def _commit(self) -> None:
+        """Write the waiting appends (in order); their fsync runs while the next group forms."""
         batch, self._pending = self._pending, []
         segment = self._current()
         data = b"".join(p.data for p in batch)
@@ -141,21 +154,41 @@ class Spool:
         def write() -> None:
             segment.handle.write(data)
             segment.handle.flush()
-            os.fsync(segment.handle.fileno())
 
         try:
             await asyncio.to_thread(write)
         except Exception as error:
-            for pending in batch:
-                if not pending.done.done():
-                    pending.done.set_exception(error)
+            self._fail(batch, error)
             return
         self.bytes_written += len(data)
+        segment.syncing += 1
+        await self._sync_slots.acquire()
+        task = asyncio.create_task(self._sync(segment, batch))
+        self._syncs.add(task)
+        task.add_done_callback(self._syncs.discard)
+
+    async def _sync(self, segment: _Segment, batch: list[_Pending]) -> None:
+        try:
+            await asyncio.to_thread(os.fsync, segment.handle.fileno())
+        except Exception as error:
+            self._fail(batch, error)
+        else:
+            for pending in batch:
+                # A request whose client went away meanwhile was cancelled: it got no 202.
+                if not pending.done.done():
+                    segment.unnoted += 1
+                    pending.done.set_result(segment)
+        finally:
+            self._sync_slots.release()
+            segment.syncing -= 1
+            if segment.sealed and segment.syncing == 0:
+                segment.handle.close()
+
+    @staticmethod
+    def _fail(batch: list[_Pending], error: Exception) -> None:
         for pending in batch:
-            # A request whose client went away meanwhile was cancelled: it got no 202.
             if not pending.done.done():
-                segment.unnoted += 1
-                pending.done.set_result(segment)
+                pending.done.set_exception(error)
 
 
 def open_spool(directory: str, done_through: Callable[[], int]) -> tuple[Spool, list[Path]]:
