@@ -36,13 +36,11 @@ class _Segment:
     opened: float
     max_seq: int = 0
     unnoted: int = 0  # appends written here whose rows the writer has not numbered yet
-    syncing: int = 0  # fsyncs in flight
     sealed: bool = False
 
     def seal(self) -> None:
         self.sealed = True
-        if self.syncing == 0:
-            self.handle.close()
+        self.handle.close()
 
 
 @dataclass
@@ -61,13 +59,9 @@ class Spool:
         self._done_through = done_through
         self._segment_seconds = segment_seconds
         self._pending: list[_Pending] = []
-        self._wake = asyncio.Event()
         self._segments: list[_Segment] = []
         self._task: asyncio.Task[None] | None = None
-        # fsyncs overlap: while one runs, the next group is already written behind it.
-        self._sync_slots = asyncio.Semaphore(4)
-        self._syncs: set[asyncio.Task[None]] = set()
-        self.bytes_written = 0
+        self._scheduled = False
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -78,9 +72,7 @@ class Spool:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._pending:
-            await self._commit()
-        await asyncio.gather(*self._syncs, return_exceptions=True)
+        self._commit_now()
         for segment in self._segments:
             if not segment.sealed:
                 segment.seal()
@@ -90,12 +82,7 @@ class Spool:
         done = self._done_through()
         removed = 0
         for segment in list(self._segments):
-            if (
-                segment.sealed
-                and segment.syncing == 0
-                and segment.unnoted == 0
-                and segment.max_seq <= done
-            ):
+            if segment.sealed and segment.unnoted == 0 and segment.max_seq <= done:
                 segment.path.unlink(missing_ok=True)
                 self._segments.remove(segment)
                 removed += 1
@@ -105,7 +92,10 @@ class Spool:
         """Returns a token for `note` once `data` is on disk."""
         pending = _Pending(data)
         self._pending.append(pending)
-        self._wake.set()
+        if not self._scheduled:
+            # Every request that arrives in this turn of the loop shares the write and fsync.
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._commit_now)
         return await pending.done
 
     def note(self, token: object, seq_end: int) -> None:
@@ -115,17 +105,14 @@ class Spool:
         token.unnoted -= 1
 
     async def _commit_loop(self) -> None:
+        """Rotation and trimming; the commits themselves run inline (`_commit_now`)."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._segment_seconds)
-            self._wake.clear()
+            await asyncio.sleep(self._segment_seconds / 2)
             try:
-                if self._pending:
-                    await self._commit()
                 self._seal_if_old()
                 self.trim()
-            except Exception:  # the loop must outlive any one failure, or appends would hang
-                log.exception("spool commit failed")
+            except Exception:
+                log.exception("spool maintenance failed")
 
     def _seal_if_old(self) -> None:
         if self._segments and not self._segments[-1].sealed:
@@ -145,50 +132,29 @@ class Spool:
         self._segments.append(segment)
         return segment
 
-    async def _commit(self) -> None:
-        """Write the waiting appends (in order); their fsync runs while the next group forms."""
+    def _commit_now(self) -> None:
+        """Write and fsync the waiting appends on the loop's own thread: an fsync here takes
+        about 0.2 ms, less than handing it to a thread and back (measured: 2.5x the
+        throughput). A disk with slow fsyncs would stall the loop as long."""
+        self._scheduled = False
         batch, self._pending = self._pending, []
-        segment = self._current()
-        data = b"".join(p.data for p in batch)
-
-        def write() -> None:
-            segment.handle.write(data)
-            segment.handle.flush()
-
-        try:
-            await asyncio.to_thread(write)
-        except Exception as error:
-            self._fail(batch, error)
+        if not batch:
             return
-        self.bytes_written += len(data)
-        segment.syncing += 1
-        await self._sync_slots.acquire()
-        task = asyncio.create_task(self._sync(segment, batch))
-        self._syncs.add(task)
-        task.add_done_callback(self._syncs.discard)
-
-    async def _sync(self, segment: _Segment, batch: list[_Pending]) -> None:
+        segment = self._current()
         try:
-            await asyncio.to_thread(os.fsync, segment.handle.fileno())
-        except Exception as error:
-            self._fail(batch, error)
-        else:
+            segment.handle.write(b"".join(p.data for p in batch))
+            segment.handle.flush()
+            os.fsync(segment.handle.fileno())
+        except OSError as error:
             for pending in batch:
-                # A request whose client went away meanwhile was cancelled: it got no 202.
                 if not pending.done.done():
-                    segment.unnoted += 1
-                    pending.done.set_result(segment)
-        finally:
-            self._sync_slots.release()
-            segment.syncing -= 1
-            if segment.sealed and segment.syncing == 0:
-                segment.handle.close()
-
-    @staticmethod
-    def _fail(batch: list[_Pending], error: Exception) -> None:
+                    pending.done.set_exception(error)
+            return
         for pending in batch:
+            # A request whose client went away meanwhile was cancelled: it got no 202.
             if not pending.done.done():
-                pending.done.set_exception(error)
+                segment.unnoted += 1
+                pending.done.set_result(segment)
 
 
 def open_spool(directory: str, done_through: Callable[[], int]) -> tuple[Spool, list[Path]]:
