@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from consumers.mapping import DomainRow
+from consumers.mapping import DomainRow, to_row
 from ingest.rows import TrackingRow
 from materialized.warehouse import Warehouse
 
@@ -91,23 +91,23 @@ class _Visit:
             )
         )
 
-    def domain(self, event_type: str, routing_key: str, **facts: object) -> None:
+    def domain(self, event_type: str, routing_key: str, **payload: object) -> None:
+        """The event as the platform would publish it, mapped by the consumer's own code."""
         at = self.tick(1, 30)
-        payload = {
-            k: str(v) if isinstance(v, uuid.UUID | decimal.Decimal) else v for k, v in facts.items()
-        }
-        self.traffic.domain.append(
-            DomainRow(
-                event_id=self.uuid(),
-                event_type=event_type,
-                routing_key=routing_key,
-                version="1.0",
-                occurred_at=at,
-                received_at=at + timedelta(milliseconds=self.rng.randint(5, 500)),
-                payload=msgspec.json.encode(payload).decode(),
-                **{k: v for k, v in facts.items() if k in DomainRow.__struct_fields__},  # type: ignore[arg-type]
-            )
+        body = msgspec.json.encode(
+            {
+                "eventId": str(self.uuid()),
+                "eventType": event_type,
+                "timestamp": at.isoformat(),
+                "version": "1.0",
+                "payload": {
+                    k: str(v) if isinstance(v, uuid.UUID | decimal.Decimal) else v
+                    for k, v in payload.items()
+                },
+            }
         )
+        received = at + timedelta(milliseconds=self.rng.randint(5, 500))
+        self.traffic.domain.append(to_row(routing_key, body, received))
 
 
 def generate(start: datetime, days: int, sessions_per_day: int, seed: int = 7) -> Traffic:
@@ -179,13 +179,9 @@ def _browse(visit: _Visit, products: dict[str, uuid.UUID], showroom: uuid.UUID) 
                     "booking-created",
                     "lomash.bookings.created",
                     bookingId=booking,
-                    booking_id=booking,
                     customerId=visit.user,
-                    customer_id=visit.user,
                     showroomId=showroom,
-                    showroom_id=showroom,
                     appointmentType="KITCHEN_DESIGN",
-                    appointment_type="KITCHEN_DESIGN",
                     scheduledAt=(visit.clock + timedelta(days=5)).isoformat(),
                 )
                 if rng.random() < 0.15:
@@ -193,9 +189,7 @@ def _browse(visit: _Visit, products: dict[str, uuid.UUID], showroom: uuid.UUID) 
                         "booking-cancelled",
                         "lomash.bookings.cancelled",
                         bookingId=booking,
-                        booking_id=booking,
                         customerId=visit.user,
-                        customer_id=visit.user,
                     )
     if rng.random() < 0.1:
         visit.track("BROCHURE_REQUEST", "/brochure")
@@ -204,8 +198,6 @@ def _browse(visit: _Visit, products: dict[str, uuid.UUID], showroom: uuid.UUID) 
             "brochure-request-submitted",
             "lomash.brochure.request.submitted",
             requestId=request,
-            entity_id=request,
-            customer_id=visit.user,
         )
     if rng.random() < 0.05:
         subscription = visit.uuid()
@@ -213,8 +205,6 @@ def _browse(visit: _Visit, products: dict[str, uuid.UUID], showroom: uuid.UUID) 
             "newsletter-subscription-created",
             "lomash.newsletter.subscription.created",
             subscriptionId=subscription,
-            entity_id=subscription,
-            customer_id=visit.user,
         )
 
 
@@ -229,13 +219,9 @@ def _order(visit: _Visit, product: uuid.UUID) -> None:
         "order-created",
         "lomash.orders.created",
         orderId=order,
-        order_id=order,
         customerId=visit.user,
-        customer_id=visit.user,
         totalAmount=total,
-        amount=total,
         currency="GBP",
-        quantity=quantity,
         items=[{"productId": str(product), "quantity": quantity, "unitPrice": str(unit)}],
     )
     if rng.random() < 0.85:
@@ -244,11 +230,8 @@ def _order(visit: _Visit, product: uuid.UUID) -> None:
             "payment-succeeded",
             "lomash.payments.succeeded",
             paymentId=payment,
-            payment_id=payment,
             orderId=order,
-            order_id=order,
             customerId=visit.user,
-            customer_id=visit.user,
             amount=total,
             currency="GBP",
         )
@@ -258,11 +241,8 @@ def _order(visit: _Visit, product: uuid.UUID) -> None:
             "review-created",
             "lomash.customers.review.created",
             reviewId=review,
-            entity_id=review,
             productId=product,
-            product_id=product,
             customerId=visit.user,
-            customer_id=visit.user,
             rating=rng.randint(3, 5),
         )
 
