@@ -86,15 +86,19 @@ async def main() -> None:
         await warehouse.open()
         await migrate(warehouse)
         redis = Redis.from_url("redis://127.0.0.1:6379/14")
-        consumer = DomainEventConsumer(
-            amqp_url=AMQP,
-            exchange=name,
-            warehouse=warehouse,
-            redis=redis,
-            report_timezone="Europe/London",
-            queue=f"{name}.q",
-            batch_size=BATCH,
-        )
+
+        def make_consumer() -> DomainEventConsumer:
+            return DomainEventConsumer(
+                amqp_url=AMQP,
+                exchange=name,
+                warehouse=warehouse,
+                redis=redis,
+                report_timezone="Europe/London",
+                queue=f"{name}.q",
+                batch_size=BATCH,
+            )
+
+        consumer = make_consumer()
         # Declare the service's queue (and bindings) first, then stop taking messages, so that
         # both queues hold the full backlog before either consumer starts.
         consumer.start()
@@ -104,15 +108,7 @@ async def main() -> None:
         published = await publish(exchange, n)
         raw = await raw_consume(channel, f"{name}.raw", n)
 
-        consumer = DomainEventConsumer(
-            amqp_url=AMQP,
-            exchange=name,
-            warehouse=warehouse,
-            redis=redis,
-            report_timezone="Europe/London",
-            queue=f"{name}.q",
-            batch_size=BATCH,
-        )
+        consumer = make_consumer()
         started = time.perf_counter()
         consumer.start()
         while int(await warehouse.scalar("SELECT count() FROM analytics_events")) < n:  # noqa: ASYNC110
