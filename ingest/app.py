@@ -12,7 +12,7 @@ from sanic.response import HTTPResponse, json
 
 from consumers.consumer import DomainEventConsumer
 from consumers.publisher import EventPublisher
-from core.retry_queue import RetryBatch, RetryQueue
+from core.retry_queue import RETRY_JOB_ID, RetryBatch, RetryQueue
 from core.settings import Settings
 from core.storage import storage_for
 from ingest import admin_jobs, dashboard, exports, openapi, ops, track, tracker
@@ -89,7 +89,7 @@ def create_app(
 
         async def hand_off(batch: RetryBatch) -> None:
             await retry_queue.push(batch)
-            await redis.enqueue_job("retry_failed_batches", _defer_by=1)
+            await redis.enqueue_job("retry_failed_batches", _job_id=RETRY_JOB_ID, _defer_by=1)
 
         writer: BatchWriter[TrackingRow] = BatchWriter(
             warehouse,

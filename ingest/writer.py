@@ -144,15 +144,19 @@ class BatchWriter(Generic[Row]):
         )
 
     async def _retry_held(self) -> None:
+        """Oldest first; the first refusal ends the round (the rest would be refused too)."""
         for _ in range(len(self._held)):
             batch, rows, first = self._held.popleft()
             self._in_flight = first
             try:
-                await self._write(batch, rows, first)
+                stored = await self._write(batch, rows, first)
             finally:
                 self._in_flight = None
+            if not stored:
+                return
 
-    async def _write(self, batch: RetryBatch, rows: list[Row], first: int) -> None:
+    async def _write(self, batch: RetryBatch, rows: list[Row], first: int) -> bool:
+        """True when ClickHouse took the batch; otherwise it is handed off or held."""
         started = time.perf_counter()
         try:
             await self._warehouse.insert_lines(
@@ -162,11 +166,12 @@ class BatchWriter(Generic[Row]):
             INSERT_FAILURES.labels(self._table).inc()
             log.warning("insert of %d rows into %s failed: %s", batch.rows, self._table, error)
             await self._keep(batch, rows, first)
-            return
+            return False
         FLUSH_SECONDS.observe(time.perf_counter() - started)
         BATCH_ROWS.observe(batch.rows)
         if self._on_stored is not None:
             self._on_stored(rows)
+        return True
 
     async def _keep(self, batch: RetryBatch, rows: list[Row], first: int) -> None:
         if self._hand_off is not None:
@@ -179,4 +184,7 @@ class BatchWriter(Generic[Row]):
         self._retry_at = time.monotonic() + min(
             self._max_backoff, 0.5 * 2 ** min(batch.attempts, 10)
         )
-        self._held.append((batch, rows, first))
+        if batch.attempts > 1:
+            self._held.appendleft((batch, rows, first))  # keep the oldest first
+        else:
+            self._held.append((batch, rows, first))

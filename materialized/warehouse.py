@@ -44,6 +44,15 @@ def _open_client(url: str, database: str | None) -> Client:
     )
 
 
+class WarehouseError(Exception):
+    """ClickHouse refused or failed. The message is the error's first line, cut short:
+    ClickHouse quotes the whole query back, and a batch's query holds thousands of ids."""
+
+    def __init__(self, error: Exception) -> None:
+        first = str(error).strip().split("\n", 1)[0]
+        super().__init__(first if len(first) <= 300 else first[:300] + "…")
+
+
 class Warehouse:
     """Async access to one ClickHouse database, embedded (chdb://) or a server (http[s]://)."""
 
@@ -92,7 +101,10 @@ class Warehouse:
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, partial(fn, *args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._pool, partial(fn, *args, **kwargs))
+        except Exception as error:
+            raise WarehouseError(error) from error
 
     async def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         return await self._run(lambda: self._client().command(sql, parameters=parameters))

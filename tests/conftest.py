@@ -25,6 +25,8 @@ from materialized.warehouse import Warehouse
 
 Sanic.test_mode = True
 
+pytest_plugins = ["tests.service_process"]
+
 
 @pytest.fixture(scope="session")
 def chdb_url(tmp_path_factory: pytest.TempPathFactory) -> str:
@@ -191,3 +193,61 @@ async def wait_for(predicate: Callable[[], Any], within: float = 10.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fault-seconds",
+        type=float,
+        default=8.0,
+        help="how long each fault in test_faults.py lasts (issue 7 asks for 60)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A fault test runs its fault under load, then waits for recovery: allow for both.
+    seconds = config.getoption("--fault-seconds")
+    for item in items:
+        if item.get_closest_marker("fault"):
+            item.add_marker(pytest.mark.timeout(150 + 4 * seconds))
+
+
+@pytest.fixture
+def fault_seconds(request: pytest.FixtureRequest) -> float:
+    seconds: float = request.config.getoption("--fault-seconds")
+    return seconds
+
+
+class Outcome(msgspec.Struct):
+    """One row of the fault table: what a fault or attack did to the events sent meanwhile."""
+
+    case: str
+    seconds: float
+    sent: int
+    accepted: int
+    refused: int  # answered, but not 202
+    unanswered: int  # no answer at all: the server may or may not have taken them
+    stored: int
+    duplicated: int
+    lost: int  # answered 202 but not stored
+
+
+OUTCOMES: list[Outcome] = []
+
+
+@pytest.fixture
+def record_outcome() -> Callable[[Outcome], None]:
+    return OUTCOMES.append
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not OUTCOMES:
+        return
+    terminalreporter.section("faults and attacks: what happened to the events")
+    head = ("case", "seconds", "sent", "accepted", "refused", "unanswered", "stored", "dup", "lost")
+    terminalreporter.write_line(f"{head[0]:<46}" + "".join(f"{h:>11}" for h in head[1:]))
+    for o in OUTCOMES:
+        figures = (o.sent, o.accepted, o.refused, o.unanswered, o.stored, o.duplicated, o.lost)
+        terminalreporter.write_line(
+            f"{o.case:<46}{o.seconds:>11.0f}" + "".join(f"{f:>11,}" for f in figures)
+        )

@@ -53,11 +53,17 @@ class EmbeddedWorker:
                 backoff = min(backoff * 2, 30.0)
 
     async def close(self) -> None:
-        if self._worker is not None:
-            try:
-                await asyncio.wait_for(self._worker.close(), timeout=10)
-            except Exception as error:  # Redis gone: nothing more to tidy there
-                log.warning("arq worker did not close cleanly: %s", error)
+        worker = self._worker
+        if worker is not None:
+            # arq's close cancels the jobs still running, and its gather then raises their
+            # CancelledError; it is theirs, not ours, so it is collected here, not raised.
+            (outcome,) = await asyncio.gather(
+                asyncio.wait_for(worker.close(), timeout=10), return_exceptions=True
+            )
+            if isinstance(outcome, BaseException) and not isinstance(
+                outcome, asyncio.CancelledError
+            ):  # Redis gone: nothing more to tidy there
+                log.warning("arq worker did not close cleanly: %s", outcome)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

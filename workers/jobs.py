@@ -30,10 +30,6 @@ _tracking_rows = msgspec.json.Decoder(TrackingRow)
 _tracking_encoder = msgspec.json.Encoder()
 
 
-def backoff_seconds(attempts: int) -> float:
-    return float(min(60, 2 ** min(attempts, 6)))
-
-
 async def _not_yet_stored(warehouse: Warehouse, data: bytes) -> bytes:
     rows = _tracking_rows.decode_lines(data)
     stored = await stored_event_ids(warehouse, rows) if rows else set()
@@ -44,8 +40,9 @@ async def _not_yet_stored(warehouse: Warehouse, data: bytes) -> bytes:
 async def retry_failed_batches(ctx: dict[str, Any]) -> str:
     """Insert every batch waiting in the retry queue, oldest first, each with its own token.
 
-    On the first refusal the batch goes back and this job is scheduled again with backoff;
-    the per-minute cron run is the safety net if that scheduling fails too.
+    On the first refusal the batch goes back and the run ends. The next run comes from the
+    next hand-off (at most one is queued: `RETRY_JOB_ID`) or from the cron every 10 s, so
+    however long ClickHouse refuses, it sees about one attempt a second.
     """
     queue: RetryQueue = ctx["retry_queue"]
     warehouse: Warehouse = ctx["warehouse"]
@@ -62,17 +59,14 @@ async def retry_failed_batches(ctx: dict[str, Any]) -> str:
                 )
         except Exception as error:
             await queue.give_back(raw, batch)
-            delay = backoff_seconds(batch.attempts)
-            await ctx["redis"].enqueue_job("retry_failed_batches", _defer_by=delay)
             log.warning(
-                "retry of %d rows into %s failed (attempt %d), next in %.0fs: %s",
+                "retry of %d rows into %s failed (attempt %d): %s",
                 batch.rows,
                 batch.table,
                 batch.attempts,
-                delay,
                 error,
             )
-            return f"stored {stored} rows; ClickHouse still refusing, next try in {delay:.0f}s"
+            return f"stored {stored} rows; ClickHouse still refusing"
         await queue.done(raw)
         stored += batch.rows
         if batch.table == "tracking_events":

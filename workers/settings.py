@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from arq import cron
+from arq import cron, func
 from arq.connections import RedisSettings
 from arq.typing import WorkerCoroutine
+from arq.worker import Function
 
 from consumers.publisher import EventPublisher
 from core.retry_queue import RetryQueue
@@ -29,8 +30,9 @@ from workers.jobs import (
     retry_failed_batches,
 )
 
-FUNCTIONS: list[WorkerCoroutine] = [
-    retry_failed_batches,
+FUNCTIONS: list[WorkerCoroutine | Function] = [
+    # No result kept: a kept result would block the next run queued under RETRY_JOB_ID.
+    func(retry_failed_batches, keep_result=0),
     recompute_funnels,
     rebuild_dashboards,
     check_dashboard_freshness,
@@ -40,7 +42,7 @@ FUNCTIONS: list[WorkerCoroutine] = [
     purge_old_events,
 ]
 CRON_JOBS = [
-    cron(retry_failed_batches, second={0}, run_at_startup=True),
+    cron(retry_failed_batches, second=set(range(0, 60, 10)), run_at_startup=True),
     cron(recompute_funnels, minute={0, 30}, second={10}),
     cron(rebuild_dashboards, minute={5}, second={20}),
     cron(check_dashboard_freshness, minute=set(range(0, 60, 10)), second={40}),
