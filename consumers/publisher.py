@@ -5,6 +5,10 @@ caller. A background task sends the backlog in chunks and waits for the broker's
 is not confirmed goes back to the front and is sent again after a reconnect. Messages carry the
 envelope's eventId as message_id, so consumers can drop the rare re-send. The backlog is
 bounded: past `max_backlog` the oldest messages are discarded and counted, never silently.
+
+A caller that must know when a group of messages is out (the spool keeps a tracked event's row
+until its message is confirmed) passes a `Receipt`; it is settled once every message in the
+group has been confirmed by the broker.
 """
 
 from __future__ import annotations
@@ -22,12 +26,26 @@ from core.metrics import PUBLISH_BACKLOG, PUBLISH_FAILURES, PUBLISH_LOST, PUBLIS
 log = logging.getLogger(__name__)
 
 
+class Receipt:
+    """Counts the confirms still missing for a group of messages."""
+
+    __slots__ = ("missing",)
+
+    def __init__(self, size: int) -> None:
+        self.missing = size
+
+    @property
+    def settled(self) -> bool:
+        return self.missing <= 0
+
+
 class Outgoing(msgspec.Struct, frozen=True, gc=False):
     """A message waiting in the backlog; gc=False keeps a large backlog cheap for the GC."""
 
     routing_key: str
     message_id: str
     body: bytes
+    receipt: Receipt | None = None
 
 
 class EventPublisher:
@@ -42,17 +60,20 @@ class EventPublisher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._sending: list[Outgoing] = []  # taken from the backlog, confirms not yet in
         self.connected = asyncio.Event()
 
     @property
     def backlog(self) -> int:
         return len(self._backlog)
 
-    def publish(self, routing_key: str, message_id: str, body: bytes) -> None:
+    def publish(
+        self, routing_key: str, message_id: str, body: bytes, receipt: Receipt | None = None
+    ) -> None:
         if len(self._backlog) >= self._max_backlog:
             lost = self._backlog.popleft()
             PUBLISH_LOST.labels(lost.routing_key).inc()
-        self._backlog.append(Outgoing(routing_key, message_id, body))
+        self._backlog.append(Outgoing(routing_key, message_id, body, receipt))
         self._wake.set()
 
     def start(self) -> None:
@@ -62,15 +83,19 @@ class EventPublisher:
         """Give the backlog a few seconds to go out, then stop; count what could not."""
         if self._task is not None:
             deadline = asyncio.get_running_loop().time() + drain_within
-            while self._backlog and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            while (self._backlog or self._sending) and (  # noqa: ASYNC110
+                asyncio.get_running_loop().time() < deadline
+            ):
                 await asyncio.sleep(0.05)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for message in self._backlog:
+        unsent = [*self._sending, *self._backlog]
+        for message in unsent:
             PUBLISH_LOST.labels(message.routing_key).inc()
-        if self._backlog:
-            log.error("%d messages were not published before shutdown", len(self._backlog))
+        if unsent:
+            log.error("%d messages were not confirmed before shutdown", len(unsent))
         self._backlog.clear()
+        self._sending = []
         if self._connection is not None:
             await self._connection.close()
 
@@ -105,6 +130,7 @@ class EventPublisher:
                 await self._wake.wait()
                 continue
             chunk = [self._backlog.popleft() for _ in range(min(self._chunk, len(self._backlog)))]
+            self._sending = chunk
             results = await asyncio.gather(
                 *(
                     exchange.publish(
@@ -120,14 +146,16 @@ class EventPublisher:
                 ),
                 return_exceptions=True,
             )
+            self._sending = []
             failed = [
                 m for m, r in zip(chunk, results, strict=True) if isinstance(r, BaseException)
             ]
-            confirmed = Counter(
-                m.routing_key
-                for m, r in zip(chunk, results, strict=True)
-                if not isinstance(r, BaseException)
-            )
+            confirmed: Counter[str] = Counter()
+            for m, r in zip(chunk, results, strict=True):
+                if not isinstance(r, BaseException):
+                    confirmed[m.routing_key] += 1
+                    if m.receipt is not None:
+                        m.receipt.missing -= 1
             for routing_key, count in confirmed.items():
                 PUBLISHED.labels(routing_key).inc(count)
             if failed:

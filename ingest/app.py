@@ -8,6 +8,7 @@ from arq.connections import ArqRedis
 from sanic import Request, Sanic
 from sanic.exceptions import RequestCancelled
 from sanic.handlers import ErrorHandler
+from sanic.http import Http
 from sanic.response import HTTPResponse, json
 
 from consumers.consumer import DomainEventConsumer
@@ -23,7 +24,7 @@ from ingest.rows import TrackingRow
 from ingest.services import Services, app_services
 from ingest.sessions import SessionStore
 from ingest.spool import open_spool, replay
-from ingest.tracked import announce_stored
+from ingest.tracked import announce_stored, publish_tracked
 from ingest.writer import BatchWriter
 from materialized.migrations import migrate
 from materialized.warehouse import Warehouse
@@ -73,6 +74,19 @@ def create_app(
     app.blueprint(exports.bp)
     app.blueprint(openapi.bp)
     app.ctx.admin_auth = AdminAuth(settings)
+    app.ctx.stopping = False
+
+    @app.before_server_stop
+    async def stop_keeping_alive(app: Sanic) -> None:  # type: ignore[type-arg]
+        app.ctx.stopping = True
+
+    @app.on_response  # type: ignore[untyped-decorator]
+    async def close_when_stopping(request: Request, response: HTTPResponse) -> None:
+        # Sanic closes only idle connections at shutdown and waits out the rest; a client that
+        # keeps a connection busy would hold the shutdown for the whole grace period. From the
+        # signal on, every answer closes its connection ("Connection: close").
+        if request.app.ctx.stopping and isinstance(request.stream, Http):
+            request.stream.keep_alive = False
 
     @app.before_server_start
     async def open_clients(app: Sanic) -> None:  # type: ignore[type-arg]
@@ -105,7 +119,14 @@ def create_app(
         if settings.spool_dir:
             # Events a killed process had accepted are stored before anything new is taken.
             spool, leftovers = open_spool(settings.spool_dir, lambda: writer.done_through)
-            await replay(warehouse, leftovers, lambda rows: announce_stored(publisher, rows))
+            spool.adopt(
+                await replay(
+                    warehouse,
+                    leftovers,
+                    lambda rows: announce_stored(publisher, rows),
+                    lambda rows: publish_tracked(publisher, rows),
+                )
+            )
             spool.start()
         writer.start()
         limit, per = settings.rate_limit_per_window
@@ -152,12 +173,14 @@ def create_app(
         await svc.tracking_writer.close()
         if svc.spool is not None:
             await svc.spool.close()
-            svc.spool.trim()
         if app.ctx.consumer is not None:
             await app.ctx.consumer.close()
         if app.ctx.worker is not None:
             await app.ctx.worker.close()
         await svc.publisher.close()
+        if svc.spool is not None:
+            # What the publisher could not get confirmed stays, to be announced after restart.
+            svc.spool.trim()
         await svc.redis.aclose()
         if svc.geo is not None:
             svc.geo.close()

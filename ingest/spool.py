@@ -3,9 +3,10 @@
 Requests hand their encoded rows to `append`, which returns once they are written and fsynced;
 concurrent requests share one write and one fsync (group commit). Segments rotate every
 `segment_seconds`; a sealed segment is deleted once the batch writer reports every row in it
-stored or handed to the Redis retry queue (`BatchWriter.done_through`). At start-up, the
-segments a previous process left (killed, say) are replayed into ClickHouse, skipping events
-whose eventId is already stored, so replay never duplicates.
+stored (and its `event.tracked` confirmed by the broker) or handed to the Redis retry queue
+(`BatchWriter.done_through`). At start-up, the segments a previous process left (killed, say)
+are replayed into ClickHouse, skipping events whose eventId is already stored, so replay never
+duplicates a row; their messages are published again (at least once).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import IO
 import msgspec
 
 from ingest.rows import TRACKING_COLUMNS, TrackingRow
+from ingest.writer import Settles
 from materialized.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,12 @@ class Spool:
         self._segments: list[_Segment] = []
         self._task: asyncio.Task[None] | None = None
         self._scheduled = False
+        self._adopted: list[tuple[Path, list[Settles]]] = []
+
+    def adopt(self, segments: list[tuple[Path, list[Settles]]]) -> None:
+        """Take over replayed segments of stopped processes, to delete once their receipts
+        settle."""
+        self._adopted.extend(segments)
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -81,6 +89,14 @@ class Spool:
         """Delete sealed segments whose rows are all done; returns how many."""
         done = self._done_through()
         removed = 0
+        for adopted in list(self._adopted):
+            path, receipts = adopted
+            if all(receipt.settled for receipt in receipts):
+                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # the stopped process's directory, once empty
+                    path.parent.rmdir()
+                self._adopted.remove(adopted)
+                removed += 1
         for segment in list(self._segments):
             if segment.sealed and segment.unnoted == 0 and segment.max_seq <= done:
                 segment.path.unlink(missing_ok=True)
@@ -196,12 +212,20 @@ def dead_spools(root: Path) -> list[Path]:
 
 
 async def replay(
-    warehouse: Warehouse, segments: list[Path], on_stored: Callable[[list[TrackingRow]], None]
-) -> int:
-    """Store the rows of an earlier process's segments that ClickHouse does not have yet."""
+    warehouse: Warehouse,
+    segments: list[Path],
+    announce: Callable[[list[TrackingRow]], Settles | None],
+    announce_again: Callable[[list[TrackingRow]], Settles | None],
+) -> list[tuple[Path, list[Settles]]]:
+    """Store the rows of an earlier process's segments that ClickHouse does not have yet
+    (`announce`: counted as stored, and published). Rows it has were stored, but whether their
+    `event.tracked` went out is unknown: `announce_again` publishes them once more (at least
+    once; consumers drop the re-send by eventId). Returns each segment with the receipts that
+    must settle before it may be deleted (`Spool.adopt`)."""
     decoder = msgspec.json.Decoder(TrackingRow)
     encoder = msgspec.json.Encoder()
-    replayed = 0
+    replayed = again = 0
+    adopted: list[tuple[Path, list[Settles]]] = []
     for path in segments:
         rows: list[TrackingRow] = []
         for line in path.read_bytes().splitlines():
@@ -209,6 +233,7 @@ async def replay(
                 rows.append(decoder.decode(line))
             except msgspec.DecodeError:
                 log.warning("%s: skipping a torn last line (killed mid-write)", path.name)
+        receipts: list[Settles | None] = []
         if rows:
             stored = await stored_event_ids(warehouse, rows)
             missing = [row for row in rows if row.event_id not in stored]
@@ -219,11 +244,17 @@ async def replay(
                     encoder.encode_lines(missing),
                     dedup_token=f"spool:{path.name}",
                 )
-                on_stored(missing)
+                receipts.append(announce(missing))
                 replayed += len(missing)
-        path.unlink()
-        with contextlib.suppress(OSError):  # the dead process's directory, once empty
-            path.parent.rmdir()
+            already = [row for row in rows if row.event_id in stored]
+            receipts.append(announce_again(already))
+            again += len(already)
+        adopted.append((path, [r for r in receipts if r is not None]))
     if segments:
-        log.info("spool: replayed %d events from %d segments", replayed, len(segments))
-    return replayed
+        log.info(
+            "spool: %d segments of stopped processes: %d events stored now, %d announced again",
+            len(segments),
+            replayed,
+            again,
+        )
+    return adopted

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from consumers.publisher import EventPublisher
+from consumers.publisher import EventPublisher, Receipt
 from core.envelope import routing_key_to_event_type
 from core.metrics import EVENTS_STORED, VISIBLE_SECONDS
 from ingest.rows import TrackingRow
@@ -68,12 +68,20 @@ def envelope(row: TrackingRow) -> bytes:
     )
 
 
-def announce_stored(publisher: EventPublisher | None, rows: list[TrackingRow]) -> None:
+def announce_stored(publisher: EventPublisher | None, rows: list[TrackingRow]) -> Receipt | None:
+    """Count the rows as stored and queue their messages; the receipt settles once the broker
+    has confirmed every one."""
     EVENTS_STORED.inc(len(rows))
     if rows:
         oldest = min(row.received_at for row in rows)
         VISIBLE_SECONDS.observe((datetime.now(UTC) - oldest).total_seconds())
-    if publisher is None:
-        return
+    return publish_tracked(publisher, rows)
+
+
+def publish_tracked(publisher: EventPublisher | None, rows: list[TrackingRow]) -> Receipt | None:
+    if publisher is None or not rows:
+        return None
+    receipt = Receipt(len(rows))
     for row in rows:
-        publisher.publish(ROUTING_KEY, str(row.event_id), envelope(row))
+        publisher.publish(ROUTING_KEY, str(row.event_id), envelope(row), receipt)
+    return receipt

@@ -5,6 +5,10 @@ once, and given a deduplication token that it keeps through every retry, so Clic
 once even if an earlier attempt did land. A batch ClickHouse refuses is handed to the retry
 queue (Redis, retried by an arq job); if that fails too it stays here and is retried with
 backoff. Nothing accepted is dropped.
+
+`on_stored` may return something with a `settled` property (the publisher's receipt for the
+batch's `event.tracked` messages): until it settles, the batch's rows count as not done, so
+the spool keeps them and a restart announces them again.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -26,6 +30,13 @@ from materialized.warehouse import Warehouse
 log = logging.getLogger(__name__)
 
 Row = TypeVar("Row", bound=msgspec.Struct)
+
+
+class Settles(Protocol):
+    @property
+    def settled(self) -> bool: ...
+
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -39,7 +50,7 @@ class BatchWriter(Generic[Row]):
         max_rows: int,
         interval_ms: int,
         prepare: Callable[[list[Row]], Awaitable[list[Row]]] | None = None,
-        on_stored: Callable[[list[Row]], None] | None = None,
+        on_stored: Callable[[list[Row]], Settles | None] | None = None,
         hand_off: Callable[[RetryBatch], Awaitable[None]] | None = None,
         max_backoff_s: float = 30.0,
     ) -> None:
@@ -54,6 +65,7 @@ class BatchWriter(Generic[Row]):
         self._max_backoff = max_backoff_s
         self._buffer: list[Row] = []
         self._held: deque[tuple[RetryBatch, list[Row], int]] = deque()  # + first row's seq
+        self._unsettled: deque[tuple[int, Settles]] = deque()  # first row's seq, receipt
         self._full = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -71,7 +83,10 @@ class BatchWriter(Generic[Row]):
 
     @property
     def done_through(self) -> int:
+        while self._unsettled and self._unsettled[0][1].settled:
+            self._unsettled.popleft()
         firsts = [self._buffer_start] + [first for _, _, first in self._held]
+        firsts.extend(first for first, receipt in self._unsettled if not receipt.settled)
         if self._in_flight is not None:
             firsts.append(self._in_flight)
         return min(firsts)
@@ -170,7 +185,9 @@ class BatchWriter(Generic[Row]):
         FLUSH_SECONDS.observe(time.perf_counter() - started)
         BATCH_ROWS.observe(batch.rows)
         if self._on_stored is not None:
-            self._on_stored(rows)
+            receipt = self._on_stored(rows)
+            if receipt is not None and not receipt.settled:
+                self._unsettled.append((first, receipt))
         return True
 
     async def _keep(self, batch: RetryBatch, rows: list[Row], first: int) -> None:

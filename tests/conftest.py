@@ -22,6 +22,7 @@ from ingest.app import create_app
 from ingest.services import Services, app_services
 from materialized.migrations import migrate
 from materialized.warehouse import Warehouse
+from tests.load import Load
 
 Sanic.test_mode = True
 
@@ -226,10 +227,12 @@ class Outcome(msgspec.Struct):
     sent: int
     accepted: int
     refused: int  # answered, but not 202
-    unanswered: int  # no answer at all: the server may or may not have taken them
+    unreached: int  # connection refused: never received
+    unanswered: int  # sent, but no answer: the server may or may not have taken them
     stored: int
     duplicated: int
     lost: int  # answered 202 but not stored
+    note: str = ""
 
 
 OUTCOMES: list[Outcome] = []
@@ -244,10 +247,28 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not OUTCOMES:
         return
     terminalreporter.section("faults and attacks: what happened to the events")
-    head = ("case", "seconds", "sent", "accepted", "refused", "unanswered", "stored", "dup", "lost")
-    terminalreporter.write_line(f"{head[0]:<46}" + "".join(f"{h:>11}" for h in head[1:]))
+    head = ("case", "seconds", "sent", "accepted", "refused", "unreached", "unanswered")
+    head += ("stored", "duplicated", "lost")
+    terminalreporter.write_line(f"{head[0]:<42}" + "".join(f"{h:>11}" for h in head[1:]))
     for o in OUTCOMES:
-        figures = (o.sent, o.accepted, o.refused, o.unanswered, o.stored, o.duplicated, o.lost)
+        figures = (o.sent, o.accepted, o.refused, o.unreached, o.unanswered)
+        figures += (o.stored, o.duplicated, o.lost)
         terminalreporter.write_line(
-            f"{o.case:<46}{o.seconds:>11.0f}" + "".join(f"{f:>11,}" for f in figures)
+            f"{o.case:<42}{o.seconds:>11.0f}" + "".join(f"{f:>11,}" for f in figures)
         )
+    for o in OUTCOMES:
+        if o.note:
+            terminalreporter.write_line(f"{o.case}: {o.note}")
+
+
+@pytest.fixture
+async def start_load(tmp_path: Path) -> AsyncIterator[Callable[[str, float], Load]]:
+    loads: list[Load] = []
+
+    def start(base_url: str, seconds: float) -> Load:
+        loads.append(Load(base_url, seconds, tmp_path / f"load{len(loads)}.json"))
+        return loads[-1]
+
+    yield start
+    for load in loads:
+        load.kill()

@@ -52,8 +52,8 @@ def env_for(data: Path, **extra: str) -> dict[str, str]:
         RATE_LIMIT="100000/minute",
         AMQP_EXCHANGE=name,
         AMQP_QUEUE=f"{name}.q",
-        **extra,
     )
+    env.update(extra)
     return env
 
 

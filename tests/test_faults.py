@@ -11,61 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
 import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import aio_pika
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from core.retry_queue import RetryQueue
+from core.settings import Settings
 from materialized.warehouse import Warehouse
-from tests.conftest import Outcome, Running, wait_for
-from tests.load import LoadResult
-from tests.service_process import ROOT
+from tests.conftest import AMQP_URL, Outcome, Running, free_port, wait_for
+from tests.load import Load, LoadResult
+from tests.service_process import query, start_service, stop
 
 pytestmark = pytest.mark.fault
 
 LEAD_SECONDS = 2.0  # load before the fault starts and after it ends
-
-
-class Load:
-    """`tests/load.py` running against `base_url` in its own process."""
-
-    def __init__(self, base_url: str, seconds: float, out: Path) -> None:
-        self._out = out
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.load", base_url, str(seconds), str(out)], cwd=ROOT
-        )
-
-    def stop(self) -> None:
-        self._proc.send_signal(signal.SIGTERM)
-
-    async def result(self) -> LoadResult:
-        code = await asyncio.to_thread(self._proc.wait, 120)
-        assert code == 0, "the load generator failed"
-        return msgspec.json.decode(self._out.read_bytes(), type=LoadResult)
-
-    def kill(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-
-
-@pytest.fixture
-async def start_load(tmp_path: Path) -> AsyncIterator[Callable[[str, float], Load]]:
-    loads: list[Load] = []
-
-    def start(base_url: str, seconds: float) -> Load:
-        loads.append(Load(base_url, seconds, tmp_path / f"load{len(loads)}.json"))
-        return loads[-1]
-
-    yield start
-    for load in loads:
-        load.kill()
 
 
 def outcome(case: str, seconds: float, load: LoadResult, stored: list[str]) -> Outcome:
@@ -76,6 +45,7 @@ def outcome(case: str, seconds: float, load: LoadResult, stored: list[str]) -> O
         sent=load.sent,
         accepted=len(load.accepted),
         refused=refused,
+        unreached=load.unreached,
         unanswered=load.unanswered,
         stored=len(stored),
         duplicated=len(stored) - len(set(stored)),
@@ -133,3 +103,295 @@ async def test_clickhouse_refusing_writes_under_load(
     result = outcome("ClickHouse refusing writes", fault_seconds, sent, await stored_ids(warehouse))
     record_outcome(result)
     check(result)
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(f"{name}_total", labels) or 0.0
+
+
+class PrivateRedis:
+    """A Redis of this test's own, to kill without disturbing the shared one. Configured as
+    production must be for the retry queue: append-only file, fsync on every write."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._directory = directory
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def launch(self) -> None:
+        self._directory.mkdir(exist_ok=True)
+        self._proc = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
+                *("--dir", str(self._directory)),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+
+    async def start(self) -> None:
+        self.launch()
+        client = Redis.from_url(self.url)
+        try:
+
+            async def answers() -> bool:
+                with contextlib.suppress(Exception):
+                    return bool(await client.ping())
+                return False
+
+            await wait_for(answers)
+        finally:
+            await client.aclose()
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()  # SIGKILL: the clients see their connections reset
+            self._proc.wait()
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    redis = PrivateRedis(tmp_path / "redis")
+    await redis.start()
+    yield redis
+    redis.kill()
+
+
+def spooled_rows(directory: Path) -> int:
+    return sum(len(p.read_bytes().splitlines()) for p in directory.rglob("*.jsonl"))
+
+
+async def test_redis_down_under_load(
+    make_server: Callable[[Settings], Any],
+    settings: Settings,
+    warehouse: Warehouse,
+    private_redis: PrivateRedis,
+    fault_seconds: float,
+    start_load: Callable[[str, float], Load],
+    record_outcome: Callable[[Outcome], None],
+) -> None:
+    server: Running = await make_server(
+        msgspec.structs.replace(settings, redis_url=private_redis.url)
+    )
+    fail_open = counter("rate_limit_fail_open")
+    skipped = counter("redis_unavailable", operation="session_enrichment")
+    load = start_load(server.base_url, fault_seconds + 2 * LEAD_SECONDS)
+    await asyncio.sleep(LEAD_SECONDS)
+    private_redis.kill()
+    # In the middle third ClickHouse refuses too. With no retry queue to hand batches to, the
+    # writer holds them, and their spool segments stay on disk until they are stored.
+    await asyncio.sleep(fault_seconds / 3)
+    await warehouse.command("DETACH TABLE tracking_events")
+    await asyncio.sleep(fault_seconds / 3)
+    held = server.services.tracking_writer.pending_rows
+    spooled = spooled_rows(Path(settings.spool_dir))
+    await warehouse.command("ATTACH TABLE tracking_events")
+    await asyncio.sleep(fault_seconds / 3)
+    await private_redis.start()
+    sent = await load.result()
+
+    assert set(sent.statuses) == {"202"}, sent.statuses  # ingest kept answering
+    assert counter("rate_limit_fail_open") > fail_open  # and counted what it let through
+    assert counter("redis_unavailable", operation="session_enrichment") > skipped
+    assert held > 0, "no batch was held: the fault did not bite"
+    assert spooled >= held, "held rows were not kept in the spool"
+    redis = Redis.from_url(private_redis.url)
+    try:
+        await settle(server, warehouse, redis, len(sent.accepted))
+    finally:
+        await redis.aclose()
+    result = outcome(
+        "Redis down (ClickHouse refusing mid-way)", fault_seconds, sent, await stored_ids(warehouse)
+    )
+    record_outcome(result)
+    check(result)
+
+    async def spool_emptied() -> bool:  # stored rows leave the spool
+        return spooled_rows(Path(settings.spool_dir)) == 0
+
+    await wait_for(spool_emptied)
+
+
+@pytest.fixture
+async def tracked_queue(exchange_name: str) -> AsyncIterator[str]:
+    """A durable queue bound to `event.tracked`: it must outlive the broker's outage."""
+    name = f"{exchange_name}.tracked"
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue(name, durable=True)
+        await queue.bind(exchange, "lomash.analytics.event.tracked")
+    yield name
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        await (await connection.channel()).queue_delete(name)
+
+
+async def tracked_event_ids(queue_name: str, expected: int) -> list[str]:
+    """Every message in the queue (stops once `expected` arrived and 2 s pass quietly)."""
+    ids: list[str] = []
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=2000)
+        queue = await channel.get_queue(queue_name)
+
+        async def take(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            ids.append(msgspec.json.decode(message.body)["payload"]["eventId"])
+
+        tag = await queue.consume(take, no_ack=True)
+        seen = -1
+        deadline = asyncio.get_running_loop().time() + 120
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(2)
+            if len(ids) == seen and len(ids) >= expected:
+                break
+            seen = len(ids)
+        await queue.cancel(tag)
+    return ids
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def broker_restored() -> Iterator[None]:
+    """Whatever happens in the test, the shared broker is running again afterwards."""
+    yield
+    rabbitmqctl("start_app")
+    rabbitmqctl("await_startup")
+
+
+async def test_rabbitmq_down_under_load_then_event_tracked_catches_up(
+    server: Running,
+    warehouse: Warehouse,
+    redis: Redis,
+    tracked_queue: str,
+    broker_restored: None,
+    fault_seconds: float,
+    start_load: Callable[[str, float], Load],
+    record_outcome: Callable[[Outcome], None],
+) -> None:
+    await server.services.publisher.connected.wait()
+    lost = counter("analytics_publish_lost", routing_key="lomash.analytics.event.tracked")
+    load = start_load(server.base_url, fault_seconds + 2 * LEAD_SECONDS)
+    await asyncio.sleep(LEAD_SECONDS)
+    rabbitmqctl("stop_app")  # the broker node stays up; every AMQP connection is closed
+    await asyncio.sleep(fault_seconds)
+    backlog = server.services.publisher.backlog
+    rabbitmqctl("start_app")
+    rabbitmqctl("await_startup")
+    sent = await load.result()
+    assert set(sent.statuses) == {"202"}, sent.statuses  # ingest never waited for the broker
+    assert backlog > 0, "nothing waited for the broker: the fault did not bite"
+    await settle(server, warehouse, redis, len(sent.accepted))
+    stored = await stored_ids(warehouse)
+
+    async def caught_up() -> bool:
+        return server.services.publisher.backlog == 0
+
+    await wait_for(caught_up, within=120)
+    published = await tracked_event_ids(tracked_queue, len(stored))
+    assert counter("analytics_publish_lost", routing_key="lomash.analytics.event.tracked") == lost
+    # At least once: a message whose confirm the outage swallowed is sent again, with the same
+    # eventId (message_id) for consumers to drop. Reported, never lost.
+    result = outcome("RabbitMQ down", fault_seconds, sent, stored)
+    result.note, missing = tracked_note(published, stored)
+    record_outcome(result)
+    check(result)
+    assert not missing, f"{len(missing)} stored events were never published"
+
+
+def stored_by_stopped_service(data: Path) -> list[str]:
+    return [r[0] for r in query(data, "SELECT toString(event_id) FROM tracking_events")]
+
+
+def broker_env(exchange_name: str) -> dict[str, str]:
+    return {"AMQP_EXCHANGE": exchange_name, "AMQP_QUEUE": f"{exchange_name}.q"}
+
+
+def tracked_note(published: list[str], stored: list[str]) -> tuple[str, set[str]]:
+    missing = set(stored) - set(published)
+    return (
+        f"event.tracked: {len(published):,} messages for {len(stored):,} stored events, "
+        f"{len(published) - len(set(published)):,} sent twice, {len(missing):,} missing"
+    ), missing
+
+
+@pytest.mark.usefixtures("isolated_processes")
+async def test_sigterm_under_load(
+    tmp_path: Path,
+    exchange_name: str,
+    tracked_queue: str,
+    fault_seconds: float,
+    start_load: Callable[[str, float], Load],
+    record_outcome: Callable[[Outcome], None],
+) -> None:
+    proc, base = start_service(tmp_path, **broker_env(exchange_name))
+    load = start_load(base, fault_seconds + 120)  # stopped below, after the service is gone
+    await asyncio.sleep(fault_seconds)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(proc.wait, 60)
+    shutdown = time.monotonic() - signalled
+    await asyncio.sleep(0.5)  # the load goes on against a closed port
+    load.stop()
+    sent = await load.result()
+    assert code == 0, (tmp_path / "service.log").read_text()[-3000:]
+    assert sent.unreached > 0, "no request met the closed port: SIGTERM came after the load"
+
+    proc, _ = start_service(tmp_path, **broker_env(exchange_name))  # stores nothing twice
+    assert stop(proc) == 0
+    stored = stored_by_stopped_service(tmp_path)
+    result = outcome("SIGTERM under load", fault_seconds, sent, stored)
+    note, missing = tracked_note(await tracked_event_ids(tracked_queue, len(stored)), stored)
+    result.note = f"exited 0, {shutdown:.1f} s after the signal; {note}"
+    record_outcome(result)
+    check(result)
+    assert not missing, f"{len(missing)} stored events were never published"
+    assert not list((tmp_path / "spool").rglob("*.jsonl")), "spool segments left behind"
+
+
+@pytest.mark.usefixtures("isolated_processes")
+async def test_kill_9_at_random_moments_under_load(
+    tmp_path: Path,
+    exchange_name: str,
+    tracked_queue: str,
+    start_load: Callable[[str, float], Load],
+    record_outcome: Callable[[Outcome], None],
+) -> None:
+    """SIGKILL runs no shutdown code: what the 202s promised must already be in the spool."""
+    rng = random.Random(9)
+    results: list[LoadResult] = []
+    for _ in range(4):
+        proc, base = start_service(tmp_path, FLUSH_INTERVAL_MS="300", **broker_env(exchange_name))
+        load = start_load(base, 120)
+        await asyncio.sleep(rng.uniform(0.8, 2.0))
+        proc.kill()
+        await asyncio.to_thread(proc.wait)
+        await asyncio.sleep(0.5)
+        load.stop()
+        results.append(await load.result())
+    proc, _ = start_service(tmp_path, **broker_env(exchange_name))  # replays what is left
+    assert stop(proc) == 0, (tmp_path / "service.log").read_text()[-2000:]
+    sent = LoadResult(
+        sent=sum(r.sent for r in results),
+        accepted=[i for r in results for i in r.accepted],
+        statuses={"202": sum(r.statuses.get("202", 0) for r in results)},
+        unreached=sum(r.unreached for r in results),
+        unanswered=sum(r.unanswered for r in results),
+        seconds=sum(r.seconds for r in results),
+    )
+    stored = stored_by_stopped_service(tmp_path)
+    result = outcome("kill -9, 4 times", sent.seconds, sent, stored)
+    result.note, missing = tracked_note(await tracked_event_ids(tracked_queue, len(stored)), stored)
+    record_outcome(result)
+    check(result)
+    assert not missing, f"{len(missing)} stored events were never published"
+    assert result.accepted > 500
+    assert not list((tmp_path / "spool").rglob("*.jsonl")), "spool segments left behind"

@@ -1,10 +1,8 @@
 """The `analytics` command as an operator runs it: separate processes on their own chDB path."""
 
 import asyncio
-import random
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -190,41 +188,3 @@ def test_token_needs_the_secret(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "AUTH_JWT_SECRET" in result.stderr
-
-
-@pytest.mark.timeout(240)
-def test_kill_9_at_random_moments_loses_no_accepted_event_and_doubles_none(
-    tmp_path: Path,
-) -> None:
-    rng = random.Random(9)
-    accepted: list[str] = []
-    for _ in range(4):
-        proc, base = start_service(tmp_path, FLUSH_INTERVAL_MS="300")
-        kill_at = time.monotonic() + rng.uniform(0.4, 1.6)
-
-        def send(base: str = base, kill_at: float = kill_at) -> None:
-            with httpx.Client(base_url=base, timeout=5) as http:
-                while time.monotonic() < kill_at + 1:
-                    try:
-                        answer = http.post("/v1/analytics/track", json=[event() for _ in range(5)])
-                    except httpx.HTTPError:
-                        return  # the process is gone: this request's fate is unknown
-                    if answer.status_code == 202:
-                        accepted.extend(answer.json()["eventIds"])
-
-        senders = [threading.Thread(target=send) for _ in range(4)]
-        for sender in senders:
-            sender.start()
-        time.sleep(max(0.0, kill_at - time.monotonic()))
-        proc.kill()  # SIGKILL: no shutdown code runs
-        proc.wait()
-        for sender in senders:
-            sender.join()
-    proc, _ = start_service(tmp_path)  # replays what the last one left
-    assert stop(proc) == 0, (tmp_path / "service.log").read_text()[-2000:]
-    stored = [r[0] for r in query(tmp_path, "SELECT toString(event_id) FROM tracking_events")]
-    assert len(accepted) > 500
-    assert len(stored) == len(set(stored)), "an event was stored twice"
-    missing = set(accepted) - set(stored)
-    assert not missing, f"{len(missing)} events answered 202 were lost"
-    assert not list((tmp_path / "spool").rglob("*.jsonl")), "spool segments left behind"
