@@ -40,21 +40,28 @@ class RetryQueue:
     async def push(self, batch: RetryBatch) -> None:
         await self._redis.lpush(QUEUE_KEY, _encoder.encode(batch))
 
-    async def claim(self) -> tuple[bytes, RetryBatch] | None:
-        """Take the oldest batch; it stays in the processing list until done or given back."""
-        raw: bytes | None = await self._redis.lmove(QUEUE_KEY, PROCESSING_KEY, "RIGHT", "LEFT")
-        if raw is None:
-            return None
-        return raw, _decoder.decode(raw)
+    async def claim(self, up_to: int) -> list[tuple[bytes, RetryBatch]]:
+        """Take up to `up_to` of the oldest batches, oldest first; they stay in the processing
+        list until done or given back."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for _ in range(up_to):
+                pipe.lmove(QUEUE_KEY, PROCESSING_KEY, "RIGHT", "LEFT")
+            taken: list[bytes | None] = await pipe.execute()
+        return [(raw, _decoder.decode(raw)) for raw in taken if raw is not None]
 
-    async def done(self, raw: bytes) -> None:
-        await self._redis.lrem(PROCESSING_KEY, 1, raw)
-
-    async def give_back(self, raw: bytes, batch: RetryBatch) -> None:
-        batch.attempts += 1
+    async def done(self, raws: list[bytes]) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(PROCESSING_KEY, 1, raw)
-            pipe.rpush(QUEUE_KEY, _encoder.encode(batch))  # back at the head: oldest first
+            for raw in raws:
+                pipe.lrem(PROCESSING_KEY, 1, raw)
+            await pipe.execute()
+
+    async def give_back(self, claimed: list[tuple[bytes, RetryBatch]]) -> None:
+        """Return claimed batches to the head of the queue, in their order, one attempt more."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for raw, batch in reversed(claimed):  # the oldest ends up at the very head
+                batch.attempts += 1
+                pipe.lrem(PROCESSING_KEY, 1, raw)
+                pipe.rpush(QUEUE_KEY, _encoder.encode(batch))
             await pipe.execute()
 
     async def recover(self) -> int:

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
 from ingest.schema import BodyError, decode_body
-from tests.conftest import TEST_REDIS_URL, event, free_port
+from tests.conftest import TEST_REDIS_URL, free_port
+from tests.hostile import HOSTILE
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "fuzz-secret-0123456789-abcdefghijklmnop"
@@ -98,25 +99,6 @@ def test_the_document_is_served(live: str) -> None:
     assert "/v1/analytics/track" in document["paths"]
     page = httpx.get(f"{live}/docs")
     assert "text/html" in page.headers["content-type"] and "/docs/openapi.json" in page.text
-
-
-def nested(depth: int) -> bytes:
-    return b'{"a":' * depth + b"1" + b"}" * depth
-
-
-HOSTILE = [
-    pytest.param(b"[" * 100_000 + b"]" * 100_000, id="deep-arrays"),
-    pytest.param(nested(2000), id="deep-objects"),
-    pytest.param(b'{"eventType": "' + b"A" * 60_000 + b'"}', id="huge-string"),
-    pytest.param(b'{"eventType": NaN}', id="nan"),
-    pytest.param(
-        msgspec.json.encode(event()).replace(b'"price":1249.5', b'"price":Infinity'), id="infinity"
-    ),
-    pytest.param(b'{"eventType":"PAGEVIEW","eventType":"CLICK"}', id="duplicate-keys"),
-    pytest.param(b'{"eventType": "PAGEVIEW", "sessionId": "\xc3\x28"}', id="invalid-utf8"),
-    pytest.param(b"\x00\x01\x02", id="binary"),
-    pytest.param(b'{"eventType":1e999999}', id="huge-number"),
-]
 
 
 @pytest.mark.parametrize("body", HOSTILE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import zoneinfo
@@ -15,7 +16,7 @@ from core import export_state
 from core.envelope import Envelope, routing_key_to_event_type
 from core.ids import new_event_id
 from core.metrics import AGGREGATION_JOB_DURATION, DASHBOARD_SNAPSHOT_AGE, EXPORT_DURATION
-from core.retry_queue import RetryQueue
+from core.retry_queue import RetryBatch, RetryQueue
 from core.settings import Settings
 from core.storage import Storage
 from ingest.rows import TrackingRow
@@ -33,44 +34,67 @@ _tracking_encoder = msgspec.json.Encoder()
 async def _not_yet_stored(warehouse: Warehouse, data: bytes) -> bytes:
     rows = _tracking_rows.decode_lines(data)
     stored = await stored_event_ids(warehouse, rows) if rows else set()
-    missing = [row for row in rows if row.event_id not in stored]
+    missing = []
+    for row in rows:  # a batch queued twice (a crash between insert and done) is joined once
+        if row.event_id not in stored:
+            stored.add(row.event_id)
+            missing.append(row)
     return _tracking_encoder.encode_lines(missing) if missing else b""
 
 
-async def retry_failed_batches(ctx: dict[str, Any]) -> str:
-    """Insert every batch waiting in the retry queue, oldest first, each with its own token.
+RETRY_BATCHES_PER_INSERT = 20  # batches of up to FLUSH_MAX_ROWS rows each
+RETRY_RUN_SECONDS = 60.0  # well inside arq's job timeout; the cron picks up the rest
 
-    On the first refusal the batch goes back and the run ends. The next run comes from the
-    next hand-off (at most one is queued: `RETRY_JOB_ID`) or from the cron every 10 s, so
-    however long ClickHouse refuses, it sees about one attempt a second.
+
+def _joined(batches: list[RetryBatch]) -> tuple[str, tuple[str, ...], bytes, str]:
+    first = batches[0]
+    # The same batches joined again give the same token, so ClickHouse drops a repeat.
+    token = hashlib.sha256("+".join(b.token for b in batches).encode()).hexdigest()
+    return first.table, first.columns, b"".join(b.data for b in batches), token
+
+
+async def retry_failed_batches(ctx: dict[str, Any]) -> str:
+    """Insert the batches waiting in the retry queue, oldest first, several per insert.
+
+    On the first refusal the claimed batches go back and the run ends. The next run comes from
+    the next hand-off (at most one is queued: `RETRY_JOB_ID`) or from the cron every 10 s, so
+    however long ClickHouse refuses, it sees about one attempt a second. Rows ClickHouse
+    already has (a spool replay, or an insert that landed before its batch was marked done)
+    are filtered out by eventId first.
     """
     queue: RetryQueue = ctx["retry_queue"]
     warehouse: Warehouse = ctx["warehouse"]
     stored = 0
-    while (claimed := await queue.claim()) is not None:
-        raw, batch = claimed
+    deadline = time.monotonic() + RETRY_RUN_SECONDS
+    while time.monotonic() < deadline:
+        claimed = await queue.claim(RETRY_BATCHES_PER_INSERT)
+        if not claimed:
+            break
+        groups: dict[tuple[str, tuple[str, ...]], list[RetryBatch]] = {}
+        for _, batch in claimed:
+            groups.setdefault((batch.table, batch.columns), []).append(batch)
+        announced: list[TrackingRow] = []
         try:
-            if batch.table == "tracking_events":
-                # A killed process's spool may have replayed some of these rows already.
-                batch.data = await _not_yet_stored(warehouse, batch.data)
-            if batch.data:
-                await warehouse.insert_lines(
-                    batch.table, batch.columns, batch.data, dedup_token=batch.token
-                )
+            for batches in groups.values():
+                table, columns, data, token = _joined(batches)
+                if table == "tracking_events":
+                    data = await _not_yet_stored(warehouse, data)
+                if data:
+                    await warehouse.insert_lines(table, columns, data, dedup_token=token)
+                    stored += data.count(b"\n")
+                if table == "tracking_events" and data:
+                    announced.extend(_tracking_rows.decode_lines(data))
         except Exception as error:
-            await queue.give_back(raw, batch)
+            await queue.give_back(claimed)
             log.warning(
-                "retry of %d rows into %s failed (attempt %d): %s",
-                batch.rows,
-                batch.table,
-                batch.attempts,
+                "retry of %d batches failed (oldest at attempt %d): %s",
+                len(claimed),
+                claimed[0][1].attempts,
                 error,
             )
             return f"stored {stored} rows; ClickHouse still refusing"
-        await queue.done(raw)
-        stored += batch.rows
-        if batch.table == "tracking_events":
-            announce_stored(ctx.get("publisher"), _tracking_rows.decode_lines(batch.data))
+        await queue.done([raw for raw, _ in claimed])
+        announce_stored(ctx.get("publisher"), announced)
     return f"stored {stored} rows"
 
 
