@@ -31,6 +31,7 @@ from bench.common import (
     wrk_script,
 )
 
+PUBLISHED = "analytics_events_published_total"
 TRACK = "/v1/analytics/track"
 
 
@@ -55,7 +56,10 @@ def main() -> None:
         cmd, env = service(data)
         with running(cmd, env, free_port()) as base:
             warm = wrk(base + TRACK, one, 2, conns)
+            published_before = metric(base, PUBLISHED)
             single = wrk(base + TRACK, one, secs, conns)
+            published_single = (metric(base, PUBLISHED) - published_before) / secs
+            backlog_single = metric(base, "analytics_publish_backlog")
         single_answered = warm["requests"] + single["requests"]
         single_rows = count_rows(data)
 
@@ -71,8 +75,11 @@ def main() -> None:
             warm = wrk(base + TRACK, hundred, 2, conns)
             time.sleep(2)  # let the warm-up drain so the window counts only its own rows
             stored_before, started = metric(base, "tracking_events_stored_total"), time.monotonic()
+            published_before = metric(base, PUBLISHED)
             arrays = wrk(base + TRACK, hundred, secs, conns)
             stored_after, ended = metric(base, "tracking_events_stored_total"), time.monotonic()
+            published_arrays = (metric(base, PUBLISHED) - published_before) / (ended - started)
+            backlog_arrays = metric(base, "analytics_publish_backlog")
         arrays_rows = count_rows(data)
         arrays_answered = 100 * (warm["requests"] + arrays["requests"])
         stored_rate = (stored_after - stored_before) / (ended - started)
@@ -84,6 +91,7 @@ def main() -> None:
         cmd, env = service(data)
         with running(cmd, env, free_port()) as base:
             at_half = wrk(base + TRACK, paced, secs, conns)
+            backlog_half = metric(base, "analytics_publish_backlog")
             visible_p99 = histogram_quantile(base, "tracking_visible_seconds", 0.99)
             visible_p50 = histogram_quantile(base, "tracking_visible_seconds", 0.50)
 
@@ -103,6 +111,12 @@ def main() -> None:
     print(f"spool cost: with / without (1 event/request): {single['rps'] / unspooled['rps']:.2f}")
     print(f"stored events/s with arrays of 100:     {stored_rate:,.0f}")
     print(f"202 -> queryable at half rate: p50 <= {visible_p50}s, p99 <= {visible_p99}s")
+    print(
+        "event.tracked confirmed/s (backlog at the end): "
+        f"1 event/request {published_single:,.0f} ({backlog_single:,.0f}), "
+        f"arrays {published_arrays:,.0f} ({backlog_arrays:,.0f}), "
+        f"half rate backlog {backlog_half:,.0f}"
+    )
     # wrk stops counting at its deadline while the last in-flight requests still land, so the
     # rows may exceed the counted answers by up to one request per connection.
     print(
