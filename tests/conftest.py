@@ -14,6 +14,7 @@ import aio_pika
 import httpx
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from sanic import Sanic
 
@@ -182,6 +183,12 @@ def event(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+def counter(name: str, **labels: str) -> float:
+    """A Prometheus counter's value in this process (metrics are process-wide: compare a test's
+    before and after, never an absolute value)."""
+    return REGISTRY.get_sample_value(f"{name}_total", labels) or 0.0
 
 
 def encode(value: Any) -> bytes:

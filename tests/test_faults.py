@@ -22,13 +22,12 @@ from typing import Any
 import aio_pika
 import msgspec
 import pytest
-from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from core.retry_queue import RetryQueue
 from core.settings import Settings
 from materialized.warehouse import Warehouse
-from tests.conftest import AMQP_URL, Outcome, Running, free_port, wait_for
+from tests.conftest import AMQP_URL, Outcome, Running, counter, free_port, wait_for
 from tests.load import Load, LoadResult
 from tests.service_process import query, start_service, stop
 
@@ -107,10 +106,6 @@ async def test_clickhouse_refusing_writes_under_load(
     result.note = f"{queued:,} batches in the retry queue at the end; all in {took:.1f} s later"
     record_outcome(result)
     check(result)
-
-
-def counter(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(f"{name}_total", labels) or 0.0
 
 
 class PrivateRedis:
