@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from ingest.app import create_app
 from ingest.services import Services, app_services
 from materialized.migrations import migrate
 from materialized.warehouse import Warehouse
-from tests.load import Load
+from tests.load import Load, LoadResult
 
 Sanic.test_mode = True
 
@@ -69,6 +69,44 @@ async def exchange_name() -> AsyncIterator[str]:
     name = f"test.{uuid.uuid4().hex[:10]}"
     yield name
     await delete_broker_objects(name)
+
+
+@pytest.fixture
+async def listen(
+    exchange_name: str,
+) -> AsyncIterator[Callable[..., Awaitable[aio_pika.abc.AbstractQueue]]]:
+    """`await listen(*routing_keys)`: a queue of the test's own on its exchange, bound to those
+    keys and read with a connection of its own."""
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel()
+    exchange = await channel.declare_exchange(
+        exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+
+    async def bind(*routing_keys: str) -> aio_pika.abc.AbstractQueue:
+        queue = await channel.declare_queue("", exclusive=True)
+        for key in routing_keys:
+            await queue.bind(exchange, key)
+        return queue
+
+    yield bind
+    await connection.close()
+
+
+async def take(
+    queue: aio_pika.abc.AbstractQueue, n: int, within: float = 15.0
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Up to `n` messages from the queue (acked), waiting at most `within` seconds for them."""
+    found: list[aio_pika.abc.AbstractIncomingMessage] = []
+    deadline = asyncio.get_running_loop().time() + within
+    while len(found) < n and asyncio.get_running_loop().time() < deadline:
+        message = await queue.get(fail=False)
+        if message is None:
+            await asyncio.sleep(0.05)
+            continue
+        await message.ack()
+        found.append(message)
+    return found
 
 
 async def delete_broker_objects(name: str) -> None:
@@ -240,6 +278,26 @@ class Outcome(msgspec.Struct):
     duplicated: int
     lost: int  # answered 202 but not stored
     note: str = ""
+
+    @classmethod
+    def of(cls, case: str, seconds: float, load: LoadResult, stored: list[str]) -> Outcome:
+        """The row for `load`, given every event id `tracking_events` holds afterwards."""
+        return cls(
+            case=case,
+            seconds=seconds,
+            sent=load.sent,
+            accepted=len(load.accepted),
+            refused=sum(count for status, count in load.statuses.items() if status != "202"),
+            unreached=load.unreached,
+            unanswered=load.unanswered,
+            stored=len(stored),
+            duplicated=len(stored) - len(set(stored)),
+            lost=len(set(load.accepted) - set(stored)),
+        )
+
+
+async def stored_ids(warehouse: Warehouse) -> list[str]:
+    return [r[0] for r in await warehouse.rows("SELECT toString(event_id) FROM tracking_events")]
 
 
 OUTCOMES: list[Outcome] = []

@@ -14,29 +14,16 @@ import msgspec
 
 from core.settings import Settings
 from materialized.warehouse import Warehouse
-from tests.conftest import Outcome, Running, event
+from tests.conftest import Outcome, Running, event, stored_ids
 from tests.hostile import HOSTILE
+from tests.load import LoadResult
 
 TRACK = "/v1/analytics/track"
 
 
-async def stored_ids(warehouse: Warehouse) -> list[str]:
-    return [r[0] for r in await warehouse.rows("SELECT toString(event_id) FROM tracking_events")]
-
-
-def row(case: str, sent: int, accepted: list[str], refused: int, stored: list[str]) -> Outcome:
-    return Outcome(
-        case=case,
-        seconds=0,
-        sent=sent,
-        accepted=len(accepted),
-        refused=refused,
-        unreached=0,
-        unanswered=0,
-        stored=len(stored),
-        duplicated=len(stored) - len(set(stored)),
-        lost=len(set(accepted) - set(stored)),
-    )
+def answered(sent: int, accepted: list[str], refused: int) -> LoadResult:
+    """What a sequential attacker saw: every request answered, 202 or 4xx."""
+    return LoadResult(sent, accepted, {"202": len(accepted), "4xx": refused}, 0, 0, 0.0)
 
 
 async def test_replaying_accepted_events_stores_each_once(
@@ -53,7 +40,7 @@ async def test_replaying_accepted_events_stores_each_once(
             accepted.extend(answer.json()["eventIds"])
         await server.drain()
     stored = await stored_ids(warehouse)
-    result = row("same 100 eventIds sent 4 times", 400, accepted, 0, stored)
+    result = Outcome.of("same 100 eventIds sent 4 times", 0, answered(400, accepted, 0), stored)
     record_outcome(result)
     assert result.stored == 100 and result.duplicated == 0 and result.lost == 0
 
@@ -84,7 +71,9 @@ async def test_forged_forwarded_for_flood_stays_within_the_limit(
                 refused += 1
     await server.drain()
     stored = await stored_ids(warehouse)
-    result = row("300 requests, forged X-Forwarded-For", 300, accepted, refused, stored)
+    result = Outcome.of(
+        "300 requests, forged X-Forwarded-For", 0, answered(300, accepted, refused), stored
+    )
     record_outcome(result)
     assert result.accepted == 50 and result.refused == 250
     assert result.stored == 50 and result.lost == 0
@@ -105,5 +94,6 @@ async def test_hostile_bodies_store_nothing(
     assert (await server.http.get("/healthz")).status_code == 200
     await server.drain()
     stored = await stored_ids(warehouse)
-    record_outcome(row(f"{len(HOSTILE)} hostile bodies", len(HOSTILE), [], refused, stored))
+    sent = answered(len(HOSTILE), [], refused)
+    record_outcome(Outcome.of(f"{len(HOSTILE)} hostile bodies", 0, sent, stored))
     assert stored == []

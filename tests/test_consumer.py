@@ -18,7 +18,7 @@ from consumers.consumer import DomainEventConsumer
 from core.settings import Settings
 from materialized import counters, dashboard_cache
 from materialized.warehouse import Warehouse
-from tests.conftest import AMQP_URL, wait_for
+from tests.conftest import AMQP_URL, take, wait_for
 from tests.domain_events import MAKERS, envelope, order_created, payment_succeeded
 
 
@@ -82,19 +82,10 @@ async def dead_letters(
     consumer: DomainEventConsumer, n: int
 ) -> list[aio_pika.abc.AbstractIncomingMessage]:
     connection = await aio_pika.connect(AMQP_URL)
-    channel = await connection.channel()
-    queue = await channel.declare_queue(consumer.dead_letter_queue, durable=True)
-    found: list[aio_pika.abc.AbstractIncomingMessage] = []
-    deadline = asyncio.get_running_loop().time() + 15
-    while len(found) < n and asyncio.get_running_loop().time() < deadline:
-        message = await queue.get(fail=False)
-        if message is None:
-            await asyncio.sleep(0.05)
-            continue
-        await message.ack()
-        found.append(message)
-    await connection.close()
-    return found
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(consumer.dead_letter_queue, durable=True)
+        return await take(queue, n)
 
 
 async def test_every_routing_key_is_stored_with_its_facts(

@@ -1,12 +1,11 @@
 """The admin dashboard API: who may call it, which ranges it takes, its cache, its fallback,
 and the jobs that keep funnels and snapshots current."""
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +21,7 @@ from cli.demo_traffic import default_start, generate, load
 from core.settings import Settings
 from materialized import dashboard_cache
 from materialized.warehouse import Warehouse
-from tests.conftest import AMQP_URL, JWT_SECRET, Running, wait_for
+from tests.conftest import JWT_SECRET, Running, take, wait_for
 from workers import jobs
 
 DASHBOARD = "/v1/analytics/dashboard"
@@ -205,34 +204,18 @@ async def test_when_computing_fails_the_newest_snapshot_is_served_stale(
 
 
 @pytest.fixture
-async def announcements(exchange_name: str) -> AsyncIterator[aio_pika.abc.AbstractQueue]:
-    connection = await aio_pika.connect(AMQP_URL)
-    channel = await connection.channel()
-    exchange = await channel.declare_exchange(
-        exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-    )
-    queue = await channel.declare_queue("", exclusive=True)
-    for key in (
+async def announcements(
+    listen: Callable[..., Awaitable[aio_pika.abc.AbstractQueue]],
+) -> aio_pika.abc.AbstractQueue:
+    return await listen(
         "lomash.analytics.funnel.completed",
         "lomash.analytics.dashboard.refreshed",
         "lomash.analytics.alert.raised",
-    ):
-        await queue.bind(exchange, key)
-    yield queue
-    await connection.close()
+    )
 
 
 async def messages(queue: aio_pika.abc.AbstractQueue, n: int) -> list[tuple[str, dict[str, Any]]]:
-    found: list[tuple[str, dict[str, Any]]] = []
-    deadline = asyncio.get_running_loop().time() + 15
-    while len(found) < n and asyncio.get_running_loop().time() < deadline:
-        message = await queue.get(fail=False)
-        if message is None:
-            await asyncio.sleep(0.05)
-            continue
-        await message.ack()
-        found.append((message.routing_key or "", msgspec.json.decode(message.body)))
-    return found
+    return [(m.routing_key or "", msgspec.json.decode(m.body)) for m in await take(queue, n)]
 
 
 async def test_admin_can_enqueue_a_rebuild_that_saves_and_announces_snapshots(

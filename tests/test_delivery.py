@@ -3,7 +3,7 @@ its arq job, and `lomash.analytics.event.tracked` for every stored event."""
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,36 +19,20 @@ from core.retry_queue import RetryBatch, RetryQueue
 from core.settings import Settings
 from ingest.rows import TrackingRow
 from materialized.warehouse import Warehouse
-from tests.conftest import AMQP_URL, Running, event, free_port, wait_for
+from tests.conftest import Running, event, free_port, take, wait_for
 
 TRACK = "/v1/analytics/track"
 
 
 @pytest.fixture
-async def tracked_queue(exchange_name: str) -> AsyncIterator[aio_pika.abc.AbstractQueue]:
-    """A queue of our own on the test exchange, read with a separate connection."""
-    connection = await aio_pika.connect(AMQP_URL)
-    channel = await connection.channel()
-    exchange = await channel.declare_exchange(
-        exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-    )
-    queue = await channel.declare_queue("", exclusive=True)
-    await queue.bind(exchange, "lomash.analytics.event.tracked")
-    yield queue
-    await connection.close()
+async def tracked_queue(
+    listen: Callable[..., Awaitable[aio_pika.abc.AbstractQueue]],
+) -> aio_pika.abc.AbstractQueue:
+    return await listen("lomash.analytics.event.tracked")
 
 
 async def drain_queue(queue: aio_pika.abc.AbstractQueue, expected: int) -> list[dict[str, Any]]:
-    bodies: list[dict[str, Any]] = []
-    deadline = asyncio.get_running_loop().time() + 20
-    while len(bodies) < expected and asyncio.get_running_loop().time() < deadline:
-        message = await queue.get(fail=False)
-        if message is None:
-            await asyncio.sleep(0.05)
-            continue
-        await message.ack()
-        bodies.append(msgspec.json.decode(message.body))
-    return bodies
+    return [msgspec.json.decode(m.body) for m in await take(queue, expected, within=20)]
 
 
 async def send_load(server: Running, requests: int, per_request: int) -> list[str]:

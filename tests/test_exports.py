@@ -8,7 +8,7 @@ import io
 import os
 import time
 import zoneinfo
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +23,7 @@ from cli.demo_traffic import default_start, generate, load
 from core.settings import Settings
 from materialized import reports
 from materialized.warehouse import Warehouse
-from tests.conftest import AMQP_URL, Running, free_port
+from tests.conftest import Running, free_port
 from tests.test_dashboard_api import bearer, token
 from workers import jobs
 
@@ -102,16 +102,10 @@ async def test_unknown_export_is_404(server: Running) -> None:
 
 
 @pytest.fixture
-async def generated(exchange_name: str) -> AsyncIterator[aio_pika.abc.AbstractQueue]:
-    connection = await aio_pika.connect(AMQP_URL)
-    channel = await connection.channel()
-    exchange = await channel.declare_exchange(
-        exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-    )
-    queue = await channel.declare_queue("", exclusive=True)
-    await queue.bind(exchange, "lomash.analytics.report.generated")
-    yield queue
-    await connection.close()
+async def generated(
+    listen: Callable[..., Awaitable[aio_pika.abc.AbstractQueue]],
+) -> aio_pika.abc.AbstractQueue:
+    return await listen("lomash.analytics.report.generated")
 
 
 async def test_csv_export_lands_in_file_storage_behind_a_signed_link(

@@ -27,33 +27,21 @@ from redis.asyncio import Redis
 from core.retry_queue import RetryQueue
 from core.settings import Settings
 from materialized.warehouse import Warehouse
-from tests.conftest import AMQP_URL, Outcome, Running, counter, free_port, wait_for
+from tests.conftest import (
+    AMQP_URL,
+    Outcome,
+    Running,
+    counter,
+    free_port,
+    stored_ids,
+    wait_for,
+)
 from tests.load import Load, LoadResult
 from tests.service_process import query, start_service, stop
 
 pytestmark = pytest.mark.fault
 
 LEAD_SECONDS = 2.0  # load before the fault starts and after it ends
-
-
-def outcome(case: str, seconds: float, load: LoadResult, stored: list[str]) -> Outcome:
-    refused = sum(count for status, count in load.statuses.items() if status != "202")
-    return Outcome(
-        case=case,
-        seconds=seconds,
-        sent=load.sent,
-        accepted=len(load.accepted),
-        refused=refused,
-        unreached=load.unreached,
-        unanswered=load.unanswered,
-        stored=len(stored),
-        duplicated=len(stored) - len(set(stored)),
-        lost=len(set(load.accepted) - set(stored)),
-    )
-
-
-async def stored_ids(warehouse: Warehouse) -> list[str]:
-    return [r[0] for r in await warehouse.rows("SELECT toString(event_id) FROM tracking_events")]
 
 
 async def settle(server: Running, warehouse: Warehouse, redis: Redis, accepted: int) -> float:
@@ -102,7 +90,8 @@ async def test_clickhouse_refusing_writes_under_load(
     assert set(sent.statuses) == {"202"}, sent.statuses  # ingest kept answering
     assert queued > 0, "nothing went through the retry queue: the fault did not bite"
     took = await settle(server, warehouse, redis, len(sent.accepted))
-    result = outcome("ClickHouse refusing writes", fault_seconds, sent, await stored_ids(warehouse))
+    stored = await stored_ids(warehouse)
+    result = Outcome.of("ClickHouse refusing writes", fault_seconds, sent, stored)
     result.note = f"{queued:,} batches in the retry queue at the end; all in {took:.1f} s later"
     record_outcome(result)
     check(result)
@@ -200,7 +189,7 @@ async def test_redis_down_under_load(
         await settle(server, warehouse, redis, len(sent.accepted))
     finally:
         await redis.aclose()
-    result = outcome(
+    result = Outcome.of(
         "Redis down (ClickHouse refusing mid-way)", fault_seconds, sent, await stored_ids(warehouse)
     )
     backlog = server.services.publisher.backlog
@@ -306,7 +295,7 @@ async def test_rabbitmq_down_under_load_then_event_tracked_catches_up(
     assert counter("analytics_publish_lost", routing_key="lomash.analytics.event.tracked") == lost
     # At least once: a message whose confirm the outage swallowed is sent again, with the same
     # eventId (message_id) for consumers to drop. Reported, never lost.
-    result = outcome("RabbitMQ down", fault_seconds, sent, stored)
+    result = Outcome.of("RabbitMQ down", fault_seconds, sent, stored)
     result.note, missing = tracked_note(published, stored)
     record_outcome(result)
     check(result)
@@ -354,7 +343,7 @@ async def test_sigterm_under_load(
     proc, _ = start_service(tmp_path, **broker_env(exchange_name))  # stores nothing twice
     assert stop(proc) == 0
     stored = stored_by_stopped_service(tmp_path)
-    result = outcome("SIGTERM under load", fault_seconds, sent, stored)
+    result = Outcome.of("SIGTERM under load", fault_seconds, sent, stored)
     note, missing = tracked_note(await tracked_event_ids(tracked_queue, len(stored)), stored)
     result.note = f"exited 0, {shutdown:.1f} s after the signal; {note}"
     record_outcome(result)
@@ -394,7 +383,7 @@ async def test_kill_9_at_random_moments_under_load(
         seconds=sum(r.seconds for r in results),
     )
     stored = stored_by_stopped_service(tmp_path)
-    result = outcome("kill -9, 4 times", sent.seconds, sent, stored)
+    result = Outcome.of("kill -9, 4 times", sent.seconds, sent, stored)
     result.note, missing = tracked_note(await tracked_event_ids(tracked_queue, len(stored)), stored)
     record_outcome(result)
     check(result)
