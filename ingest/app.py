@@ -24,7 +24,7 @@ from ingest.rows import TrackingRow
 from ingest.services import Services, app_services
 from ingest.sessions import SessionStore
 from ingest.spool import open_spool, replay
-from ingest.tracked import announce_stored, publish_tracked
+from ingest.tracked import announce_stored
 from ingest.writer import BatchWriter
 from materialized.migrations import migrate
 from materialized.warehouse import Warehouse
@@ -119,14 +119,7 @@ def create_app(
         if settings.spool_dir:
             # Events a killed process had accepted are stored before anything new is taken.
             spool, leftovers = open_spool(settings.spool_dir, lambda: writer.done_through)
-            spool.adopt(
-                await replay(
-                    warehouse,
-                    leftovers,
-                    lambda rows: announce_stored(publisher, rows),
-                    lambda rows: publish_tracked(publisher, rows),
-                )
-            )
+            spool.adopt(await replay(warehouse, leftovers, publisher))
             spool.start()
         writer.start()
         limit, per = settings.rate_limit_per_window

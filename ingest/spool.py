@@ -24,7 +24,9 @@ from typing import IO
 
 import msgspec
 
+from consumers.publisher import EventPublisher
 from ingest.rows import TRACKING_COLUMNS, TrackingRow
+from ingest.tracked import announce_stored, publish_tracked
 from ingest.writer import Settles
 from materialized.warehouse import Warehouse
 
@@ -214,14 +216,13 @@ def dead_spools(root: Path) -> list[Path]:
 async def replay(
     warehouse: Warehouse,
     segments: list[Path],
-    announce: Callable[[list[TrackingRow]], Settles | None],
-    announce_again: Callable[[list[TrackingRow]], Settles | None],
+    publisher: EventPublisher,
 ) -> list[tuple[Path, list[Settles]]]:
-    """Store the rows of an earlier process's segments that ClickHouse does not have yet
-    (`announce`: counted as stored, and published). Rows it has were stored, but whether their
-    `event.tracked` went out is unknown: `announce_again` publishes them once more (at least
-    once; consumers drop the re-send by eventId). Returns each segment with the receipts that
-    must settle before it may be deleted (`Spool.adopt`)."""
+    """Store the rows of an earlier process's segments that ClickHouse does not have yet, and
+    announce them. Rows it has were stored, but whether their `event.tracked` went out is
+    unknown: they are published once more (at least once; consumers drop the re-send by
+    eventId). Returns each segment with the receipts that must settle before it may be deleted
+    (`Spool.adopt`)."""
     decoder = msgspec.json.Decoder(TrackingRow)
     encoder = msgspec.json.Encoder()
     replayed = again = 0
@@ -244,10 +245,10 @@ async def replay(
                     encoder.encode_lines(missing),
                     dedup_token=f"spool:{path.name}",
                 )
-                receipts.append(announce(missing))
+                receipts.append(announce_stored(publisher, missing))
                 replayed += len(missing)
             already = [row for row in rows if row.event_id in stored]
-            receipts.append(announce_again(already))
+            receipts.append(publish_tracked(publisher, already))
             again += len(already)
         adopted.append((path, [r for r in receipts if r is not None]))
     if segments:
