@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 from functools import partial
+from typing import Any
 
 from core.settings import Settings, SettingsError, load_settings
 
@@ -70,7 +71,10 @@ def _serve(settings: Settings, *, embedded: bool) -> int:
 
 
 def _consume(settings: Settings) -> int:
+    import msgspec
+
     from consumers.consumer import DomainEventConsumer
+    from core.ops_server import OpsServer
     from ingest.app import redis_client
     from materialized.migrations import migrate
     from materialized.warehouse import Warehouse
@@ -85,7 +89,18 @@ def _consume(settings: Settings) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         consumer.start()
+
+        async def readiness() -> dict[str, Any]:
+            status = consumer.status()
+            return {"ready": status.ready, "consumer": msgspec.to_builtins(status)}
+
+        ops = None
+        if settings.metrics_port:
+            ops = OpsServer(settings.host, settings.metrics_port, readiness, settings.metrics_token)
+            await ops.start()
         await stop.wait()
+        if ops is not None:
+            await ops.close()
         await consumer.close()
         await redis.aclose()
         await warehouse.close()

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from consumers import columns
 from consumers.schemas import (
     CONTRACTS,
     ENVELOPE_DECODER,
@@ -23,8 +24,6 @@ from consumers.schemas import (
     PaymentSucceeded,
     ReviewCreated,
 )
-
-MAX_PLACES = 6
 
 
 class Invalid(Exception):
@@ -55,13 +54,9 @@ class DomainRow(msgspec.Struct, kw_only=True, array_like=True, gc=False):
 
 
 def _amount(value: decimal.Decimal, field: str) -> decimal.Decimal:
-    exponent = value.as_tuple().exponent
-    if not value.is_finite() or not isinstance(exponent, int):
-        raise Invalid(f"payload.{field}: not a finite amount")
-    if value < 0:
-        raise Invalid(f"payload.{field}: negative amount {value}")
-    if exponent < -MAX_PLACES:
-        raise Invalid(f"payload.{field}: {value} has more than {MAX_PLACES} decimal places")
+    problem = columns.amount(value)
+    if problem is not None:
+        raise Invalid(f"payload.{field}: {problem}")
     return value
 
 
@@ -134,4 +129,7 @@ def to_row(routing_key: str, body: bytes, received_at: datetime) -> DomainRow:
         payload=raw_payload.decode(),
     )
     _facts(row, payload)
+    problem = columns.violation(row)
+    if problem is not None:
+        raise Invalid(problem)
     return row

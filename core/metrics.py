@@ -47,6 +47,9 @@ VISIBLE_SECONDS = Histogram(
 INSERT_FAILURES = Counter(
     "clickhouse_insert_failures", "Batch inserts ClickHouse refused", ["table"]
 )
+CLICKHOUSE_RETRIES = Counter(
+    "clickhouse_retries", "ClickHouse calls retried after a temporary failure", ["operation"]
+)
 RETRY_QUEUE_DEPTH = Gauge("tracking_retry_queue_depth", "Batches waiting to be retried", ["where"])
 REDIS_FAILURES = Counter(
     "redis_unavailable", "Redis calls that failed; ingest went on without them", ["operation"]
@@ -69,6 +72,27 @@ DOMAIN_DUPLICATES = Counter(
 )
 DOMAIN_DEAD_LETTERED = Counter(
     "domain_events_dead_lettered", "Messages sent to the dead-letter queue", ["routing_key"]
+)
+DOMAIN_REFUSED = Counter(
+    "domain_events_refused",
+    "Messages ClickHouse refused for their data, isolated from their batch and dead-lettered",
+    ["routing_key"],
+)
+CONSUMER_RESTARTS = Counter(
+    "domain_consumer_restarts", "Times the consume loop failed and was restarted by its supervisor"
+)
+CONSUMER_UP = Gauge("domain_consumer_up", "1 while the consume loop runs and is connected")
+CONSUMER_UNACKED = Gauge(
+    "domain_consumer_unacked_messages", "Messages taken from RabbitMQ and not yet acked"
+)
+CONSUMER_LAG = Gauge(
+    "domain_consumer_oldest_unacked_seconds",
+    "Age of the oldest message taken and not yet stored or dead-lettered (consumer lag)",
+)
+LATE_RECOMPUTES = Counter(
+    "domain_late_recomputes",
+    "Recomputes enqueued because events arrived for a period already computed",
+    ["job"],
 )
 DOMAIN_BATCH_SECONDS = Histogram(
     "domain_events_batch_seconds",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from arq.connections import ArqRedis
@@ -27,7 +29,8 @@ from ingest.spool import open_spool, replay
 from ingest.tracked import announce_stored
 from ingest.writer import BatchWriter
 from materialized.migrations import migrate
-from materialized.warehouse import Warehouse
+from materialized.snapshots import OnDemand
+from materialized.warehouse import Warehouse, WarehouseError
 from workers.embedded import EmbeddedWorker
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,18 @@ def redis_client(url: str) -> ArqRedis:
     # Short timeouts: when Redis is gone, ingest fails open quickly instead of hanging.
     client: ArqRedis = ArqRedis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
     return client
+
+
+SNAPSHOT_FLUSH_SECONDS = 60.0
+
+
+async def _write_snapshots(on_demand: OnDemand) -> None:
+    while True:
+        await asyncio.sleep(SNAPSHOT_FLUSH_SECONDS)
+        try:
+            await on_demand.flush()
+        except WarehouseError as error:
+            log.warning("on-demand snapshots kept for the next minute: %s", error)
 
 
 def create_app(
@@ -136,6 +151,10 @@ def create_app(
             tracking_writer=writer,
             storage=storage,
             spool=spool,
+            on_demand=OnDemand(warehouse),
+        )
+        app.ctx.snapshot_writer = asyncio.create_task(
+            _write_snapshots(app_services(app).on_demand), name="on-demand-snapshots"
         )
         app.ctx.worker = None
         app.ctx.consumer = None
@@ -163,6 +182,10 @@ def create_app(
     @app.after_server_stop
     async def close_clients(app: Sanic) -> None:  # type: ignore[type-arg]
         svc = app_services(app)
+        app.ctx.snapshot_writer.cancel()
+        await asyncio.gather(app.ctx.snapshot_writer, return_exceptions=True)
+        with contextlib.suppress(WarehouseError):
+            await svc.on_demand.flush()
         await svc.tracking_writer.close()
         if svc.spool is not None:
             await svc.spool.close()

@@ -1,8 +1,9 @@
 """`GET /v1/analytics/dashboard?from=&to=` (ADMIN): the widgets for a range.
 
 Answers come from the Redis cache (`dashboard:snapshot:{from}:{to}`, 300 s), else are computed
-from the rollups, cached and saved as a snapshot; if computing fails, the newest snapshot is
-returned marked stale with its age. Times without an offset are read in REPORT_TIMEZONE; the
+from the rollups, cached and kept as the range's last good answer (written to the snapshots
+table every minute); if computing fails, that answer, or the newest snapshot, is returned
+marked stale with its age. Times without an offset are read in REPORT_TIMEZONE; the
 range is taken at hour granularity (from rounded down, to rounded up) and the answer says so.
 """
 
@@ -17,14 +18,15 @@ from typing import Any
 import msgspec
 from sanic import Blueprint, HTTPResponse, Request, json
 
+from core.best_effort import best_effort
 from ingest.auth import admin_only
-from ingest.services import services
+from ingest.services import Services, services
 from materialized import dashboard_cache, snapshots, widgets
+from materialized.warehouse import WarehouseError
 
 log = logging.getLogger(__name__)
 bp = Blueprint("dashboard")
 
-CACHE_SECONDS = 300
 MAX_RANGE = timedelta(days=400)
 COMPUTE_TIMEOUT_S = 10.0
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
@@ -78,10 +80,9 @@ async def dashboard(request: Request, claims: dict[str, Any]) -> HTTPResponse:
     except RangeError as error:
         return json({"error": str(error), "parameter": error.parameter}, status=400)
     key = dashboard_cache.cache_key(start.isoformat(), end.isoformat())
-    try:
-        cached: bytes | None = await svc.redis.get(key)
-    except Exception:  # Redis down: compute instead
-        cached = None
+    cached: bytes | None = None
+    async with best_effort("dashboard_cache"):  # Redis down: compute instead
+        cached = await svc.redis.get(key)
     if cached is not None:
         return _answer(cached, "HIT")
 
@@ -93,24 +94,21 @@ async def dashboard(request: Request, claims: dict[str, Any]) -> HTTPResponse:
         )
     except Exception as error:
         log.exception("dashboard computation failed; answering from the newest snapshot")
-        return await _stale(svc.warehouse, start, end, error)
+        return await _stale(svc, start, end, error)
     body = msgspec.json.encode({"computedAt": now.isoformat(), "stale": False, "widgets": found})
-    try:
-        async with svc.redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, body, ex=CACHE_SECONDS)
-            pipe.sadd(dashboard_cache.INDEX_KEY, key)
-            await pipe.execute()
-    except Exception as error:
-        log.warning("could not cache the dashboard: %s", error)
-    await snapshots.save(svc.warehouse, start, end, "on-demand", found)
+    async with best_effort("dashboard_cache"):
+        await dashboard_cache.remember(svc.redis, start, end, body)
+    svc.on_demand.add(start, end, found)
     return _answer(body, "MISS")
 
 
-async def _stale(warehouse: Any, start: datetime, end: datetime, error: Exception) -> HTTPResponse:
-    try:
-        newest = await snapshots.newest(warehouse, start, end)
-    except Exception:
-        newest = None
+async def _stale(svc: Services, start: datetime, end: datetime, error: Exception) -> HTTPResponse:
+    newest = svc.on_demand.newest(start, end)
+    if newest is None:
+        try:
+            newest = await snapshots.newest(svc.warehouse, start, end)
+        except WarehouseError:
+            newest = None
     if newest is None:
         return json(
             {"error": f"dashboard unavailable and no snapshot to fall back on: {error}"}, status=503

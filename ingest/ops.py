@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sanic import Blueprint, HTTPResponse, Request, json
 from sanic.response import JSONResponse
 
 from consumers.broker import ping as ping_rabbitmq
+from consumers.consumer import DomainEventConsumer
 from core.metrics import DASHBOARD_SNAPSHOT_AGE, PUBLISH_BACKLOG, RATES, RETRY_QUEUE_DEPTH
 from ingest.services import services
 from materialized import snapshots
@@ -41,11 +44,15 @@ async def readyz(request: Request) -> JSONResponse:
         name: ok is True
         for name, ok in (("clickhouse", clickhouse), ("redis", redis), ("rabbitmq", rabbitmq))
     }
+    body: dict[str, Any] = {"checks": checks}
+    consumer: DomainEventConsumer | None = request.app.ctx.consumer
+    if consumer is not None:
+        status = consumer.status()
+        checks["consumer"] = status.ready
+        body["consumer"] = msgspec.to_builtins(status)
     ready = all(checks.values())
-    return json(
-        {"status": "ready" if ready else "not ready", "checks": checks},
-        status=200 if ready else 503,
-    )
+    body["status"] = "ready" if ready else "not ready"
+    return json(body, status=200 if ready else 503)
 
 
 @bp.get("/metrics")

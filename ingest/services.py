@@ -17,6 +17,7 @@ from ingest.ratelimit import RateLimiter
 from ingest.rows import TrackingRow
 from ingest.spool import Spool
 from ingest.writer import BatchWriter
+from materialized.snapshots import OnDemand
 from materialized.warehouse import Warehouse
 
 
@@ -33,6 +34,7 @@ class Services:
     tracking_writer: BatchWriter[TrackingRow]
     storage: Storage
     spool: Spool | None
+    on_demand: OnDemand  # dashboard answers waiting to be written as snapshots
 
 
 def services(request: Request) -> Services:

@@ -1,4 +1,10 @@
-"""dashboard_snapshots: computed dashboards, kept 30 days, the fallback when computing fails."""
+"""dashboard_snapshots: computed dashboards, kept 30 days, the fallback when computing fails.
+
+The scheduled rebuild writes the ranges in `SCHEDULED_LABELS`, and only those tell how fresh
+the dashboards are: an admin viewing the dashboard must not hide a failing rebuild. Answers
+computed on demand are kept too (the last good answer for that range), but gathered in memory
+and written together every minute, never one row per view.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,11 @@ from typing import Any
 
 import msgspec
 
+from core.ids import new_event_id
 from materialized.warehouse import Warehouse
+
+SCHEDULED_LABELS = ("today", "week", "month", "last-30-days")
+ON_DEMAND = "on-demand"
 
 
 async def save(
@@ -47,8 +57,47 @@ async def newest(
 
 
 async def age_minutes(warehouse: Warehouse) -> float | None:
+    """Minutes since the scheduled rebuild last wrote a snapshot; None when it never has."""
     value = await warehouse.scalar(
         "SELECT dateDiff('second', max(computed_at), now64(3)) / 60 FROM dashboard_snapshots"
-        " HAVING count() > 0"
+        " WHERE label IN {labels:Array(String)} HAVING count() > 0",
+        {"labels": list(SCHEDULED_LABELS)},
     )
     return None if value is None else float(value)
+
+
+class OnDemand:
+    """The newest on-demand answer per range, held until the next `flush` writes them all."""
+
+    def __init__(self, warehouse: Warehouse) -> None:
+        self._warehouse = warehouse
+        self._held: dict[tuple[datetime, datetime], tuple[datetime, dict[str, Any]]] = {}
+
+    def add(self, start: datetime, end: datetime, body: dict[str, Any]) -> None:
+        self._held[(start, end)] = (datetime.now(UTC), body)
+
+    def newest(self, start: datetime, end: datetime) -> tuple[datetime, dict[str, Any]] | None:
+        return self._held.get((start, end))
+
+    async def flush(self) -> int:
+        if not self._held:
+            return 0
+        held, self._held = self._held, {}
+        lines = msgspec.json.Encoder().encode_lines(
+            [
+                (computed_at, start, end, ON_DEMAND, msgspec.json.encode(body).decode())
+                for (start, end), (computed_at, body) in held.items()
+            ]
+        )
+        try:
+            await self._warehouse.insert_lines(
+                "dashboard_snapshots",
+                ("computed_at", "range_start", "range_end", "label", "body"),
+                lines,
+                dedup_token=new_event_id().hex,
+            )
+        except Exception:
+            for key, value in held.items():  # kept for the next flush, unless newer came
+                self._held.setdefault(key, value)
+            raise
+        return len(held)

@@ -8,16 +8,23 @@ Each pool thread keeps its own client, which keeps per-connection session state 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlparse
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+
+from core.metrics import CLICKHOUSE_RETRIES
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def chdb_path(url: str) -> str:
@@ -44,13 +51,56 @@ def _open_client(url: str, database: str | None) -> Client:
     )
 
 
+# ClickHouse error codes that mean "this data cannot be stored", whoever retries it and when:
+# values a column cannot hold or text that does not parse as its type. (src/Common/ErrorCodes.cpp)
+DATA_ERROR_CODES = frozenset(
+    {
+        6,  # CANNOT_PARSE_TEXT
+        26,  # CANNOT_PARSE_QUOTED_STRING
+        27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+        32,  # ATTEMPT_TO_READ_AFTER_EOF (a truncated value)
+        38,  # CANNOT_PARSE_DATE
+        41,  # CANNOT_PARSE_DATETIME
+        53,  # TYPE_MISMATCH
+        69,  # ARGUMENT_OUT_OF_BOUND (a decimal too big for its precision)
+        70,  # CANNOT_CONVERT_TYPE
+        72,  # CANNOT_PARSE_NUMBER
+        117,  # INCORRECT_DATA
+        131,  # TOO_LARGE_STRING_SIZE
+        321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+        376,  # CANNOT_PARSE_UUID
+        407,  # DECIMAL_OVERFLOW
+        469,  # VIOLATED_CONSTRAINT (a CHECK on the table)
+        349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+    }
+)
+_CODE = re.compile(r"\bCode:\s*(\d+)")
+
+
 class WarehouseError(Exception):
     """ClickHouse refused or failed. The message is the error's first line, cut short:
-    ClickHouse quotes the whole query back, and a batch's query holds thousands of ids."""
+    ClickHouse quotes the whole query back, and a batch's query holds thousands of ids.
 
-    def __init__(self, error: Exception) -> None:
+    `permanent` is true when the refusal is about the data (a parse, type or range error):
+    sending the same rows again can never succeed, so they must be isolated, not retried.
+    Everything else (connection, timeout, too many parts, a detached table, memory, and any
+    code we cannot prove is about the data) is temporary: holding data is recoverable,
+    throwing good data away is not.
+    """
+
+    def __init__(self, error: BaseException) -> None:
         first = str(error).strip().split("\n", 1)[0]
         super().__init__(first if len(first) <= 300 else first[:300] + "…")
+        code = getattr(error, "code", None)
+        if not isinstance(code, int):
+            found = _CODE.search(str(error))
+            code = int(found.group(1)) if found else None
+        self.code: int | None = code
+        self.permanent = code in DATA_ERROR_CODES
+
+    @property
+    def temporary(self) -> bool:
+        return not self.permanent
 
 
 class Warehouse:
@@ -174,3 +224,21 @@ class Warehouse:
             return bool(await self.scalar("SELECT 1") == 1)
         except Exception:
             return False
+
+
+async def retrying(call: Callable[[], Awaitable[T]], operation: str, *, ceiling: float = 30.0) -> T:
+    """`call()` until it succeeds or fails permanently; temporary failures are retried with
+    backoff (0.5 s doubling up to `ceiling`), each counted in `clickhouse_retries_total`."""
+    backoff = 0.5
+    while True:
+        try:
+            return await call()
+        except WarehouseError as error:
+            if error.permanent:
+                raise
+            CLICKHOUSE_RETRIES.labels(operation).inc()
+            log.warning(
+                "ClickHouse unavailable for %s (%s); retry in %.1fs", operation, error, backoff
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, ceiling)

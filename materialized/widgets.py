@@ -17,6 +17,8 @@ from typing import Any
 from materialized.warehouse import Warehouse
 
 TOP_PRODUCTS = 10
+# Sums of Decimal(38, 6) amounts: Python's default 28 digits would round them.
+EXACT = decimal.Context(prec=100)
 
 
 def floor_hour(moment: datetime) -> datetime:
@@ -122,9 +124,9 @@ async def compute(
     for event_type, currency, events, amount in domain:
         counts[event_type] += int(events)
         if currency:
-            amounts[event_type][currency] = amounts[event_type].get(
-                currency, decimal.Decimal(0)
-            ) + decimal.Decimal(amount)
+            amounts[event_type][currency] = EXACT.add(
+                amounts[event_type].get(currency, decimal.Decimal(0)), amount
+            )
     order_counts: dict[str, int] = defaultdict(int)
     for event_type, currency, events, _ in domain:
         if event_type == "order-created" and currency:
@@ -146,7 +148,11 @@ async def compute(
                 cur: money(total) for cur, total in sorted(amounts["payment-succeeded"].items())
             },
             "averageOrderValue": {
-                cur: money((total / order_counts[cur]).quantize(decimal.Decimal("0.01")))
+                cur: money(
+                    EXACT.divide(total, order_counts[cur]).quantize(
+                        decimal.Decimal("0.01"), context=EXACT
+                    )
+                )
                 for cur, total in sorted(amounts["order-created"].items())
                 if order_counts[cur]
             },

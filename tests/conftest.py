@@ -4,7 +4,9 @@ RabbitMQ, and the real HTTP server on a free port."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -14,6 +16,7 @@ import aio_pika
 import httpx
 import msgspec
 import pytest
+from arq.connections import ArqRedis
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from sanic import Sanic
@@ -56,8 +59,8 @@ GEOIP_DB = Path(__file__).parent / "data" / "GeoLite2-City-Test.mmdb"
 
 
 @pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
+async def redis() -> AsyncIterator[ArqRedis]:
+    client = ArqRedis.from_url(TEST_REDIS_URL)
     await client.flushdb()
     yield client
     await client.aclose()
@@ -337,3 +340,52 @@ async def start_load(tmp_path: Path) -> AsyncIterator[Callable[[str, float], Loa
     yield start
     for load in loads:
         load.kill()
+
+
+class PrivateRedis:
+    """A Redis of this test's own, to kill without disturbing the shared one. Configured as
+    production must be for the retry queue: append-only file, fsync on every write."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._directory = directory
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def launch(self) -> None:
+        self._directory.mkdir(exist_ok=True)
+        self._proc = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
+                *("--dir", str(self._directory)),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+
+    async def start(self) -> None:
+        self.launch()
+        client = Redis.from_url(self.url)
+        try:
+
+            async def answers() -> bool:
+                with contextlib.suppress(Exception):
+                    return bool(await client.ping())
+                return False
+
+            await wait_for(answers)
+        finally:
+            await client.aclose()
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()  # SIGKILL: the clients see their connections reset
+            self._proc.wait()
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    redis = PrivateRedis(tmp_path / "redis")
+    await redis.start()
+    yield redis
+    redis.kill()

@@ -5,20 +5,22 @@ import asyncio
 import decimal
 import subprocess
 import uuid
+import zoneinfo
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
 import msgspec
 import pytest
+from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from consumers.consumer import DomainEventConsumer
 from core.settings import Settings
-from materialized import counters, dashboard_cache
+from materialized import counters, coverage, dashboard_cache
 from materialized.warehouse import Warehouse
-from tests.conftest import AMQP_URL, take, wait_for
+from tests.conftest import AMQP_URL, PrivateRedis, Running, counter, take, wait_for
 from tests.domain_events import MAKERS, envelope, order_created, payment_succeeded
 
 
@@ -138,8 +140,10 @@ async def test_counters_views_and_redis_are_kept_current_and_cache_dropped(
     redis: Redis,
     settings: Settings,
 ) -> None:
-    await redis.set(dashboard_cache.cache_key("a", "b"), "{}")
-    await redis.sadd(dashboard_cache.INDEX_KEY, dashboard_cache.cache_key("a", "b"))
+    now = datetime.now(UTC)
+    await dashboard_cache.remember(
+        redis, now - timedelta(days=400), now - timedelta(days=399), b"{}"
+    )
     for body in (payment_succeeded("100.10"), payment_succeeded("0.90")):
         await platform.publish("lomash.payments.succeeded", body)
     for key in (
@@ -162,14 +166,14 @@ async def test_counters_views_and_redis_are_kept_current_and_cache_dropped(
     assert hourly["booking-created"]["events"] == 2
     assert hourly["brochure-request-submitted"]["events"] == 1
     assert hourly["newsletter-subscription-created"]["events"] == 1
-    import zoneinfo
-
     today = datetime.now(zoneinfo.ZoneInfo(settings.report_timezone)).date()
     live = await counters.read(redis, today)
     assert live["payment-succeeded"] == 2
     assert live["revenue:GBP"] == 101_000_000  # millionths of a pound
     assert live["booking-created"] == 2
-    assert await redis.exists(dashboard_cache.cache_key("a", "b")) == 0
+    # Events of today change every cached answer's today/week/month tiles.
+    assert await redis.hlen(dashboard_cache.INDEX_KEY) == 0
+    assert [k async for k in redis.scan_iter("dashboard:snapshot:2*")] == []
 
 
 async def test_a_redelivered_or_republished_event_is_counted_once(
@@ -340,3 +344,284 @@ async def test_connection_lost_mid_stream_reconnects_and_stores_each_once(
     assert await stored_count(warehouse) == 600
     assert await warehouse.scalar("SELECT uniqExact(event_id) FROM analytics_events") == 600
     assert await warehouse.scalar("SELECT sum(events) FROM domain_events_hourly") == 600
+
+
+def _inventory(quantity: int, **overrides: Any) -> dict[str, Any]:
+    return envelope(
+        "inventory-updated", {"productId": str(uuid.uuid4()), "quantity": quantity}, **overrides
+    )
+
+
+def _order_of(quantities: list[int]) -> dict[str, Any]:
+    body = order_created()
+    body["payload"]["items"] = [
+        {"productId": str(uuid.uuid4()), "quantity": q, "unitPrice": "1.00"} for q in quantities
+    ]
+    return body
+
+
+# Values the schema accepts but no column holds: each must be refused, never stored as another.
+UNHOLDABLE = [
+    ("lomash.inventory.updated", _inventory(10**19), "column quantity: 10000000000000000000"),
+    ("lomash.inventory.updated", _inventory(-(2**63) - 1), "does not fit Int64"),
+    ("lomash.orders.created", _order_of([2**62, 2**62]), "column quantity"),
+    (
+        "lomash.payments.succeeded",
+        payment_succeeded(amount="100000000000000000000000000000000"),
+        "must be below 10^32",
+    ),
+    ("lomash.payments.succeeded", payment_succeeded(amount=1e40), "below 10^32"),
+    (
+        "lomash.inventory.updated",
+        _inventory(1, timestamp="2400-01-01T00:00:00Z"),
+        "column occurred_at",
+    ),
+    ("lomash.inventory.updated", _inventory(1, version="v" * 500), "column version"),
+]
+
+
+async def queue_depth(name: str) -> int:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(name, durable=True, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+
+
+async def test_values_no_column_can_hold_are_dead_lettered_and_the_rest_stored(
+    consumer: DomainEventConsumer, platform: Platform, warehouse: Warehouse
+) -> None:
+    before = [order_created() for _ in range(3)]
+    after = [order_created() for _ in range(3)]
+    for body in before:
+        await platform.publish("lomash.orders.created", body)
+    for routing_key, body, _ in UNHOLDABLE:
+        await platform.publish(routing_key, body)
+    for body in after:
+        await platform.publish("lomash.orders.created", body)
+    dead = await dead_letters(consumer, len(UNHOLDABLE))
+    reasons = {
+        msgspec.json.decode(m.body)["eventId"]: str((m.headers or {})["x-reason"]) for m in dead
+    }
+    for _, body, reason in UNHOLDABLE:
+        assert reason in reasons[body["eventId"]]
+    await until_stored(warehouse, 6)
+    stored = {str(r[0]) for r in await warehouse.rows("SELECT event_id FROM analytics_events")}
+    assert stored == {b["eventId"] for b in before + after}
+    assert await queue_depth(consumer.queue_name) == 0
+
+
+async def test_rows_clickhouse_refuses_are_isolated_from_their_batch_and_dead_lettered(
+    consumer: DomainEventConsumer, platform: Platform, warehouse: Warehouse
+) -> None:
+    # A rule ClickHouse enforces and the consumer cannot know of: only bisecting finds them.
+    await warehouse.command(
+        "ALTER TABLE analytics_events ADD CONSTRAINT no_thirteen CHECK ifNull(quantity, 0) != 13"
+    )
+    refused_before = counter("domain_events_refused", routing_key="lomash.inventory.updated")
+    sent = [_inventory(13 if i in (0, 7, 38) else i + 100) for i in range(40)]
+    for body in sent:
+        await platform.publish("lomash.inventory.updated", body)
+    dead = await dead_letters(consumer, 3)
+    assert {msgspec.json.decode(m.body)["payload"]["quantity"] for m in dead} == {13}
+    for message in dead:
+        reason = str((message.headers or {})["x-reason"])
+        assert reason.startswith("ClickHouse refused: ") and "VIOLATED_CONSTRAINT" in reason
+    await until_stored(warehouse, 37)
+    quantities = sorted(r[0] for r in await warehouse.rows("SELECT quantity FROM analytics_events"))
+    assert quantities == sorted(
+        b["payload"]["quantity"] for b in sent if b["payload"]["quantity"] != 13
+    )
+    assert (
+        counter("domain_events_refused", routing_key="lomash.inventory.updated") - refused_before
+        == 3
+    )
+    assert await queue_depth(consumer.queue_name) == 0
+
+
+async def test_amounts_near_the_columns_maximum_are_stored_and_counted_exactly(
+    consumer: DomainEventConsumer,
+    platform: Platform,
+    warehouse: Warehouse,
+    redis: Redis,
+    settings: Settings,
+) -> None:
+    biggest = "99999999999999999999999999999999.999999"
+    for amount in (biggest, biggest, "0.000001"):
+        await platform.publish("lomash.payments.succeeded", payment_succeeded(amount=amount))
+    await until_stored(warehouse, 3)
+    exact = decimal.Context(prec=80)
+    expected = exact.add(exact.multiply(2, decimal.Decimal(biggest)), decimal.Decimal("0.000001"))
+    assert await warehouse.scalar("SELECT sum(events) FROM domain_events_hourly") == 3
+    assert await warehouse.scalar("SELECT sum(amount) FROM domain_events_hourly") == expected
+    today = datetime.now(zoneinfo.ZoneInfo(settings.report_timezone)).date()
+    live = await counters.read(redis, today)
+    assert live["revenue:GBP"] == int(expected.scaleb(6, exact))  # far past 64 bits, exact
+    assert live["payment-succeeded"] == 3
+
+
+@pytest.mark.timeout(90)
+async def test_redis_killed_mid_stream_loses_nothing_and_counters_are_reconciled(
+    settings: Settings, warehouse: Warehouse, platform: Platform, private_redis: PrivateRedis
+) -> None:
+    redis = ArqRedis.from_url(private_redis.url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    running = DomainEventConsumer(
+        amqp_url=settings.amqp_url,
+        exchange=settings.amqp_exchange,
+        warehouse=warehouse,
+        redis=redis,
+        report_timezone=settings.report_timezone,
+        queue=settings.amqp_queue,
+        batch_size=50,
+        flush_ms=50,
+    )
+    failures_before = counter("redis_unavailable", operation="live_counters")
+    running.start()
+    try:
+        await asyncio.wait_for(running.connected.wait(), timeout=10)
+        sent = [payment_succeeded(amount="10.50") for _ in range(300)]
+        for i, body in enumerate(sent):
+            await platform.publish("lomash.payments.succeeded", body)
+            if i == 100:
+                await until_stored(warehouse, 100)
+                private_redis.kill()
+            if i == 200:
+                await asyncio.sleep(1.0)  # batches go on being stored while Redis is away
+                await private_redis.start()
+            if i % 20 == 0:
+                await asyncio.sleep(0.05)
+        await until_stored(warehouse, 300, within=40)
+        assert await stored_count(warehouse) == 300
+        status = running.status()
+        assert status.alive and status.connected and status.unacked == 0
+        assert counter("redis_unavailable", operation="live_counters") > failures_before
+        zone = zoneinfo.ZoneInfo(settings.report_timezone)
+        today = datetime.now(zone).date()
+        assert (await counters.read(redis, today)).get("payment-succeeded", 0) < 300
+        await counters.reconcile(redis, warehouse, zone, today)
+        live = await counters.read(redis, today)
+        assert live["payment-succeeded"] == 300
+        assert live["revenue:GBP"] == 300 * 10_500_000
+        assert await redis.scard(counters.STALE_KEY) == 0
+    finally:
+        await running.close()
+        await redis.aclose()
+
+
+async def test_late_events_drop_only_the_cached_answers_they_change(
+    consumer: DomainEventConsumer, platform: Platform, warehouse: Warehouse, redis: Redis
+) -> None:
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    old = now - timedelta(days=80)
+    ranges = {
+        "old": (old - timedelta(days=1), old + timedelta(days=1)),
+        "older": (old - timedelta(days=10), old - timedelta(days=9)),
+        "recent": (now - timedelta(days=50), now - timedelta(days=45)),
+    }
+    for start, end in ranges.values():
+        await dashboard_cache.remember(redis, start, end, b"{}")
+
+    async def cached() -> set[str]:
+        keys = {k.decode() for k in await redis.hkeys(dashboard_cache.INDEX_KEY)}
+        return {
+            name
+            for name, (start, end) in ranges.items()
+            if dashboard_cache.cache_key(start.isoformat(), end.isoformat()) in keys
+            and await redis.exists(dashboard_cache.cache_key(start.isoformat(), end.isoformat()))
+        }
+
+    booking = MAKERS["lomash.bookings.created"]()
+    booking["timestamp"] = old.isoformat()
+    await platform.publish("lomash.bookings.created", booking)
+    await until_stored(warehouse, 1)
+    assert await cached() == {"older", "recent"}
+    # A first order decides "new or returning" in every range after it, not only its own.
+    order = order_created()
+    order["timestamp"] = (old - timedelta(days=5)).isoformat()
+    await platform.publish("lomash.orders.created", order)
+    await until_stored(warehouse, 2)
+    assert await cached() == {"older"}
+
+
+async def test_late_events_enqueue_one_recompute_of_what_they_change(
+    consumer: DomainEventConsumer, platform: Platform, warehouse: Warehouse, redis: Redis
+) -> None:
+    now = datetime.now(UTC)
+    await coverage.record(redis, "recompute_funnels", now - timedelta(days=30), now)
+    await coverage.record(redis, "rebuild_dashboards", now - timedelta(days=30), now)
+    bookings = [MAKERS["lomash.bookings.created"]() for _ in range(3)]
+    for body in bookings:  # occurred now: after both were computed, so not late
+        await platform.publish("lomash.bookings.created", body)
+    await until_stored(warehouse, 3)
+    assert await redis.zcard("arq:queue") == 0
+    for i in range(30):  # late orders, over several batches
+        body = order_created()
+        body["timestamp"] = (now - timedelta(hours=2, minutes=i)).isoformat()
+        await platform.publish("lomash.orders.created", body)
+        if i % 10 == 0:
+            await asyncio.sleep(0.2)
+    await until_stored(warehouse, 33)
+    queued = sorted(k.decode() for k in await redis.zrange("arq:queue", 0, -1))
+    assert [q.rsplit(":", 1)[0] for q in queued] == [
+        "rebuild_dashboards:late",
+        "recompute_funnels:late",
+    ]
+
+
+async def test_a_failing_consume_loop_is_restarted_and_nothing_is_counted_twice(
+    consumer: DomainEventConsumer,
+    platform: Platform,
+    warehouse: Warehouse,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A bug after the insert, before the ack: the supervisor must restart the loop, and the
+    # batch, handled again, must not be stored or counted again.
+    real_tally = counters.tally
+    calls = 0
+
+    def broken_once(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("injected fault")
+        return real_tally(*args)
+
+    monkeypatch.setattr(counters, "tally", broken_once)
+    restarts = counter("domain_consumer_restarts")
+    sent = [order_created() for _ in range(5)]
+    for body in sent:
+        await platform.publish("lomash.orders.created", body)
+    await until_stored(warehouse, 5)
+
+    async def restarted() -> bool:
+        return counter("domain_consumer_restarts") > restarts and consumer.status().unacked == 0
+
+    await wait_for(restarted, within=15)
+    later = order_created()
+    await platform.publish("lomash.orders.created", later)
+    await until_stored(warehouse, 6)
+    assert await stored_count(warehouse) == 6
+    assert consumer.status().alive
+    live = await redis.hgetall(counters.key(datetime.now(UTC).date()))
+    assert int(live[b"order-created"]) == 1  # the first batch's count is reconciled later
+
+
+async def test_readiness_reports_the_consumer(server: Running) -> None:
+    async def connected() -> bool:
+        return bool(server.app.ctx.consumer.connected.is_set())
+
+    await wait_for(connected)
+    answer = await server.http.get("/readyz")
+    body = answer.json()
+    assert answer.status_code == 200, body
+    assert body["checks"]["consumer"] is True
+    assert body["consumer"]["alive"] is True
+    assert body["consumer"]["oldestUnackedSeconds"] >= 0
+    metrics = (await server.http.get("/metrics")).text
+    assert "domain_consumer_oldest_unacked_seconds" in metrics
+    assert "domain_consumer_up 1.0" in metrics
+    await server.app.ctx.consumer.close()
+    answer = await server.http.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json()["checks"]["consumer"] is False

@@ -30,9 +30,9 @@ from materialized.warehouse import Warehouse
 from tests.conftest import (
     AMQP_URL,
     Outcome,
+    PrivateRedis,
     Running,
     counter,
-    free_port,
     stored_ids,
     wait_for,
 )
@@ -95,55 +95,6 @@ async def test_clickhouse_refusing_writes_under_load(
     result.note = f"{queued:,} batches in the retry queue at the end; all in {took:.1f} s later"
     record_outcome(result)
     check(result)
-
-
-class PrivateRedis:
-    """A Redis of this test's own, to kill without disturbing the shared one. Configured as
-    production must be for the retry queue: append-only file, fsync on every write."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._directory = directory
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def launch(self) -> None:
-        self._directory.mkdir(exist_ok=True)
-        self._proc = subprocess.Popen(
-            [
-                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
-                *("--dir", str(self._directory)),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-
-    async def start(self) -> None:
-        self.launch()
-        client = Redis.from_url(self.url)
-        try:
-
-            async def answers() -> bool:
-                with contextlib.suppress(Exception):
-                    return bool(await client.ping())
-                return False
-
-            await wait_for(answers)
-        finally:
-            await client.aclose()
-
-    def kill(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()  # SIGKILL: the clients see their connections reset
-            self._proc.wait()
-
-
-@pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
-    redis = PrivateRedis(tmp_path / "redis")
-    await redis.start()
-    yield redis
-    redis.kill()
 
 
 def spooled_rows(directory: Path) -> int:

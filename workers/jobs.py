@@ -13,6 +13,7 @@ import msgspec
 
 from consumers.publisher import EventPublisher
 from core import export_state
+from core.best_effort import best_effort
 from core.envelope import Envelope, routing_key_to_event_type
 from core.ids import new_event_id
 from core.metrics import AGGREGATION_JOB_DURATION, DASHBOARD_SNAPSHOT_AGE, EXPORT_DURATION
@@ -22,7 +23,16 @@ from core.storage import Storage
 from ingest.rows import TrackingRow
 from ingest.spool import stored_event_ids
 from ingest.tracked import announce_stored
-from materialized import archive, dashboard_cache, funnels, reports, snapshots, widgets
+from materialized import (
+    archive,
+    counters,
+    coverage,
+    dashboard_cache,
+    funnels,
+    reports,
+    snapshots,
+    widgets,
+)
 from materialized.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -126,7 +136,8 @@ async def recompute_funnels(ctx: dict[str, Any]) -> str:
     started = time.perf_counter()
     warehouse: Warehouse = ctx["warehouse"]
     settings: Settings = ctx["settings"]
-    end = widgets.ceil_hour(datetime.now(UTC))
+    computed_at = datetime.now(UTC)
+    end = widgets.ceil_hour(computed_at)
     results = []
     for funnel in funnels.FUNNELS.values():
         result = await funnels.compute(
@@ -149,6 +160,13 @@ async def recompute_funnels(ctx: dict[str, Any]) -> str:
         )
         _publish(ctx, FUNNEL_COMPLETED, result.as_payload())
         results.append(f"{result.funnel} {result.conversion_rate}%")
+    redis = ctx.get("redis")
+    if redis is not None:
+        # Every cached dashboard shows the latest funnels: none of them is current now.
+        async with best_effort("dashboard_cache"):
+            await dashboard_cache.invalidate(redis)
+        async with best_effort("coverage"):
+            await coverage.record(redis, "recompute_funnels", end - FUNNEL_PERIOD, computed_at)
     AGGREGATION_JOB_DURATION.labels("recompute-funnels").observe(
         (time.perf_counter() - started) * 1000
     )
@@ -175,7 +193,13 @@ async def rebuild_dashboards(ctx: dict[str, Any]) -> str:
         await snapshots.save(warehouse, start, end, label, found)
     redis = ctx.get("redis")
     if redis is not None:
-        await dashboard_cache.invalidate(redis)
+        async with best_effort("dashboard_cache"):
+            await dashboard_cache.invalidate(redis)
+        async with best_effort("coverage"):
+            await coverage.record(redis, "rebuild_dashboards", min(ranges.values()), now)
+        # The live tiles, made good from ClickHouse for days Redis missed increments.
+        async with best_effort("live_counters"):
+            await counters.reconcile(redis, warehouse, zone, now.astimezone(zone).date())
     DASHBOARD_SNAPSHOT_AGE.set(0)
     _publish(
         ctx,
@@ -194,27 +218,53 @@ async def rebuild_dashboards(ctx: dict[str, Any]) -> str:
     return f"rebuilt {len(ranges)} dashboards"
 
 
+STALE_ALERT_KEY = "lw:alerts:dashboard-stale"  # set while the stale alert is raised
+
+
 async def check_dashboard_freshness(ctx: dict[str, Any]) -> str:
-    """Publish an admin alert when the newest snapshot is older than two hours (or missing)."""
+    """Alert once when the scheduled rebuild's newest snapshot is older than two hours (or
+    there is none), and once more when it is fresh again; Redis remembers which was sent."""
     age = await snapshots.age_minutes(ctx["warehouse"])
     if age is not None:
         DASHBOARD_SNAPSHOT_AGE.set(age)
-    if age is not None and age <= STALE_AFTER_MINUTES:
+    stale = age is None or age > STALE_AFTER_MINUTES
+    redis = ctx["redis"]
+    if stale:
+        # SET NX: of several workers checking at once, one raises it.
+        if not await redis.set(STALE_ALERT_KEY, datetime.now(UTC).isoformat(), nx=True):
+            return f"still stale: {'no snapshot' if age is None else f'{age:.0f} min'}"
+        _publish(
+            ctx,
+            ALERT_RAISED,
+            {
+                "alertType": "DASHBOARD_STALE",
+                "status": "RAISED",
+                "severity": "WARNING",
+                "audience": "ADMIN",
+                "message": "No dashboard snapshot newer than two hours: rebuild-dashboards is"
+                " failing"
+                if age is not None
+                else "No dashboard snapshot exists yet",
+                "snapshotAgeMinutes": None if age is None else round(age),
+            },
+        )
+        return "alert raised"
+    assert age is not None
+    if not await redis.delete(STALE_ALERT_KEY):
         return f"fresh: {age:.0f} min"
     _publish(
         ctx,
         ALERT_RAISED,
         {
             "alertType": "DASHBOARD_STALE",
-            "severity": "WARNING",
+            "status": "RESOLVED",
+            "severity": "INFO",
             "audience": "ADMIN",
-            "message": "No dashboard snapshot newer than two hours: rebuild-dashboards is failing"
-            if age is not None
-            else "No dashboard snapshot exists yet",
-            "snapshotAgeMinutes": None if age is None else round(age),
+            "message": "Dashboard snapshots are fresh again",
+            "snapshotAgeMinutes": round(age),
         },
     )
-    return "alert raised"
+    return f"recovered: {age:.0f} min"
 
 
 EXPORT_LIFETIME = timedelta(days=7)
