@@ -4,9 +4,13 @@ Measures, in one run on one chDB data directory:
   * the dashboard for the last month, uncached (widgets from the rollups), p50 and p95;
   * the same through the HTTP API with the Redis cache warm, p50 and p95;
   * the same widgets computed by scanning the raw events (the baseline of the ratio);
-  * recompute-funnels for 30 days (both funnels).
+  * recompute-funnels for 30 days (both funnels);
+  * the Redis cache hit rate and p50 of admins viewing dashboards of recent ranges, without and
+    with a steady stream of domain events for past days (40 to 60 days ago) going through the
+    real consumer, and with that stream under the previous policy (every batch dropped every
+    cached answer; emulated by dropping them all as often as the consumer stores a batch).
 
-    .venv/bin/python -m bench.dashboard [--tracking 10000000] [--domain 1000000]
+    .venv/bin/python -m bench.dashboard [--tracking 10000000] [--domain 1000000] [--view-seconds 20]
 """
 
 from __future__ import annotations
@@ -18,16 +22,21 @@ import tempfile
 import time
 import uuid
 import zoneinfo
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aio_pika
 import httpx
 import jwt
+import msgspec
 from sanic import Sanic
 
-from core.settings import load_settings
+from consumers.consumer import DomainEventConsumer
+from consumers.schemas import CONTRACTS
+from core.settings import Settings, load_settings
 from ingest.app import create_app
-from materialized import widgets
+from materialized import dashboard_cache, widgets
 from materialized.migrations import migrate
 from materialized.warehouse import Warehouse
 from workers.jobs import recompute_funnels
@@ -120,10 +129,111 @@ async def timed(call, runs: int) -> list[float]:  # type: ignore[no-untyped-def]
     return samples
 
 
+STREAM_PER_SECOND = 20
+
+
+async def viewing(
+    http: httpx.AsyncClient, end: datetime, seconds: float
+) -> tuple[float, float, int]:
+    """Views of recent ranges in turn for `seconds`: (hit rate, p50 ms, 0)."""
+    periods = widgets.local_periods(end, ZONE)
+    ranges = [
+        (periods["today"], end),
+        (end - timedelta(days=7), end),
+        (end - timedelta(days=30), end),
+        (periods["month"], end),
+    ]
+    hits, samples = 0, []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for start, stop in ranges:
+            started = time.perf_counter()
+            answer = await http.get(
+                "/v1/analytics/dashboard",
+                params={"from": start.isoformat(), "to": stop.isoformat()},
+            )
+            samples.append((time.perf_counter() - started) * 1000)
+            hits += answer.headers["x-cache"] == "HIT"
+            await asyncio.sleep(0.05)
+    return hits / len(samples), statistics.median(samples), 0
+
+
+async def streaming(
+    settings: Settings, during: Callable[[], Awaitable[tuple[float, float, int]]]
+) -> tuple[float, float, int]:
+    """`during()` while the platform publishes domain events that occurred 40-60 days ago."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    channel = await connection.channel(publisher_confirms=True)
+    exchange = await channel.declare_exchange(
+        settings.amqp_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    sent = 0
+
+    async def publish() -> None:
+        nonlocal sent
+        kinds = ["booking-created", "payment-succeeded", "brochure-request-submitted"]
+        while True:
+            kind = kinds[sent % len(kinds)]
+            at = datetime.now(UTC) - timedelta(days=40 + sent % 20, minutes=sent % 600)
+            body = past_event(kind, at)
+            routing_key = next(k for k, c in CONTRACTS.items() if c.event_type == kind)
+            await exchange.publish(aio_pika.Message(body), routing_key=routing_key)
+            sent += 1
+            await asyncio.sleep(1 / STREAM_PER_SECOND)
+
+    publisher = asyncio.create_task(publish())
+    try:
+        rate, p50, _ = await during()
+    finally:
+        publisher.cancel()
+        await connection.close()
+    return rate, p50, sent
+
+
+async def remove_broker_objects(settings: Settings) -> None:
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for queue in (settings.amqp_queue, f"{settings.amqp_queue}.dlq"):
+            await channel.queue_delete(queue)
+        for name in (settings.amqp_exchange, f"{settings.amqp_queue}.dlx"):
+            await channel.exchange_delete(name)
+
+
+def past_event(kind: str, at: datetime) -> bytes:
+    payload: dict[str, object] = {"customerId": str(uuid.uuid4())}
+    if kind == "booking-created":
+        payload |= {
+            "bookingId": str(uuid.uuid4()),
+            "showroomId": str(uuid.uuid4()),
+            "appointmentType": "KITCHEN_DESIGN",
+            "scheduledAt": at.isoformat(),
+        }
+    elif kind == "payment-succeeded":
+        payload |= {
+            "paymentId": str(uuid.uuid4()),
+            "orderId": str(uuid.uuid4()),
+            "amount": "1249.50",
+            "currency": "GBP",
+        }
+    else:
+        payload |= {"requestId": str(uuid.uuid4())}
+    return msgspec.json.encode(
+        {
+            "eventId": str(uuid.uuid4()),
+            "eventType": kind,
+            "timestamp": at.isoformat(),
+            "version": "1.0",
+            "payload": payload,
+        }
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tracking", type=int, default=10_000_000)
     parser.add_argument("--domain", type=int, default=1_000_000)
+    parser.add_argument("--view-seconds", type=float, default=20.0)
     args = parser.parse_args()
     now = datetime.now(UTC)
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,6 +280,7 @@ async def main() -> None:
 
         # The HTTP API on the same data, with the Redis cache warm.
         secret = "bench-secret-0123456789-abcdefghijklmnop"
+        exchange = f"bench.{uuid.uuid4().hex[:6]}"
         settings = load_settings(
             {
                 "CLICKHOUSE_URL": url,
@@ -177,7 +288,8 @@ async def main() -> None:
                 "AUTH_JWT_SECRET": secret,
                 "REDIS_URL": "redis://127.0.0.1:6379/14",
                 "PORT": "8791",
-                "AMQP_EXCHANGE": f"bench.{uuid.uuid4().hex[:6]}",
+                "AMQP_EXCHANGE": exchange,
+                "AMQP_QUEUE": f"{exchange}.q",
             }
         )
         Sanic.test_mode = True
@@ -204,6 +316,30 @@ async def main() -> None:
                 assert hit.headers["x-cache"] == "HIT"
 
             cached_ms = await timed(cached, 200)
+            services = app.ctx.services
+            consumer = DomainEventConsumer.for_settings(
+                settings, services.warehouse, services.redis
+            )
+            consumer.start()
+            await asyncio.wait_for(consumer.connected.wait(), timeout=10)
+            quiet = await viewing(http, end, seconds=args.view_seconds)
+            streamed = await streaming(
+                settings, lambda: viewing(http, end, seconds=args.view_seconds)
+            )
+
+            async def drop_all() -> None:
+                while True:
+                    await asyncio.sleep(0.2)  # the consumer's batch interval
+                    await dashboard_cache.invalidate(services.redis)
+
+            dropping = asyncio.create_task(drop_all())
+            previous = await streaming(
+                settings, lambda: viewing(http, end, seconds=args.view_seconds)
+            )
+            dropping.cancel()
+            await consumer.close()
+            await services.redis.flushdb()
+            await remove_broker_objects(settings)
         await server.before_stop()
         server.close()
         await server.wait_closed()
@@ -218,6 +354,13 @@ async def main() -> None:
     print(f"rollups vs raw scan: {b50 / r50:.0f}x faster")
     print(f"through the API, Redis cache warm:                p50 {c50:.2f} ms, p95 {c95:.2f} ms")
     print(f"recompute-funnels, 30 days, both funnels: {statistics.median(funnel_ms) / 1000:.2f} s")
+    print("admins viewing 4 recent ranges (today, 7, 30 days, this month), cache hit rate, p50:")
+    for label, (rate, p50, events) in (
+        ("no domain events", quiet),
+        ("past-day events streaming (selective)", streamed),
+        ("past-day events, previous drop-all policy", previous),
+    ):
+        print(f"  {label:<44} {rate:6.1%}  p50 {p50:7.2f} ms  ({events} events stored)")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from materialized.warehouse import Warehouse
-from tests.conftest import Running, encode, event
+from tests.conftest import Running, encode, event, wait_for
 
 
 async def stored(warehouse: Warehouse) -> list[dict]:  # type: ignore[type-arg]
@@ -228,9 +228,19 @@ async def test_other_content_types_are_415(server: Running, warehouse: Warehouse
 
 async def test_health_and_readiness(server: Running) -> None:
     assert (await server.http.get("/healthz")).json() == {"status": "ok"}
+
+    async def consumer_connected() -> bool:
+        return bool(server.app.ctx.consumer.connected.is_set())
+
+    await wait_for(consumer_connected)
     ready = await server.http.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"clickhouse": True, "redis": True, "rabbitmq": True}
+    assert ready.json()["checks"] == {
+        "clickhouse": True,
+        "redis": True,
+        "rabbitmq": True,
+        "consumer": True,
+    }
 
 
 async def test_readiness_fails_when_a_dependency_is_unreachable(
@@ -249,4 +259,9 @@ async def test_readiness_fails_when_a_dependency_is_unreachable(
     running = await make_server(unreachable)
     ready = await running.http.get("/readyz")
     assert ready.status_code == 503
-    assert ready.json()["checks"] == {"clickhouse": True, "redis": False, "rabbitmq": False}
+    assert ready.json()["checks"] == {
+        "clickhouse": True,
+        "redis": False,
+        "rabbitmq": False,
+        "consumer": False,
+    }
