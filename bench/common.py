@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -88,6 +89,9 @@ def service(data: Path, **env: str) -> tuple[list[str], dict[str, str]]:
         "CLICKHOUSE_URL": f"chdb://{data / 'clickhouse'}",
         "SPOOL_DIR": str(data / "spool"),
         "RATE_LIMIT": "100000000/minute",
+        "RATE_LIMIT_EVENTS": "100000000000/minute",
+        "STORAGE_URL": f"file://{data / 'objects'}",
+        "DOWNLOAD_SIGNING_KEY": secrets.token_urlsafe(48),
         "REDIS_URL": "redis://127.0.0.1:6379/14",
         "AMQP_EXCHANGE": f"bench.{uuid.uuid4().hex[:8]}",
         **env,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import statistics
 import tempfile
 import time
@@ -286,6 +287,7 @@ async def main() -> None:
                 "CLICKHOUSE_URL": url,
                 "CLICKHOUSE_DATABASE": "bench",
                 "AUTH_JWT_SECRET": secret,
+                "DOWNLOAD_SIGNING_KEY": secrets.token_urlsafe(48),
                 "REDIS_URL": "redis://127.0.0.1:6379/14",
                 "PORT": "8791",
                 "AMQP_EXCHANGE": exchange,

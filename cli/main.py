@@ -210,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return 2
 
+    if args.command in ("serve", "api", "jobs", "restore-day"):
+        try:  # these sign or check download links
+            settings.require_download_key()
+        except SettingsError as error:
+            print(error, file=sys.stderr)
+            return 2
     if args.command == "migrate":
         return _migrate(settings)
     if args.command == "demo":

@@ -98,11 +98,18 @@ def _facts(row: DomainRow, p: Payload) -> None:
             row.customer_id, row.entity_id = p.customer_id, p.subscription_id
 
 
+# A domain event is a few KiB; a bigger message is refused before it is decoded (the broker's
+# own max_message_size bounds what reaches us at all).
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+
 def to_row(routing_key: str, body: bytes, received_at: datetime) -> DomainRow:
     """Decode and validate one message; raises Invalid naming what is wrong."""
     contract = CONTRACTS.get(routing_key)
     if contract is None:
         raise Invalid(f"unknown routing key {routing_key!r}")
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise Invalid(f"message of {len(body)} bytes; at most {MAX_MESSAGE_BYTES}")
     try:
         envelope = ENVELOPE_DECODER.decode(body)
     except msgspec.ValidationError as error:

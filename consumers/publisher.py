@@ -67,6 +67,13 @@ class EventPublisher:
     def backlog(self) -> int:
         return len(self._backlog)
 
+    @property
+    def is_connected(self) -> bool:
+        """Connected to the broker now (a dropped connection shows at once, not at the next
+        publish)."""
+        connection = self._connection
+        return self.connected.is_set() and connection is not None and not connection.is_closed
+
     def publish(
         self, routing_key: str, message_id: str, body: bytes, receipt: Receipt | None = None
     ) -> None:

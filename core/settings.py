@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import re
-import secrets
 import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +12,6 @@ from typing import Annotated, Any
 
 import msgspec
 
-_PROCESS_KEY = secrets.token_bytes(32)
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
 
 
@@ -24,7 +21,15 @@ class SettingsError(SystemExit):
     def __init__(self, variable: str, problem: str) -> None:
         self.variable = variable
         self.problem = problem
-        super().__init__(f"bad setting {variable}: {problem}")
+        super().__init__(f"bad setting {variable}: {redact(problem)}")
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):[^@/\s]*@", re.I)
+
+
+def redact(text: str) -> str:
+    """URLs in `text` with their passwords replaced: `amqp://guest:***@host/`."""
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
 def _url_pattern(*schemes: str) -> msgspec.Meta:
@@ -61,8 +66,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     geoip_db: str = ""
     auth_jwt_secret: str = ""
     auth_jwt_public_key: str = ""
+    auth_jwt_issuer: str = ""  # when set, tokens must carry this `iss`
+    auth_jwt_audience: str = ""  # when set, tokens must carry this `aud`
+    # Longest token lifetime (exp - iat) accepted, in seconds.
+    auth_jwt_max_lifetime: Annotated[int, msgspec.Meta(ge=60, le=30 * 86400)] = 12 * 3600
+    # HMAC key of file-storage download links; never derived from anything public.
+    download_signing_key: str = ""
     report_timezone: str = "Europe/London"
     rate_limit: str = "100/minute"
+    # Events per client address beside RATE_LIMIT's requests: an array of 100 costs 100.
+    rate_limit_events: str = "2000/minute"
     trusted_proxies: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ("*",)
     flush_max_rows: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
@@ -79,14 +92,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def base_url(self) -> str:
         return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
 
-    @property
-    def download_signing_key(self) -> bytes:
-        """HMAC key of file download links: derived from the admin secret when there is one,
-        else made at start (links then die with the process)."""
-        secret = self.auth_jwt_secret or self.auth_jwt_public_key
-        if not secret:
-            return _PROCESS_KEY
-        return hashlib.sha256(b"lomash-downloads\n" + secret.encode()).digest()
+    def require_download_key(self) -> bytes:
+        """The link-signing key, for the processes that sign or check download links; with
+        file:// storage a missing or short key stops them at start, naming the variable."""
+        key = self.download_signing_key.encode()
+        if self.storage_url.startswith("file://") and len(key) < MIN_SECRET_BYTES:
+            raise SettingsError(
+                "DOWNLOAD_SIGNING_KEY",
+                f"file:// storage signs its download links with this secret: set at least"
+                f" {MIN_SECRET_BYTES} random bytes (e.g. `openssl rand -base64 48`)",
+            )
+        return key
 
     @property
     def embedded(self) -> bool:
@@ -95,13 +111,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def rate_limit_per_window(self) -> tuple[int, str]:
-        match = _RATE.match(self.rate_limit)
-        assert match is not None  # checked in load_settings
-        return int(match.group(1)), match.group(2)
+        return _rate(self.rate_limit)
+
+    @property
+    def event_budget_per_window(self) -> tuple[int, str]:
+        return _rate(self.rate_limit_events)
 
     @property
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies)
+
+
+MIN_SECRET_BYTES = 32
+
+
+def _rate(value: str) -> tuple[int, str]:
+    match = _RATE.match(value)
+    assert match is not None  # checked in load_settings
+    return int(match.group(1)), match.group(2)
 
 
 _FIELDS = msgspec.structs.fields(Settings)
@@ -142,9 +169,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 def _check(settings: Settings) -> None:
-    if not _RATE.match(settings.rate_limit):
+    for variable, rate in (
+        ("RATE_LIMIT", settings.rate_limit),
+        ("RATE_LIMIT_EVENTS", settings.rate_limit_events),
+    ):
+        if not _RATE.match(rate):
+            raise SettingsError(variable, f"expected N/second|minute|hour|day, got {rate!r}")
+    if settings.auth_jwt_secret and len(settings.auth_jwt_secret.encode()) < MIN_SECRET_BYTES:
         raise SettingsError(
-            "RATE_LIMIT", f"expected N/second|minute|hour|day, got {settings.rate_limit!r}"
+            "AUTH_JWT_SECRET",
+            f"an HS256 secret must have at least {MIN_SECRET_BYTES} bytes"
+            f" (got {len(settings.auth_jwt_secret.encode())})",
         )
     try:
         zoneinfo.ZoneInfo(settings.report_timezone)

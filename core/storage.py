@@ -40,6 +40,10 @@ class Storage(Protocol):
     def download_url(self, key: str, expires: datetime) -> str: ...
 
 
+LINK_LIFETIME_S = 7 * 86400  # the platform's spec: report links live 7 days
+CLOCK_SKEW_S = 300
+
+
 def _safe(key: str) -> str:
     if key.startswith("/") or ".." in key.split("/"):
         raise ValueError(f"bad object key {key!r}")
@@ -86,16 +90,22 @@ class FileStorage:
         return hmac.new(self._key, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
     def download_url(self, key: str, expires: datetime) -> str:
-        stamp = int(expires.timestamp())
+        stamp = min(int(expires.timestamp()), int(time.time()) + LINK_LIFETIME_S)
         return (
             f"{self._base}/v1/analytics/downloads/{quote(key)}"
             f"?expires={stamp}&signature={self.signature(key, stamp)}"
         )
 
     def verify(self, key: str, expires: str, signature: str) -> bool:
-        if not expires.isdigit() or int(expires) < time.time():
+        """A link is good until `expires` (Unix seconds, ASCII digits), never more than
+        LINK_LIFETIME_S ahead: a link signed for longer was not made by us."""
+        if not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
             return False
-        return hmac.compare_digest(self.signature(key, int(expires)), signature)
+        stamp = int(expires)
+        now = time.time()
+        if stamp < now or stamp > now + LINK_LIFETIME_S + CLOCK_SKEW_S:
+            return False
+        return hmac.compare_digest(self.signature(key, stamp).encode(), signature.encode())
 
 
 class _FileWriter:
@@ -234,6 +244,6 @@ def storage_for(settings: Settings) -> Storage:
     return open_storage(
         settings.storage_url,
         endpoint_url=settings.s3_endpoint_url,
-        signing_key=settings.download_signing_key,
+        signing_key=settings.require_download_key(),
         public_base=settings.base_url,
     )

@@ -146,6 +146,7 @@ def create_app(
             retry_queue=retry_queue,
             publisher=publisher,
             limiter=RateLimiter(redis, limit, per),
+            event_budget=RateLimiter(redis, *settings.event_budget_per_window, prefix="lw:rle:"),
             geo=GeoLocator(settings.geoip_db) if settings.geoip_db else None,
             trusted_proxies=settings.trusted_networks,
             tracking_writer=writer,
@@ -197,6 +198,7 @@ def create_app(
         if svc.spool is not None:
             # What the publisher could not get confirmed stays, to be announced after restart.
             svc.spool.trim()
+            svc.spool.release()
         await svc.redis.aclose()
         if svc.geo is not None:
             svc.geo.close()

@@ -15,7 +15,7 @@ from core.ids import new_event_id
 from ingest.geo import UNKNOWN, Place
 from ingest.rows import TrackingRow
 from ingest.schema import TrackingEvent
-from ingest.useragent import parse_agent
+from ingest.useragent import MAX_LENGTH, parse_agent
 
 # A client clock is believed within this window around the receive time (batched beacons and
 # offline queues arrive late; clocks run fast or slow); outside it the receive time is used.
@@ -51,7 +51,7 @@ def to_row(event: TrackingEvent, ctx: Context) -> TrackingRow:
         occurred_at=ctx.received_at,
         url=meta.url,
         referrer=meta.referrer or "",
-        user_agent=meta.user_agent or ctx.header_user_agent,
+        user_agent=(meta.user_agent or ctx.header_user_agent)[:MAX_LENGTH],
         device_type=(meta.device_type or "").lower(),
         properties=bytes(event.properties).decode(),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import msgspec
@@ -10,9 +11,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sanic import Blueprint, HTTPResponse, Request, json
 from sanic.response import JSONResponse
 
-from consumers.broker import ping as ping_rabbitmq
 from consumers.consumer import DomainEventConsumer
+from core.best_effort import best_effort
 from core.metrics import DASHBOARD_SNAPSHOT_AGE, PUBLISH_BACKLOG, RATES, RETRY_QUEUE_DEPTH
+from core.ops_server import bearer_matches
 from ingest.services import services
 from materialized import snapshots
 
@@ -27,22 +29,30 @@ async def healthz(request: Request) -> JSONResponse:
 async def _redis_ok(request: Request) -> bool:
     try:
         return bool(await services(request).redis.ping())
-    except Exception:
+    except Exception:  # any failure to answer is the answer: not ready
         return False
+
+
+READY_CACHE_SECONDS = 2.0
 
 
 @bp.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
+    """ClickHouse and Redis asked (at most every 2 s: a probe storm must not become a query
+    storm), RabbitMQ from the live connections' state (no connection opened per call)."""
+    cached = request.app.ctx.__dict__.get("readiness")
+    if cached is not None and time.monotonic() - cached[0] < READY_CACHE_SECONDS:
+        return json(cached[1], status=cached[2])
     svc = services(request)
-    clickhouse, redis, rabbitmq = await asyncio.gather(
+    clickhouse, redis = await asyncio.gather(
         asyncio.wait_for(svc.warehouse.ping(), timeout=3),
         _redis_ok(request),
-        ping_rabbitmq(svc.settings.amqp_url),
         return_exceptions=True,
     )
     checks = {
-        name: ok is True
-        for name, ok in (("clickhouse", clickhouse), ("redis", redis), ("rabbitmq", rabbitmq))
+        "clickhouse": clickhouse is True,
+        "redis": redis is True,
+        "rabbitmq": svc.publisher.is_connected,
     }
     body: dict[str, Any] = {"checks": checks}
     consumer: DomainEventConsumer | None = request.app.ctx.consumer
@@ -52,23 +62,27 @@ async def readyz(request: Request) -> JSONResponse:
         body["consumer"] = msgspec.to_builtins(status)
     ready = all(checks.values())
     body["status"] = "ready" if ready else "not ready"
-    return json(body, status=200 if ready else 503)
+    code = 200 if ready else 503
+    request.app.ctx.readiness = (time.monotonic(), body, code)
+    return json(body, status=code)
 
 
 @bp.get("/metrics")
 async def metrics(request: Request) -> HTTPResponse:
+    """Prometheus text. No ClickHouse query per scrape: the snapshot age comes from the time
+    the rebuild job last finished, kept in Redis."""
     svc = services(request)
+    token = svc.settings.metrics_token
+    if token and not bearer_matches(request.headers.get("authorization", ""), token):
+        return json({"error": "bearer token required (METRICS_TOKEN)"}, status=401)
     RATES.refresh_gauges()
     PUBLISH_BACKLOG.set(svc.publisher.backlog)
-    try:
-        depth = await asyncio.wait_for(svc.retry_queue.depth(), timeout=1)
+    async with best_effort("metrics"):
+        depth, age = await asyncio.wait_for(
+            asyncio.gather(svc.retry_queue.depth(), snapshots.age_from_redis(svc.redis)),
+            timeout=1,
+        )
         RETRY_QUEUE_DEPTH.labels("redis").set(depth)
-    except Exception:
-        pass  # the gauge keeps its last value; redis_unavailable tells the rest
-    try:
-        age = await asyncio.wait_for(snapshots.age_minutes(svc.warehouse), timeout=2)
         if age is not None:
             DASHBOARD_SNAPSHOT_AGE.set(age)
-    except Exception:
-        pass
     return HTTPResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

@@ -1,4 +1,8 @@
-"""Per-client-IP rate limit on Redis: a sliding-window counter, one round trip per burst.
+"""Per-client rate limits on Redis: sliding-window counters, one round trip per burst.
+
+Two budgets use it: requests per client (RATE_LIMIT, each request costs 1) and events per
+client (RATE_LIMIT_EVENTS, a request costs its number of events), so a client cannot send
+100 times the events by packing them into arrays.
 
 Requests that arrive while a check is in flight wait for the next one, so under load one
 EVALSHA answers many requests. (The `limits` library makes one or more round trips per request;
@@ -21,29 +25,31 @@ log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
-# ARGV: limit, window_ms, now_ms, then one client key per request (repeats allowed, in order).
-# Returns per request 0 (allowed) or the milliseconds until a request would be allowed.
+# ARGV: limit, window_ms, now_ms, key prefix, then per request (client key, cost); repeats
+# allowed, in order. Returns per request 0 (allowed) or the milliseconds until it would be.
 _SCRIPT = """
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])
+local prefix = ARGV[4]
 local current = math.floor(now / window)
 local elapsed = now - current * window
 local weight = (window - elapsed) / window
 local answers = {}
-for i = 4, #ARGV do
-  local key = 'lw:rl:' .. ARGV[i] .. ':'
+for i = 5, #ARGV, 2 do
+  local key = prefix .. ARGV[i] .. ':'
+  local cost = tonumber(ARGV[i + 1])
   local previous = tonumber(redis.call('GET', key .. (current - 1)) or '0')
   local count = tonumber(redis.call('GET', key .. current) or '0')
-  if previous * weight + count + 1 <= limit then
-    redis.call('INCR', key .. current)
+  if previous * weight + count + cost <= limit then
+    redis.call('INCRBY', key .. current, cost)
     redis.call('PEXPIRE', key .. current, window * 2)
     answers[#answers + 1] = 0
-  elseif count + 1 > limit or previous == 0 then
+  elseif count + cost > limit or previous == 0 then
     answers[#answers + 1] = window - elapsed
   else
     -- wait until the previous window's share has shrunk enough
-    local wait = (window - elapsed) - (limit - 1 - count) * window / previous
+    local wait = (window - elapsed) - (limit - cost - count) * window / previous
     answers[#answers + 1] = math.max(1, math.ceil(wait))
   end
 end
@@ -52,19 +58,20 @@ return answers
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis, limit: int, per: str) -> None:
+    def __init__(self, redis: Redis, limit: int, per: str, prefix: str = "lw:rl:") -> None:
         self._redis = redis
         self._limit = limit
+        self._prefix = prefix
         self._window_ms = WINDOW_SECONDS[per] * 1000
         self._script = redis.register_script(_SCRIPT)
-        self._pending: list[tuple[str, asyncio.Future[int]]] = []
+        self._pending: list[tuple[str, int, asyncio.Future[int]]] = []
         self._running = False
         self._skip_until = 0.0  # after a failure, fail open at once for a moment
 
-    async def retry_after(self, client: str) -> int:
+    async def retry_after(self, client: str, cost: int = 1) -> int:
         """0 when the request may go on, else the seconds the client should wait."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((client, future))
+        self._pending.append((client, cost, future))
         if not self._running:
             self._running = True
             asyncio.get_running_loop().create_task(self._drain())
@@ -74,21 +81,23 @@ class RateLimiter:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                answers = await self._ask([client for client, _ in batch])
-                for (_, future), wait_ms in zip(batch, answers, strict=True):
+                answers = await self._ask([(client, cost) for client, cost, _ in batch])
+                for (_, _, future), wait_ms in zip(batch, answers, strict=True):
                     if not future.done():
                         future.set_result(0 if wait_ms == 0 else max(1, math.ceil(wait_ms / 1000)))
         finally:
             self._running = False
 
-    async def _ask(self, clients: list[str]) -> list[int]:
+    async def _ask(self, clients: list[tuple[str, int]]) -> list[int]:
         if time.monotonic() < self._skip_until:
             RATE_LIMIT_FAIL_OPEN.inc(len(clients))
             return [0] * len(clients)
+        args: list[str | int] = [self._limit, self._window_ms, int(time.time() * 1000)]
+        args.append(self._prefix)
+        for client, cost in clients:
+            args.extend((client, cost))
         try:
-            answers = await self._script(
-                args=[self._limit, self._window_ms, int(time.time() * 1000), *clients]
-            )
+            answers = await self._script(args=args)
             return [int(a) for a in answers]
         except Exception as error:  # Redis down or slow: fail open, counted
             RATE_LIMIT_FAIL_OPEN.inc(len(clients))

@@ -28,7 +28,8 @@ class Services:
     redis: ArqRedis  # a redis.asyncio client that can also enqueue arq jobs
     retry_queue: RetryQueue
     publisher: EventPublisher
-    limiter: RateLimiter
+    limiter: RateLimiter  # requests per client
+    event_budget: RateLimiter  # events per client
     geo: GeoLocator | None
     trusted_proxies: tuple[Network, ...]
     tracking_writer: BatchWriter[TrackingRow]

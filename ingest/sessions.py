@@ -26,7 +26,12 @@ log = logging.getLogger(__name__)
 # all ids are client-chosen; server-made UUIDv7s cannot collide but cost only a key each).
 DEDUP_TTL_S = 86400
 SESSION_TTL_S = 86400  # the tracker's sessionId lives as long as the browser tab session
-VISITOR_TTL_S = 400 * 86400
+# A known user is "returning" when seen in another session within this time: the raw events'
+# hot retention, the longest stretch any report over them can look back on.
+VISITOR_TTL_S = 90 * 86400
+# Landing page, referrer and UTM values a session keeps: what the reports show, bounded, so
+# that a client inventing sessions cannot fill Redis with long URLs.
+SESSION_VALUE_CHARS = 256
 
 # ARGV: ttls; n rows as (event id, group); m groups as (session, user,
 # first-seen ms, landing url, referrer, utm source, medium, campaign).
@@ -100,7 +105,7 @@ def _utm(url: str) -> tuple[str, str, str]:
     query = parse_qs(urlsplit(url).query)
 
     def first(name: str) -> str:
-        return query.get(name, [""])[0][:256]
+        return query.get(name, [""])[0][:SESSION_VALUE_CHARS]
 
     return first("utm_source"), first("utm_medium"), first("utm_campaign")
 
@@ -131,8 +136,8 @@ class SessionStore:
                     session_id.bytes,
                     user.bytes if user else b"",
                     int(first.received_at.timestamp() * 1000),
-                    first.url,
-                    first.referrer,
+                    first.url[:SESSION_VALUE_CHARS],
+                    first.referrer[:SESSION_VALUE_CHARS],
                     *_utm(first.url),
                 )
             )

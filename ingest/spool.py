@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import time
@@ -57,9 +58,14 @@ class _Pending:
 
 class Spool:
     def __init__(
-        self, directory: Path, done_through: Callable[[], int], segment_seconds: float = 1.0
+        self,
+        directory: Path,
+        done_through: Callable[[], int],
+        segment_seconds: float = 1.0,
+        locks: list[int] | None = None,
     ) -> None:
         self.directory = directory
+        self._locks = locks or []  # flocks on this spool and on the stopped ones it replays
         self._done_through = done_through
         self._segment_seconds = segment_seconds
         self._pending: list[_Pending] = []
@@ -74,7 +80,7 @@ class Spool:
         self._adopted.extend(segments)
 
     def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._task = asyncio.create_task(self._commit_loop(), name="spool")
 
     async def close(self) -> None:
@@ -87,6 +93,17 @@ class Spool:
             if not segment.sealed:
                 segment.seal()
 
+    def release(self) -> None:
+        """Let go of the spool directories' locks: the last step of shutdown, after `trim`."""
+        for directory in {self.directory} | {path.parent for path, _ in self._adopted}:
+            if not any(directory.glob("*.jsonl")):
+                (directory / LOCK_NAME).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+        for fd in self._locks:
+            os.close(fd)
+        self._locks = []
+
     def trim(self) -> int:
         """Delete sealed segments whose rows are all done; returns how many."""
         done = self._done_through()
@@ -95,8 +112,6 @@ class Spool:
             path, receipts = adopted
             if all(receipt.settled for receipt in receipts):
                 path.unlink(missing_ok=True)
-                with contextlib.suppress(OSError):  # the stopped process's directory, once empty
-                    path.parent.rmdir()
                 self._adopted.remove(adopted)
                 removed += 1
         for segment in list(self._segments):
@@ -146,7 +161,9 @@ class Spool:
                 return current
             current.seal()
         path = self.directory / f"{time.time_ns():020d}.jsonl"
-        segment = _Segment(path, path.open("ab"), now)
+        # Owner-only: accepted events hold what visitors did on the site.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        segment = _Segment(path, os.fdopen(fd, "ab"), now)
         self._segments.append(segment)
         return segment
 
@@ -175,12 +192,41 @@ class Spool:
                 pending.done.set_result(segment)
 
 
+LOCK_NAME = ".lock"
+
+
+def _lock(directory: Path) -> int | None:
+    """An exclusive flock on `directory`'s lock file, or None when a live process holds it.
+    The kernel drops the lock when its holder dies, however it dies."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def open_spool(directory: str, done_through: Callable[[], int]) -> tuple[Spool, list[Path]]:
-    """This process's spool (`<directory>/<pid>`), and the segments of processes that are
-    gone, to replay first."""
+    """This process's spool (`<directory>/<random boot id>`, locked while the process lives),
+    and the segments of every other spool whose lock could be taken (its process is gone),
+    to replay first. A PID would not do as the name: after a container restart the service
+    is PID 1 again, and a directory named after a live PID would never be replayed."""
     root = Path(directory).resolve()
-    leftovers = [segment for dead in dead_spools(root) for segment in sorted(dead.glob("*.jsonl"))]
-    return Spool(root / str(os.getpid()), done_through), leftovers
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    own = root / uuid.uuid4().hex
+    own_lock = _lock(own)
+    assert own_lock is not None  # a fresh random name: nobody else holds it
+    locks = [own_lock]
+    leftovers: list[Path] = []
+    for other in sorted(p for p in root.iterdir() if p.is_dir() and p != own):
+        lock = _lock(other)
+        if lock is None:
+            continue  # a live process's spool
+        locks.append(lock)  # held until this process ends: nobody else replays it meanwhile
+        leftovers.extend(sorted(other.glob("*.jsonl")))
+    return Spool(own, done_through, locks=locks), leftovers
 
 
 async def stored_event_ids(warehouse: Warehouse, rows: list[TrackingRow]) -> set[uuid.UUID]:
@@ -197,20 +243,6 @@ async def stored_event_ids(warehouse: Warehouse, rows: list[TrackingRow]) -> set
         },
     )
     return {r[0] for r in found}
-
-
-def dead_spools(root: Path) -> list[Path]:
-    """Spool directories of processes that are gone (named by their pid)."""
-    root.mkdir(parents=True, exist_ok=True)
-    gone = []
-    for directory in sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit()):
-        try:
-            os.kill(int(directory.name), 0)
-        except ProcessLookupError:
-            gone.append(directory)
-        except PermissionError:
-            pass  # alive, someone else's
-    return gone
 
 
 async def replay(

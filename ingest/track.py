@@ -1,9 +1,9 @@
 """`POST /v1/analytics/track`: the beacon endpoint.
 
 The request path, in order: check the content type and size, find the client address, apply
-the rate limit, decode and validate, enrich each event (pure steps), hand the rows to the batch
-writer, answer 202. Everything that needs a round trip per event (duplicates, sessions) happens
-per batch in the writer, after the answer.
+the request rate limit, decode and validate, apply the event budget, enrich each event (pure
+steps), hand the rows to the batch writer, answer 202. Everything that needs a round trip per
+event (duplicates, sessions) happens per batch in the writer, after the answer.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from sanic.response import JSONResponse
 
 from core.metrics import EVENTS_ACCEPTED, EVENTS_RECEIVED, RATES, Drop, drop
 from ingest import cors
-from ingest.client_ip import client_ip
+from ingest.client_ip import client_ip, rate_key
 from ingest.enrich import Context, enrich, now
 from ingest.geo import UNKNOWN
 from ingest.schema import BodyError, Rejection, decode_body
@@ -26,6 +26,12 @@ bp = Blueprint("track")
 
 MAX_BODY_BYTES = 64 * 1024
 _ACCEPTED_TYPES = ("application/json", "text/plain", "")
+
+
+def _too_many(message: str, wait: int) -> JSONResponse:
+    return json(
+        {"error": f"{message}; retry in {wait}s"}, status=429, headers={"Retry-After": str(wait)}
+    )
 
 
 def _error(status: int, message: str, path: str = "$") -> JSONResponse:
@@ -58,15 +64,14 @@ async def track(request: Request) -> HTTPResponse:
         drop(Drop.TOO_LARGE)
         return _error(413, f"body of {len(body)} bytes; at most {MAX_BODY_BYTES}")
 
-    address = client_ip(request.ip, request.headers.get("x-forwarded-for"), svc.trusted_proxies)
-    wait = await svc.limiter.retry_after(address)
+    address = client_ip(
+        request.ip, request.headers.getall("x-forwarded-for", []), svc.trusted_proxies
+    )
+    client = rate_key(address)
+    wait = await svc.limiter.retry_after(client)
     if wait:
         drop(Drop.RATE_LIMITED)
-        return json(
-            {"error": f"rate limit {svc.settings.rate_limit} exceeded; retry in {wait}s"},
-            status=429,
-            headers={"Retry-After": str(wait)},
-        )
+        return _too_many(f"rate limit {svc.settings.rate_limit} exceeded", wait)
 
     try:
         decoded = decode_body(body)
@@ -74,6 +79,10 @@ async def track(request: Request) -> HTTPResponse:
         drop(Drop.TOO_LARGE if error.status == 413 else Drop.INVALID)
         return _error(error.status, str(error), error.path)
     EVENTS_RECEIVED.inc(len(decoded.events) + len(decoded.rejected))
+    wait = await svc.event_budget.retry_after(client, len(decoded.events)) if decoded.events else 0
+    if wait:
+        drop(Drop.RATE_LIMITED, len(decoded.events) + len(decoded.rejected))
+        return _too_many(f"event budget {svc.settings.rate_limit_events} exceeded", wait)
     if decoded.rejected:
         drop(Drop.INVALID, len(decoded.rejected))
     if not decoded.events:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from redis.asyncio import Redis
 
 from core.ids import new_event_id
 from materialized.warehouse import Warehouse
@@ -64,6 +65,21 @@ async def age_minutes(warehouse: Warehouse) -> float | None:
         {"labels": list(SCHEDULED_LABELS)},
     )
     return None if value is None else float(value)
+
+
+REBUILT_KEY = "lw:dashboard:rebuilt-at"  # when the scheduled rebuild last finished (epoch s)
+
+
+async def mark_rebuilt(redis: Redis, at: datetime) -> None:
+    await redis.set(REBUILT_KEY, str(at.timestamp()))
+
+
+async def age_from_redis(redis: Redis) -> float | None:
+    """Minutes since the scheduled rebuild last finished, as the job recorded it."""
+    value = await redis.get(REBUILT_KEY)
+    if value is None:
+        return None
+    return (datetime.now(UTC).timestamp() - float(value)) / 60
 
 
 class OnDemand:

@@ -54,6 +54,7 @@ def free_port() -> int:
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 JWT_SECRET = "test-secret-0123456789-abcdefghijklmnop"
+DOWNLOAD_KEY = "test-download-key-made-for-the-tests-only-0123456789"
 TEST_REDIS_URL = "redis://127.0.0.1:6379/15"  # flushed before every test
 GEOIP_DB = Path(__file__).parent / "data" / "GeoLite2-City-Test.mmdb"
 
@@ -138,8 +139,10 @@ def settings(
             "SPOOL_DIR": str(tmp_path / "spool"),
             "FLUSH_INTERVAL_MS": "50",
             "RATE_LIMIT": "100000/minute",
+            "RATE_LIMIT_EVENTS": "100000000/minute",
             "GEOIP_DB": str(GEOIP_DB),
             "AUTH_JWT_SECRET": JWT_SECRET,
+            "DOWNLOAD_SIGNING_KEY": DOWNLOAD_KEY,
         }
     )
 

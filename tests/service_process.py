@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TEST_REDIS_URL, delete_broker_objects, free_port
+from tests.conftest import DOWNLOAD_KEY, TEST_REDIS_URL, delete_broker_objects, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ANALYTICS = [sys.executable, "-m", "cli.main"]
@@ -50,6 +50,9 @@ def env_for(data: Path, **extra: str) -> dict[str, str]:
         REDIS_URL=TEST_REDIS_URL,
         SPOOL_DIR=str(data / "spool"),
         RATE_LIMIT="100000/minute",
+        RATE_LIMIT_EVENTS="100000000/minute",
+        STORAGE_URL=f"file://{data / 'objects'}",
+        DOWNLOAD_SIGNING_KEY=DOWNLOAD_KEY,
         AMQP_EXCHANGE=name,
         AMQP_QUEUE=f"{name}.q",
     )

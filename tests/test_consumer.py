@@ -227,6 +227,17 @@ BAD = [
         id="too-precise",
     ),
     pytest.param(
+        "lomash.content.blog.published",
+        msgspec.json.encode(
+            envelope(
+                "blog-published",
+                {"blogId": str(uuid.uuid4()), "slug": "s", "title": "t", "body": "x" * 1_100_000},
+            )
+        ),
+        "at most 1048576",
+        id="over-1-MiB",
+    ),
+    pytest.param(
         "lomash.customers.review.created",
         msgspec.json.encode(
             envelope(
@@ -622,6 +633,7 @@ async def test_readiness_reports_the_consumer(server: Running) -> None:
     assert "domain_consumer_oldest_unacked_seconds" in metrics
     assert "domain_consumer_up 1.0" in metrics
     await server.app.ctx.consumer.close()
+    await asyncio.sleep(2.1)  # readiness is cached for 2 s
     answer = await server.http.get("/readyz")
     assert answer.status_code == 503
     assert answer.json()["checks"]["consumer"] is False

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ingest.client_ip import client_ip
+from ingest.client_ip import client_ip, rate_key
 from ingest.enrich import Context, enrich
 from ingest.geo import GeoLocator, Place
 from ingest.rows import TrackingRow
@@ -44,16 +44,37 @@ GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.
         ("::1", "2a02:cf40::1", "2a02:cf40::1"),
         ("10.1.2.3", "not-an-ip", "10.1.2.3"),
         ("10.1.2.3", "10.4.4.4", "10.1.2.3"),
+        # IPv4-mapped IPv6 peers and hops are their IPv4 selves (and so can be trusted).
+        ("::ffff:10.1.2.3", "81.2.69.160", "81.2.69.160"),
+        ("10.1.2.3", "::ffff:81.2.69.160", "81.2.69.160"),
+        ("10.1.2.3", "81.2.69.160, ::ffff:10.9.9.9", "81.2.69.160"),
     ],
 )
 def test_client_ip_believes_forwarded_for_only_from_trusted_proxies(
     peer: str, forwarded: str | None, expected: str
 ) -> None:
-    assert client_ip(peer, forwarded, PROXIES) == expected
+    assert client_ip(peer, [forwarded] if forwarded else [], PROXIES) == expected
+
+
+def test_every_forwarded_for_line_counts_in_order() -> None:
+    # The client sent its own X-Forwarded-For line; our proxy appended a second line with the
+    # address it saw. Reading only the first line would let the client pick its address.
+    lines = ["1.1.1.1", "81.2.69.160"]
+    assert client_ip("10.1.2.3", lines, PROXIES) == "81.2.69.160"
+    assert client_ip("10.1.2.3", ["1.1.1.1, 2.2.2.2", "81.2.69.160, 10.9.9.9"], PROXIES) == (
+        "81.2.69.160"
+    )
+
+
+def test_ipv6_clients_are_rate_limited_by_their_64() -> None:
+    assert rate_key("2a02:cf40:1:2:aaaa::1") == rate_key("2a02:cf40:1:2:bbbb::9")
+    assert rate_key("2a02:cf40:1:2::1") == "2a02:cf40:1:2::/64"
+    assert rate_key("2a02:cf40:1:3::1") != rate_key("2a02:cf40:1:2::1")
+    assert rate_key("::ffff:81.2.69.160") == rate_key("81.2.69.160") == "81.2.69.160"
 
 
 def test_without_trusted_proxies_the_peer_is_the_client() -> None:
-    assert client_ip("10.1.2.3", "81.2.69.160", ()) == "10.1.2.3"
+    assert client_ip("10.1.2.3", ["81.2.69.160"], ()) == "10.1.2.3"
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
 from ingest.schema import BodyError, decode_body
-from tests.conftest import TEST_REDIS_URL, free_port
+from tests.conftest import DOWNLOAD_KEY, TEST_REDIS_URL, free_port
 from tests.hostile import HOSTILE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "PORT": str(port),
         "REDIS_URL": TEST_REDIS_URL,
         "RATE_LIMIT": "1000000/minute",
+        "RATE_LIMIT_EVENTS": "100000000/minute",
         "AUTH_JWT_SECRET": SECRET,
+        "DOWNLOAD_SIGNING_KEY": DOWNLOAD_KEY,
         "STORAGE_URL": f"file://{data / 'objects'}",
         "SPOOL_DIR": str(data / "spool"),
         "AMQP_EXCHANGE": "test.fuzz",

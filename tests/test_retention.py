@@ -15,7 +15,7 @@ from cli.demo_traffic import generate, load
 from core.settings import Settings
 from materialized import archive
 from materialized.warehouse import Warehouse
-from tests.conftest import TEST_REDIS_URL, Running
+from tests.conftest import DOWNLOAD_KEY, TEST_REDIS_URL, Running
 from workers import jobs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,7 +86,12 @@ async def test_jobs_command_lists_runs_and_enqueues_by_name(
 ) -> None:
     import os
 
-    env = {**os.environ, "REDIS_URL": TEST_REDIS_URL, "CLICKHOUSE_URL": settings.clickhouse_url}
+    env = {
+        **os.environ,
+        "REDIS_URL": TEST_REDIS_URL,
+        "CLICKHOUSE_URL": settings.clickhouse_url,
+        "DOWNLOAD_SIGNING_KEY": DOWNLOAD_KEY,
+    }
     started = await asyncio.to_thread(analytics, "jobs", "run", "rebuild-dashboards", env=env)
     assert started.returncode == 0, started.stderr
     assert started.stdout.startswith("enqueued rebuild-dashboards: job ")
@@ -126,7 +131,11 @@ async def test_jobs_command_lists_runs_and_enqueues_by_name(
 def test_restore_day_refuses_a_bad_date(tmp_path: Path, day: str) -> None:
     import os
 
-    env = {**os.environ, "CLICKHOUSE_URL": f"chdb://{tmp_path / 'ch'}"}
+    env = {
+        **os.environ,
+        "CLICKHOUSE_URL": f"chdb://{tmp_path / 'ch'}",
+        "DOWNLOAD_SIGNING_KEY": DOWNLOAD_KEY,
+    }
     result = analytics("restore-day", day, env=env)
     assert result.returncode == 2
     assert "is not a date" in result.stderr

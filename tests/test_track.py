@@ -230,7 +230,9 @@ async def test_health_and_readiness(server: Running) -> None:
     assert (await server.http.get("/healthz")).json() == {"status": "ok"}
 
     async def consumer_connected() -> bool:
-        return bool(server.app.ctx.consumer.connected.is_set())
+        return bool(
+            server.app.ctx.consumer.connected.is_set() and server.services.publisher.is_connected
+        )
 
     await wait_for(consumer_connected)
     ready = await server.http.get("/readyz")

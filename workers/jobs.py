@@ -197,6 +197,7 @@ async def rebuild_dashboards(ctx: dict[str, Any]) -> str:
             await dashboard_cache.invalidate(redis)
         async with best_effort("coverage"):
             await coverage.record(redis, "rebuild_dashboards", min(ranges.values()), now)
+            await snapshots.mark_rebuilt(redis, now)
         # The live tiles, made good from ClickHouse for days Redis missed increments.
         async with best_effort("live_counters"):
             await counters.reconcile(redis, warehouse, zone, now.astimezone(zone).date())

@@ -78,6 +78,7 @@ async def close_clients(ctx: dict[str, Any]) -> None:
 
 def worker_settings() -> type:
     settings = load_settings()
+    settings.require_download_key()  # fails at start, naming DOWNLOAD_SIGNING_KEY
 
     class WorkerSettings:
         functions = FUNCTIONS
