@@ -115,6 +115,56 @@ async def test_rs256_public_key(make_server, settings: Settings) -> None:  # typ
     assert answer.status_code == 401
 
 
+@pytest.mark.parametrize(
+    ("claims", "status", "says"),
+    [
+        ({}, 401, "iss"),  # issuer required when configured
+        ({"iss": "https://evil.example"}, 401, "issuer"),
+        ({"iss": "https://auth.lomashwood.co.uk", "aud": "shop"}, 401, "Audience"),
+        ({"iss": "https://auth.lomashwood.co.uk", "aud": "analytics"}, 200, ""),
+        # 20 s past expiry is within the 30 s leeway for clocks that differ; 60 s is not.
+        ({"iss": "https://auth.lomashwood.co.uk", "aud": "analytics", "exp": -20}, 200, ""),
+        ({"iss": "https://auth.lomashwood.co.uk", "aud": "analytics", "exp": -60}, 401, "expired"),
+        # A well-signed token that lives a year is refused: a leak would last that long.
+        (
+            {"iss": "https://auth.lomashwood.co.uk", "aud": "analytics", "exp": 365 * 86400},
+            401,
+            "AUTH_JWT_MAX_LIFETIME",
+        ),
+        (  # without iat, the lifetime is counted from now
+            {"iss": "https://auth.lomashwood.co.uk", "aud": "analytics", "exp": 86400, "iat": None},
+            401,
+            "AUTH_JWT_MAX_LIFETIME",
+        ),
+    ],
+    ids=["no-iss", "wrong-iss", "wrong-aud", "good", "leeway", "expired", "too-long", "no-iat"],
+)
+async def test_issuer_audience_leeway_and_lifetime_are_checked(
+    make_server: Any, settings: Settings, claims: dict[str, Any], status: int, says: str
+) -> None:
+    server: Running = await make_server(
+        msgspec.structs.replace(
+            settings,
+            auth_jwt_issuer="https://auth.lomashwood.co.uk",
+            auth_jwt_audience="analytics",
+            auth_jwt_max_lifetime=12 * 3600,
+        )
+    )
+    now = int(time.time())
+    body: dict[str, Any] = {"sub": "admin", "role": "ADMIN", "iat": now, "exp": now + 300}
+    body.update({k: v for k, v in claims.items() if k != "exp"})
+    if "exp" in claims:
+        body["exp"] = now + claims["exp"]
+    if body.get("iat") is None:
+        body.pop("iat")
+    answer = await server.http.get(
+        DASHBOARD, params=a_day(), headers=bearer(jwt.encode(body, JWT_SECRET, algorithm="HS256"))
+    )
+    assert answer.status_code == status, answer.text
+    if says:
+        assert says in answer.json()["error"]
+
+
 async def test_without_a_configured_key_admin_calls_are_refused(
     make_server,
     settings: Settings,  # type: ignore[no-untyped-def]

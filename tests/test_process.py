@@ -61,7 +61,14 @@ def test_migrate_command_applies_then_reports_up_to_date(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("PORT", "abc"), ("CLICKHOUSE_URL", "postgres://x/y"), ("RATE_LIMIT", "lots")],
+    [
+        ("PORT", "abc"),
+        ("CLICKHOUSE_URL", "postgres://x/y"),
+        ("RATE_LIMIT", "lots"),
+        ("DOWNLOAD_SIGNING_KEY", ""),  # file:// storage signs links: no key, no start
+        ("DOWNLOAD_SIGNING_KEY", "short"),
+        ("AUTH_JWT_SECRET", "secret"),  # under 32 bytes
+    ],
 )
 def test_bad_setting_stops_start_up_with_one_line_naming_it(
     tmp_path: Path, variable: str, value: str

@@ -52,6 +52,9 @@ def test_values_are_read_and_typed() -> None:
         ("FLUSH_INTERVAL_MS", "0", ">= 10"),
         ("AUTH_JWT_PUBLIC_KEY", "secret", "PEM"),
         ("GEOIP_DB", "/nonexistent/City.mmdb", "no such file"),
+        ("AUTH_JWT_SECRET", "short-secret", "at least 32 bytes"),
+        ("RATE_LIMIT_EVENTS", "lots", "N/second"),
+        ("AUTH_JWT_MAX_LIFETIME", "10", ">= 60"),
     ],
 )
 def test_bad_value_is_refused_naming_the_variable(variable: str, value: str, says: str) -> None:
@@ -62,3 +65,34 @@ def test_bad_value_is_refused_naming_the_variable(variable: str, value: str, say
     assert message.startswith(f"bad setting {variable}: ")
     assert says in message
     assert "\n" not in message
+
+
+def test_setting_errors_never_print_passwords() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"AMQP_URL": "http://analytics:hunter2-secret@mq.internal:5672/"})
+    assert "hunter2" not in str(caught.value)
+    assert "analytics:***@mq.internal" in str(caught.value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"REDIS_URL": "tcp://:r3dis-pass@cache:6379/0"})
+    assert "r3dis-pass" not in str(caught.value)
+
+
+@pytest.mark.parametrize("key", ["", "too-short-0123456789"])
+def test_file_storage_needs_a_download_signing_key_of_32_bytes(key: str) -> None:
+    settings = load_settings({"DOWNLOAD_SIGNING_KEY": key} if key else {})
+    with pytest.raises(SettingsError) as caught:
+        settings.require_download_key()
+    assert caught.value.variable == "DOWNLOAD_SIGNING_KEY"
+    assert "at least 32" in str(caught.value)
+
+
+def test_s3_storage_needs_no_download_signing_key() -> None:
+    settings = load_settings({"STORAGE_URL": "s3://bucket/prefix"})
+    assert settings.require_download_key() == b""
+
+
+def test_the_download_key_is_never_derived_from_the_jwt_keys() -> None:
+    key = "k" * 40
+    a = load_settings({"DOWNLOAD_SIGNING_KEY": key, "AUTH_JWT_SECRET": "a" * 40})
+    b = load_settings({"DOWNLOAD_SIGNING_KEY": key, "AUTH_JWT_SECRET": "b" * 40})
+    assert a.require_download_key() == b.require_download_key() == key.encode()

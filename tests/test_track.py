@@ -1,8 +1,13 @@
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import msgspec
 import pytest
 
+from core.settings import Settings
+from materialized import snapshots
 from materialized.warehouse import Warehouse
 from tests.conftest import Running, encode, event, wait_for
 
@@ -267,3 +272,31 @@ async def test_readiness_fails_when_a_dependency_is_unreachable(
         "rabbitmq": False,
         "consumer": False,
     }
+
+
+async def test_metrics_can_require_a_bearer_token(
+    make_server: Callable[[Settings], Any], settings: Settings
+) -> None:
+    token = "metrics-token-0123456789"
+    running: Running = await make_server(msgspec.structs.replace(settings, metrics_token=token))
+    refused = await running.http.get("/metrics")
+    assert refused.status_code == 401
+    assert "METRICS_TOKEN" in refused.json()["error"]
+    wrong = await running.http.get("/metrics", headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    allowed = await running.http.get("/metrics", headers={"authorization": f"Bearer {token}"})
+    assert allowed.status_code == 200
+    assert "tracking_events_accepted_total" in allowed.text
+
+
+async def test_metrics_read_the_snapshot_age_the_job_keeps_not_clickhouse(
+    server: Running, warehouse: Warehouse
+) -> None:
+    await snapshots.mark_rebuilt(server.services.redis, datetime.now(UTC) - timedelta(minutes=30))
+    await warehouse.command("DETACH TABLE dashboard_snapshots")  # a query would fail
+    try:
+        text = (await server.http.get("/metrics")).text
+    finally:
+        await warehouse.command("ATTACH TABLE dashboard_snapshots")
+    (line,) = [x for x in text.splitlines() if x.startswith("dashboard_snapshot_age_minutes ")]
+    assert float(line.split()[1]) == pytest.approx(30, abs=0.5)
