@@ -265,8 +265,7 @@ async def test_long_unique_user_agents_are_cut_and_the_cache_stays_bounded(
     server: Running, warehouse: Warehouse, record_outcome: Callable[[Outcome], None]
 ) -> None:
     agents = [
-        f"Mozilla/5.0 ({i}) " + "".join(random.choices(string.digits, k=4096))
-        for i in range(15)
+        f"Mozilla/5.0 ({i}) " + "".join(random.choices(string.digits, k=4096)) for i in range(15)
     ]
     accepted: list[str] = []
     for agent in agents:  # from the header, as sendBeacon sends it

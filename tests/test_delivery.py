@@ -161,6 +161,8 @@ async def test_standalone_worker_retries_a_queued_batch_once(
         "CLICKHOUSE_DATABASE": settings.clickhouse_database,
         "REDIS_URL": settings.redis_url,
         "AMQP_EXCHANGE": settings.amqp_exchange,
+        "STORAGE_URL": settings.storage_url,
+        "DOWNLOAD_SIGNING_KEY": settings.download_signing_key,
     }.items():
         monkeypatch.setenv(name, value)
     ws = workers.WorkerSettings

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from materialized.migrations import load_migrations
-from tests.conftest import event
+from tests.conftest import event, free_port
 from tests.service_process import ANALYTICS, ROOT, STARTED, env_for, query, start_service, stop
 
 pytestmark = pytest.mark.usefixtures("isolated_processes")
@@ -111,7 +111,8 @@ async def test_consume_command_stores_domain_events_and_stops_on_sigterm(tmp_pat
     from tests.conftest import AMQP_URL
     from tests.domain_events import MAKERS
 
-    queue_env = env_for(tmp_path)
+    metrics_port = free_port()
+    queue_env = env_for(tmp_path, METRICS_PORT=str(metrics_port), METRICS_TOKEN="scrape-token")
     exchange_name = queue_env["AMQP_EXCHANGE"]
     log = (tmp_path / "consume.log").open("ab")
     proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
@@ -138,6 +139,14 @@ async def test_consume_command_stores_domain_events_and_stops_on_sigterm(tmp_pat
     for key, make in MAKERS.items():
         await exchange.publish(aio_pika.Message(msgspec.json.encode(make())), routing_key=key)
     await asyncio.sleep(2)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{metrics_port}") as ops:
+        ready = await ops.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["consumer"]["alive"] is True
+        assert (await ops.get("/metrics")).status_code == 401
+        scraped = await ops.get("/metrics", headers={"authorization": "Bearer scrape-token"})
+        assert "domain_consumer_up 1.0" in scraped.text
+        assert (await ops.get("/healthz")).json() == {"status": "ok"}
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(proc.wait, 60) == 0, (tmp_path / "consume.log").read_text()
     await connection.close()
