@@ -17,6 +17,8 @@ import httpx
 import msgspec
 import pytest
 from arq.connections import ArqRedis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from sanic import Sanic
@@ -392,3 +394,14 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
     await redis.start()
     yield redis
     redis.kill()
+
+
+def rsa_key_pair() -> tuple[rsa.RSAPrivateKey, str]:
+    """A fresh RS256 signing key and its public half in PEM (what AUTH_JWT_PUBLIC_KEY holds)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return key, public

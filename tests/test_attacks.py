@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from redis.asyncio import Redis
 
 from core.settings import Settings
@@ -32,7 +30,7 @@ from ingest.enrich import Context, enrich
 from ingest.schema import TrackingEvent
 from ingest.useragent import CACHE_BYTES, MAX_LENGTH, cache_size, parse_agent
 from materialized.warehouse import Warehouse
-from tests.conftest import DOWNLOAD_KEY, Outcome, Running, encode, event, stored_ids
+from tests.conftest import DOWNLOAD_KEY, Outcome, Running, encode, event, rsa_key_pair, stored_ids
 from tests.hostile import HOSTILE
 from tests.load import LoadResult
 
@@ -42,6 +40,30 @@ TRACK = "/v1/analytics/track"
 def answered(sent: int, accepted: list[str], refused: int) -> LoadResult:
     """What a sequential attacker saw: every request answered, 202 or 4xx."""
     return LoadResult(sent, accepted, {"202": len(accepted), "4xx": refused}, 0, 0, 0.0)
+
+
+async def flood(
+    server: Running, requests: int, headers: Callable[[int], list[tuple[str, str]]]
+) -> tuple[list[str], int]:
+    """`requests` single events, 30 at a time, request i with `headers(i)`: the accepted
+    eventIds and how many were refused with 429. The writer is drained afterwards."""
+    accepted: list[str] = []
+    refused = 0
+    for start in range(0, requests, 30):
+        answers = await asyncio.gather(
+            *(
+                server.http.post(TRACK, json=event(), headers=headers(i))
+                for i in range(start, min(start + 30, requests))
+            )
+        )
+        for answer in answers:
+            if answer.status_code == 202:
+                accepted.append(answer.json()["eventId"])
+            else:
+                assert answer.status_code == 429
+                refused += 1
+    await server.drain()
+    return accepted, refused
 
 
 async def test_replaying_accepted_events_stores_each_once(
@@ -72,22 +94,9 @@ async def test_forged_forwarded_for_flood_stays_within_the_limit(
     server: Running = await make_server(msgspec.structs.replace(settings, rate_limit="50/minute"))
     accepted: list[str] = []
     refused = 0
-    for start in range(0, 300, 30):
-        answers = await asyncio.gather(
-            *(
-                server.http.post(
-                    TRACK, json=event(), headers={"x-forwarded-for": f"203.0.113.{i % 250}"}
-                )
-                for i in range(start, start + 30)
-            )
-        )
-        for answer in answers:
-            if answer.status_code == 202:
-                accepted.append(answer.json()["eventId"])
-            else:
-                assert answer.status_code == 429
-                refused += 1
-    await server.drain()
+    accepted, refused = await flood(
+        server, 300, lambda i: [("x-forwarded-for", f"203.0.113.{i % 250}")]
+    )
     stored = await stored_ids(warehouse)
     result = Outcome.of(
         "300 requests, forged X-Forwarded-For", 0, answered(300, accepted, refused), stored
@@ -122,12 +131,7 @@ async def test_forged_download_links_are_refused(
     settings: Settings,
     record_outcome: Callable[[Outcome], None],
 ) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+    _, public = rsa_key_pair()
     server: Running = await make_server(
         msgspec.structs.replace(settings, auth_jwt_public_key=public, auth_jwt_secret="")
     )
@@ -180,17 +184,11 @@ async def test_a_second_forwarded_for_line_from_the_proxy_is_believed(
     server: Running = await make_server(
         msgspec.structs.replace(settings, rate_limit="50/minute", trusted_proxies=("127.0.0.1",))
     )
-    accepted: list[str] = []
-    refused = 0
-    for i in range(120):
-        headers = [("x-forwarded-for", f"203.0.113.{i % 250}"), ("x-forwarded-for", "81.2.69.160")]
-        answer = await server.http.post(TRACK, json=event(), headers=headers)
-        if answer.status_code == 202:
-            accepted.append(answer.json()["eventId"])
-        else:
-            assert answer.status_code == 429
-            refused += 1
-    await server.drain()
+    accepted, refused = await flood(
+        server,
+        120,
+        lambda i: [("x-forwarded-for", f"203.0.113.{i % 250}"), ("x-forwarded-for", "81.2.69.160")],
+    )
     stored = await stored_ids(warehouse)
     result = Outcome.of(
         "120 requests, client's own X-Forwarded-For line",

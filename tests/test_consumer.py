@@ -48,10 +48,10 @@ async def platform(exchange_name: str) -> AsyncIterator[Platform]:
     await connection.close()
 
 
-@pytest.fixture
-async def consumer(
-    settings: Settings, warehouse: Warehouse, redis: Redis, platform: Platform
-) -> AsyncIterator[DomainEventConsumer]:
+async def started_consumer(
+    settings: Settings, warehouse: Warehouse, redis: ArqRedis, batch_size: int = 100
+) -> DomainEventConsumer:
+    """A consumer on the test's exchange and queue, connected, small batches, short flushes."""
     running = DomainEventConsumer(
         amqp_url=settings.amqp_url,
         exchange=settings.amqp_exchange,
@@ -59,11 +59,19 @@ async def consumer(
         redis=redis,
         report_timezone=settings.report_timezone,
         queue=settings.amqp_queue,
-        batch_size=100,
+        batch_size=batch_size,
         flush_ms=50,
     )
     running.start()
     await asyncio.wait_for(running.connected.wait(), timeout=10)
+    return running
+
+
+@pytest.fixture
+async def consumer(
+    settings: Settings, warehouse: Warehouse, redis: ArqRedis, platform: Platform
+) -> AsyncIterator[DomainEventConsumer]:
+    running = await started_consumer(settings, warehouse, redis)
     yield running
     await running.close()
 
@@ -476,20 +484,9 @@ async def test_redis_killed_mid_stream_loses_nothing_and_counters_are_reconciled
     settings: Settings, warehouse: Warehouse, platform: Platform, private_redis: PrivateRedis
 ) -> None:
     redis = ArqRedis.from_url(private_redis.url, socket_timeout=1.0, socket_connect_timeout=1.0)
-    running = DomainEventConsumer(
-        amqp_url=settings.amqp_url,
-        exchange=settings.amqp_exchange,
-        warehouse=warehouse,
-        redis=redis,
-        report_timezone=settings.report_timezone,
-        queue=settings.amqp_queue,
-        batch_size=50,
-        flush_ms=50,
-    )
     failures_before = counter("redis_unavailable", operation="live_counters")
-    running.start()
+    running = await started_consumer(settings, warehouse, redis, batch_size=50)
     try:
-        await asyncio.wait_for(running.connected.wait(), timeout=10)
         sent = [payment_succeeded(amount="10.50") for _ in range(300)]
         for i, body in enumerate(sent):
             await platform.publish("lomash.payments.succeeded", body)

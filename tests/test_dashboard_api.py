@@ -13,15 +13,13 @@ import aio_pika
 import jwt
 import msgspec
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from redis.asyncio import Redis
 
 from cli.demo_traffic import default_start, generate, load
 from core.settings import Settings
 from materialized import dashboard_cache, snapshots
 from materialized.warehouse import Warehouse
-from tests.conftest import JWT_SECRET, Running, take, wait_for
+from tests.conftest import JWT_SECRET, Running, rsa_key_pair, take, wait_for
 from workers import jobs
 
 DASHBOARD = "/v1/analytics/dashboard"
@@ -96,12 +94,7 @@ async def test_only_a_valid_admin_token_gets_in(
 
 
 async def test_rs256_public_key(make_server, settings: Settings) -> None:  # type: ignore[no-untyped-def]
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+    key, public = rsa_key_pair()
     server: Running = await make_server(
         msgspec.structs.replace(settings, auth_jwt_public_key=public, auth_jwt_secret="")
     )
