@@ -23,8 +23,8 @@ from redis.asyncio import Redis
 
 from consumers.consumer import DomainEventConsumer
 from consumers.schemas import CONTRACTS
-from materialized.migrations import migrate
-from materialized.warehouse import Warehouse
+from core.clickhouse import Warehouse
+from core.migrations import migrate
 from tests.domain_events import MAKERS
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"

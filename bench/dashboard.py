@@ -33,13 +33,14 @@ import jwt
 import msgspec
 from sanic import Sanic
 
+from api.app import create_app
 from consumers.consumer import DomainEventConsumer
 from consumers.schemas import CONTRACTS
+from core.clickhouse import Warehouse
+from core.migrations import migrate
 from core.settings import Settings, load_settings
-from ingest.app import create_app
 from materialized import dashboard_cache, widgets
-from materialized.migrations import migrate
-from materialized.warehouse import Warehouse
+from workers.context import JobContext
 from workers.jobs import recompute_funnels
 
 DAYS = 60
@@ -275,7 +276,7 @@ async def main() -> None:
         rollup_ms = await timed(from_rollups, 30)
         await from_raw()
         raw_ms = await timed(from_raw, 5)
-        ctx = {"warehouse": warehouse, "settings": load_settings({})}
+        ctx = {"job": JobContext(settings=load_settings({}), warehouse=warehouse)}
         funnel_ms = await timed(lambda: recompute_funnels(ctx), 3)
         await warehouse.close()
 
@@ -320,7 +321,7 @@ async def main() -> None:
             cached_ms = await timed(cached, 200)
             services = app.ctx.services
             consumer = DomainEventConsumer.for_settings(
-                settings, services.warehouse, services.redis
+                settings, services.runtime.warehouse, services.runtime.redis
             )
             consumer.start()
             await asyncio.wait_for(consumer.connected.wait(), timeout=10)
@@ -332,7 +333,7 @@ async def main() -> None:
             async def drop_all() -> None:
                 while True:
                     await asyncio.sleep(0.2)  # the consumer's batch interval
-                    await dashboard_cache.invalidate(services.redis)
+                    await dashboard_cache.invalidate(services.runtime.redis)
 
             dropping = asyncio.create_task(drop_all())
             previous = await streaming(
@@ -340,7 +341,7 @@ async def main() -> None:
             )
             dropping.cancel()
             await consumer.close()
-            await services.redis.flushdb()
+            await services.runtime.redis.flushdb()
             await remove_broker_objects(settings)
         await server.before_stop()
         server.close()

@@ -22,10 +22,10 @@ import zoneinfo
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from core.clickhouse import Warehouse
+from core.migrations import migrate
 from core.storage import FileStorage
 from materialized import reports
-from materialized.migrations import migrate
-from materialized.warehouse import Warehouse
 
 ORDERS = """
 INSERT INTO analytics_events (event_id, event_type, routing_key, version, occurred_at,

@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from consumers.mapping import DomainRow, to_row
-from ingest.rows import TrackingRow
-from materialized.warehouse import Warehouse
+from core.clickhouse import Warehouse
+from core.rows import TrackingRow
 
 SITE = "https://www.lomashwood.co.uk"
 KITCHENS = ["shaker-oak", "handleless-gloss", "in-frame-sage", "modern-walnut", "country-cream"]

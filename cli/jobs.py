@@ -8,19 +8,10 @@ from datetime import UTC, datetime
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from core import export_state
+from core.export_state import ExportState, ExportStatus
 from core.ids import new_event_id
+from core.jobs import BY_COMMAND, Job, export_job_id
 from core.settings import Settings
-
-NAMES = {
-    "rebuild-dashboards": "rebuild_dashboards",
-    "recompute-funnels": "recompute_funnels",
-    "archive": "archive_historical_data",
-    "purge": "purge_old_events",
-    "retry": "retry_failed_batches",
-    "remove-old-exports": "remove_old_exports",
-    "check-freshness": "check_dashboard_freshness",
-    "export": "export_report",
-}
 
 
 async def _pool(settings: Settings) -> ArqRedis:
@@ -56,30 +47,29 @@ def list_jobs(settings: Settings, limit: int = 20) -> str:
 
 
 def run_job(settings: Settings, name: str, report: str, fmt: str, start: str, end: str) -> str:
-    if name not in NAMES:
-        raise SystemExit(f"unknown job {name!r}; one of: {', '.join(NAMES)}")
+    if name not in BY_COMMAND:
+        raise SystemExit(f"unknown job {name!r}; one of: {', '.join(BY_COMMAND)}")
 
     async def run() -> str:
         pool = await _pool(settings)
         try:
-            if name != "export":
-                job = await pool.enqueue_job(NAMES[name])
+            if BY_COMMAND[name] is not Job.EXPORT_REPORT:
+                job = await pool.enqueue_job(BY_COMMAND[name])
                 return f"enqueued {name}: job {job.job_id if job else '?'}"
             if not (report and fmt and start and end):
                 raise SystemExit("export needs --report, --format, --from and --to")
             export_id = str(new_event_id())
-            await export_state.save(
-                pool,
-                export_id,
-                status="QUEUED",
-                reportType=report,
+            state = ExportState(
+                status=ExportStatus.QUEUED,
+                report_type=report,
                 format=fmt,
-                start=datetime.fromisoformat(start).astimezone(UTC).isoformat(),
-                end=datetime.fromisoformat(end).astimezone(UTC).isoformat(),
-                requestedBy="analytics-cli",
-                createdAt=datetime.now(UTC).isoformat(),
+                start=datetime.fromisoformat(start).astimezone(UTC),
+                end=datetime.fromisoformat(end).astimezone(UTC),
+                requested_by="analytics-cli",
+                created_at=datetime.now(UTC),
             )
-            await pool.enqueue_job("export_report", export_id, _job_id=f"export:{export_id}")
+            await export_state.save(pool, export_id, state)
+            await pool.enqueue_job(Job.EXPORT_REPORT, export_id, _job_id=export_job_id(export_id))
             return f"enqueued export {export_id}"
         finally:
             await pool.aclose()

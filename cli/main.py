@@ -16,16 +16,12 @@ from core.settings import Settings, SettingsError, load_settings
 
 
 def _migrate(settings: Settings) -> int:
-    from materialized.migrations import MigrationError, migrate
-    from materialized.warehouse import Warehouse
+    from core.migrations import MigrationError, open_migrated
 
     async def run() -> list[str]:
-        warehouse = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
-        try:
-            await warehouse.open()
-            return await migrate(warehouse, cluster=settings.clickhouse_cluster)
-        finally:
-            await warehouse.close()
+        warehouse, applied = await open_migrated(settings)
+        await warehouse.close()
+        return applied
 
     try:
         applied = asyncio.run(run())
@@ -49,7 +45,7 @@ def _serve(settings: Settings, *, embedded: bool) -> int:
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
-    from ingest.app import create_app
+    from api.app import create_app
 
     _tune_gc()
     loader = AppLoader(factory=partial(create_app, settings, embedded=embedded))
@@ -75,16 +71,11 @@ def _consume(settings: Settings) -> int:
 
     from consumers.consumer import DomainEventConsumer
     from core.ops_server import OpsServer
-    from ingest.app import redis_client
-    from materialized.migrations import migrate
-    from materialized.warehouse import Warehouse
+    from core.runtime import Role, Runtime
 
     async def run() -> None:
-        warehouse = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
-        await warehouse.open()
-        await migrate(warehouse, cluster=settings.clickhouse_cluster)
-        redis = redis_client(settings.redis_url)
-        consumer = DomainEventConsumer.for_settings(settings, warehouse, redis)
+        runtime = await Runtime.open(settings, {Role.CONSUMER})
+        consumer = DomainEventConsumer.for_settings(settings, runtime.warehouse, runtime.redis)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -102,8 +93,7 @@ def _consume(settings: Settings) -> int:
         if ops is not None:
             await ops.close()
         await consumer.close()
-        await redis.aclose()
-        await warehouse.close()
+        await runtime.close()
 
     _tune_gc()
     asyncio.run(run())
@@ -112,18 +102,16 @@ def _consume(settings: Settings) -> int:
 
 def _demo(settings: Settings, days: int, sessions: int, seed: int) -> int:
     from cli.demo_traffic import default_start, generate, load
-    from materialized.migrations import migrate
-    from materialized.warehouse import Warehouse
+    from core.migrations import open_migrated
+    from workers.context import JobContext
     from workers.jobs import rebuild_dashboards, recompute_funnels
 
     async def run() -> str:
-        warehouse = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
+        warehouse, _ = await open_migrated(settings)
         try:
-            await warehouse.open()
-            await migrate(warehouse, cluster=settings.clickhouse_cluster)
             traffic = generate(default_start(days=days), days, sessions, seed)
             await load(warehouse, traffic)
-            ctx = {"warehouse": warehouse, "settings": settings}
+            ctx = {"job": JobContext(settings=settings, warehouse=warehouse)}
             await recompute_funnels(ctx)
             await rebuild_dashboards(ctx)
             return f"{len(traffic.tracking):,} browser and {len(traffic.domain):,} domain events"
@@ -146,10 +134,9 @@ def _demo(settings: Settings, days: int, sessions: int, seed: int) -> int:
 def _restore_day(settings: Settings, day: str) -> int:
     from datetime import date
 
+    from core.migrations import open_migrated
     from core.storage import storage_for
     from materialized.archive import restore_day
-    from materialized.migrations import migrate
-    from materialized.warehouse import Warehouse
 
     try:
         wanted = date.fromisoformat(day)
@@ -158,11 +145,9 @@ def _restore_day(settings: Settings, day: str) -> int:
         return 2
 
     async def run() -> int:
-        warehouse = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
         storage = storage_for(settings)
+        warehouse, _ = await open_migrated(settings)
         try:
-            await warehouse.open()
-            await migrate(warehouse, cluster=settings.clickhouse_cluster)
             return await restore_day(warehouse, storage, wanted)
         finally:
             await warehouse.close()
@@ -233,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "restore-day":
         return _restore_day(settings, args.day)
     if args.command == "token":
-        from ingest.auth import mint
+        from api.auth import mint
 
         print(mint(settings, args.role, args.subject, args.ttl))
         return 0

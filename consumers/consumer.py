@@ -35,11 +35,13 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     AbstractRobustExchange,
 )
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 from arq.connections import ArqRedis
 
 from consumers.mapping import DomainRow, Invalid, to_row
 from consumers.schemas import CONTRACTS
 from core.best_effort import best_effort
+from core.clickhouse import Warehouse, WarehouseError, retrying
 from core.metrics import (
     CONSUMER_LAG,
     CONSUMER_RESTARTS,
@@ -55,7 +57,6 @@ from core.metrics import (
 )
 from core.settings import Settings
 from materialized import counters, coverage, dashboard_cache
-from materialized.warehouse import Warehouse, WarehouseError, retrying
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ class DomainEventConsumer:
             await self._after_stored(stored)
         try:
             await batch[-1].ack(multiple=True)
-        except Exception as error:
+        except (AMQPError, ConnectionError, ChannelInvalidStateError) as error:
             # The channel this batch came on is gone; the broker will redeliver it and the
             # eventId check above keeps the stored part from being stored again.
             log.warning("could not ack %d messages (%s); they will come back", len(batch), error)

@@ -27,7 +27,7 @@ EVENTS_DROPPED = Counter(
     "tracking_events_dropped", "Tracking events not stored, by reason", ["reason"]
 )
 BOT_EVENTS = Counter(
-    "tracking_bot_events", "Events stored with is_bot = true (kept out of reports)"
+    "tracking_bot_events", "Events accepted and flagged is_bot = true (kept out of reports)"
 )
 BATCH_ROWS = Histogram(
     "tracking_batch_rows",
@@ -113,6 +113,7 @@ EXPORT_DURATION = Histogram(
     "Time to generate one report export",
     buckets=(50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000),
 )
+EXPORT_FAILURES = Counter("export_failures", "Report exports that ended FAILED")
 INGEST_RATE = Gauge(
     "tracking_ingest_rate_per_second", "Events accepted per second over the last minute"
 )

@@ -12,11 +12,10 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-QUEUE_KEY = "lw:retry:batches"
-PROCESSING_KEY = "lw:retry:processing"
-# The arq job id of a run of `retry_failed_batches` queued by a hand-off: at most one such run
-# waits at a time, however many batches are handed off meanwhile.
-RETRY_JOB_ID = "retry_failed_batches"
+from core import keys
+
+QUEUE_KEY = keys.RETRY_QUEUE
+PROCESSING_KEY = keys.RETRY_PROCESSING
 
 
 class RetryBatch(msgspec.Struct, kw_only=True):

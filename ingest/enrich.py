@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from core.ids import new_event_id
+from core.metrics import BOT_EVENTS
+from core.rows import TrackingRow
 from ingest.geo import UNKNOWN, Place
-from ingest.rows import TrackingRow
 from ingest.schema import TrackingEvent
 from ingest.useragent import MAX_LENGTH, parse_agent
 
@@ -83,8 +84,12 @@ def parse_user_agent(rows: list[TrackingRow], ctx: Context) -> None:
 
 def flag_bot(rows: list[TrackingRow], ctx: Context) -> None:
     # Bots are stored, flagged, and kept out of every report by `is_bot = 0` in the views.
+    bots = 0
     for row in rows:
         row.is_bot = parse_agent(row.user_agent).is_bot
+        bots += row.is_bot
+    if bots:
+        BOT_EVENTS.inc(bots)
 
 
 STEPS: Sequence[Step] = (trust_client_clock, put_geolocation, parse_user_agent, flag_bot)

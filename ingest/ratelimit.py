@@ -18,32 +18,32 @@ import math
 import time
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from core import keys
 from core.metrics import RATE_LIMIT_FAIL_OPEN
 
 log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
-# ARGV: limit, window_ms, now_ms, key prefix, then per request (client key, cost); repeats
-# allowed, in order. Returns per request 0 (allowed) or the milliseconds until it would be.
+# KEYS: per request, its client's previous and current window counters; ARGV: limit,
+# window_ms, elapsed_ms in the current window, then per request its cost. Repeats allowed, in
+# order. Returns per request 0 (allowed) or the milliseconds until it would be.
 _SCRIPT = """
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local prefix = ARGV[4]
-local current = math.floor(now / window)
-local elapsed = now - current * window
+local elapsed = tonumber(ARGV[3])
 local weight = (window - elapsed) / window
 local answers = {}
-for i = 5, #ARGV, 2 do
-  local key = prefix .. ARGV[i] .. ':'
-  local cost = tonumber(ARGV[i + 1])
-  local previous = tonumber(redis.call('GET', key .. (current - 1)) or '0')
-  local count = tonumber(redis.call('GET', key .. current) or '0')
+for r = 1, #ARGV - 3 do
+  local previous_key, current_key = KEYS[2 * r - 1], KEYS[2 * r]
+  local cost = tonumber(ARGV[3 + r])
+  local previous = tonumber(redis.call('GET', previous_key) or '0')
+  local count = tonumber(redis.call('GET', current_key) or '0')
   if previous * weight + count + cost <= limit then
-    redis.call('INCRBY', key .. current, cost)
-    redis.call('PEXPIRE', key .. current, window * 2)
+    redis.call('INCRBY', current_key, cost)
+    redis.call('PEXPIRE', current_key, window * 2)
     answers[#answers + 1] = 0
   elseif count + cost > limit or previous == 0 then
     answers[#answers + 1] = window - elapsed
@@ -58,7 +58,9 @@ return answers
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis, limit: int, per: str, prefix: str = "lw:rl:") -> None:
+    def __init__(
+        self, redis: Redis, limit: int, per: str, prefix: str = keys.RATE_REQUESTS
+    ) -> None:
         self._redis = redis
         self._limit = limit
         self._prefix = prefix
@@ -92,14 +94,21 @@ class RateLimiter:
         if time.monotonic() < self._skip_until:
             RATE_LIMIT_FAIL_OPEN.inc(len(clients))
             return [0] * len(clients)
-        args: list[str | int] = [self._limit, self._window_ms, int(time.time() * 1000)]
-        args.append(self._prefix)
+        now_ms = int(time.time() * 1000)
+        current, elapsed = divmod(now_ms, self._window_ms)
+        window_keys: list[str] = []
+        args: list[int] = [self._limit, self._window_ms, elapsed]
         for client, cost in clients:
-            args.extend((client, cost))
+            # One hash tag per client: its two windows share a slot on a Redis Cluster.
+            window_keys += [
+                keys.rate_window(self._prefix, client, current - 1),
+                keys.rate_window(self._prefix, client, current),
+            ]
+            args.append(cost)
         try:
-            answers = await self._script(args=args)
+            answers = await self._script(keys=window_keys, args=args)
             return [int(a) for a in answers]
-        except Exception as error:  # Redis down or slow: fail open, counted
+        except (RedisError, OSError) as error:  # Redis down or slow: fail open, counted
             RATE_LIMIT_FAIL_OPEN.inc(len(clients))
             self._skip_until = time.monotonic() + 1.0
             log.warning(

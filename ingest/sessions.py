@@ -16,9 +16,12 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from core import keys
+from core.limits import RAW_RETENTION_DAYS
 from core.metrics import REDIS_FAILURES, Drop, drop
-from ingest.rows import TrackingRow
+from core.rows import TrackingRow
 
 log = logging.getLogger(__name__)
 
@@ -28,35 +31,35 @@ DEDUP_TTL_S = 86400
 SESSION_TTL_S = 86400  # the tracker's sessionId lives as long as the browser tab session
 # A known user is "returning" when seen in another session within this time: the raw events'
 # hot retention, the longest stretch any report over them can look back on.
-VISITOR_TTL_S = 90 * 86400
+VISITOR_TTL_S = RAW_RETENTION_DAYS * 86400
 # Landing page, referrer and UTM values a session keeps: what the reports show, bounded, so
 # that a client inventing sessions cannot fill Redis with long URLs.
 SESSION_VALUE_CHARS = 256
 
-# ARGV: ttls; n rows as (event id, group); m groups as (session, user,
-# first-seen ms, landing url, referrer, utm source, medium, campaign).
+# KEYS: n event-id keys, then m session keys, then m visitor keys (a group without a user
+# has its session key there too, unused). ARGV: ttls, n; n group numbers; m; m groups as
+# (session, has user, first-seen ms, landing url, referrer, utm source, medium, campaign).
 # Returns per row 1 when it is a duplicate, and per group its session data with the last
 # sequence number handed out before this batch.
 _SCRIPT = """
 local dedup_ttl, session_ttl, visitor_ttl = ARGV[1], ARGV[2], ARGV[3]
 local n = tonumber(ARGV[4])
 local duplicates, counts = {}, {}
-local i = 5
 for k = 1, n do
-  local group = tonumber(ARGV[i + 1])
+  local group = tonumber(ARGV[4 + k])
   duplicates[k] = 0
-  if redis.call('SET', 'lw:evt:' .. ARGV[i], '1', 'NX', 'EX', dedup_ttl) then
+  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', dedup_ttl) then
     counts[group] = (counts[group] or 0) + 1
   else
     duplicates[k] = 1
   end
-  i = i + 2
 end
+local i = 5 + n
 local m = tonumber(ARGV[i]); i = i + 1
 local sessions = {}
 for g = 1, m do
-  local sid, uid = ARGV[i], ARGV[i + 1]
-  local key = 'lw:sess:' .. sid
+  local sid, has_user = ARGV[i], ARGV[i + 1]
+  local key, visitor = KEYS[n + g], KEYS[n + m + g]
   if redis.call('HSETNX', key, 'first', ARGV[i + 2]) == 1 then
     redis.call('HSET', key, 'landing', ARGV[i + 3], 'referrer', ARGV[i + 4],
                'us', ARGV[i + 5], 'um', ARGV[i + 6], 'uc', ARGV[i + 7])
@@ -65,10 +68,10 @@ for g = 1, m do
   redis.call('EXPIRE', key, session_ttl)
   local s = redis.call('HMGET', key, 'first', 'landing', 'referrer', 'us', 'um', 'uc')
   local returning = 0
-  if uid ~= '' then
-    local first_session = redis.call('GET', 'lw:visitor:' .. uid)
+  if has_user == '1' then
+    local first_session = redis.call('GET', visitor)
     if not first_session then
-      redis.call('SET', 'lw:visitor:' .. uid, sid, 'EX', visitor_ttl)
+      redis.call('SET', visitor, sid, 'EX', visitor_ttl)
     elseif first_session ~= sid then
       returning = 1
     end
@@ -126,15 +129,20 @@ class SessionStore:
                 group_first.append(row)
             row_group.append(groups[key])
         # Ids go to Redis as their 16 raw bytes: shorter keys, and no str() per event.
+        script_keys = [keys.accepted_event(row.event_id.bytes) for row in rows]
+        script_keys += [keys.session(session_id.bytes) for session_id, _ in groups]
+        script_keys += [
+            keys.visitor(user.bytes) if user else keys.session(session_id.bytes)
+            for session_id, user in groups
+        ]
         args: list[bytes | str | int] = [DEDUP_TTL_S, SESSION_TTL_S, VISITOR_TTL_S, len(rows)]
-        for row, group in zip(rows, row_group, strict=True):
-            args.extend((row.event_id.bytes, group))
+        args.extend(row_group)
         args.append(len(groups))
         for (session_id, user), first in zip(groups, group_first, strict=True):
             args.extend(
                 (
                     session_id.bytes,
-                    user.bytes if user else b"",
+                    1 if user else 0,
                     int(first.received_at.timestamp() * 1000),
                     first.url[:SESSION_VALUE_CHARS],
                     first.referrer[:SESSION_VALUE_CHARS],
@@ -142,8 +150,8 @@ class SessionStore:
                 )
             )
         try:
-            duplicates, sessions = await self._script(args=args)
-        except Exception as error:
+            duplicates, sessions = await self._script(keys=script_keys, args=args)
+        except (RedisError, OSError) as error:
             REDIS_FAILURES.labels("session_enrichment").inc()
             log.warning("session enrichment skipped for %d events: %s", len(rows), error)
             return rows

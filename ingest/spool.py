@@ -25,11 +25,12 @@ from typing import IO
 
 import msgspec
 
-from consumers.publisher import EventPublisher
-from ingest.rows import TRACKING_COLUMNS, TrackingRow
-from ingest.tracked import announce_stored, publish_tracked
+from core.clickhouse import Warehouse
+from core.publisher import EventPublisher
+from core.rows import TRACKING_COLUMNS, TrackingRow
+from core.tracked import announce_stored, publish_tracked
 from ingest.writer import Settles
-from materialized.warehouse import Warehouse
+from materialized.tracking import stored_event_ids
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class Spool:
             try:
                 self._seal_if_old()
                 self.trim()
-            except Exception:
+            except OSError:
                 log.exception("spool maintenance failed")
 
     def _seal_if_old(self) -> None:
@@ -227,22 +228,6 @@ def open_spool(directory: str, done_through: Callable[[], int]) -> tuple[Spool, 
         locks.append(lock)  # held until this process ends: nobody else replays it meanwhile
         leftovers.extend(sorted(other.glob("*.jsonl")))
     return Spool(own, done_through, locks=locks), leftovers
-
-
-async def stored_event_ids(warehouse: Warehouse, rows: list[TrackingRow]) -> set[uuid.UUID]:
-    """Which of these rows' events `tracking_events` already holds (their time range bounds
-    the search to a few parts)."""
-    found = await warehouse.rows(
-        "SELECT event_id FROM tracking_events WHERE event_id IN {ids:Array(UUID)}"
-        " AND received_at >= {low:DateTime64(3, 'UTC')}"
-        " AND received_at <= {high:DateTime64(3, 'UTC')}",
-        {
-            "ids": [row.event_id for row in rows],
-            "low": min(row.received_at for row in rows),
-            "high": max(row.received_at for row in rows),
-        },
-    )
-    return {r[0] for r in found}
 
 
 async def replay(

@@ -19,8 +19,8 @@ from ingest import cors
 from ingest.client_ip import client_ip, rate_key
 from ingest.enrich import Context, enrich, now
 from ingest.geo import UNKNOWN
+from ingest.pipeline import pipeline
 from ingest.schema import BodyError, Rejection, decode_body
-from ingest.services import services
 
 bp = Blueprint("track")
 
@@ -40,17 +40,17 @@ def _error(status: int, message: str, path: str = "$") -> JSONResponse:
 
 @bp.on_response  # type: ignore[untyped-decorator]
 async def add_cors(request: Request, response: HTTPResponse) -> None:
-    cors.add_headers(request, response, services(request).settings.cors_origins)
+    cors.add_headers(request, response, pipeline(request).settings.cors_origins)
 
 
 @bp.options("/v1/analytics/track")
 async def track_preflight(request: Request) -> HTTPResponse:
-    return cors.preflight(request, services(request).settings.cors_origins)
+    return cors.preflight(request, pipeline(request).settings.cors_origins)
 
 
 @bp.post("/v1/analytics/track")
 async def track(request: Request) -> HTTPResponse:
-    svc = services(request)
+    svc = pipeline(request)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     # sendBeacon posts text/plain so that the browser skips the CORS preflight.
     if content_type not in _ACCEPTED_TYPES:
@@ -96,14 +96,14 @@ async def track(request: Request) -> HTTPResponse:
     )
     rows = enrich([event for _, event in decoded.events], ctx)
     if svc.spool is None:  # SPOOL_DIR="": accepted means in memory only
-        svc.tracking_writer.add(rows)
+        svc.writer.add(rows)
     else:
         try:
             # On disk before the 202: a crash after this point cannot lose these events.
             spooled = await svc.spool.append(_lines(rows))
         except OSError as error:
             return _error(503, f"could not make the events durable: {error}")
-        svc.spool.note(spooled, svc.tracking_writer.add(rows))
+        svc.spool.note(spooled, svc.writer.add(rows))
     EVENTS_ACCEPTED.inc(len(rows))
     RATES.record(accepted=len(rows))
 

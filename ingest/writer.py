@@ -22,10 +22,17 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
 import msgspec
+from redis.exceptions import RedisError
 
-from core.metrics import BATCH_ROWS, FLUSH_SECONDS, INSERT_FAILURES, RETRY_QUEUE_DEPTH
+from core.clickhouse import Warehouse, WarehouseError
+from core.metrics import (
+    BATCH_ROWS,
+    FLUSH_SECONDS,
+    INSERT_FAILURES,
+    REDIS_FAILURES,
+    RETRY_QUEUE_DEPTH,
+)
 from core.retry_queue import RetryBatch
-from materialized.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +184,7 @@ class BatchWriter(Generic[Row]):
             await self._warehouse.insert_lines(
                 self._table, self._columns, batch.data, dedup_token=batch.token
             )
-        except Exception as error:
+        except WarehouseError as error:
             INSERT_FAILURES.labels(self._table).inc()
             log.warning("insert of %d rows into %s failed: %s", batch.rows, self._table, error)
             await self._keep(batch, rows, first)
@@ -195,7 +202,8 @@ class BatchWriter(Generic[Row]):
             try:
                 await self._hand_off(batch)
                 return
-            except Exception as error:
+            except (RedisError, OSError) as error:
+                REDIS_FAILURES.labels("retry_hand_off").inc()
                 log.warning("retry queue unavailable, holding %d rows here: %s", batch.rows, error)
         batch.attempts += 1
         self._retry_at = time.monotonic() + min(

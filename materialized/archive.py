@@ -15,11 +15,12 @@ from datetime import UTC, date, datetime, timedelta
 
 import pyarrow.parquet as pq
 
+from core.clickhouse import Warehouse
+from core.limits import RAW_RETENTION_DAYS
 from core.storage import Storage
-from materialized.warehouse import Warehouse
 
 TABLE = "tracking_events"
-RETENTION_DAYS = 90
+RETENTION_DAYS = RAW_RETENTION_DAYS
 ARCHIVE_AFTER_DAYS = 80  # ten days of slack before the TTL for a failing job to be noticed
 _COLUMNS = "* EXCEPT (path)"  # `path` is derived from url when the rows are loaded again
 
@@ -64,7 +65,7 @@ async def archive_day(warehouse: Warehouse, storage: Storage, day: date) -> Arch
     try:
         await writer.write(data)
         await writer.close()
-    except Exception:
+    except BaseException:
         await writer.abort()
         raise
     stored = pq.ParquetFile(io.BytesIO(await storage.read(key))).metadata.num_rows

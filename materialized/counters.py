@@ -20,14 +20,16 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from materialized.warehouse import Warehouse
+from core import keys
+from core.clickhouse import Warehouse
 
 COUNTER_TTL_S = 40 * 86400
 MICROS = decimal.Decimal(1_000_000)
 # Python's default 28 digits would round amounts the column holds (38 digits) and their sums.
 EXACT = decimal.Context(prec=100)
 REVENUE = "revenue:"
-STALE_KEY = "lw:counters:stale"  # days (ISO) whose counters missed increments
+STALE_KEY = keys.COUNTERS_STALE  # days (ISO) whose counters missed increments
+key = keys.counters  # the hash of one local day
 
 
 class Countable(Protocol):
@@ -35,10 +37,6 @@ class Countable(Protocol):
     occurred_at: datetime
     amount: decimal.Decimal | None
     currency: str
-
-
-def key(day: date) -> str:
-    return f"lw:counters:{day.isoformat()}"
 
 
 def tally(rows: Iterable[Countable], zone: zoneinfo.ZoneInfo) -> dict[date, Counter[str]]:

@@ -15,26 +15,25 @@ from datetime import datetime
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
+from core import keys
+from core.jobs import Job
+
 # job -> the event types its results count (None: every domain event)
-AGGREGATES: dict[str, frozenset[str] | None] = {
-    "recompute_funnels": frozenset({"order-created", "payment-succeeded"}),
-    "rebuild_dashboards": None,
+AGGREGATES: dict[Job, frozenset[str] | None] = {
+    Job.RECOMPUTE_FUNNELS: frozenset({"order-created", "payment-succeeded"}),
+    Job.REBUILD_DASHBOARDS: None,
 }
 COALESCE_SECONDS = 300
 
 
-def _key(job: str) -> str:
-    return f"lw:covered:{job}"
+async def record(redis: Redis, job: Job, start: datetime, computed_at: datetime) -> None:
+    await redis.set(keys.covered(job), f"{start.timestamp()} {computed_at.timestamp()}")
 
 
-async def record(redis: Redis, job: str, start: datetime, computed_at: datetime) -> None:
-    await redis.set(_key(job), f"{start.timestamp()} {computed_at.timestamp()}")
-
-
-async def late_jobs(redis: Redis, events: Iterable[tuple[str, datetime]]) -> list[str]:
+async def late_jobs(redis: Redis, events: Iterable[tuple[str, datetime]]) -> list[Job]:
     """The jobs whose stored results miss some of `events` ((event type, occurred at))."""
     jobs = list(AGGREGATES)
-    covered = await redis.mget([_key(job) for job in jobs])
+    covered = await redis.mget([keys.covered(job) for job in jobs])
     events = list(events)
     late = []
     for job, value in zip(jobs, covered, strict=True):
@@ -50,7 +49,7 @@ async def late_jobs(redis: Redis, events: Iterable[tuple[str, datetime]]) -> lis
     return late
 
 
-async def enqueue_recompute(redis: ArqRedis, job: str, now: datetime) -> bool:
+async def enqueue_recompute(redis: ArqRedis, job: Job, now: datetime) -> bool:
     """Queue `job` once per COALESCE_SECONDS window; True when this call queued it."""
     window = int(now.timestamp()) // COALESCE_SECONDS
     queued = await redis.enqueue_job(job, _job_id=f"{job}:late:{window}", _defer_by=30)

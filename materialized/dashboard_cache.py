@@ -16,14 +16,12 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
+from core import keys
 from materialized import widgets
 
-INDEX_KEY = "dashboard:snapshot:ranges"
+INDEX_KEY = keys.DASHBOARD_CACHE_INDEX
 CACHE_SECONDS = 300
-
-
-def cache_key(start: str, end: str) -> str:
-    return f"dashboard:snapshot:{start}:{end}"
+cache_key = keys.dashboard_cache
 
 
 async def remember(redis: Redis, start: datetime, end: datetime, body: bytes) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from materialized.warehouse import Warehouse
+from core.clickhouse import Warehouse
 
 DEFAULT_WINDOW_SECONDS = 7 * 86400
 

@@ -22,8 +22,8 @@ from typing import Literal
 
 import msgspec
 
+from core.clickhouse import Warehouse
 from materialized import funnels
-from materialized.warehouse import Warehouse
 
 ReportType = Literal["BOOKINGS", "ORDERS", "REVENUE", "PRODUCTS", "FUNNELS"]
 Format = Literal["CSV", "JSON"]
@@ -104,8 +104,11 @@ async def write_report(
     end: datetime,
     zone: zoneinfo.ZoneInfo,
     write: Write,
+    *,
+    funnel_window_seconds: int = funnels.DEFAULT_WINDOW_SECONDS,
 ) -> None:
-    """Write the report, page by page; nothing but one page is held in memory."""
+    """Write the report, page by page; nothing but one page is held in memory. FUNNELS uses
+    `funnel_window_seconds` (FUNNEL_WINDOW_SECONDS), as recompute-funnels does."""
     params = {"start": start, "end": end, "zone": zone.key}
     if report in _ROW_REPORTS:
         event_types, select = _ROW_REPORTS[report]
@@ -124,15 +127,15 @@ async def write_report(
     elif report == "PRODUCTS":
         await write(await warehouse.formatted(_PRODUCTS, params, _clickhouse_format(fmt, True)))
     else:
-        await write(await _funnel_report(warehouse, fmt, start, end))
+        await write(await _funnel_report(warehouse, fmt, start, end, funnel_window_seconds))
 
 
 async def _funnel_report(
-    warehouse: Warehouse, fmt: Format, start: datetime, end: datetime
+    warehouse: Warehouse, fmt: Format, start: datetime, end: datetime, window_seconds: int
 ) -> bytes:
     rows = []
     for funnel in funnels.FUNNELS.values():
-        result = await funnels.compute(warehouse, funnel, start, end)
+        result = await funnels.compute(warehouse, funnel, start, end, window_seconds)
         for number, (step, visitors) in enumerate(result.steps, start=1):
             rows.append(
                 {

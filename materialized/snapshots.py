@@ -14,8 +14,9 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
+from core import keys
+from core.clickhouse import Warehouse
 from core.ids import new_event_id
-from materialized.warehouse import Warehouse
 
 SCHEDULED_LABELS = ("today", "week", "month", "last-30-days")
 ON_DEMAND = "on-demand"
@@ -67,7 +68,7 @@ async def age_minutes(warehouse: Warehouse) -> float | None:
     return None if value is None else float(value)
 
 
-REBUILT_KEY = "lw:dashboard:rebuilt-at"  # when the scheduled rebuild last finished (epoch s)
+REBUILT_KEY = keys.DASHBOARD_REBUILT_AT  # when the scheduled rebuild last finished (epoch s)
 
 
 async def mark_rebuilt(redis: Redis, at: datetime) -> None:
@@ -112,7 +113,7 @@ class OnDemand:
                 lines,
                 dedup_token=new_event_id().hex,
             )
-        except Exception:
+        except BaseException:
             for key, value in held.items():  # kept for the next flush, unless newer came
                 self._held.setdefault(key, value)
             raise

@@ -14,7 +14,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from materialized.warehouse import Warehouse
+from core.clickhouse import Warehouse
 
 TOP_PRODUCTS = 10
 # Sums of Decimal(38, 6) amounts: Python's default 28 digits would round them.

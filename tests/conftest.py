@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import subprocess
 import uuid
@@ -23,12 +24,14 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from sanic import Sanic
 
+from api.app import create_app
+from api.services import Services, app_services
+from consumers.consumer import DomainEventConsumer
+from core.clickhouse import Warehouse
+from core.migrations import migrate
 from core.settings import Settings, load_settings
-from ingest.app import create_app
-from ingest.services import Services, app_services
-from materialized.migrations import migrate
-from materialized.warehouse import Warehouse
 from tests.load import Load, LoadResult
+from workers.context import JobContext
 
 Sanic.test_mode = True
 
@@ -173,7 +176,7 @@ class Running:
 
     async def drain(self) -> None:
         """Write out whatever the batch writer holds, so assertions see every accepted row."""
-        await self.services.tracking_writer.flush(force_retries=True)
+        await self.services.pipeline.writer.flush(force_retries=True)
 
 
 @pytest.fixture
@@ -405,3 +408,15 @@ def rsa_key_pair() -> tuple[rsa.RSAPrivateKey, str]:
         .decode()
     )
     return key, public
+
+
+def consumer_of(server: Running) -> DomainEventConsumer:
+    """The domain-event consumer `serve` runs in-process."""
+    consumer = server.services.consumer
+    assert consumer is not None
+    return consumer
+
+
+def job_of(server: Running, warehouse: Warehouse) -> JobContext:
+    """A job context on the server's clients, with the test's database."""
+    return dataclasses.replace(JobContext.of(server.services.runtime), warehouse=warehouse)

@@ -24,12 +24,12 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
+from core.clickhouse import Warehouse
 from core.settings import Settings
 from core.storage import FileStorage
 from ingest.enrich import Context, enrich
 from ingest.schema import TrackingEvent
 from ingest.useragent import CACHE_BYTES, MAX_LENGTH, cache_size, parse_agent
-from materialized.warehouse import Warehouse
 from tests.conftest import DOWNLOAD_KEY, Outcome, Running, encode, event, rsa_key_pair, stored_ids
 from tests.hostile import HOSTILE
 from tests.load import LoadResult
@@ -135,7 +135,7 @@ async def test_forged_download_links_are_refused(
     server: Running = await make_server(
         msgspec.structs.replace(settings, auth_jwt_public_key=public, auth_jwt_secret="")
     )
-    storage = server.services.storage
+    storage = server.services.runtime.storage
     assert isinstance(storage, FileStorage)
     object_key = "archive/tracking_events/2026-08-01.parquet"
     storage.path(object_key).parent.mkdir(parents=True)

@@ -17,10 +17,11 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from consumers.consumer import DomainEventConsumer
+from core.clickhouse import Warehouse
+from core.jobs import Job
 from core.settings import Settings
 from materialized import counters, coverage, dashboard_cache
-from materialized.warehouse import Warehouse
-from tests.conftest import AMQP_URL, PrivateRedis, Running, counter, take, wait_for
+from tests.conftest import AMQP_URL, PrivateRedis, Running, consumer_of, counter, take, wait_for
 from tests.domain_events import MAKERS, envelope, order_created, payment_succeeded
 
 
@@ -555,8 +556,8 @@ async def test_late_events_enqueue_one_recompute_of_what_they_change(
     consumer: DomainEventConsumer, platform: Platform, warehouse: Warehouse, redis: Redis
 ) -> None:
     now = datetime.now(UTC)
-    await coverage.record(redis, "recompute_funnels", now - timedelta(days=30), now)
-    await coverage.record(redis, "rebuild_dashboards", now - timedelta(days=30), now)
+    await coverage.record(redis, Job.RECOMPUTE_FUNNELS, now - timedelta(days=30), now)
+    await coverage.record(redis, Job.REBUILD_DASHBOARDS, now - timedelta(days=30), now)
     bookings = [MAKERS["lomash.bookings.created"]() for _ in range(3)]
     for body in bookings:  # occurred now: after both were computed, so not late
         await platform.publish("lomash.bookings.created", body)
@@ -617,7 +618,7 @@ async def test_a_failing_consume_loop_is_restarted_and_nothing_is_counted_twice(
 
 async def test_readiness_reports_the_consumer(server: Running) -> None:
     async def connected() -> bool:
-        return bool(server.app.ctx.consumer.connected.is_set())
+        return bool(consumer_of(server).connected.is_set())
 
     await wait_for(connected)
     answer = await server.http.get("/readyz")
@@ -629,7 +630,7 @@ async def test_readiness_reports_the_consumer(server: Running) -> None:
     metrics = (await server.http.get("/metrics")).text
     assert "domain_consumer_oldest_unacked_seconds" in metrics
     assert "domain_consumer_up 1.0" in metrics
-    await server.app.ctx.consumer.close()
+    await consumer_of(server).close()
     await asyncio.sleep(2.1)  # readiness is cached for 2 s
     answer = await server.http.get("/readyz")
     assert answer.status_code == 503

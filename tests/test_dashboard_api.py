@@ -16,10 +16,10 @@ import pytest
 from redis.asyncio import Redis
 
 from cli.demo_traffic import default_start, generate, load
+from core.clickhouse import Warehouse
 from core.settings import Settings
 from materialized import dashboard_cache, snapshots
-from materialized.warehouse import Warehouse
-from tests.conftest import JWT_SECRET, Running, rsa_key_pair, take, wait_for
+from tests.conftest import JWT_SECRET, Running, job_of, rsa_key_pair, take, wait_for
 from workers import jobs
 
 DASHBOARD = "/v1/analytics/dashboard"
@@ -232,7 +232,7 @@ async def test_when_computing_fails_the_newest_snapshot_is_served_stale(
     params = a_day()
     fresh = await server.http.get(DASHBOARD, params=params, headers=bearer(token()))
     assert fresh.json()["stale"] is False
-    await server.services.redis.flushdb()  # no cached answer left
+    await server.services.runtime.redis.flushdb()  # no cached answer left
     await demo.command("DETACH TABLE domain_events_hourly")  # and the rollups break
     try:
         stale = await server.http.get(DASHBOARD, params=params, headers=bearer(token()))
@@ -264,7 +264,7 @@ async def messages(queue: aio_pika.abc.AbstractQueue, n: int) -> list[tuple[str,
 async def test_admin_can_enqueue_a_rebuild_that_saves_and_announces_snapshots(
     server: Running, demo: Warehouse, announcements: aio_pika.abc.AbstractQueue
 ) -> None:
-    await server.services.publisher.connected.wait()
+    await server.services.runtime.publisher.connected.wait()
     refused = await server.http.post(
         "/v1/admin/jobs/rebuild-dashboards", headers=bearer(token("USER"))
     )
@@ -299,8 +299,8 @@ async def test_admin_can_enqueue_a_rebuild_that_saves_and_announces_snapshots(
 async def test_recompute_funnels_writes_and_publishes_each_funnel(
     server: Running, demo: Warehouse, announcements: aio_pika.abc.AbstractQueue, settings: Settings
 ) -> None:
-    await server.services.publisher.connected.wait()
-    ctx = {"warehouse": demo, "settings": settings, "publisher": server.services.publisher}
+    await server.services.runtime.publisher.connected.wait()
+    ctx = {"job": job_of(server, demo)}
     summary = await jobs.recompute_funnels(ctx)
     assert "booking" in summary and "checkout" in summary
     rows = await demo.dicts("SELECT * FROM funnels ORDER BY funnel")
@@ -332,13 +332,8 @@ async def test_a_stale_dashboard_raises_one_alert_and_one_recovery(
     settings: Settings,
     redis: Redis,
 ) -> None:
-    await server.services.publisher.connected.wait()
-    ctx = {
-        "warehouse": warehouse,
-        "settings": settings,
-        "publisher": server.services.publisher,
-        "redis": redis,
-    }
+    await server.services.runtime.publisher.connected.wait()
+    ctx = {"job": job_of(server, warehouse)}
     assert await jobs.check_dashboard_freshness(ctx) == "alert raised"  # none at all
     assert await jobs.check_dashboard_freshness(ctx) == "still stale: no snapshot"
     await warehouse.command(
@@ -353,7 +348,7 @@ async def test_a_stale_dashboard_raises_one_alert_and_one_recovery(
     assert await server.services.on_demand.flush() == 1
     assert await snapshots.age_minutes(warehouse) == pytest.approx(180, abs=1)
     assert (await jobs.check_dashboard_freshness(ctx)).startswith("still stale: 180")
-    await jobs.rebuild_dashboards({**ctx})
+    await jobs.rebuild_dashboards(ctx)
     assert (await jobs.check_dashboard_freshness(ctx)).startswith("recovered")
     assert (await jobs.check_dashboard_freshness(ctx)).startswith("fresh")
     alerts = await messages(announcements, 3)

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from cli.demo_traffic import Traffic, generate, load
+from core.clickhouse import Warehouse
 from materialized import funnels, widgets
-from materialized.warehouse import Warehouse
 from tests import oracle
 
 LONDON = zoneinfo.ZoneInfo("Europe/London")

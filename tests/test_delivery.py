@@ -15,10 +15,10 @@ from arq.worker import Worker
 from redis.asyncio import Redis
 
 import workers
+from core.clickhouse import Warehouse
 from core.retry_queue import RetryBatch, RetryQueue
+from core.rows import TrackingRow
 from core.settings import Settings
-from ingest.rows import TrackingRow
-from materialized.warehouse import Warehouse
 from tests.conftest import Running, event, free_port, take, wait_for
 
 TRACK = "/v1/analytics/track"
@@ -56,7 +56,7 @@ async def test_clickhouse_refusing_writes_under_load_loses_nothing_and_doubles_n
     redis: Redis,
     tracked_queue: aio_pika.abc.AbstractQueue,
 ) -> None:
-    await server.services.publisher.connected.wait()
+    await server.services.runtime.publisher.connected.wait()
     # A real refusal: the table is gone from ClickHouse until it is attached again.
     await warehouse.command("DETACH TABLE tracking_events")
     ids = await send_load(server, requests=60, per_request=10)
@@ -64,7 +64,7 @@ async def test_clickhouse_refusing_writes_under_load_loses_nothing_and_doubles_n
     queue = RetryQueue(redis)
 
     async def handed_off() -> bool:
-        return server.services.tracking_writer.pending_rows == 0 and await queue.depth() > 0
+        return server.services.pipeline.writer.pending_rows == 0 and await queue.depth() > 0
 
     await wait_for(handed_off)
     await asyncio.sleep(1.5)  # let the arq job fail at least once against the missing table
@@ -127,7 +127,7 @@ async def test_rabbitmq_down_never_delays_the_202_and_the_backlog_is_counted(
     assert asyncio.get_running_loop().time() - started < 0.5
     await server.drain()
     assert await warehouse.scalar("SELECT count() FROM tracking_events") == 5
-    assert server.services.publisher.backlog == 5
+    assert server.services.runtime.publisher.backlog == 5
     metrics = (await server.http.get("/metrics")).text
     assert "analytics_publish_backlog 5.0" in metrics
 

@@ -20,10 +20,10 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from cli.demo_traffic import default_start, generate, load
+from core.clickhouse import Warehouse
 from core.settings import Settings
 from materialized import reports
-from materialized.warehouse import Warehouse
-from tests.conftest import Running, free_port
+from tests.conftest import Running, free_port, job_of
 from tests.test_dashboard_api import bearer, token
 from workers import jobs
 
@@ -111,7 +111,7 @@ async def generated(
 async def test_csv_export_lands_in_file_storage_behind_a_signed_link(
     server: Running, demo: Warehouse, generated: aio_pika.abc.AbstractQueue
 ) -> None:
-    await server.services.publisher.connected.wait()
+    await server.services.runtime.publisher.connected.wait()
     created = await server.http.post(EXPORTS, json=request_body(), headers=bearer(token()))
     assert created.status_code == 202
     export_id = created.json()["exportId"]
@@ -131,7 +131,7 @@ async def test_csv_export_lands_in_file_storage_behind_a_signed_link(
     # The link is the authorisation: altered or expired, it is refused.
     tampered = state["downloadUrl"].replace("signature=", "signature=0")
     assert (await server.http.get(tampered)).status_code == 403
-    storage = server.services.storage
+    storage = server.services.runtime.storage
     key = f"exports/{export_id}.csv"
     old = storage.download_url(key, datetime.now(UTC) - timedelta(seconds=1))
     assert (await server.http.get(old)).status_code == 403
@@ -256,14 +256,15 @@ async def test_export_to_s3_with_a_presigned_link(
     ]
 
 
-async def test_old_export_files_are_removed(server: Running) -> None:
-    storage = server.services.storage
+async def test_old_export_files_are_removed(server: Running, warehouse: Warehouse) -> None:
+    storage = server.services.runtime.storage
     for name, age_days in (("old", 8), ("new", 1)):
         writer = await storage.writer(f"exports/{name}.csv")
         await writer.write(b"a\n")
         await writer.close()
         stamp = time.time() - age_days * 86400
         os.utime(storage.path(f"exports/{name}.csv"), (stamp, stamp))  # type: ignore[attr-defined]
-    assert await jobs.remove_old_exports({"storage": storage}) == "removed 1 export files"
+    ctx = {"job": job_of(server, warehouse)}
+    assert await jobs.remove_old_exports(ctx) == "removed 1 export files"
     assert not await storage.exists("exports/old.csv")
     assert await storage.exists("exports/new.csv")

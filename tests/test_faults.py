@@ -24,9 +24,9 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
+from core.clickhouse import Warehouse
 from core.retry_queue import RetryQueue
 from core.settings import Settings
-from materialized.warehouse import Warehouse
 from tests.conftest import (
     AMQP_URL,
     Outcome,
@@ -53,7 +53,7 @@ async def settle(server: Running, warehouse: Warehouse, redis: Redis, accepted: 
 
     async def settled() -> bool:
         return (
-            server.services.tracking_writer.pending_rows == 0
+            server.services.pipeline.writer.pending_rows == 0
             and await queue.depth() == 0
             and await warehouse.scalar("SELECT count() FROM tracking_events") >= accepted
         )
@@ -123,7 +123,7 @@ async def test_redis_down_under_load(
     await asyncio.sleep(fault_seconds / 3)
     await warehouse.command("DETACH TABLE tracking_events")
     await asyncio.sleep(fault_seconds / 3)
-    held = server.services.tracking_writer.pending_rows
+    held = server.services.pipeline.writer.pending_rows
     spooled = spooled_rows(Path(settings.spool_dir))
     await warehouse.command("ATTACH TABLE tracking_events")
     await asyncio.sleep(fault_seconds / 3)
@@ -143,7 +143,7 @@ async def test_redis_down_under_load(
     result = Outcome.of(
         "Redis down (ClickHouse refusing mid-way)", fault_seconds, sent, await stored_ids(warehouse)
     )
-    backlog = server.services.publisher.backlog
+    backlog = server.services.runtime.publisher.backlog
     started = asyncio.get_running_loop().time()
 
     async def spool_emptied() -> bool:  # rows leave the spool once stored and announced
@@ -223,13 +223,13 @@ async def test_rabbitmq_down_under_load_then_event_tracked_catches_up(
     start_load: Callable[[str, float], Load],
     record_outcome: Callable[[Outcome], None],
 ) -> None:
-    await server.services.publisher.connected.wait()
+    await server.services.runtime.publisher.connected.wait()
     lost = counter("analytics_publish_lost", routing_key="lomash.analytics.event.tracked")
     load = start_load(server.base_url, fault_seconds + 2 * LEAD_SECONDS)
     await asyncio.sleep(LEAD_SECONDS)
     rabbitmqctl("stop_app")  # the broker node stays up; every AMQP connection is closed
     await asyncio.sleep(fault_seconds)
-    backlog = server.services.publisher.backlog
+    backlog = server.services.runtime.publisher.backlog
     rabbitmqctl("start_app")
     rabbitmqctl("await_startup")
     sent = await load.result()
@@ -239,7 +239,7 @@ async def test_rabbitmq_down_under_load_then_event_tracked_catches_up(
     stored = await stored_ids(warehouse)
 
     async def caught_up() -> bool:
-        return server.services.publisher.backlog == 0
+        return server.services.runtime.publisher.backlog == 0
 
     await wait_for(caught_up, within=120)
     published = await tracked_event_ids(tracked_queue, len(stored))

@@ -3,14 +3,15 @@ from pathlib import Path
 
 import pytest
 
-from materialized.migrations import (
+from core.clickhouse import Warehouse
+from core.limits import RAW_RETENTION_DAYS
+from core.migrations import (
     SQL_DIR,
     MigrationError,
     load_migrations,
     migrate,
     split_statements,
 )
-from materialized.warehouse import Warehouse
 
 
 @pytest.fixture
@@ -110,3 +111,13 @@ def test_cluster_setting_renders_on_cluster_and_replicated_engines() -> None:
     (clustered,) = tracking.statements(cluster="lomash")
     assert "ON CLUSTER" not in plain and "ENGINE = MergeTree" in plain
     assert "ON CLUSTER `lomash`" in clustered and "ENGINE = ReplicatedMergeTree" in clustered
+
+
+async def test_the_raw_events_ttl_is_the_retention_the_code_assumes(warehouse: Warehouse) -> None:
+    ddl = await warehouse.scalar(
+        "SELECT create_table_query FROM system.tables"
+        " WHERE name = 'tracking_events' AND database = currentDatabase()"
+    )
+    assert f"toIntervalDay({RAW_RETENTION_DAYS})" in ddl.replace(" ", "") or (
+        f"INTERVAL {RAW_RETENTION_DAYS} DAY" in ddl
+    ), ddl

@@ -10,8 +10,8 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
+from core.clickhouse import Warehouse
 from core.settings import Settings
-from materialized.warehouse import Warehouse
 from tests.conftest import Running, counter, event, free_port
 from tests.test_enrich import GOOGLEBOT, IPHONE
 

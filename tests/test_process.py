@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from materialized.migrations import load_migrations
+from core.migrations import load_migrations
 from tests.conftest import event, free_port
 from tests.service_process import ANALYTICS, ROOT, STARTED, env_for, query, start_service, stop
 

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from cli.demo_traffic import generate, load
+from core.clickhouse import Warehouse
 from core.settings import Settings
 from materialized import archive
-from materialized.warehouse import Warehouse
-from tests.conftest import DOWNLOAD_KEY, TEST_REDIS_URL, Running
+from tests.conftest import DOWNLOAD_KEY, TEST_REDIS_URL, Running, job_of
 from workers import jobs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,13 +34,13 @@ async def test_days_near_the_ttl_are_archived_verified_and_only_once(
     recent = generate(days_ago(5), days=2, sessions_per_day=30, seed=22)
     await load(warehouse, traffic)
     await load(warehouse, recent)
-    ctx = {"warehouse": warehouse, "storage": server.services.storage}
+    ctx = {"job": job_of(server, warehouse)}
     summary = await jobs.archive_historical_data(ctx)
     assert summary == f"archived 4 days, {len(traffic.tracking)} rows"
     logged = await warehouse.rows("SELECT day, rows, object_key FROM archive_log ORDER BY day")
     assert [r[0] for r in logged] == [days_ago(n).date() for n in (86, 85, 84, 83)]
     for day, rows, key in logged:
-        data = await server.services.storage.read(key)
+        data = await server.services.runtime.storage.read(key)
         table = pq.read_table(io.BytesIO(data))
         assert table.num_rows == rows
         assert key == f"archive/tracking_events/date={day.isoformat()}/part-0.parquet"
@@ -56,16 +56,16 @@ async def test_purge_removes_only_archived_days_past_retention(
     await warehouse.command("ALTER TABLE tracking_events REMOVE TTL")
     old = generate(days_ago(95), days=2, sessions_per_day=20, seed=23)  # 95 and 94 days old
     await load(warehouse, old)
-    ctx = {"warehouse": warehouse, "storage": server.services.storage}
+    ctx = {"job": job_of(server, warehouse)}
     first = days_ago(95).date()
-    await archive.archive_day(warehouse, server.services.storage, first)
+    await archive.archive_day(warehouse, server.services.runtime.storage, first)
     assert await jobs.purge_old_events(ctx) == "purged 1 days"
     remaining = await warehouse.rows(
         "SELECT DISTINCT toDate(received_at) FROM tracking_events ORDER BY 1"
     )
     assert [r[0] for r in remaining] == [days_ago(94).date()]  # not archived: kept
     before = await warehouse.scalar("SELECT sum(events) FROM tracking_events_hourly")
-    restored = await archive.restore_day(warehouse, server.services.storage, first)
+    restored = await archive.restore_day(warehouse, server.services.runtime.storage, first)
     assert restored == sum(1 for r in old.tracking if r.received_at.date() == first)
     assert await warehouse.scalar("SELECT sum(events) FROM tracking_events_hourly") == before
 

@@ -6,10 +6,10 @@ from typing import Any
 import msgspec
 import pytest
 
+from core.clickhouse import Warehouse
 from core.settings import Settings
 from materialized import snapshots
-from materialized.warehouse import Warehouse
-from tests.conftest import Running, encode, event, wait_for
+from tests.conftest import Running, consumer_of, encode, event, wait_for
 
 
 async def stored(warehouse: Warehouse) -> list[dict]:  # type: ignore[type-arg]
@@ -236,7 +236,8 @@ async def test_health_and_readiness(server: Running) -> None:
 
     async def consumer_connected() -> bool:
         return bool(
-            server.app.ctx.consumer.connected.is_set() and server.services.publisher.is_connected
+            consumer_of(server).connected.is_set()
+            and server.services.runtime.publisher.is_connected
         )
 
     await wait_for(consumer_connected)
@@ -292,7 +293,9 @@ async def test_metrics_can_require_a_bearer_token(
 async def test_metrics_read_the_snapshot_age_the_job_keeps_not_clickhouse(
     server: Running, warehouse: Warehouse
 ) -> None:
-    await snapshots.mark_rebuilt(server.services.redis, datetime.now(UTC) - timedelta(minutes=30))
+    await snapshots.mark_rebuilt(
+        server.services.runtime.redis, datetime.now(UTC) - timedelta(minutes=30)
+    )
     await warehouse.command("DETACH TABLE dashboard_snapshots")  # a query would fail
     try:
         text = (await server.http.get("/metrics")).text

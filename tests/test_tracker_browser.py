@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import async_playwright
 
-from materialized.warehouse import Warehouse
+from core.clickhouse import Warehouse
 from tests.conftest import Running, free_port, wait_for
 
 CHROME_UA = (

@@ -3,8 +3,8 @@ import uuid
 
 import msgspec
 
+from core.clickhouse import Warehouse
 from ingest.writer import BatchWriter
-from materialized.warehouse import Warehouse
 
 
 class SinkRow(msgspec.Struct, array_like=True):

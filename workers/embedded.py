@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from arq.connections import ArqRedis
 from arq.worker import Worker
 
+from workers.context import JobContext
 from workers.settings import CRON_JOBS, FUNCTIONS
 
 log = logging.getLogger(__name__)
 
 
 class EmbeddedWorker:
-    def __init__(self, redis_url: str, ctx: dict[str, Any]) -> None:
+    def __init__(self, redis_url: str, job: JobContext) -> None:
         self._redis_url = redis_url
-        self._ctx = ctx
+        self._job = job
         self._worker: Worker | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -38,7 +38,7 @@ class EmbeddedWorker:
                 functions=FUNCTIONS,
                 cron_jobs=CRON_JOBS,
                 redis_pool=pool,
-                ctx=dict(self._ctx),
+                ctx={"job": self._job},
                 handle_signals=False,
             )
             try:

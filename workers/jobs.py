@@ -1,4 +1,5 @@
-"""arq jobs, named by what they do. Each takes arq's ctx, whose clients `open_clients` made."""
+"""arq jobs, named by what they do (core/jobs.py). Each takes arq's ctx and reads its typed
+`JobContext` (workers/context.py) from it."""
 
 from __future__ import annotations
 
@@ -11,18 +12,22 @@ from typing import Any
 
 import msgspec
 
-from consumers.publisher import EventPublisher
-from core import export_state
+from core import export_state, keys
 from core.best_effort import best_effort
+from core.clickhouse import Warehouse, WarehouseError
 from core.envelope import Envelope, routing_key_to_event_type
+from core.export_state import ExportStatus
 from core.ids import new_event_id
-from core.metrics import AGGREGATION_JOB_DURATION, DASHBOARD_SNAPSHOT_AGE, EXPORT_DURATION
-from core.retry_queue import RetryBatch, RetryQueue
-from core.settings import Settings
-from core.storage import Storage
-from ingest.rows import TrackingRow
-from ingest.spool import stored_event_ids
-from ingest.tracked import announce_stored
+from core.jobs import Job
+from core.metrics import (
+    AGGREGATION_JOB_DURATION,
+    DASHBOARD_SNAPSHOT_AGE,
+    EXPORT_DURATION,
+    EXPORT_FAILURES,
+)
+from core.retry_queue import RetryBatch
+from core.rows import TrackingRow
+from core.tracked import announce_stored
 from materialized import (
     archive,
     counters,
@@ -33,7 +38,8 @@ from materialized import (
     snapshots,
     widgets,
 )
-from materialized.warehouse import Warehouse
+from materialized.tracking import stored_event_ids
+from workers.context import JobContext, job_context
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +78,8 @@ async def retry_failed_batches(ctx: dict[str, Any]) -> str:
     already has (a spool replay, or an insert that landed before its batch was marked done)
     are filtered out by eventId first.
     """
-    queue: RetryQueue = ctx["retry_queue"]
-    warehouse: Warehouse = ctx["warehouse"]
+    job = job_context(ctx)
+    queue, warehouse = job.retry_queue, job.warehouse
     stored = 0
     deadline = time.monotonic() + RETRY_RUN_SECONDS
     while time.monotonic() < deadline:
@@ -94,7 +100,7 @@ async def retry_failed_batches(ctx: dict[str, Any]) -> str:
                     stored += data.count(b"\n")
                 if table == "tracking_events" and data:
                     announced.extend(_tracking_rows.decode_lines(data))
-        except Exception as error:
+        except WarehouseError as error:
             await queue.give_back(claimed)
             log.warning(
                 "retry of %d batches failed (oldest at attempt %d): %s",
@@ -104,7 +110,7 @@ async def retry_failed_batches(ctx: dict[str, Any]) -> str:
             )
             return f"stored {stored} rows; ClickHouse still refusing"
         await queue.done([raw for raw, _ in claimed])
-        announce_stored(ctx.get("publisher"), announced)
+        announce_stored(job.publisher, announced)
     return f"stored {stored} rows"
 
 
@@ -115,8 +121,8 @@ DASHBOARD_REFRESHED = "lomash.analytics.dashboard.refreshed"
 ALERT_RAISED = "lomash.analytics.alert.raised"
 
 
-def _publish(ctx: dict[str, Any], routing_key: str, payload: dict[str, Any]) -> None:
-    publisher: EventPublisher | None = ctx.get("publisher")
+def _publish(job: JobContext, routing_key: str, payload: dict[str, Any]) -> None:
+    publisher = job.publisher
     if publisher is None:
         return
     event_id = new_event_id()
@@ -134,8 +140,8 @@ def _publish(ctx: dict[str, Any], routing_key: str, payload: dict[str, Any]) -> 
 async def recompute_funnels(ctx: dict[str, Any]) -> str:
     """Each funnel over the last 30 days to the current hour: stored in `funnels`, published."""
     started = time.perf_counter()
-    warehouse: Warehouse = ctx["warehouse"]
-    settings: Settings = ctx["settings"]
+    job = job_context(ctx)
+    warehouse, settings = job.warehouse, job.settings
     computed_at = datetime.now(UTC)
     end = widgets.ceil_hour(computed_at)
     results = []
@@ -158,15 +164,15 @@ async def recompute_funnels(ctx: dict[str, Any]) -> str:
                 "rate": result.conversion_rate,
             },
         )
-        _publish(ctx, FUNNEL_COMPLETED, result.as_payload())
+        _publish(job, FUNNEL_COMPLETED, result.as_payload())
         results.append(f"{result.funnel} {result.conversion_rate}%")
-    redis = ctx.get("redis")
+    redis = job.redis
     if redis is not None:
         # Every cached dashboard shows the latest funnels: none of them is current now.
         async with best_effort("dashboard_cache"):
             await dashboard_cache.invalidate(redis)
         async with best_effort("coverage"):
-            await coverage.record(redis, "recompute_funnels", end - FUNNEL_PERIOD, computed_at)
+            await coverage.record(redis, Job.RECOMPUTE_FUNNELS, end - FUNNEL_PERIOD, computed_at)
     AGGREGATION_JOB_DURATION.labels("recompute-funnels").observe(
         (time.perf_counter() - started) * 1000
     )
@@ -176,8 +182,8 @@ async def recompute_funnels(ctx: dict[str, Any]) -> str:
 async def rebuild_dashboards(ctx: dict[str, Any]) -> str:
     """Today, this week, this month and the last 30 days: snapshots saved and announced."""
     started = time.perf_counter()
-    warehouse: Warehouse = ctx["warehouse"]
-    settings: Settings = ctx["settings"]
+    job = job_context(ctx)
+    warehouse, settings = job.warehouse, job.settings
     zone = zoneinfo.ZoneInfo(settings.report_timezone)
     now = datetime.now(UTC)
     end = widgets.ceil_hour(now)
@@ -191,19 +197,19 @@ async def rebuild_dashboards(ctx: dict[str, Any]) -> str:
     for label, start in ranges.items():
         found = await widgets.compute(warehouse, start, end, zone=zone, now=now)
         await snapshots.save(warehouse, start, end, label, found)
-    redis = ctx.get("redis")
+    redis = job.redis
     if redis is not None:
         async with best_effort("dashboard_cache"):
             await dashboard_cache.invalidate(redis)
         async with best_effort("coverage"):
-            await coverage.record(redis, "rebuild_dashboards", min(ranges.values()), now)
+            await coverage.record(redis, Job.REBUILD_DASHBOARDS, min(ranges.values()), now)
             await snapshots.mark_rebuilt(redis, now)
         # The live tiles, made good from ClickHouse for days Redis missed increments.
         async with best_effort("live_counters"):
             await counters.reconcile(redis, warehouse, zone, now.astimezone(zone).date())
     DASHBOARD_SNAPSHOT_AGE.set(0)
     _publish(
-        ctx,
+        job,
         DASHBOARD_REFRESHED,
         {
             "computedAt": now.isoformat(),
@@ -219,23 +225,24 @@ async def rebuild_dashboards(ctx: dict[str, Any]) -> str:
     return f"rebuilt {len(ranges)} dashboards"
 
 
-STALE_ALERT_KEY = "lw:alerts:dashboard-stale"  # set while the stale alert is raised
+STALE_ALERT_KEY = keys.DASHBOARD_STALE_ALERT  # set while the stale alert is raised
 
 
 async def check_dashboard_freshness(ctx: dict[str, Any]) -> str:
     """Alert once when the scheduled rebuild's newest snapshot is older than two hours (or
     there is none), and once more when it is fresh again; Redis remembers which was sent."""
-    age = await snapshots.age_minutes(ctx["warehouse"])
+    job = job_context(ctx)
+    age = await snapshots.age_minutes(job.warehouse)
     if age is not None:
         DASHBOARD_SNAPSHOT_AGE.set(age)
     stale = age is None or age > STALE_AFTER_MINUTES
-    redis = ctx["redis"]
+    redis = job.need_redis()
     if stale:
         # SET NX: of several workers checking at once, one raises it.
         if not await redis.set(STALE_ALERT_KEY, datetime.now(UTC).isoformat(), nx=True):
             return f"still stale: {'no snapshot' if age is None else f'{age:.0f} min'}"
         _publish(
-            ctx,
+            job,
             ALERT_RAISED,
             {
                 "alertType": "DASHBOARD_STALE",
@@ -254,7 +261,7 @@ async def check_dashboard_freshness(ctx: dict[str, Any]) -> str:
     if not await redis.delete(STALE_ALERT_KEY):
         return f"fresh: {age:.0f} min"
     _publish(
-        ctx,
+        job,
         ALERT_RAISED,
         {
             "alertType": "DASHBOARD_STALE",
@@ -275,81 +282,87 @@ REPORT_GENERATED = "lomash.analytics.report.generated"
 async def export_report(ctx: dict[str, Any], export_id: str) -> str:
     """Stream one report from ClickHouse into `exports/{id}.{csv|json}`, page by page."""
     started = time.perf_counter()
-    redis = ctx["redis"]
-    storage: Storage = ctx["storage"]
-    settings: Settings = ctx["settings"]
+    job = job_context(ctx)
+    redis, storage, settings = job.need_redis(), job.need_storage(), job.settings
     state = await export_state.load(redis, export_id)
     if state is None:
         return f"export {export_id} unknown (expired?)"
-    await export_state.save(redis, export_id, status="RUNNING")
-    object_key = f"exports/{export_id}.{'csv' if state['format'] == 'CSV' else 'json'}"
-    writer = await storage.writer(object_key)
+    state.status = ExportStatus.RUNNING
+    await export_state.save(redis, export_id, state)
+    object_key = f"exports/{export_id}.{'csv' if state.format == 'CSV' else 'json'}"
     lines = 0
-
-    async def write(chunk: bytes) -> None:
-        nonlocal lines
-        lines += chunk.count(b"\n")
-        await writer.write(chunk)
-
     try:
-        await reports.write_report(
-            ctx["warehouse"],
-            state["reportType"],  # type: ignore[arg-type]
-            state["format"],  # type: ignore[arg-type]
-            datetime.fromisoformat(state["start"]),
-            datetime.fromisoformat(state["end"]),
-            zoneinfo.ZoneInfo(settings.report_timezone),
-            write,
-        )
-        await writer.close()
-    except Exception as error:
-        await writer.abort()
-        await export_state.save(redis, export_id, status="FAILED", error=str(error)[:500])
-        log.exception("export %s failed", export_id)
-        return f"export {export_id} failed: {error}"
-    rows = lines - 1 if state["format"] == "CSV" else lines  # CSV has a header line
+        writer = await storage.writer(object_key)
+
+        async def write(chunk: bytes) -> None:
+            nonlocal lines
+            lines += chunk.count(b"\n")
+            await writer.write(chunk)
+
+        try:
+            await reports.write_report(
+                job.warehouse,
+                state.report_type,  # type: ignore[arg-type]
+                state.format,  # type: ignore[arg-type]
+                state.start,
+                state.end,
+                zoneinfo.ZoneInfo(settings.report_timezone),
+                write,
+                funnel_window_seconds=settings.funnel_window_seconds,
+            )
+            await writer.close()
+        except BaseException:
+            await writer.abort()
+            raise
+    except Exception as error:  # whatever failed, the export ends FAILED with the reason
+        EXPORT_FAILURES.inc()
+        state.status, state.error = ExportStatus.FAILED, f"{type(error).__name__}: {error}"[:500]
+        await export_state.save(redis, export_id, state)
+        log.warning("export %s failed: %s", export_id, state.error)
+        return f"export {export_id} failed: {state.error}"
+    rows = lines - 1 if state.format == "CSV" else lines  # CSV has a header line
     expires = datetime.now(UTC) + EXPORT_LIFETIME
-    await export_state.save(
-        redis,
-        export_id,
-        status="READY",
-        objectKey=object_key,
-        expiresAt=expires.isoformat(),
-        rows=str(rows),
+    state.status, state.object_key, state.expires_at, state.rows = (
+        ExportStatus.READY,
+        object_key,
+        expires,
+        rows,
     )
+    await export_state.save(redis, export_id, state)
     EXPORT_DURATION.observe((time.perf_counter() - started) * 1000)
     _publish(
-        ctx,
+        job,
         REPORT_GENERATED,
         {
             "exportId": export_id,
-            "reportType": state["reportType"],
-            "format": state["format"],
-            "dateRange": {"from": state["start"], "to": state["end"]},
+            "reportType": state.report_type,
+            "format": state.format,
+            "dateRange": {"from": state.start.isoformat(), "to": state.end.isoformat()},
             "rows": rows,
             "downloadUrl": storage.download_url(object_key, expires),
             "expiresAt": expires.isoformat(),
-            "requestedBy": state.get("requestedBy", ""),
+            "requestedBy": state.requested_by,
         },
     )
     return f"export {export_id}: {rows} rows"
 
 
 async def remove_old_exports(ctx: dict[str, Any]) -> str:
-    storage: Storage = ctx["storage"]
+    storage = job_context(ctx).need_storage()
     removed = await storage.delete_older_than("exports/", EXPORT_LIFETIME)
     return f"removed {removed} export files"
 
 
 async def archive_historical_data(ctx: dict[str, Any]) -> str:
     """Every day of raw events nearing the TTL, to cold storage as Parquet, verified."""
-    warehouse: Warehouse = ctx["warehouse"]
-    days = await archive.days_to_archive(warehouse, datetime.now(UTC).date())
-    done = [await archive.archive_day(warehouse, ctx["storage"], day) for day in days]
+    job = job_context(ctx)
+    days = await archive.days_to_archive(job.warehouse, datetime.now(UTC).date())
+    storage = job.need_storage()
+    done = [await archive.archive_day(job.warehouse, storage, day) for day in days]
     return f"archived {len(done)} days, {sum(a.rows for a in done)} rows"
 
 
 async def purge_old_events(ctx: dict[str, Any]) -> str:
     """Remove raw days past retention that the archive holds and the TTL has not yet."""
-    days = await archive.purge(ctx["warehouse"], datetime.now(UTC).date())
+    days = await archive.purge(job_context(ctx).warehouse, datetime.now(UTC).date())
     return f"purged {len(days)} days"

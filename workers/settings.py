@@ -1,7 +1,7 @@
 """The arq worker: its jobs, cron schedule and clients (for `arq workers.WorkerSettings`).
 
 `analytics serve` runs the same functions and crons in its own event loop with the API's
-clients; standalone, `open_clients` makes them from the environment.
+runtime; standalone, `open_clients` opens one from the environment.
 """
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ from arq.connections import RedisSettings
 from arq.typing import WorkerCoroutine
 from arq.worker import Function
 
-from consumers.publisher import EventPublisher
-from core.retry_queue import RetryQueue
+from core.runtime import Role, Runtime
 from core.settings import load_settings
-from core.storage import storage_for
-from materialized.migrations import migrate
-from materialized.warehouse import Warehouse
+from workers.context import JobContext
 from workers.jobs import (
     archive_historical_data,
     check_dashboard_freshness,
@@ -53,27 +50,16 @@ CRON_JOBS = [
 
 
 async def open_clients(ctx: dict[str, Any]) -> None:
-    settings = load_settings()
-    warehouse = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
-    await warehouse.open()
-    await migrate(warehouse, cluster=settings.clickhouse_cluster)
-    publisher = EventPublisher(settings.amqp_url, settings.amqp_exchange)
-    publisher.start()
-    queue = RetryQueue(ctx["redis"])
-    await queue.recover()
-    storage = storage_for(settings)
-    ctx.update(
-        settings=settings,
-        warehouse=warehouse,
-        publisher=publisher,
-        retry_queue=queue,
-        storage=storage,
-    )
+    """The worker's runtime on arq's own Redis pool; the jobs get a typed context."""
+    runtime = await Runtime.open(load_settings(), {Role.WORKER}, redis=ctx["redis"])
+    await runtime.retry_queue.recover()  # batches a dead retrier left in processing
+    ctx["runtime"] = runtime
+    ctx["job"] = JobContext.of(runtime)
 
 
 async def close_clients(ctx: dict[str, Any]) -> None:
-    await ctx["publisher"].close()
-    await ctx["warehouse"].close()
+    runtime: Runtime = ctx["runtime"]
+    await runtime.close()
 
 
 def worker_settings() -> type:

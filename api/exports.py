@@ -4,18 +4,21 @@ its state, `GET /v1/analytics/downloads/...` serves file-storage results behind 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 from sanic import Blueprint, HTTPResponse, Request, json
 from sanic.response import ResponseStream, file_stream
 
+from api.auth import admin_only
+from api.services import services
 from core import export_state
+from core.export_state import ExportState, ExportStatus
 from core.ids import new_event_id
+from core.jobs import Job, export_job_id
+from core.limits import MAX_RANGE_DAYS
 from core.storage import FileStorage
-from ingest.auth import admin_only
-from ingest.services import services
 from materialized.reports import Format, ReportType
 
 bp = Blueprint("exports")
@@ -52,22 +55,23 @@ async def create_export(request: Request, claims: dict[str, Any]) -> HTTPRespons
     start, end = _utc(body.date_range.from_), _utc(body.date_range.to)
     if end <= start:
         return json({"error": "`to` must be after `from`", "path": "$.dateRange.to"}, status=400)
-    if (end - start).days > 400:
-        return json({"error": "at most 400 days", "path": "$.dateRange"}, status=400)
+    if end - start > timedelta(days=MAX_RANGE_DAYS):
+        return json({"error": f"at most {MAX_RANGE_DAYS} days", "path": "$.dateRange"}, status=400)
     svc = services(request)
     export_id = str(new_event_id())
-    await export_state.save(
-        svc.redis,
-        export_id,
-        status="QUEUED",
-        reportType=body.report_type,
+    state = ExportState(
+        status=ExportStatus.QUEUED,
+        report_type=body.report_type,
         format=body.format,
-        start=start.isoformat(),
-        end=end.isoformat(),
-        requestedBy=str(claims.get("sub", "")),
-        createdAt=datetime.now(UTC).isoformat(),
+        start=start,
+        end=end,
+        requested_by=str(claims.get("sub", "")),
+        created_at=datetime.now(UTC),
     )
-    await svc.redis.enqueue_job("export_report", export_id, _job_id=f"export:{export_id}")
+    await export_state.save(svc.runtime.redis, export_id, state)
+    await svc.runtime.redis.enqueue_job(
+        Job.EXPORT_REPORT, export_id, _job_id=export_job_id(export_id)
+    )
     return json({"exportId": export_id}, status=202)
 
 
@@ -78,31 +82,30 @@ async def export_status(request: Request, export_id: str, claims: dict[str, Any]
         uuid.UUID(export_id)
     except ValueError:
         return json({"error": f"no export {export_id!r}"}, status=404)
-    state = await export_state.load(services(request).redis, export_id)
+    state = await export_state.load(services(request).runtime.redis, export_id)
     if state is None:
         return json({"error": f"no export {export_id!r}"}, status=404)
     answer: dict[str, Any] = {
         "exportId": export_id,
-        "status": state["status"],
-        "reportType": state["reportType"],
-        "format": state["format"],
-        "dateRange": {"from": state["start"], "to": state["end"]},
+        "status": state.status,
+        "reportType": state.report_type,
+        "format": state.format,
+        "dateRange": {"from": state.start.isoformat(), "to": state.end.isoformat()},
     }
-    if state["status"] == "READY":
-        storage = services(request).storage
-        expires = datetime.fromisoformat(state["expiresAt"])
-        answer["downloadUrl"] = storage.download_url(state["objectKey"], expires)
-        answer["expiresAt"] = state["expiresAt"]
-        answer["rows"] = int(state.get("rows", "0"))
-    if state["status"] == "FAILED":
-        answer["error"] = state.get("error", "")
+    if state.status is ExportStatus.READY and state.expires_at is not None:
+        storage = services(request).runtime.storage
+        answer["downloadUrl"] = storage.download_url(state.object_key, state.expires_at)
+        answer["expiresAt"] = state.expires_at.isoformat()
+        answer["rows"] = state.rows
+    if state.status is ExportStatus.FAILED:
+        answer["error"] = state.error
     return json(answer)
 
 
 @bp.get("/v1/analytics/downloads/<key:path>")
 async def download(request: Request, key: str) -> HTTPResponse | ResponseStream:
     """File storage only: the link's HMAC signature and expiry are the authorisation."""
-    storage = services(request).storage
+    storage = services(request).runtime.storage
     if not isinstance(storage, FileStorage):
         return json({"error": "downloads come from object storage links"}, status=404)
     if not storage.verify(key, request.args.get("expires", ""), request.args.get("signature", "")):

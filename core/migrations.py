@@ -7,7 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from materialized.warehouse import Warehouse
+from core.clickhouse import Warehouse
+from core.settings import Settings
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -121,3 +122,15 @@ async def migrate(
         )
         done.append(migration.name)
     return done
+
+
+async def open_migrated(settings: Settings) -> tuple[Warehouse, list[str]]:
+    """The database of `settings`, created when missing and migrated; with what was applied."""
+    warehouse = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
+    try:
+        await warehouse.open()
+        applied = await migrate(warehouse, cluster=settings.clickhouse_cluster)
+    except BaseException:
+        await warehouse.close()
+        raise
+    return warehouse, applied

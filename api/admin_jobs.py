@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from redis.exceptions import RedisError
 from sanic import Blueprint, HTTPResponse, Request, json
 
-from ingest.auth import admin_only
-from ingest.services import services
+from api.auth import admin_only
+from api.services import services
+from core.jobs import Job
 
 bp = Blueprint("admin_jobs")
 
@@ -16,8 +18,8 @@ bp = Blueprint("admin_jobs")
 @admin_only
 async def rebuild_dashboards(request: Request, claims: dict[str, Any]) -> HTTPResponse:
     try:
-        job = await services(request).redis.enqueue_job("rebuild_dashboards")
-    except Exception as error:
+        job = await services(request).runtime.redis.enqueue_job(Job.REBUILD_DASHBOARDS)
+    except RedisError as error:
         return json({"error": f"job queue unavailable: {error}"}, status=503)
     if job is None:  # arq refuses a duplicate id; ours are random, so this is not expected
         return json({"error": "job not enqueued"}, status=409)

@@ -222,7 +222,7 @@ class Warehouse:
     async def ping(self) -> bool:
         try:
             return bool(await self.scalar("SELECT 1") == 1)
-        except Exception:
+        except WarehouseError:
             return False
 
 

@@ -8,14 +8,15 @@ from typing import Any
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 from sanic import Blueprint, HTTPResponse, Request, json
 from sanic.response import JSONResponse
 
+from api.services import services
 from consumers.consumer import DomainEventConsumer
 from core.best_effort import best_effort
 from core.metrics import DASHBOARD_SNAPSHOT_AGE, PUBLISH_BACKLOG, RATES, RETRY_QUEUE_DEPTH
 from core.ops_server import bearer_matches
-from ingest.services import services
 from materialized import snapshots
 
 bp = Blueprint("ops")
@@ -28,8 +29,8 @@ async def healthz(request: Request) -> JSONResponse:
 
 async def _redis_ok(request: Request) -> bool:
     try:
-        return bool(await services(request).redis.ping())
-    except Exception:  # any failure to answer is the answer: not ready
+        return bool(await services(request).runtime.redis.ping())
+    except (RedisError, OSError):  # any failure to answer is the answer: not ready
         return False
 
 
@@ -45,17 +46,17 @@ async def readyz(request: Request) -> JSONResponse:
         return json(cached[1], status=cached[2])
     svc = services(request)
     clickhouse, redis = await asyncio.gather(
-        asyncio.wait_for(svc.warehouse.ping(), timeout=3),
+        asyncio.wait_for(svc.runtime.warehouse.ping(), timeout=3),
         _redis_ok(request),
         return_exceptions=True,
     )
     checks = {
         "clickhouse": clickhouse is True,
         "redis": redis is True,
-        "rabbitmq": svc.publisher.is_connected,
+        "rabbitmq": svc.runtime.publisher.is_connected,
     }
     body: dict[str, Any] = {"checks": checks}
-    consumer: DomainEventConsumer | None = request.app.ctx.consumer
+    consumer: DomainEventConsumer | None = services(request).consumer
     if consumer is not None:
         status = consumer.status()
         checks["consumer"] = status.ready
@@ -72,14 +73,16 @@ async def metrics(request: Request) -> HTTPResponse:
     """Prometheus text. No ClickHouse query per scrape: the snapshot age comes from the time
     the rebuild job last finished, kept in Redis."""
     svc = services(request)
-    token = svc.settings.metrics_token
+    token = svc.runtime.settings.metrics_token
     if token and not bearer_matches(request.headers.get("authorization", ""), token):
         return json({"error": "bearer token required (METRICS_TOKEN)"}, status=401)
     RATES.refresh_gauges()
-    PUBLISH_BACKLOG.set(svc.publisher.backlog)
+    PUBLISH_BACKLOG.set(svc.runtime.publisher.backlog)
     async with best_effort("metrics"):
         depth, age = await asyncio.wait_for(
-            asyncio.gather(svc.retry_queue.depth(), snapshots.age_from_redis(svc.redis)),
+            asyncio.gather(
+                svc.runtime.retry_queue.depth(), snapshots.age_from_redis(svc.runtime.redis)
+            ),
             timeout=1,
         )
         RETRY_QUEUE_DEPTH.labels("redis").set(depth)

@@ -11,7 +11,7 @@ import msgspec
 from sanic import Blueprint, HTTPResponse, Request, json
 from sanic.response import html
 
-from ingest.exports import ExportRequest
+from api.exports import ExportRequest
 from ingest.schema import MAX_EVENTS_PER_REQUEST, TrackingEvent
 
 bp = Blueprint("openapi")

@@ -18,16 +18,17 @@ from typing import Any
 import msgspec
 from sanic import Blueprint, HTTPResponse, Request, json
 
+from api.auth import admin_only
+from api.services import Services, services
 from core.best_effort import best_effort
-from ingest.auth import admin_only
-from ingest.services import Services, services
+from core.clickhouse import WarehouseError
+from core.limits import MAX_RANGE_DAYS
 from materialized import dashboard_cache, snapshots, widgets
-from materialized.warehouse import WarehouseError
 
 log = logging.getLogger(__name__)
 bp = Blueprint("dashboard")
 
-MAX_RANGE = timedelta(days=400)
+MAX_RANGE = timedelta(days=MAX_RANGE_DAYS)
 COMPUTE_TIMEOUT_S = 10.0
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -74,7 +75,7 @@ def _answer(body: bytes, cache: str) -> HTTPResponse:
 @admin_only
 async def dashboard(request: Request, claims: dict[str, Any]) -> HTTPResponse:
     svc = services(request)
-    zone = zoneinfo.ZoneInfo(svc.settings.report_timezone)
+    zone = zoneinfo.ZoneInfo(svc.runtime.settings.report_timezone)
     try:
         start, end = parse_range(request, zone)
     except RangeError as error:
@@ -82,22 +83,22 @@ async def dashboard(request: Request, claims: dict[str, Any]) -> HTTPResponse:
     key = dashboard_cache.cache_key(start.isoformat(), end.isoformat())
     cached: bytes | None = None
     async with best_effort("dashboard_cache"):  # Redis down: compute instead
-        cached = await svc.redis.get(key)
+        cached = await svc.runtime.redis.get(key)
     if cached is not None:
         return _answer(cached, "HIT")
 
     now = datetime.now(UTC)
     try:
         found = await asyncio.wait_for(
-            widgets.compute(svc.warehouse, start, end, zone=zone, now=now),
+            widgets.compute(svc.runtime.warehouse, start, end, zone=zone, now=now),
             timeout=COMPUTE_TIMEOUT_S,
         )
-    except Exception as error:
-        log.exception("dashboard computation failed; answering from the newest snapshot")
+    except (WarehouseError, TimeoutError) as error:
+        log.warning("dashboard computation failed (%s); answering from the newest snapshot", error)
         return await _stale(svc, start, end, error)
     body = msgspec.json.encode({"computedAt": now.isoformat(), "stale": False, "widgets": found})
     async with best_effort("dashboard_cache"):
-        await dashboard_cache.remember(svc.redis, start, end, body)
+        await dashboard_cache.remember(svc.runtime.redis, start, end, body)
     svc.on_demand.add(start, end, found)
     return _answer(body, "MISS")
 
@@ -106,7 +107,7 @@ async def _stale(svc: Services, start: datetime, end: datetime, error: Exception
     newest = svc.on_demand.newest(start, end)
     if newest is None:
         try:
-            newest = await snapshots.newest(svc.warehouse, start, end)
+            newest = await snapshots.newest(svc.runtime.warehouse, start, end)
         except WarehouseError:
             newest = None
     if newest is None:

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from consumers.publisher import EventPublisher, Receipt
 from core.envelope import routing_key_to_event_type
 from core.metrics import EVENTS_STORED, VISIBLE_SECONDS
-from ingest.rows import TrackingRow
+from core.publisher import EventPublisher, Receipt
+from core.rows import TrackingRow
 
 ROUTING_KEY = "lomash.analytics.event.tracked"
 EVENT_TYPE = routing_key_to_event_type(ROUTING_KEY)

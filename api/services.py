@@ -1,0 +1,32 @@
+"""What the API process holds: its runtime, the beacon pipeline, and the dashboard's
+on-demand snapshots; opened at server start and closed at stop (api/app.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sanic import Request, Sanic
+
+from consumers.consumer import DomainEventConsumer
+from core.runtime import Runtime
+from ingest.pipeline import Pipeline
+from materialized.snapshots import OnDemand
+from workers.embedded import EmbeddedWorker
+
+
+@dataclass(slots=True)
+class Services:
+    runtime: Runtime
+    pipeline: Pipeline
+    on_demand: OnDemand  # dashboard answers waiting to be written as snapshots
+    consumer: DomainEventConsumer | None = None  # in `serve` only
+    worker: EmbeddedWorker | None = None  # in `serve` only
+
+
+def services(request: Request) -> Services:
+    return app_services(request.app)
+
+
+def app_services(app: Sanic) -> Services:  # type: ignore[type-arg]
+    found: Services = app.ctx.services
+    return found

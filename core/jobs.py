@@ -1,0 +1,38 @@
+"""Every background job, by the name arq runs it under (the function's name) and the name
+people type (`analytics jobs run NAME`, the admin API). One registry: a job's name is never
+written as a string anywhere else."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Job(enum.StrEnum):
+    RETRY_FAILED_BATCHES = "retry_failed_batches"
+    RECOMPUTE_FUNNELS = "recompute_funnels"
+    REBUILD_DASHBOARDS = "rebuild_dashboards"
+    CHECK_DASHBOARD_FRESHNESS = "check_dashboard_freshness"
+    EXPORT_REPORT = "export_report"
+    REMOVE_OLD_EXPORTS = "remove_old_exports"
+    ARCHIVE_HISTORICAL_DATA = "archive_historical_data"
+    PURGE_OLD_EVENTS = "purge_old_events"
+
+
+# The names of `analytics jobs run NAME`.
+BY_COMMAND: dict[str, Job] = {
+    "rebuild-dashboards": Job.REBUILD_DASHBOARDS,
+    "recompute-funnels": Job.RECOMPUTE_FUNNELS,
+    "archive": Job.ARCHIVE_HISTORICAL_DATA,
+    "purge": Job.PURGE_OLD_EVENTS,
+    "retry": Job.RETRY_FAILED_BATCHES,
+    "remove-old-exports": Job.REMOVE_OLD_EXPORTS,
+    "check-freshness": Job.CHECK_DASHBOARD_FRESHNESS,
+    "export": Job.EXPORT_REPORT,
+}
+
+# At most one run of the retry job waits at a time, however many batches are handed off.
+RETRY_JOB_ID = Job.RETRY_FAILED_BATCHES.value
+
+
+def export_job_id(export_id: str) -> str:
+    return f"export:{export_id}"

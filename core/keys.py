@@ -1,0 +1,61 @@
+"""Every Redis key the service writes, by name, in one place.
+
+Keys that one Lua script touches together share a hash tag (`{...}`), so the script runs on
+one slot of a Redis Cluster; scripts receive their keys through KEYS, never build them.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+# The retry queue of batches ClickHouse refused, and the batches a retrier is working on.
+RETRY_QUEUE = "lw:retry:batches"
+RETRY_PROCESSING = "lw:retry:processing"
+
+# Live counters of domain events per local day; days whose increments Redis missed.
+COUNTERS_STALE = "lw:counters:stale"
+
+# Dashboard answers and the index of cached ranges.
+DASHBOARD_CACHE_INDEX = "dashboard:snapshot:ranges"
+# When the scheduled rebuild last finished; the raised stale-dashboard alert.
+DASHBOARD_REBUILT_AT = "lw:dashboard:rebuilt-at"
+DASHBOARD_STALE_ALERT = "lw:alerts:dashboard-stale"
+
+
+# Rate-limit windows: requests per client, and events per client.
+RATE_REQUESTS = "lw:rl:"
+RATE_EVENTS = "lw:rle:"
+
+
+def rate_window(prefix: str, client: str, window: int) -> str:
+    return f"{prefix}{{{client}}}:{window}"
+
+
+# Tracking sessions (per batch, one script): an accepted event id, a session, a known user.
+def accepted_event(event_id: bytes) -> bytes:
+    return b"lw:evt:" + event_id
+
+
+def session(session_id: bytes) -> bytes:
+    return b"lw:sess:" + session_id
+
+
+def visitor(user_id: bytes) -> bytes:
+    return b"lw:visitor:" + user_id
+
+
+def counters(day: date) -> str:
+    return f"lw:counters:{day.isoformat()}"
+
+
+def dashboard_cache(start: str, end: str) -> str:
+    return f"dashboard:snapshot:{start}:{end}"
+
+
+def covered(job: str) -> str:
+    """The stretch of time a job's stored results cover."""
+    return f"lw:covered:{job}"
+
+
+def export_key(export_id: str) -> str:
+    return f"lw:export:v2:{export_id}"
