@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from core.envelope import routing_key_to_event_type
+from core.envelope import Envelope, routing_key_to_event_type
 from core.metrics import EVENTS_STORED, VISIBLE_SECONDS
 from core.publisher import EventPublisher, Receipt
 from core.rows import TrackingRow
@@ -31,25 +31,16 @@ class TrackedPayload(msgspec.Struct, rename="camel", kw_only=True, gc=False):
     properties: msgspec.Raw
 
 
-class TrackedEnvelope(msgspec.Struct, rename="camel", kw_only=True, gc=False):
-    event_id: uuid.UUID
-    event_type: str
-    timestamp: datetime
-    version: str
-    payload: TrackedPayload
-
-
 _encoder = msgspec.json.Encoder()
 
 
 def envelope(row: TrackingRow) -> bytes:
     # The tracked event's own id identifies the message: a re-send is recognisable downstream.
     return _encoder.encode(
-        TrackedEnvelope(
+        Envelope[TrackedPayload](
             event_id=row.event_id,
             event_type=EVENT_TYPE,
             timestamp=row.received_at,
-            version="1.0",
             payload=TrackedPayload(
                 event_id=row.event_id,
                 event_type=row.event_type,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -27,7 +27,6 @@ EventType = Literal[
     "BROCHURE_REQUEST",
     "CONTACT_SUBMIT",
 ]
-EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 
 
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
