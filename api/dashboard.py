@@ -48,7 +48,10 @@ def parse_instant(raw: str | None, parameter: str, zone: zoneinfo.ZoneInfo) -> d
         raise RangeError(parameter, f"`{parameter}`: {raw!r} is not an ISO 8601 time") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:30+01:00 is before the first representable time
+        raise RangeError(parameter, f"`{parameter}`: {raw!r} is out of range") from None
 
 
 def parse_range(request: Request, zone: zoneinfo.ZoneInfo) -> tuple[datetime, datetime]:

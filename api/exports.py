@@ -19,7 +19,7 @@ from core.ids import new_event_id
 from core.jobs import Job, export_job_id
 from core.limits import MAX_RANGE_DAYS
 from core.storage import FileStorage
-from materialized.reports import Format, ReportType
+from materialized.reports import MEDIA_TYPES, Format, ReportType
 
 bp = Blueprint("exports")
 
@@ -52,7 +52,10 @@ async def create_export(request: Request, claims: dict[str, Any]) -> HTTPRespons
         return json({"error": message, "path": path.rstrip("`") or "$"}, status=400)
     except msgspec.DecodeError as error:
         return json({"error": f"malformed JSON: {error}", "path": "$"}, status=400)
-    start, end = _utc(body.date_range.from_), _utc(body.date_range.to)
+    try:
+        start, end = _utc(body.date_range.from_), _utc(body.date_range.to)
+    except OverflowError:  # e.g. 0001-01-01T00:30+01:00: before the first representable time
+        return json({"error": "a time out of range", "path": "$.dateRange"}, status=400)
     if end <= start:
         return json({"error": "`to` must be after `from`", "path": "$.dateRange.to"}, status=400)
     if end - start > timedelta(days=MAX_RANGE_DAYS):
@@ -116,5 +119,5 @@ async def download(request: Request, key: str) -> HTTPResponse | ResponseStream:
         return json({"error": "link invalid or expired"}, status=403)
     if not path.is_file():
         return json({"error": "file no longer exists"}, status=404)
-    media = "text/csv" if key.endswith(".csv") else "application/x-ndjson"
+    media = MEDIA_TYPES.get(key.rsplit(".", 1)[-1], "application/octet-stream")
     return await file_stream(path, mime_type=media, filename=path.name)

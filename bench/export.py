@@ -1,4 +1,4 @@
-"""Export of 1,000,000 rows as CSV and as JSON Lines: seconds and peak memory growth of the
+"""Export of 1,000,000 rows as CSV and as a JSON document: seconds and peak memory growth of the
 process, against ClickHouse writing the same rows to a local file by itself, same run.
 
 Each measurement runs in a fresh process on one prepared chDB directory, so memory figures
@@ -152,7 +152,7 @@ def main() -> None:
     for mode, label in (
         ("clickhouse", "ClickHouse to a local file (baseline)"),
         ("csv", "export job, CSV"),
-        ("json", "export job, JSON Lines"),
+        ("json", "export job, JSON (one array)"),
     ):
         r = results[mode]
         print(

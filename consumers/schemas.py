@@ -14,18 +14,12 @@ from typing import Annotated
 
 import msgspec
 
+from core.contracts import Envelope
+
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
 # Checked in mapping.py: finite, not negative, at most 6 decimal places (Decimal(38, 6)).
 Amount = decimal.Decimal
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
-
-
-class Envelope(msgspec.Struct, rename="camel", gc=False):
-    event_id: uuid.UUID
-    event_type: str
-    timestamp: datetime
-    version: str | int
-    payload: msgspec.Raw
 
 
 class Payload(msgspec.Struct, rename="camel", gc=False):
@@ -96,6 +90,18 @@ class NewsletterSubscriptionCreated(Payload):
     customer_id: uuid.UUID | None = None
 
 
+class PagePublished(Payload):
+    """`page-published`: no required fields; the payload is stored as received."""
+
+
+class ProfileUpdated(Payload):
+    """`profile-updated`: no required fields; the payload is stored as received."""
+
+
+class ProductCreated(Payload):
+    """`product-created`: no required fields; the payload is stored as received."""
+
+
 class Contract(msgspec.Struct, frozen=True):
     event_type: str
     payload: type[Payload]
@@ -116,7 +122,10 @@ CONTRACTS: dict[str, Contract] = {
     "lomash.newsletter.subscription.created": Contract(
         "newsletter-subscription-created", NewsletterSubscriptionCreated
     ),
+    "lomash.content.page.published": Contract("page-published", PagePublished),
+    "lomash.customers.profile.updated": Contract("profile-updated", ProfileUpdated),
+    "lomash.products.created": Contract("product-created", ProductCreated),
 }
 
-ENVELOPE_DECODER = msgspec.json.Decoder(Envelope)
+ENVELOPE_DECODER = msgspec.json.Decoder(Envelope[msgspec.Raw])
 PAYLOAD_DECODERS = {key: msgspec.json.Decoder(c.payload) for key, c in CONTRACTS.items()}

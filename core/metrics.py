@@ -10,7 +10,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 
 class Drop(enum.StrEnum):
-    """Every reason an event sent to us is not stored; the label of `tracking_events_dropped`."""
+    """Every reason an event sent to us is filtered out (not stored, on purpose); the label of
+    `tracking_events_dropped`. Filtering is not loss: it never raises the drop rate."""
 
     INVALID = "invalid"  # failed validation (the client got a 400 or a `rejected` entry)
     TOO_LARGE = "too_large"  # body or array over the limit (counted per request)
@@ -81,6 +82,11 @@ DOMAIN_REFUSED = Counter(
 CONSUMER_RESTARTS = Counter(
     "domain_consumer_restarts", "Times the consume loop failed and was restarted by its supervisor"
 )
+RESTARTS = Counter(
+    "component_restarts",
+    "Background parts restarted after a failure (publisher reconnects, the embedded worker)",
+    ["component"],
+)
 CONSUMER_UP = Gauge("domain_consumer_up", "1 while the consume loop runs and is connected")
 CONSUMER_UNACKED = Gauge(
     "domain_consumer_unacked_messages", "Messages taken from RabbitMQ and not yet acked"
@@ -118,7 +124,14 @@ INGEST_RATE = Gauge(
     "tracking_ingest_rate_per_second", "Events accepted per second over the last minute"
 )
 DROP_RATE = Gauge(
-    "analytics_event_drop_rate", "Share of received events dropped over the last minute (0..1)"
+    "analytics_event_drop_rate",
+    "Loss over the last minute (0..1): accepted events, or their event.tracked messages,"
+    " lost (analytics_events_lost_total) over events accepted",
+)
+EVENTS_LOST = Counter(
+    "analytics_events_lost",
+    "Accepted events, or their messages, lost: publish_lost (event.tracked backlog full)",
+    ["reason"],
 )
 
 
@@ -127,15 +140,15 @@ class RateWindow:
 
     def __init__(self, seconds: int = 60) -> None:
         self._seconds = seconds
-        self._buckets: deque[tuple[int, int, int]] = deque()  # (second, accepted, dropped)
+        self._buckets: deque[tuple[int, int, int]] = deque()  # (second, accepted, lost)
 
-    def record(self, accepted: int = 0, dropped: int = 0) -> None:
+    def record(self, accepted: int = 0, lost: int = 0) -> None:
         now = int(time.monotonic())
         if self._buckets and self._buckets[-1][0] == now:
             _, a, d = self._buckets[-1]
-            self._buckets[-1] = (now, a + accepted, d + dropped)
+            self._buckets[-1] = (now, a + accepted, d + lost)
         else:
-            self._buckets.append((now, accepted, dropped))
+            self._buckets.append((now, accepted, lost))
         self._trim(now)
 
     def _trim(self, now: int) -> None:
@@ -145,14 +158,20 @@ class RateWindow:
     def refresh_gauges(self) -> None:
         self._trim(int(time.monotonic()))
         accepted = sum(a for _, a, _ in self._buckets)
-        dropped = sum(d for _, _, d in self._buckets)
+        lost = sum(d for _, _, d in self._buckets)
         INGEST_RATE.set(accepted / self._seconds)
-        DROP_RATE.set(dropped / (accepted + dropped) if accepted + dropped else 0.0)
+        DROP_RATE.set(min(1.0, lost / accepted) if accepted else (1.0 if lost else 0.0))
 
 
 RATES = RateWindow()
 
 
 def drop(reason: Drop, count: int = 1) -> None:
+    """Events filtered out on purpose: counted by reason, not loss."""
     EVENTS_DROPPED.labels(reason.value).inc(count)
-    RATES.record(dropped=count)
+
+
+def lose(reason: str, count: int = 1) -> None:
+    """Accepted events (or their messages) lost: counted, and the drop rate rises."""
+    EVENTS_LOST.labels(reason).inc(count)
+    RATES.record(lost=count)

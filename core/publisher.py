@@ -21,7 +21,14 @@ import aio_pika
 import msgspec
 from aio_pika.abc import AbstractRobustExchange
 
-from core.metrics import PUBLISH_BACKLOG, PUBLISH_FAILURES, PUBLISH_LOST, PUBLISHED
+from core.metrics import (
+    PUBLISH_BACKLOG,
+    PUBLISH_FAILURES,
+    PUBLISH_LOST,
+    PUBLISHED,
+    RESTARTS,
+    lose,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,7 @@ class EventPublisher:
         if len(self._backlog) >= self._max_backlog:
             lost = self._backlog.popleft()
             PUBLISH_LOST.labels(lost.routing_key).inc()
+            lose("publish_lost")
         self._backlog.append(Outgoing(routing_key, message_id, body, receipt))
         self._wake.set()
 
@@ -120,8 +128,9 @@ class EventPublisher:
                 await self._pump(exchange)  # type: ignore[arg-type]
             except asyncio.CancelledError:
                 raise
-            except Exception as error:
+            except Exception as error:  # any failure of the connection: reconnect, counted
                 self.connected.clear()
+                RESTARTS.labels("publisher").inc()
                 log.warning("publisher: %s; reconnecting in %.1fs", error, backoff)
                 if self._connection is not None:
                     await asyncio.gather(self._connection.close(), return_exceptions=True)

@@ -53,9 +53,19 @@ def to_row(event: TrackingEvent, ctx: Context) -> TrackingRow:
         url=meta.url,
         referrer=meta.referrer or "",
         user_agent=(meta.user_agent or ctx.header_user_agent)[:MAX_LENGTH],
-        device_type=(meta.device_type or "").lower(),
+        device_type=_device_type(meta.device_type),
         properties=bytes(event.properties).decode(),
     )
+
+
+_KNOWN_DEVICES = frozenset({"mobile", "tablet", "desktop"})
+
+
+def _device_type(given: str | None) -> str:
+    if not given:
+        return ""
+    lowered = given.lower()
+    return lowered if lowered in _KNOWN_DEVICES else given
 
 
 def trust_client_clock(rows: list[TrackingRow], ctx: Context) -> None:

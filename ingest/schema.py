@@ -32,7 +32,9 @@ EventType = Literal[
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 OptionalText = Annotated[str, msgspec.Meta(max_length=4096)] | None
 # Clients differ in case ("mobile", "MOBILE"); the stored value is lower case.
-DeviceType = Annotated[str, msgspec.Meta(pattern=r"(?i)^(mobile|tablet|desktop)$")]
+# Any short string, as the platform's tracking schema types it: mobile, tablet and desktop (any
+# case) are normalised to lower case, anything else (smarttv, console...) is stored as given.
+DeviceType = Annotated[str, msgspec.Meta(max_length=32)]
 
 
 # gc=False on the decoded structs: scalars and nested structs only, no cycles possible.

@@ -12,10 +12,12 @@ envelope timestamp; only events inside the period count.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 from core.clickhouse import Warehouse
+from core.contracts import FunnelCompleted, FunnelStep
 
 DEFAULT_WINDOW_SECONDS = 7 * 86400
 
@@ -41,7 +43,7 @@ FUNNELS: dict[str, Funnel] = {
     "booking": Funnel(
         "booking",
         (
-            Step("PRODUCT_PAGE_VIEW", "tracking", "PAGEVIEW", product_page=True),
+            Step("PAGEVIEW", "tracking", "PAGEVIEW", product_page=True),
             Step("BOOKING_START", "tracking", "BOOKING_START"),
             Step("BOOKING_COMPLETE", "tracking", "BOOKING_COMPLETE"),
         ),
@@ -51,8 +53,8 @@ FUNNELS: dict[str, Funnel] = {
         (
             Step("PRODUCT_VIEW", "tracking", "PRODUCT_VIEW"),
             Step("ADD_TO_WISHLIST", "tracking", "ADD_TO_WISHLIST"),
-            Step("ORDER_CREATED", "domain", "order-created"),
-            Step("PAYMENT_SUCCEEDED", "domain", "payment-succeeded"),
+            Step("order-created", "domain", "order-created"),
+            Step("payment-succeeded", "domain", "payment-succeeded"),
         ),
     ),
 }
@@ -71,15 +73,17 @@ class FunnelResult:
         first, last = self.steps[0][1], self.steps[-1][1]
         return round(last / first * 100, 2) if first else 0.0
 
-    def as_payload(self) -> dict[str, object]:
-        return {
-            "funnel": self.funnel,
-            "periodStart": self.period_start.isoformat(),
-            "periodEnd": self.period_end.isoformat(),
-            "windowSeconds": self.window_seconds,
-            "steps": [{"name": name, "count": count} for name, count in self.steps],
-            "conversionRate": self.conversion_rate,
-        }
+    def as_payload(self, funnel_id: uuid.UUID) -> FunnelCompleted:
+        """The `funnel-completed` message of this computation (the spec's step names)."""
+        return FunnelCompleted(
+            funnel_id=funnel_id,
+            funnel_name="BOOKING" if self.funnel == "booking" else "CHECKOUT",
+            period_from=self.period_start,
+            period_to=self.period_end,
+            steps=[FunnelStep(name, count) for name, count in self.steps],
+            conversion_rate=self.conversion_rate,
+            window_seconds=self.window_seconds,
+        )
 
 
 def _condition(step: Step) -> str:

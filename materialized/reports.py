@@ -1,4 +1,7 @@
-"""Report exports: each report's rows, written by ClickHouse as CSV or JSON Lines, in pages.
+"""Report exports: each report's rows, formatted by ClickHouse, written in pages.
+
+Formats: `CSV` (a header row, RFC 4180 quoting), `JSON` (one JSON document: an array of row
+objects, streamed page by page), `NDJSON` (one object per line).
 
 Row-level reports are cut into pages of at most PAGE_ROWS rows along UTC hours (counted from
 the rollups first), so memory stays the size of a page whatever the report's size. Columns:
@@ -14,6 +17,7 @@ FUNNELS   funnel, step_number, step, visitors, conversion_rate (windowFunnel, se
 
 from __future__ import annotations
 
+import csv
 import io
 import zoneinfo
 from collections.abc import Awaitable, Callable
@@ -26,7 +30,13 @@ from core.clickhouse import Warehouse
 from materialized import funnels
 
 ReportType = Literal["BOOKINGS", "ORDERS", "REVENUE", "PRODUCTS", "FUNNELS"]
-Format = Literal["CSV", "JSON"]
+Format = Literal["CSV", "JSON", "NDJSON"]
+EXTENSIONS: dict[str, str] = {"CSV": "csv", "JSON": "json", "NDJSON": "ndjson"}
+MEDIA_TYPES: dict[str, str] = {
+    "csv": "text/csv",
+    "json": "application/json",
+    "ndjson": "application/x-ndjson",
+}
 PAGE_ROWS = 25_000
 
 _ROW_REPORTS = {
@@ -52,7 +62,8 @@ _REVENUE = (
     " sumIf(amount, event_type = 'order-created') AS order_value,"
     " sumIf(events, event_type = 'payment-succeeded') AS payments,"
     " sumIf(amount, event_type = 'payment-succeeded') AS revenue,"
-    " if(orders = 0, toDecimal128(0, 2), toDecimal128(order_value / orders, 2))"
+    # The spec: average order value is revenue / successful payments.
+    " if(payments = 0, toDecimal128(0, 2), toDecimal128(revenue / payments, 2))"
     " AS average_order_value"
     " FROM domain_events_hourly WHERE currency != ''"
     " AND hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}"
@@ -68,9 +79,40 @@ Write = Callable[[bytes], Awaitable[None]]
 
 
 def _clickhouse_format(fmt: Format, first_page: bool) -> str:
-    if fmt == "JSON":
-        return "JSONEachRow"
+    if fmt != "CSV":
+        return "JSONEachRow"  # JSON arrays are made from these lines as they pass
     return "CSVWithNames" if first_page else "CSV"
+
+
+class _Output:
+    """Passes pages on to `write`, counting rows; for JSON it turns ClickHouse's lines of
+    objects into one array, `[` before the first page and `]` after the last."""
+
+    def __init__(self, fmt: Format, write: Write) -> None:
+        self._fmt, self._write = fmt, write
+        self.rows = 0
+        self._pages = 0
+        self._objects = False  # a JSON object was written: the next needs a comma
+
+    async def page(self, data: bytes) -> None:
+        if self._fmt == "CSV":  # a quoted value may hold a newline: count records, not lines
+            records = sum(1 for _ in csv.reader(io.StringIO(data.decode(), newline="")))
+            self.rows += records - (1 if self._pages == 0 and records else 0)  # the header
+        else:
+            self.rows += data.count(b"\n")
+        if self._fmt == "JSON":
+            body = b",\n".join(data.rstrip(b"\n").split(b"\n")) if data.strip() else b""
+            opening = b"[\n" if self._pages == 0 else b""
+            separator = b",\n" if body and self._objects else b""
+            self._objects = self._objects or bool(body)
+            data = opening + separator + body
+        self._pages += 1
+        if data:
+            await self._write(data)
+
+    async def close(self) -> None:
+        if self._fmt == "JSON":
+            await self._write(b"[\n]\n" if self._pages == 0 else b"\n]\n")
 
 
 async def _pages(
@@ -106,16 +148,18 @@ async def write_report(
     write: Write,
     *,
     funnel_window_seconds: int = funnels.DEFAULT_WINDOW_SECONDS,
-) -> None:
-    """Write the report, page by page; nothing but one page is held in memory. FUNNELS uses
-    `funnel_window_seconds` (FUNNEL_WINDOW_SECONDS), as recompute-funnels does."""
+) -> int:
+    """Write the report, page by page; nothing but one page is held in memory. Returns the
+    rows written. FUNNELS uses `funnel_window_seconds` (FUNNEL_WINDOW_SECONDS), as
+    recompute-funnels does."""
+    out = _Output(fmt, write)
     params = {"start": start, "end": end, "zone": zone.key}
     if report in _ROW_REPORTS:
         event_types, select = _ROW_REPORTS[report]
         for number, (page_start, page_end) in enumerate(
             await _pages(warehouse, event_types, start, end)
         ):
-            await write(
+            await out.page(
                 await warehouse.formatted(
                     select + _PAGE,
                     {"start": page_start, "end": page_end},
@@ -123,11 +167,13 @@ async def write_report(
                 )
             )
     elif report == "REVENUE":
-        await write(await warehouse.formatted(_REVENUE, params, _clickhouse_format(fmt, True)))
+        await out.page(await warehouse.formatted(_REVENUE, params, _clickhouse_format(fmt, True)))
     elif report == "PRODUCTS":
-        await write(await warehouse.formatted(_PRODUCTS, params, _clickhouse_format(fmt, True)))
+        await out.page(await warehouse.formatted(_PRODUCTS, params, _clickhouse_format(fmt, True)))
     else:
-        await write(await _funnel_report(warehouse, fmt, start, end, funnel_window_seconds))
+        await out.page(await _funnel_report(warehouse, fmt, start, end, funnel_window_seconds))
+    await out.close()
+    return out.rows
 
 
 async def _funnel_report(
@@ -146,10 +192,13 @@ async def _funnel_report(
                     "conversion_rate": result.conversion_rate,
                 }
             )
-    if fmt == "JSON":
+    if fmt != "CSV":
         return msgspec.json.Encoder().encode_lines(rows)
     out = io.StringIO()
-    out.write("funnel,step_number,step,visitors,conversion_rate\n")
-    for row in rows:
-        out.write(",".join(f'"{v}"' if isinstance(v, str) else str(v) for v in row.values()) + "\n")
+    table = csv.DictWriter(out, fieldnames=_FUNNEL_COLUMNS, lineterminator="\n")
+    table.writeheader()
+    table.writerows(rows)
     return out.getvalue().encode()
+
+
+_FUNNEL_COLUMNS = ("funnel", "step_number", "step", "visitors", "conversion_rate")

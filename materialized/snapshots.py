@@ -8,6 +8,7 @@ and written together every minute, never one row per view.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,13 +25,22 @@ ON_DEMAND = "on-demand"
 
 async def save(
     warehouse: Warehouse, start: datetime, end: datetime, label: str, body: dict[str, Any]
-) -> None:
+) -> uuid.UUID:
+    """Write one snapshot row; its id."""
+    snapshot_id = new_event_id()
     await warehouse.command(
-        "INSERT INTO dashboard_snapshots (computed_at, range_start, range_end, label, body)"
-        " VALUES (now64(3), {start:DateTime64(3, 'UTC')}, {end:DateTime64(3, 'UTC')},"
-        " {label:String}, {body:String})",
-        {"start": start, "end": end, "label": label, "body": msgspec.json.encode(body).decode()},
+        "INSERT INTO dashboard_snapshots (snapshot_id, computed_at, range_start, range_end,"
+        " label, body) VALUES ({id:UUID}, now64(3), {start:DateTime64(3, 'UTC')},"
+        " {end:DateTime64(3, 'UTC')}, {label:String}, {body:String})",
+        {
+            "id": snapshot_id,
+            "start": start,
+            "end": end,
+            "label": label,
+            "body": msgspec.json.encode(body).decode(),
+        },
     )
+    return snapshot_id
 
 
 async def newest(

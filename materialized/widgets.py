@@ -127,10 +127,11 @@ async def compute(
             amounts[event_type][currency] = EXACT.add(
                 amounts[event_type].get(currency, decimal.Decimal(0)), amount
             )
-    order_counts: dict[str, int] = defaultdict(int)
+    # The spec: average order value is payment-succeeded revenue / successful payments.
+    payment_counts: dict[str, int] = defaultdict(int)
     for event_type, currency, events, _ in domain:
-        if event_type == "order-created" and currency:
-            order_counts[currency] += int(events)
+        if event_type == "payment-succeeded" and currency:
+            payment_counts[currency] += int(events)
     today, week, month = bookings_now[0] if bookings_now else (0, 0, 0)
     new, returning = customers[0] if customers else (0, 0)
     return {
@@ -149,12 +150,12 @@ async def compute(
             },
             "averageOrderValue": {
                 cur: money(
-                    EXACT.divide(total, order_counts[cur]).quantize(
+                    EXACT.divide(total, payment_counts[cur]).quantize(
                         decimal.Decimal("0.01"), context=EXACT
                     )
                 )
-                for cur, total in sorted(amounts["order-created"].items())
-                if order_counts[cur]
+                for cur, total in sorted(amounts["payment-succeeded"].items())
+                if payment_counts[cur]
             },
         },
         "topProducts": [{"productId": p, "views": int(v)} for p, v in products],

@@ -100,6 +100,18 @@ def newsletter_subscribed() -> dict[str, Any]:
     return envelope("newsletter-subscription-created", {"subscriptionId": _id()})
 
 
+def page_published() -> dict[str, Any]:
+    return envelope("page-published", {"pageId": _id(), "slug": "showrooms/london"})
+
+
+def profile_updated() -> dict[str, Any]:
+    return envelope("profile-updated", {"customerId": _id(), "changed": ["email"]})
+
+
+def product_created() -> dict[str, Any]:
+    return envelope("product-created", {"productId": _id(), "name": "Shaker oak", "range": 3})
+
+
 MAKERS = {
     "lomash.orders.created": order_created,
     "lomash.payments.succeeded": payment_succeeded,
@@ -110,4 +122,7 @@ MAKERS = {
     "lomash.customers.review.created": review_created,
     "lomash.brochure.request.submitted": brochure_requested,
     "lomash.newsletter.subscription.created": newsletter_subscribed,
+    "lomash.content.page.published": page_published,
+    "lomash.customers.profile.updated": profile_updated,
+    "lomash.products.created": product_created,
 }

@@ -33,14 +33,11 @@ def widgets(
     domain = [r for r in traffic.domain if s <= _ms(r.occurred_at) < e]
     counts = Counter(r.event_type for r in domain)
     revenue: dict[str, decimal.Decimal] = defaultdict(decimal.Decimal)
-    order_totals: dict[str, decimal.Decimal] = defaultdict(decimal.Decimal)
-    order_counts: Counter[str] = Counter()
+    payment_counts: Counter[str] = Counter()
     for r in domain:
         if r.event_type == "payment-succeeded":
             revenue[r.currency] += r.amount or 0
-        if r.event_type == "order-created":
-            order_totals[r.currency] += r.amount or 0
-            order_counts[r.currency] += 1
+            payment_counts[r.currency] += 1
 
     local = now.astimezone(zone)
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -86,8 +83,8 @@ def widgets(
             "count": counts["order-created"],
             "revenue": {c: money(v) for c, v in sorted(revenue.items())},
             "averageOrderValue": {
-                c: money((order_totals[c] / order_counts[c]).quantize(decimal.Decimal("0.01")))
-                for c in sorted(order_totals)
+                c: money((revenue[c] / payment_counts[c]).quantize(decimal.Decimal("0.01")))
+                for c in sorted(revenue)
             },
         },
         "topProducts": [{"productId": p, "views": v} for p, v in top],
@@ -98,7 +95,7 @@ def widgets(
             1
             for r in in_range
             if r.event_type == "PAGEVIEW"
-            and r.url.split("lomashwood.co.uk", 1)[1].startswith("/blog/")
+            and r.url.split("lomashwood.co.uk", 1)[1].startswith(("/blog/", "/v1/blog/"))
         ),
         "eventsByType": dict(sorted(Counter(r.event_type for r in in_range).items())),
     }

@@ -84,10 +84,10 @@ async def test_clickhouse_refusing_writes_under_load_loses_nothing_and_doubles_n
     await wait_for(queue_empty)
 
     messages = await drain_queue(tracked_queue, 600)
-    assert sorted(m["payload"]["eventId"] for m in messages) == sorted(ids)
+    assert sorted(m["payload"]["trackingEventId"] for m in messages) == sorted(ids)
     first = messages[0]
-    assert first["eventType"] == "analytics-event-tracked"
-    assert first["eventId"] == first["payload"]["eventId"]
+    assert first["eventType"] == "event-tracked"
+    assert first["eventId"] == first["payload"]["trackingEventId"]
     assert set(first) == {"eventId", "eventType", "timestamp", "version", "payload"}
     assert first["payload"]["eventType"] == "PAGEVIEW"
     assert first["payload"]["properties"] == {"productId": "kit-shaker-oak", "price": 1249.5}

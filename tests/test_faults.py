@@ -187,7 +187,7 @@ async def tracked_event_ids(queue_name: str, expected: int) -> list[str]:
         queue = await channel.get_queue(queue_name)
 
         async def take(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            ids.append(msgspec.json.decode(message.body)["payload"]["eventId"])
+            ids.append(msgspec.json.decode(message.body)["payload"]["trackingEventId"])
 
         tag = await queue.consume(take, no_ack=True)
         seen = -1

@@ -156,11 +156,11 @@ BAD_BODIES = [
     pytest.param(encode(_meta(url=7)), 400, "$.metadata.url", "Expected `str`", id="url-not-str"),
     pytest.param(encode(_meta(url="")), 400, "$.metadata.url", "length >= 1", id="url-empty"),
     pytest.param(
-        encode(_meta(deviceType="fridge")),
+        encode(_meta(deviceType="x" * 33)),
         400,
         "$.metadata.deviceType",
-        "regex",
-        id="device-unknown",
+        "length <= 32",
+        id="device-too-long",
     ),
     pytest.param(
         encode(event(properties=[1, 2])),
@@ -303,3 +303,18 @@ async def test_metrics_read_the_snapshot_age_the_job_keeps_not_clickhouse(
         await warehouse.command("ATTACH TABLE dashboard_snapshots")
     (line,) = [x for x in text.splitlines() if x.startswith("dashboard_snapshot_age_minutes ")]
     assert float(line.split()[1]) == pytest.approx(30, abs=0.5)
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [("MOBILE", "mobile"), ("Tablet", "tablet"), ("smarttv", "smarttv"), ("Console", "Console")],
+)
+async def test_any_short_device_type_is_kept_and_the_known_ones_normalised(
+    server: Running, warehouse: Warehouse, sent: str, stored: str
+) -> None:
+    body = event()
+    body["metadata"]["deviceType"] = sent
+    answer = await server.http.post("/v1/analytics/track", json=body)
+    assert answer.status_code == 202
+    await server.drain()
+    assert await warehouse.scalar("SELECT device_type FROM tracking_events") == stored

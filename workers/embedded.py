@@ -12,6 +12,7 @@ import logging
 from arq.connections import ArqRedis
 from arq.worker import Worker
 
+from core.metrics import RESTARTS
 from workers.context import JobContext
 from workers.settings import CRON_JOBS, FUNCTIONS
 
@@ -46,7 +47,8 @@ class EmbeddedWorker:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as error:
+            except Exception as error:  # Redis gone, mostly: restart, counted
+                RESTARTS.labels("embedded_worker").inc()
                 log.warning("arq worker stopped (%s); restarting in %.0fs", error, backoff)
                 await asyncio.gather(pool.aclose(), return_exceptions=True)
                 await asyncio.sleep(backoff)

@@ -6,16 +6,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import uuid
 import zoneinfo
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
-from core import export_state, keys
+from core import contracts, export_state, keys
 from core.best_effort import best_effort
 from core.clickhouse import Warehouse, WarehouseError
-from core.envelope import Envelope, routing_key_to_event_type
+from core.contracts import (
+    ALERT_RAISED,
+    DASHBOARD_REFRESHED,
+    FUNNEL_COMPLETED,
+    REPORT_GENERATED,
+    AlertRaised,
+    DashboardRefreshed,
+    ReportGenerated,
+    Topic,
+)
 from core.export_state import ExportStatus
 from core.ids import new_event_id
 from core.jobs import Job
@@ -116,25 +126,13 @@ async def retry_failed_batches(ctx: dict[str, Any]) -> str:
 
 FUNNEL_PERIOD = timedelta(days=30)
 STALE_AFTER_MINUTES = 120
-FUNNEL_COMPLETED = "lomash.analytics.funnel.completed"
-DASHBOARD_REFRESHED = "lomash.analytics.dashboard.refreshed"
-ALERT_RAISED = "lomash.analytics.alert.raised"
 
 
-def _publish(job: JobContext, routing_key: str, payload: dict[str, Any]) -> None:
-    publisher = job.publisher
-    if publisher is None:
-        return
-    event_id = new_event_id()
-    body = msgspec.json.encode(
-        Envelope(
-            event_id=event_id,
-            event_type=routing_key_to_event_type(routing_key),
-            timestamp=datetime.now(UTC),
-            payload=payload,
-        )
-    )
-    publisher.publish(routing_key, str(event_id), body)
+def _publish(job: JobContext, topic: Topic, payload: Any) -> None:
+    if job.publisher is None:
+        return  # a context without a publisher (the demo, some tests) stores only
+    message_id, body = contracts.encode(topic, payload)
+    job.publisher.publish(topic.routing_key, message_id, body)
 
 
 async def recompute_funnels(ctx: dict[str, Any]) -> str:
@@ -149,12 +147,15 @@ async def recompute_funnels(ctx: dict[str, Any]) -> str:
         result = await funnels.compute(
             warehouse, funnel, end - FUNNEL_PERIOD, end, settings.funnel_window_seconds
         )
+        funnel_id = new_event_id()
         await warehouse.command(
-            "INSERT INTO funnels (computed_at, funnel, period_start, period_end, window_seconds,"
-            " step_names, step_counts, conversion_rate) VALUES (now64(3), {funnel:String},"
+            "INSERT INTO funnels (funnel_id, computed_at, funnel, period_start, period_end,"
+            " window_seconds, step_names, step_counts, conversion_rate) VALUES ({id:UUID},"
+            " now64(3), {funnel:String},"
             " {start:DateTime64(3, 'UTC')}, {end:DateTime64(3, 'UTC')}, {window:UInt32},"
             " {names:Array(String)}, {counts:Array(UInt64)}, {rate:Float64})",
             {
+                "id": funnel_id,
                 "funnel": result.funnel,
                 "start": result.period_start,
                 "end": result.period_end,
@@ -164,7 +165,7 @@ async def recompute_funnels(ctx: dict[str, Any]) -> str:
                 "rate": result.conversion_rate,
             },
         )
-        _publish(job, FUNNEL_COMPLETED, result.as_payload())
+        _publish(job, FUNNEL_COMPLETED, result.as_payload(funnel_id))
         results.append(f"{result.funnel} {result.conversion_rate}%")
     redis = job.redis
     if redis is not None:
@@ -194,9 +195,19 @@ async def rebuild_dashboards(ctx: dict[str, Any]) -> str:
         "month": periods["month"],
         "last-30-days": end - timedelta(days=30),
     }
+    written = []
     for label, start in ranges.items():
         found = await widgets.compute(warehouse, start, end, zone=zone, now=now)
-        await snapshots.save(warehouse, start, end, label, found)
+        snapshot_id = await snapshots.save(warehouse, start, end, label, found)
+        written.append(
+            DashboardRefreshed(
+                snapshot_id=snapshot_id,
+                computed_at=now,
+                label=label,
+                range_from=start,
+                range_to=end,
+            )
+        )
     redis = job.redis
     if redis is not None:
         async with best_effort("dashboard_cache"):
@@ -208,17 +219,8 @@ async def rebuild_dashboards(ctx: dict[str, Any]) -> str:
         async with best_effort("live_counters"):
             await counters.reconcile(redis, warehouse, zone, now.astimezone(zone).date())
     DASHBOARD_SNAPSHOT_AGE.set(0)
-    _publish(
-        job,
-        DASHBOARD_REFRESHED,
-        {
-            "computedAt": now.isoformat(),
-            "ranges": [
-                {"label": label, "from": start.isoformat(), "to": end.isoformat()}
-                for label, start in ranges.items()
-            ],
-        },
-    )
+    for refreshed in written:  # one message per snapshot row written
+        _publish(job, DASHBOARD_REFRESHED, refreshed)
     AGGREGATION_JOB_DURATION.labels("rebuild-dashboards").observe(
         (time.perf_counter() - started) * 1000
     )
@@ -244,17 +246,16 @@ async def check_dashboard_freshness(ctx: dict[str, Any]) -> str:
         _publish(
             job,
             ALERT_RAISED,
-            {
-                "alertType": "DASHBOARD_STALE",
-                "status": "RAISED",
-                "severity": "WARNING",
-                "audience": "ADMIN",
-                "message": "No dashboard snapshot newer than two hours: rebuild-dashboards is"
-                " failing"
+            AlertRaised(
+                alert_type="DASHBOARD_STALE",
+                status="RAISED",
+                severity="WARNING",
+                audience="ADMIN",
+                message="No dashboard snapshot newer than two hours: rebuild-dashboards is failing"
                 if age is not None
                 else "No dashboard snapshot exists yet",
-                "snapshotAgeMinutes": None if age is None else round(age),
-            },
+                snapshot_age_minutes=None if age is None else round(age),
+            ),
         )
         return "alert raised"
     assert age is not None
@@ -263,20 +264,19 @@ async def check_dashboard_freshness(ctx: dict[str, Any]) -> str:
     _publish(
         job,
         ALERT_RAISED,
-        {
-            "alertType": "DASHBOARD_STALE",
-            "status": "RESOLVED",
-            "severity": "INFO",
-            "audience": "ADMIN",
-            "message": "Dashboard snapshots are fresh again",
-            "snapshotAgeMinutes": round(age),
-        },
+        AlertRaised(
+            alert_type="DASHBOARD_STALE",
+            status="RESOLVED",
+            severity="INFO",
+            audience="ADMIN",
+            message="Dashboard snapshots are fresh again",
+            snapshot_age_minutes=round(age),
+        ),
     )
     return f"recovered: {age:.0f} min"
 
 
 EXPORT_LIFETIME = timedelta(days=7)
-REPORT_GENERATED = "lomash.analytics.report.generated"
 
 
 async def export_report(ctx: dict[str, Any], export_id: str) -> str:
@@ -289,25 +289,18 @@ async def export_report(ctx: dict[str, Any], export_id: str) -> str:
         return f"export {export_id} unknown (expired?)"
     state.status = ExportStatus.RUNNING
     await export_state.save(redis, export_id, state)
-    object_key = f"exports/{export_id}.{'csv' if state.format == 'CSV' else 'json'}"
-    lines = 0
+    object_key = f"exports/{export_id}.{reports.EXTENSIONS[state.format]}"
     try:
         writer = await storage.writer(object_key)
-
-        async def write(chunk: bytes) -> None:
-            nonlocal lines
-            lines += chunk.count(b"\n")
-            await writer.write(chunk)
-
         try:
-            await reports.write_report(
+            rows = await reports.write_report(
                 job.warehouse,
                 state.report_type,  # type: ignore[arg-type]
                 state.format,  # type: ignore[arg-type]
                 state.start,
                 state.end,
                 zoneinfo.ZoneInfo(settings.report_timezone),
-                write,
+                writer.write,
                 funnel_window_seconds=settings.funnel_window_seconds,
             )
             await writer.close()
@@ -320,7 +313,6 @@ async def export_report(ctx: dict[str, Any], export_id: str) -> str:
         await export_state.save(redis, export_id, state)
         log.warning("export %s failed: %s", export_id, state.error)
         return f"export {export_id} failed: {state.error}"
-    rows = lines - 1 if state.format == "CSV" else lines  # CSV has a header line
     expires = datetime.now(UTC) + EXPORT_LIFETIME
     state.status, state.object_key, state.expires_at, state.rows = (
         ExportStatus.READY,
@@ -333,16 +325,15 @@ async def export_report(ctx: dict[str, Any], export_id: str) -> str:
     _publish(
         job,
         REPORT_GENERATED,
-        {
-            "exportId": export_id,
-            "reportType": state.report_type,
-            "format": state.format,
-            "dateRange": {"from": state.start.isoformat(), "to": state.end.isoformat()},
-            "rows": rows,
-            "downloadUrl": storage.download_url(object_key, expires),
-            "expiresAt": expires.isoformat(),
-            "requestedBy": state.requested_by,
-        },
+        ReportGenerated(
+            export_id=uuid.UUID(export_id),
+            report_type=state.report_type,
+            format=state.format,
+            download_url=storage.download_url(object_key, expires),
+            expires_at=expires,
+            requested_by=state.requested_by,
+            rows=rows,
+        ),
     )
     return f"export {export_id}: {rows} rows"
 
