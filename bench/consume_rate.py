@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aio_pika
 import msgspec
-from redis.asyncio import Redis
+from arq.connections import ArqRedis
 
 from consumers.consumer import DomainEventConsumer
 from consumers.schemas import CONTRACTS
@@ -85,7 +85,7 @@ async def main() -> None:
         warehouse = Warehouse(f"chdb://{Path(tmp) / 'ch'}", "bench")
         await warehouse.open()
         await migrate(warehouse)
-        redis = Redis.from_url("redis://127.0.0.1:6379/14")
+        redis = ArqRedis.from_url("redis://127.0.0.1:6379/14")
 
         def make_consumer() -> DomainEventConsumer:
             return DomainEventConsumer(
