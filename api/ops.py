@@ -13,7 +13,6 @@ from sanic import Blueprint, HTTPResponse, Request, json
 from sanic.response import JSONResponse
 
 from api.services import services
-from consumers.consumer import DomainEventConsumer
 from core.best_effort import best_effort
 from core.metrics import DASHBOARD_SNAPSHOT_AGE, PUBLISH_BACKLOG, RATES, RETRY_QUEUE_DEPTH
 from core.ops_server import bearer_matches
@@ -56,7 +55,7 @@ async def readyz(request: Request) -> JSONResponse:
         "rabbitmq": svc.runtime.publisher.is_connected,
     }
     body: dict[str, Any] = {"checks": checks}
-    consumer: DomainEventConsumer | None = services(request).consumer
+    consumer = svc.consumer
     if consumer is not None:
         status = consumer.status()
         checks["consumer"] = status.ready

@@ -86,33 +86,33 @@ def _clickhouse_format(fmt: Format, first_page: bool) -> str:
 
 class _Output:
     """Passes pages on to `write`, counting rows; for JSON it turns ClickHouse's lines of
-    objects into one array, `[` before the first page and `]` after the last."""
+    objects into one array: `[` before the first page, commas between objects, `]` at close.
+    Every report writes at least one page, so the array is always opened."""
 
     def __init__(self, fmt: Format, write: Write) -> None:
         self._fmt, self._write = fmt, write
         self.rows = 0
         self._pages = 0
-        self._objects = False  # a JSON object was written: the next needs a comma
 
     async def page(self, data: bytes) -> None:
+        before = self.rows
         if self._fmt == "CSV":  # a quoted value may hold a newline: count records, not lines
             records = sum(1 for _ in csv.reader(io.StringIO(data.decode(), newline="")))
             self.rows += records - (1 if self._pages == 0 and records else 0)  # the header
         else:
             self.rows += data.count(b"\n")
         if self._fmt == "JSON":
-            body = b",\n".join(data.rstrip(b"\n").split(b"\n")) if data.strip() else b""
+            objects = b",\n".join(data.splitlines())
             opening = b"[\n" if self._pages == 0 else b""
-            separator = b",\n" if body and self._objects else b""
-            self._objects = self._objects or bool(body)
-            data = opening + separator + body
+            separator = b",\n" if objects and before else b""
+            data = opening + separator + objects
         self._pages += 1
         if data:
             await self._write(data)
 
     async def close(self) -> None:
         if self._fmt == "JSON":
-            await self._write(b"[\n]\n" if self._pages == 0 else b"\n]\n")
+            await self._write(b"\n]\n")
 
 
 async def _pages(
