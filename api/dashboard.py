@@ -20,6 +20,7 @@ from sanic import Blueprint, HTTPResponse, Request, json
 
 from api.auth import admin_only
 from api.services import Services, services
+from core import keys
 from core.best_effort import best_effort
 from core.clickhouse import WarehouseError
 from core.limits import MAX_RANGE_DAYS
@@ -83,7 +84,7 @@ async def dashboard(request: Request, claims: dict[str, Any]) -> HTTPResponse:
         start, end = parse_range(request, zone)
     except RangeError as error:
         return json({"error": str(error), "parameter": error.parameter}, status=400)
-    key = dashboard_cache.cache_key(start.isoformat(), end.isoformat())
+    key = keys.dashboard_cache(start.isoformat(), end.isoformat())
     cached: bytes | None = None
     async with best_effort("dashboard_cache"):  # Redis down: compute instead
         cached = await svc.runtime.redis.get(key)

@@ -14,9 +14,6 @@ from redis.asyncio import Redis
 
 from core import keys
 
-QUEUE_KEY = keys.RETRY_QUEUE
-PROCESSING_KEY = keys.RETRY_PROCESSING
-
 
 class RetryBatch(msgspec.Struct, kw_only=True):
     table: str
@@ -37,21 +34,21 @@ class RetryQueue:
         self._redis: Any = redis
 
     async def push(self, batch: RetryBatch) -> None:
-        await self._redis.lpush(QUEUE_KEY, _encoder.encode(batch))
+        await self._redis.lpush(keys.RETRY_QUEUE, _encoder.encode(batch))
 
     async def claim(self, up_to: int) -> list[tuple[bytes, RetryBatch]]:
         """Take up to `up_to` of the oldest batches, oldest first; they stay in the processing
         list until done or given back."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for _ in range(up_to):
-                pipe.lmove(QUEUE_KEY, PROCESSING_KEY, "RIGHT", "LEFT")
+                pipe.lmove(keys.RETRY_QUEUE, keys.RETRY_PROCESSING, "RIGHT", "LEFT")
             taken: list[bytes | None] = await pipe.execute()
         return [(raw, _decoder.decode(raw)) for raw in taken if raw is not None]
 
     async def done(self, raws: list[bytes]) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             for raw in raws:
-                pipe.lrem(PROCESSING_KEY, 1, raw)
+                pipe.lrem(keys.RETRY_PROCESSING, 1, raw)
             await pipe.execute()
 
     async def give_back(self, claimed: list[tuple[bytes, RetryBatch]]) -> None:
@@ -59,20 +56,23 @@ class RetryQueue:
         async with self._redis.pipeline(transaction=True) as pipe:
             for raw, batch in reversed(claimed):  # the oldest ends up at the very head
                 batch.attempts += 1
-                pipe.lrem(PROCESSING_KEY, 1, raw)
-                pipe.rpush(QUEUE_KEY, _encoder.encode(batch))
+                pipe.lrem(keys.RETRY_PROCESSING, 1, raw)
+                pipe.rpush(keys.RETRY_QUEUE, _encoder.encode(batch))
             await pipe.execute()
 
     async def recover(self) -> int:
         """Put back batches a dead retrier left in processing; call before any retrier runs."""
         moved = 0
-        while await self._redis.lmove(PROCESSING_KEY, QUEUE_KEY, "LEFT", "RIGHT") is not None:
+        while (
+            await self._redis.lmove(keys.RETRY_PROCESSING, keys.RETRY_QUEUE, "LEFT", "RIGHT")
+            is not None
+        ):
             moved += 1
         return moved
 
     async def depth(self) -> int:
         queued, processing = (
-            await self._redis.llen(QUEUE_KEY),
-            await self._redis.llen(PROCESSING_KEY),
+            await self._redis.llen(keys.RETRY_QUEUE),
+            await self._redis.llen(keys.RETRY_PROCESSING),
         )
         return int(queued) + int(processing)

@@ -6,7 +6,8 @@ unit as a decimal string, added digit by digit in Lua: an amount the column hold
 is 10^38 millionths, far past what HINCRBY's 64-bit integers can add.
 
 Counting is best-effort: when Redis refuses, the consumer marks the days it could not count
-(`STALE_KEY`) and `reconcile` rewrites them, and today, from ClickHouse (the hourly rebuild).
+(`keys.COUNTERS_STALE`) and `reconcile` rewrites them, and today, from ClickHouse (the hourly
+rebuild).
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ MICROS = decimal.Decimal(1_000_000)
 # Python's default 28 digits would round amounts the column holds (38 digits) and their sums.
 EXACT = decimal.Context(prec=100)
 REVENUE = "revenue:"
-STALE_KEY = keys.COUNTERS_STALE  # days (ISO) whose counters missed increments
-key = keys.counters  # the hash of one local day
 
 
 class Countable(Protocol):
@@ -85,25 +84,25 @@ async def record(redis: Redis, days: dict[date, Counter[str]]) -> None:
     """Add a tally to the day hashes, all of it in one atomic script call."""
     if not days:
         return
-    keys: list[str] = []
+    hashes: list[str] = []
     args: list[Any] = [COUNTER_TTL_S]
     for day, counts in days.items():
-        keys.append(key(day))
+        hashes.append(keys.counters(day))
         args.append(len(counts))
         for field, value in counts.items():
             args.extend((field, str(value)))
-    await redis.eval(_RECORD, len(keys), *keys, *args)  # type: ignore[misc]
+    await redis.eval(_RECORD, len(hashes), *hashes, *args)  # type: ignore[misc]
 
 
 async def read(redis: Redis, day: date) -> dict[str, int]:
-    raw: dict[bytes, bytes] = await redis.hgetall(key(day))  # type: ignore[misc]
+    raw: dict[bytes, bytes] = await redis.hgetall(keys.counters(day))  # type: ignore[misc]
     return {k.decode(): int(v) for k, v in raw.items()}
 
 
 async def mark_stale(redis: Redis, days: Iterable[date]) -> None:
     wanted = [day.isoformat() for day in days]
     if wanted:
-        await redis.sadd(STALE_KEY, *wanted)  # type: ignore[misc]
+        await redis.sadd(keys.COUNTERS_STALE, *wanted)  # type: ignore[misc]
 
 
 def _midnight(day: date, zone: zoneinfo.ZoneInfo) -> datetime:
@@ -118,7 +117,7 @@ async def reconcile(
     An increment landing between the query and the rewrite is lost from the tile until the
     next run; the tiles are a convenience, ClickHouse answers every report.
     """
-    marked: set[bytes] = await redis.smembers(STALE_KEY)  # type: ignore[misc]
+    marked: set[bytes] = await redis.smembers(keys.COUNTERS_STALE)  # type: ignore[misc]
     days = {today} | {date.fromisoformat(m.decode()) for m in marked}
     horizon = today - timedelta(seconds=COUNTER_TTL_S)  # older hashes would have expired
     days = {day for day in days if day > horizon}
@@ -142,11 +141,13 @@ async def reconcile(
             found[day][f"{REVENUE}{currency}"] += int(EXACT.multiply(amount, MICROS))
     pipe: Any = redis.pipeline(transaction=True)
     for day, counts in found.items():
-        pipe.delete(key(day))
+        pipe.delete(keys.counters(day))
         if counts:
-            pipe.hset(key(day), mapping={field: str(value) for field, value in counts.items()})
-            pipe.expire(key(day), COUNTER_TTL_S)
+            pipe.hset(
+                keys.counters(day), mapping={field: str(value) for field, value in counts.items()}
+            )
+            pipe.expire(keys.counters(day), COUNTER_TTL_S)
     if marked:
-        pipe.srem(STALE_KEY, *marked)
+        pipe.srem(keys.COUNTERS_STALE, *marked)
     await pipe.execute()
     return sorted(found)

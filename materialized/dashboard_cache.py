@@ -19,16 +19,16 @@ from redis.asyncio import Redis
 from core import keys
 from materialized import widgets
 
-INDEX_KEY = keys.DASHBOARD_CACHE_INDEX
 CACHE_SECONDS = 300
-cache_key = keys.dashboard_cache
 
 
 async def remember(redis: Redis, start: datetime, end: datetime, body: bytes) -> None:
-    key = cache_key(start.isoformat(), end.isoformat())
+    key = keys.dashboard_cache(start.isoformat(), end.isoformat())
     pipe: Any = redis.pipeline(transaction=True)
     pipe.set(key, body, ex=CACHE_SECONDS)
-    pipe.hset(INDEX_KEY, key, f"{start.timestamp()} {end.timestamp()} {time.time()}")
+    pipe.hset(
+        keys.DASHBOARD_CACHE_INDEX, key, f"{start.timestamp()} {end.timestamp()} {time.time()}"
+    )
     await pipe.execute()
 
 
@@ -71,7 +71,7 @@ EVERYTHING = Changed(everything=True)
 async def invalidate(redis: Redis, changed: Changed = EVERYTHING) -> int:
     """Drop the cached answers that `changed` touches (every answer by default); returns how
     many were dropped. Index entries of answers that have expired are forgotten too."""
-    index: dict[bytes, bytes] = await redis.hgetall(INDEX_KEY)  # type: ignore[misc]
+    index: dict[bytes, bytes] = await redis.hgetall(keys.DASHBOARD_CACHE_INDEX)  # type: ignore[misc]
     if not index:
         return 0
     expired_before = time.time() - CACHE_SECONDS
@@ -88,6 +88,6 @@ async def invalidate(redis: Redis, changed: Changed = EVERYTHING) -> int:
     pipe: Any = redis.pipeline(transaction=True)
     if drop:
         pipe.delete(*drop)
-    pipe.hdel(INDEX_KEY, *drop, *forget)
+    pipe.hdel(keys.DASHBOARD_CACHE_INDEX, *drop, *forget)
     await pipe.execute()
     return len(drop)

@@ -78,16 +78,13 @@ async def age_minutes(warehouse: Warehouse) -> float | None:
     return None if value is None else float(value)
 
 
-REBUILT_KEY = keys.DASHBOARD_REBUILT_AT  # when the scheduled rebuild last finished (epoch s)
-
-
 async def mark_rebuilt(redis: Redis, at: datetime) -> None:
-    await redis.set(REBUILT_KEY, str(at.timestamp()))
+    await redis.set(keys.DASHBOARD_REBUILT_AT, str(at.timestamp()))
 
 
 async def age_from_redis(redis: Redis) -> float | None:
     """Minutes since the scheduled rebuild last finished, as the job recorded it."""
-    value = await redis.get(REBUILT_KEY)
+    value = await redis.get(keys.DASHBOARD_REBUILT_AT)
     if value is None:
         return None
     return (datetime.now(UTC).timestamp() - float(value)) / 60

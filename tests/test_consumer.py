@@ -17,6 +17,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from consumers.consumer import DomainEventConsumer
+from core import keys
 from core.clickhouse import Warehouse
 from core.jobs import Job
 from core.settings import Settings
@@ -181,7 +182,7 @@ async def test_counters_views_and_redis_are_kept_current_and_cache_dropped(
     assert live["revenue:GBP"] == 101_000_000  # millionths of a pound
     assert live["booking-created"] == 2
     # Events of today change every cached answer's today/week/month tiles.
-    assert await redis.hlen(dashboard_cache.INDEX_KEY) == 0
+    assert await redis.hlen(keys.DASHBOARD_CACHE_INDEX) == 0
     assert [k async for k in redis.scan_iter("dashboard:snapshot:2*")] == []
 
 
@@ -199,7 +200,7 @@ async def test_a_redelivered_or_republished_event_is_counted_once(
     await until_stored(warehouse, 2)
     assert await stored_count(warehouse) == 2
     assert await warehouse.scalar("SELECT sum(events) FROM domain_events_hourly") == 2
-    live = await redis.hgetall(counters.key(datetime.now(UTC).date()))
+    live = await redis.hgetall(keys.counters(datetime.now(UTC).date()))
     assert int(live.get(b"order-created", 0)) == 2
 
 
@@ -511,7 +512,7 @@ async def test_redis_killed_mid_stream_loses_nothing_and_counters_are_reconciled
         live = await counters.read(redis, today)
         assert live["payment-succeeded"] == 300
         assert live["revenue:GBP"] == 300 * 10_500_000
-        assert await redis.scard(counters.STALE_KEY) == 0
+        assert await redis.scard(keys.COUNTERS_STALE) == 0
     finally:
         await running.close()
         await redis.aclose()
@@ -531,12 +532,12 @@ async def test_late_events_drop_only_the_cached_answers_they_change(
         await dashboard_cache.remember(redis, start, end, b"{}")
 
     async def cached() -> set[str]:
-        keys = {k.decode() for k in await redis.hkeys(dashboard_cache.INDEX_KEY)}
+        listed = {k.decode() for k in await redis.hkeys(keys.DASHBOARD_CACHE_INDEX)}
         return {
             name
             for name, (start, end) in ranges.items()
-            if dashboard_cache.cache_key(start.isoformat(), end.isoformat()) in keys
-            and await redis.exists(dashboard_cache.cache_key(start.isoformat(), end.isoformat()))
+            if keys.dashboard_cache(start.isoformat(), end.isoformat()) in listed
+            and await redis.exists(keys.dashboard_cache(start.isoformat(), end.isoformat()))
         }
 
     booking = MAKERS["lomash.bookings.created"]()
@@ -612,7 +613,7 @@ async def test_a_failing_consume_loop_is_restarted_and_nothing_is_counted_twice(
     await until_stored(warehouse, 6)
     assert await stored_count(warehouse) == 6
     assert consumer.status().alive
-    live = await redis.hgetall(counters.key(datetime.now(UTC).date()))
+    live = await redis.hgetall(keys.counters(datetime.now(UTC).date()))
     assert int(live[b"order-created"]) == 1  # the first batch's count is reconciled later
 
 

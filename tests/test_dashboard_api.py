@@ -16,6 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from cli.demo_traffic import default_start, generate, load
+from core import keys
 from core.clickhouse import Warehouse
 from core.settings import Settings
 from materialized import dashboard_cache, snapshots
@@ -214,8 +215,8 @@ async def test_dashboard_answers_from_rollups_then_from_cache(
     second = await server.http.get(DASHBOARD, params=params, headers=bearer(token()))
     assert second.headers["x-cache"] == "HIT"
     assert second.json() == body
-    keys = [k async for k in redis.scan_iter("dashboard:snapshot:*")]
-    cache_keys = [k for k in keys if k != dashboard_cache.INDEX_KEY.encode()]
+    found = [k async for k in redis.scan_iter("dashboard:snapshot:*")]
+    cache_keys = [k for k in found if k != keys.DASHBOARD_CACHE_INDEX.encode()]
     assert len(cache_keys) == 1
     assert 0 < await redis.ttl(cache_keys[0]) <= 300
 

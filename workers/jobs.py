@@ -227,9 +227,6 @@ async def rebuild_dashboards(ctx: dict[str, Any]) -> str:
     return f"rebuilt {len(ranges)} dashboards"
 
 
-STALE_ALERT_KEY = keys.DASHBOARD_STALE_ALERT  # set while the stale alert is raised
-
-
 async def check_dashboard_freshness(ctx: dict[str, Any]) -> str:
     """Alert once when the scheduled rebuild's newest snapshot is older than two hours (or
     there is none), and once more when it is fresh again; Redis remembers which was sent."""
@@ -241,7 +238,7 @@ async def check_dashboard_freshness(ctx: dict[str, Any]) -> str:
     redis = job.need_redis()
     if stale:
         # SET NX: of several workers checking at once, one raises it.
-        if not await redis.set(STALE_ALERT_KEY, datetime.now(UTC).isoformat(), nx=True):
+        if not await redis.set(keys.DASHBOARD_STALE_ALERT, datetime.now(UTC).isoformat(), nx=True):
             return f"still stale: {'no snapshot' if age is None else f'{age:.0f} min'}"
         _publish(
             job,
@@ -259,7 +256,7 @@ async def check_dashboard_freshness(ctx: dict[str, Any]) -> str:
         )
         return "alert raised"
     assert age is not None
-    if not await redis.delete(STALE_ALERT_KEY):
+    if not await redis.delete(keys.DASHBOARD_STALE_ALERT):
         return f"fresh: {age:.0f} min"
     _publish(
         job,
