@@ -18,6 +18,7 @@ from api.services import Services, app_services
 from consumers.consumer import DomainEventConsumer
 from core.best_effort import best_effort
 from core.clickhouse import WarehouseError
+from core.metrics import process_exiting
 from core.runtime import Role, Runtime
 from core.settings import Settings
 from ingest import track, tracker
@@ -128,5 +129,6 @@ def create_app(
             await svc.worker.close()
         await svc.runtime.close()
         svc.pipeline.release()
+        process_exiting()
 
     return app

@@ -7,14 +7,20 @@ import time
 from typing import Any
 
 import msgspec
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from sanic import Blueprint, HTTPResponse, Request, json
 from sanic.response import JSONResponse
 
 from api.services import services
 from core.best_effort import best_effort
-from core.metrics import DASHBOARD_SNAPSHOT_AGE, PUBLISH_BACKLOG, RATES, RETRY_QUEUE_DEPTH
+from core.metrics import (
+    DASHBOARD_SNAPSHOT_AGE,
+    PUBLISH_BACKLOG,
+    RATES,
+    RETRY_QUEUE_DEPTH,
+    exposition,
+)
 from core.ops_server import bearer_matches
 from materialized import snapshots
 
@@ -84,7 +90,7 @@ async def metrics(request: Request) -> HTTPResponse:
             ),
             timeout=1,
         )
-        RETRY_QUEUE_DEPTH.labels("redis").set(depth)
+        RETRY_QUEUE_DEPTH.set(depth)
         if age is not None:
             DASHBOARD_SNAPSHOT_AGE.set(age)
-    return HTTPResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+    return HTTPResponse(exposition(), content_type=CONTENT_TYPE_LATEST)

@@ -42,6 +42,15 @@ def _tune_gc() -> None:
 
 
 def _serve(settings: Settings, *, embedded: bool) -> int:
+    if not embedded:
+        from core.metric_files import share_across_processes
+
+        # Before anything defines a metric: the workers' values go to files one scrape sums.
+        share_across_processes(settings.metrics_dir)
+        # Once here, not in each of the workers at their start (they would race).
+        if (failed := _migrate(settings)) != 0:
+            return failed
+
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 

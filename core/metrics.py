@@ -1,12 +1,27 @@
-"""Prometheus metrics, defined once; every process part records into these."""
+"""Prometheus metrics, defined once; every process part records into these.
+
+`analytics api` runs several worker processes: there prometheus-client's multiprocess mode is
+on (`core.metric_files`, before this module is imported), every process writes its values to
+files under `DATA_DIR/metrics`, and one scrape of any worker sums them. Each gauge says how
+its per-process values combine (`multiprocess_mode`; ignored in a single process).
+"""
 
 from __future__ import annotations
 
 import enum
+import os
 import time
 from collections import deque
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 
 
 class Drop(enum.StrEnum):
@@ -51,7 +66,16 @@ INSERT_FAILURES = Counter(
 CLICKHOUSE_RETRIES = Counter(
     "clickhouse_retries", "ClickHouse calls retried after a temporary failure", ["operation"]
 )
-RETRY_QUEUE_DEPTH = Gauge("tracking_retry_queue_depth", "Batches waiting to be retried", ["where"])
+RETRY_QUEUE_DEPTH = Gauge(
+    "tracking_retry_queue_depth",
+    "Batches in the Redis retry queue (read at scrape time)",
+    multiprocess_mode="mostrecent",
+)
+HELD_BATCHES = Gauge(
+    "tracking_writer_held_batches",
+    "Failed batches a writer holds in memory because the retry queue could not take them",
+    multiprocess_mode="livesum",
+)
 REDIS_FAILURES = Counter(
     "redis_unavailable", "Redis calls that failed; ingest went on without them", ["operation"]
 )
@@ -62,7 +86,9 @@ PUBLISHED = Counter("analytics_events_published", "Messages confirmed by RabbitM
 PUBLISH_FAILURES = Counter(
     "analytics_publish_failures", "Publish attempts that failed and were put back", ["routing_key"]
 )
-PUBLISH_BACKLOG = Gauge("analytics_publish_backlog", "Messages waiting to be published")
+PUBLISH_BACKLOG = Gauge(
+    "analytics_publish_backlog", "Messages waiting to be published", multiprocess_mode="livesum"
+)
 PUBLISH_LOST = Counter(
     "analytics_publish_lost", "Messages discarded because the backlog was full", ["routing_key"]
 )
@@ -87,6 +113,7 @@ RESTARTS = Counter(
     "Background parts restarted after a failure (publisher reconnects, the embedded worker)",
     ["component"],
 )
+# The consumer runs in `analytics serve` or `analytics consume`, one process each.
 CONSUMER_UP = Gauge("domain_consumer_up", "1 while the consume loop runs and is connected")
 CONSUMER_UNACKED = Gauge(
     "domain_consumer_unacked_messages", "Messages taken from RabbitMQ and not yet acked"
@@ -106,7 +133,9 @@ DOMAIN_BATCH_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 DASHBOARD_SNAPSHOT_AGE = Gauge(
-    "dashboard_snapshot_age_minutes", "Age of the newest dashboard snapshot"
+    "dashboard_snapshot_age_minutes",
+    "Age of the newest dashboard snapshot (read at scrape time)",
+    multiprocess_mode="mostrecent",
 )
 AGGREGATION_JOB_DURATION = Histogram(
     "aggregation_job_duration_ms",
@@ -121,12 +150,15 @@ EXPORT_DURATION = Histogram(
 )
 EXPORT_FAILURES = Counter("export_failures", "Report exports that ended FAILED")
 INGEST_RATE = Gauge(
-    "tracking_ingest_rate_per_second", "Events accepted per second over the last minute"
+    "tracking_ingest_rate_per_second",
+    "Events accepted per second over the last minute (all workers of the process together)",
+    multiprocess_mode="livesum",
 )
 DROP_RATE = Gauge(
     "analytics_event_drop_rate",
     "Loss over the last minute (0..1): accepted events, or their event.tracked messages,"
-    " lost (analytics_events_lost_total) over events accepted",
+    " lost (analytics_events_lost_total) over events accepted; the worst worker's",
+    multiprocess_mode="livemax",
 )
 EVENTS_LOST = Counter(
     "analytics_events_lost",
@@ -175,3 +207,22 @@ def lose(reason: str, count: int = 1) -> None:
     """Accepted events (or their messages) lost: counted, and the drop rate rises."""
     EVENTS_LOST.labels(reason).inc(count)
     RATES.record(lost=count)
+
+
+def is_multiprocess() -> bool:
+    return values.ValueClass is not values.MutexValue
+
+
+def exposition() -> bytes:
+    """The Prometheus text of this process, or of every worker summed in multiprocess mode."""
+    if not is_multiprocess():
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def process_exiting() -> None:
+    """A worker stopping: its `live*` gauges leave the sums."""
+    if is_multiprocess():
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

@@ -1,5 +1,5 @@
 """`/metrics`, `/healthz` and `/readyz` for the processes that serve no HTTP API of their own
-(`analytics consume`), on `METRICS_PORT`.
+(`analytics consume`, the arq worker), on `METRICS_PORT`.
 
 A few lines of asyncio instead of a web framework: three GETs, no bodies. A request line and
 headers past 8 KiB, or slower than 5 s, get the connection closed.
@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from core.metrics import exposition
 
 Readiness = Callable[[], Awaitable[dict[str, Any]]]  # {"ready": bool, ...details}
 MAX_HEAD = 8192
@@ -95,5 +97,5 @@ class OpsServer:
                 return _response(
                     "401 Unauthorized", b'{"error":"bearer token required"}', "application/json"
                 )
-            return _response("200 OK", generate_latest(), CONTENT_TYPE_LATEST)
+            return _response("200 OK", exposition(), CONTENT_TYPE_LATEST)
         return _response("404 Not Found", b'{"error":"not found"}', "application/json")

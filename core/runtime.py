@@ -20,7 +20,7 @@ from core.migrations import open_migrated
 from core.publisher import EventPublisher
 from core.retry_queue import RetryQueue
 from core.settings import Settings
-from core.storage import Storage, storage_for
+from core.storage import Storage, prepare_storage, storage_for
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ class Runtime:
             stack.push_async_callback(publisher.close)
             publisher.start()
             storage = storage_for(settings) if _STORAGE_ROLES & roles else None
+            if storage is not None:
+                await prepare_storage(settings, storage)
         except BaseException:
             await stack.aclose()
             raise

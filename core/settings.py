@@ -44,6 +44,9 @@ StorageUrl = Annotated[str, _url_pattern("file", "s3")]
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
+    # Everything the service writes lives under here unless set on its own: the embedded
+    # ClickHouse, the spool, file storage and the metrics of `analytics api`'s workers.
+    data_dir: Annotated[str, msgspec.Meta(min_length=1)] = "./data"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     clickhouse_url: ClickHouseUrl = "chdb://./data/clickhouse"
     clickhouse_database: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = (
@@ -61,6 +64,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # empty turns the spool off (a 202 then means accepted in memory only).
     spool_dir: str = "./data/spool"
     s3_endpoint_url: str = ""
+    # Create the STORAGE_URL bucket at start when it is missing (a fresh MinIO, say).
+    s3_create_bucket: bool = False
     # Where people reach this API; file-storage download links point here.
     public_url: str = ""
     geoip_db: str = ""
@@ -103,6 +108,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f" {MIN_SECRET_BYTES} random bytes (e.g. `openssl rand -base64 48`)",
             )
         return key
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where `analytics api`'s worker processes keep their metric values for one scrape
+        to sum (prometheus-client's multiprocess mode); emptied at start."""
+        return Path(self.data_dir) / "metrics"
 
     @property
     def embedded(self) -> bool:
@@ -157,6 +168,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             continue
         value = env[name]
         raw[field.name] = _split_list(value) if field.name in _LIST_FIELDS else value
+    if env.get("DATA_DIR"):
+        data_dir = env["DATA_DIR"].rstrip("/")
+        # The paths not set on their own follow DATA_DIR.
+        raw.setdefault("clickhouse_url", f"chdb://{data_dir}/clickhouse")
+        raw.setdefault("storage_url", f"file://{data_dir}/objects")
+        raw.setdefault("spool_dir", f"{data_dir}/spool")
     try:
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -19,11 +20,12 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlparse
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from core.settings import Settings
 
 PART_BYTES = 8 * 1024 * 1024
+log = logging.getLogger(__name__)
 
 
 class Writer(Protocol):
@@ -133,6 +135,29 @@ class S3Storage:
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{_safe(key)}" if self.prefix else _safe(key)
 
+    async def ensure_bucket(self) -> bool:
+        """Create the bucket when it is missing (S3_CREATE_BUCKET); True if this call made it.
+        Several processes starting at once may race: the loser finds it owned and goes on."""
+        try:
+            await asyncio.to_thread(self._client.head_bucket, Bucket=self.bucket)
+            return False
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+                raise
+        region = self._client.meta.region_name
+        where = (
+            {"CreateBucketConfiguration": {"LocationConstraint": region}}
+            if region and region != "us-east-1"
+            else {}
+        )
+        try:
+            await asyncio.to_thread(self._client.create_bucket, Bucket=self.bucket, **where)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+                raise
+            return False
+        return True
+
     async def writer(self, key: str) -> Writer:
         full = self._key(key)
         upload = await asyncio.to_thread(
@@ -241,9 +266,27 @@ def open_storage(url: str, *, endpoint_url: str, signing_key: bytes, public_base
 
 
 def storage_for(settings: Settings) -> Storage:
+    """The storage of `settings` (its bucket is made at start by `prepare_storage`)."""
     return open_storage(
         settings.storage_url,
         endpoint_url=settings.s3_endpoint_url,
         signing_key=settings.require_download_key(),
         public_base=settings.base_url,
     )
+
+
+async def prepare_storage(settings: Settings, storage: Storage) -> None:
+    """With S3_CREATE_BUCKET, the bucket is created when missing; an unreachable or forbidden
+    bucket stops the start-up with the reason, rather than failing every export later."""
+    if settings.s3_create_bucket and isinstance(storage, S3Storage):
+        try:
+            if await storage.ensure_bucket():
+                log.info("created bucket %s", storage.bucket)
+        except (ClientError, BotoCoreError) as error:
+            raise StorageError(
+                f"S3_CREATE_BUCKET: cannot create {storage.bucket!r}: {error}"
+            ) from error
+
+
+class StorageError(Exception):
+    """The object storage cannot be used as configured."""

@@ -28,9 +28,9 @@ from core.clickhouse import Warehouse, WarehouseError
 from core.metrics import (
     BATCH_ROWS,
     FLUSH_SECONDS,
+    HELD_BATCHES,
     INSERT_FAILURES,
     REDIS_FAILURES,
-    RETRY_QUEUE_DEPTH,
 )
 from core.retry_queue import RetryBatch
 
@@ -154,7 +154,7 @@ class BatchWriter(Generic[Row]):
                         await self._write(self._batch(rows), rows, first)
                 finally:
                     self._in_flight = None
-            RETRY_QUEUE_DEPTH.labels("memory").set(len(self._held))
+            HELD_BATCHES.set(len(self._held))
 
     def _batch(self, rows: list[Row]) -> RetryBatch:
         return RetryBatch(

@@ -298,7 +298,8 @@ async def test_metrics_expose_rates_and_drop_reasons(server: Running) -> None:
         "tracking_events_stored_total",
         "tracking_batch_rows_bucket",
         "tracking_flush_seconds_bucket",
-        'tracking_retry_queue_depth{where="redis"} 0.0',
+        "tracking_retry_queue_depth 0.0",
+        "tracking_writer_held_batches 0.0",
         "analytics_publish_backlog",
     ):
         assert name in text, name

@@ -16,6 +16,21 @@ def test_defaults_match_the_design() -> None:
     assert settings.rate_limit_per_window == (100, "minute")
     assert settings.trusted_proxies == ()
     assert settings.embedded
+    assert settings.spool_dir == "./data/spool"
+    assert not settings.s3_create_bucket
+
+
+def test_data_dir_moves_every_path_not_set_on_its_own() -> None:
+    settings = load_settings({"DATA_DIR": "/var/lib/analytics/"})
+    assert settings.clickhouse_url == "chdb:///var/lib/analytics/clickhouse"
+    assert settings.storage_url == "file:///var/lib/analytics/objects"
+    assert settings.spool_dir == "/var/lib/analytics/spool"
+    assert str(settings.metrics_dir) == "/var/lib/analytics/metrics"
+    pinned = load_settings(
+        {"DATA_DIR": "srv", "STORAGE_URL": "s3://bucket/p", "SPOOL_DIR": "/fast/spool"}
+    )
+    assert pinned.clickhouse_url == "chdb://srv/clickhouse"
+    assert (pinned.storage_url, pinned.spool_dir) == ("s3://bucket/p", "/fast/spool")
 
 
 def test_values_are_read_and_typed() -> None:
@@ -50,6 +65,9 @@ def test_values_are_read_and_typed() -> None:
         ("REPORT_TIMEZONE", "Europe/Atlantis", "unknown time zone"),
         ("TRUSTED_PROXIES", "10.0.0.0/8,not-an-ip", "'not-an-ip'"),
         ("FLUSH_INTERVAL_MS", "0", ">= 10"),
+        ("DATA_DIR", "", "length >= 1"),
+        ("S3_CREATE_BUCKET", "perhaps", "Expected `bool`"),
+        ("METRICS_PORT", "-1", ">= 0"),
         ("AUTH_JWT_PUBLIC_KEY", "secret", "PEM"),
         ("GEOIP_DB", "/nonexistent/City.mmdb", "no such file"),
         ("AUTH_JWT_SECRET", "short-secret", "at least 32 bytes"),

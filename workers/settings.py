@@ -6,6 +6,7 @@ runtime; standalone, `open_clients` opens one from the environment.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from arq import cron, func
@@ -13,6 +14,7 @@ from arq.connections import RedisSettings
 from arq.typing import WorkerCoroutine
 from arq.worker import Function
 
+from core.ops_server import OpsServer
 from core.runtime import Role, Runtime
 from core.settings import load_settings
 from workers.context import JobContext
@@ -50,14 +52,32 @@ CRON_JOBS = [
 
 
 async def open_clients(ctx: dict[str, Any]) -> None:
-    """The worker's runtime on arq's own Redis pool; the jobs get a typed context."""
-    runtime = await Runtime.open(load_settings(), {Role.WORKER}, redis=ctx["redis"])
+    """The worker's runtime on arq's own Redis pool; the jobs get a typed context; with
+    METRICS_PORT, `/metrics`, `/healthz` and `/readyz` on it."""
+    settings = load_settings()
+    runtime = await Runtime.open(settings, {Role.WORKER}, redis=ctx["redis"])
     await runtime.retry_queue.recover()  # batches a dead retrier left in processing
     ctx["runtime"] = runtime
     ctx["job"] = JobContext.of(runtime)
+    if settings.metrics_port:
+
+        async def readiness() -> dict[str, Any]:
+            found: tuple[Any, ...] = await asyncio.gather(
+                asyncio.wait_for(runtime.warehouse.ping(), timeout=3),
+                asyncio.wait_for(runtime.redis.ping(), timeout=3),
+                return_exceptions=True,
+            )
+            checks = {"clickhouse": found[0] is True, "redis": found[1] is True}
+            return {"ready": all(checks.values()), "checks": checks}
+
+        ops = OpsServer(settings.host, settings.metrics_port, readiness, settings.metrics_token)
+        await ops.start()
+        ctx["ops"] = ops
 
 
 async def close_clients(ctx: dict[str, Any]) -> None:
+    if "ops" in ctx:
+        await ctx["ops"].close()
     runtime: Runtime = ctx["runtime"]
     await runtime.close()
 
