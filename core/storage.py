@@ -284,7 +284,7 @@ async def prepare_storage(settings: Settings, storage: Storage) -> None:
                 log.info("created bucket %s", storage.bucket)
         except (ClientError, BotoCoreError) as error:
             raise StorageError(
-                f"S3_CREATE_BUCKET: cannot create {storage.bucket!r}: {error}"
+                f"S3_CREATE_BUCKET: cannot create bucket {storage.bucket!r}: {error}"
             ) from error
 
 

@@ -249,6 +249,7 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         Bucket="lomash-reports", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"}
     )
     yield endpoint
+    httpx.post(f"{endpoint}/moto-api/reset")  # moto keeps buckets per process, not per server
     moto.stop()
 
 
@@ -292,3 +293,51 @@ async def test_old_export_files_are_removed(server: Running, warehouse: Warehous
     assert await jobs.remove_old_exports(ctx) == "removed 1 export files"
     assert not await storage.exists("exports/old.csv")
     assert await storage.exists("exports/new.csv")
+
+
+async def test_export_to_a_missing_bucket_ends_failed_with_the_reason(
+    make_server,
+    settings: Settings,
+    demo: Warehouse,
+    s3: str,  # type: ignore[no-untyped-def]
+) -> None:
+    server: Running = await make_server(
+        msgspec.structs.replace(settings, storage_url="s3://no-such-bucket/x", s3_endpoint_url=s3)
+    )
+    created = await server.http.post(EXPORTS, json=request_body(), headers=bearer(token()))
+    state = await finished(server, created.json()["exportId"])
+    assert state["status"] == "FAILED", state
+    assert "NoSuchBucket" in state["error"]
+
+
+async def test_s3_create_bucket_makes_a_missing_bucket_at_start(
+    make_server,
+    settings: Settings,
+    demo: Warehouse,
+    s3: str,  # type: ignore[no-untyped-def]
+) -> None:
+    client = boto3.client("s3", endpoint_url=s3)
+    assert "fresh-minio" not in {b["Name"] for b in client.list_buckets()["Buckets"]}
+    server: Running = await make_server(
+        msgspec.structs.replace(
+            settings, storage_url="s3://fresh-minio/lw", s3_endpoint_url=s3, s3_create_bucket=True
+        )
+    )
+    assert "fresh-minio" in {b["Name"] for b in client.list_buckets()["Buckets"]}
+    storage = server.services.runtime.storage
+    assert await storage.ensure_bucket() is False  # type: ignore[attr-defined]  # already there
+    created = await server.http.post(EXPORTS, json=request_body(), headers=bearer(token()))
+    assert (await finished(server, created.json()["exportId"]))["status"] == "READY"
+
+
+async def test_s3_create_bucket_that_cannot_be_made_stops_the_start(
+    settings: Settings, s3: str
+) -> None:
+    from core.storage import StorageError, prepare_storage, storage_for
+
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    bad = msgspec.structs.replace(
+        settings, storage_url="s3://b/x", s3_endpoint_url=unreachable, s3_create_bucket=True
+    )
+    with pytest.raises(StorageError, match="S3_CREATE_BUCKET: cannot create bucket"):
+        await prepare_storage(bad, storage_for(bad))

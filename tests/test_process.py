@@ -3,6 +3,7 @@
 import asyncio
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -204,3 +205,41 @@ def test_token_needs_the_secret(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "AUTH_JWT_SECRET" in result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_standalone_worker_serves_metrics_and_readiness(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    env = env_for(tmp_path, METRICS_PORT=str(metrics_port))
+    log = (tmp_path / "worker.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "arq", "workers.WorkerSettings"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    STARTED.append(proc)
+    base = f"http://127.0.0.1:{metrics_port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, (tmp_path / "worker.log").read_text()
+        assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
+        try:
+            ready = httpx.get(f"{base}/readyz", timeout=2)
+            if ready.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    assert ready.json()["checks"] == {"clickhouse": True, "redis": True}
+    scraped = httpx.get(f"{base}/metrics").text
+    # The same names as the API's: one set of definitions for every process.
+    for name in (
+        "aggregation_job_duration_ms",
+        "export_generation_duration_ms",
+        "clickhouse_retries",
+    ):
+        assert f"# TYPE {name}" in scraped, name
+    assert stop(proc) == 0, (tmp_path / "worker.log").read_text()
