@@ -125,7 +125,7 @@ CONSUMER_LAG = Gauge(
 LATE_RECOMPUTES = Counter(
     "domain_late_recomputes",
     "Recomputes enqueued because events arrived for a period already computed",
-    ["job"],
+    ["task"],
 )
 DOMAIN_BATCH_SECONDS = Histogram(
     "domain_events_batch_seconds",
@@ -140,7 +140,7 @@ DASHBOARD_SNAPSHOT_AGE = Gauge(
 AGGREGATION_JOB_DURATION = Histogram(
     "aggregation_job_duration_ms",
     "Duration of the aggregation jobs (recompute-funnels, rebuild-dashboards)",
-    ["job"],
+    ["task"],  # not `job`: Prometheus gives every scraped series a `job` label of its own
     buckets=(10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000),
 )
 EXPORT_DURATION = Histogram(
