@@ -32,7 +32,7 @@ def chdb_path(url: str) -> str:
     return str(Path(unquote(url.removeprefix("chdb://"))).resolve())
 
 
-def _open_client(url: str, database: str | None) -> Client:
+def _open_client(url: str, database: str | None, cluster: str = "") -> Client:
     if url.startswith("chdb://"):
         Path(chdb_path(url)).mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(
@@ -48,7 +48,15 @@ def _open_client(url: str, database: str | None) -> Client:
         database=database,
         # Concurrent queries from the pool must not share one server-side session.
         autogenerate_session_id=False,
+        # On a cluster an insert returns once every shard holds its rows (not when they are
+        # queued on this node for later sending): "stored" means what it says.
+        settings={"distributed_foreground_insert": 1} if cluster else None,
     )
+
+
+def delete_statement(table: str, condition: str, cluster: str = "") -> str:
+    target = f"`{table}_local` ON CLUSTER `{cluster}`" if cluster else f"`{table}`"
+    return f"DELETE FROM {target} WHERE {condition}"
 
 
 # ClickHouse error codes that mean "this data cannot be stored", whoever retries it and when:
@@ -106,9 +114,10 @@ class WarehouseError(Exception):
 class Warehouse:
     """Async access to one ClickHouse database, embedded (chdb://) or a server (http[s]://)."""
 
-    def __init__(self, url: str, database: str, *, threads: int = 4) -> None:
+    def __init__(self, url: str, database: str, *, cluster: str = "", threads: int = 4) -> None:
         self.url = url
         self.database = database
+        self.cluster = cluster  # CLICKHOUSE_CLUSTER: tables are Distributed over `<name>_local`
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clickhouse")
         self._local = threading.local()
         self._clients: list[Client] = []
@@ -121,10 +130,12 @@ class Warehouse:
     async def open(self) -> None:
         """Create the database if it is missing; later calls run inside it."""
 
+        on_cluster = f" ON CLUSTER `{self.cluster}`" if self.cluster else ""
+
         def create() -> None:
-            bootstrap = _open_client(self.url, None)
+            bootstrap = _open_client(self.url, None, self.cluster)
             try:
-                bootstrap.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+                bootstrap.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`{on_cluster}")
             finally:
                 bootstrap.close()
 
@@ -143,7 +154,7 @@ class Warehouse:
     def _client(self) -> Client:
         client: Client | None = getattr(self._local, "client", None)
         if client is None:
-            client = _open_client(self.url, self.database)
+            client = _open_client(self.url, self.database, self.cluster)
             self._local.client = client
             with self._clients_lock:
                 self._clients.append(client)
@@ -158,6 +169,13 @@ class Warehouse:
 
     async def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         return await self._run(lambda: self._client().command(sql, parameters=parameters))
+
+    async def delete_where(
+        self, table: str, condition: str, parameters: dict[str, Any] | None = None
+    ) -> None:
+        """Lightweight DELETE of the rows matching `condition`; on a cluster, from every
+        shard's local table (a Distributed table takes no DELETE)."""
+        await self.command(delete_statement(table, condition, self.cluster), parameters)
 
     async def rows(
         self, sql: str, parameters: dict[str, Any] | None = None

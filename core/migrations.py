@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.clickhouse import Warehouse
+from core.cluster_ddl import ClusterDDL, ClusterRenderError
 from core.settings import Settings
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
@@ -28,13 +29,18 @@ class Migration:
     def checksum(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
-    def statements(self, cluster: str) -> list[str]:
-        on_cluster = f"ON CLUSTER `{cluster}`" if cluster else ""
-        replicated = "Replicated" if cluster else ""
-        rendered = self.text.replace("${ON_CLUSTER}", on_cluster).replace(
-            "${REPLICATED}", replicated
-        )
-        return split_statements(rendered)
+    def statements(self, cluster: str = "", database: str = "") -> list[str]:
+        """The statements to run: as written on one server; on a cluster, each rendered as
+        local replicated tables and Distributed tables over them (core/cluster_ddl.py)."""
+        if not cluster:
+            plain = self.text.replace("${ON_CLUSTER}", "").replace("${REPLICATED}", "")
+            return split_statements(plain)
+        ddl = ClusterDDL(cluster, database)
+        return [
+            rendered
+            for statement in split_statements(self.text)
+            for rendered in ddl.render(statement, self.name)
+        ]
 
 
 def load_migrations(directory: Path = SQL_DIR) -> list[Migration]:
@@ -109,11 +115,17 @@ async def migrate(
                 f"{applied[migration.version][1][:12]}… in the database, "
                 f"{migration.checksum[:12]}… on disk); put the change in a new migration"
             )
+    try:  # every pending statement rendered before any runs
+        pending = [
+            (migration, migration.statements(cluster, warehouse.database))
+            for migration in migrations
+            if migration.version not in applied
+        ]
+    except ClusterRenderError as error:
+        raise MigrationError(str(error)) from None
     done: list[str] = []
-    for migration in migrations:
-        if migration.version in applied:
-            continue
-        for statement in migration.statements(cluster):
+    for migration, statements in pending:
+        for statement in statements:
             await warehouse.command(statement)
         await warehouse.command(
             "INSERT INTO schema_migrations (version, name, checksum)"
@@ -126,7 +138,9 @@ async def migrate(
 
 async def open_migrated(settings: Settings) -> tuple[Warehouse, list[str]]:
     """The database of `settings`, created when missing and migrated; with what was applied."""
-    warehouse = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
+    warehouse = Warehouse(
+        settings.clickhouse_url, settings.clickhouse_database, cluster=settings.clickhouse_cluster
+    )
     try:
         await warehouse.open()
         applied = await migrate(warehouse, cluster=settings.clickhouse_cluster)

@@ -211,6 +211,16 @@ def _check(settings: Settings) -> None:
             raise SettingsError(
                 "TRUSTED_PROXIES", f"{proxy!r} is not an IP address or network"
             ) from None
+    if settings.embedded and settings.clickhouse_cluster:
+        raise SettingsError(
+            "CLICKHOUSE_CLUSTER", "a cluster needs ClickHouse servers: set CLICKHOUSE_URL=http://…"
+        )
+    if settings.clickhouse_cluster and not re.fullmatch(
+        r"[A-Za-z0-9_.-]+", settings.clickhouse_cluster
+    ):
+        raise SettingsError(
+            "CLICKHOUSE_CLUSTER", f"not a cluster name: {settings.clickhouse_cluster!r}"
+        )
     if settings.embedded and not settings.clickhouse_url.removeprefix("chdb://"):
         raise SettingsError("CLICKHOUSE_URL", "chdb:// needs a data path, e.g. chdb://./data/ch")
     if settings.geoip_db and not Path(settings.geoip_db).is_file():

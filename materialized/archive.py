@@ -95,8 +95,8 @@ async def purge(warehouse: Warehouse, today: date) -> list[date]:
     )
     days = [r[0] for r in rows]
     for day in days:
-        await warehouse.command(
-            "DELETE FROM tracking_events WHERE toDate(received_at) = {day:Date}", {"day": day}
+        await warehouse.delete_where(
+            "tracking_events", "toDate(received_at) = {day:Date}", {"day": day}
         )
     return days
 
@@ -105,9 +105,8 @@ async def restore_day(warehouse: Warehouse, storage: Storage, day: date) -> int:
     """Load an archived day into `tracking_events_restored` (see its migration for why)."""
     data = await storage.read(object_key(day))
     columns = pq.ParquetFile(io.BytesIO(data)).schema_arrow.names
-    await warehouse.command(
-        "DELETE FROM tracking_events_restored WHERE toDate(received_at) = {day:Date}",
-        {"day": day},
+    await warehouse.delete_where(
+        "tracking_events_restored", "toDate(received_at) = {day:Date}", {"day": day}
     )
     await warehouse.insert_raw("tracking_events_restored", columns, data, "Parquet")
     return int(

@@ -105,14 +105,6 @@ def test_statements_split_outside_strings_and_comments() -> None:
     assert split_statements(sql) == ["CREATE TABLE a (s String DEFAULT 'a;b')", "SELECT ';'"]
 
 
-def test_cluster_setting_renders_on_cluster_and_replicated_engines() -> None:
-    tracking = next(m for m in load_migrations() if m.name == "0002_tracking_events.sql")
-    (plain,) = tracking.statements(cluster="")
-    (clustered,) = tracking.statements(cluster="lomash")
-    assert "ON CLUSTER" not in plain and "ENGINE = MergeTree" in plain
-    assert "ON CLUSTER `lomash`" in clustered and "ENGINE = ReplicatedMergeTree" in clustered
-
-
 async def test_the_raw_events_ttl_is_the_retention_the_code_assumes(warehouse: Warehouse) -> None:
     ddl = await warehouse.scalar(
         "SELECT create_table_query FROM system.tables"
