@@ -240,7 +240,7 @@ async def test_new_sessions_with_long_urls_cost_bounded_redis_memory(
     result = Outcome.of("200 new sessions, 1.4 KB URLs", 0, answered(sessions, accepted, 0), stored)
     result.note = f"Redis: {per_session:,.0f} bytes per new session (session, event id, visitor)"
     record_outcome(result)
-    assert per_session < 2000, per_session  # before the bounds: 3,694 (README)
+    assert per_session < 2000, per_session  # before the bounds: 3,694 (docs/http-api.md)
 
 
 async def test_the_event_budget_counts_events_not_requests(
