@@ -12,10 +12,11 @@ import sys
 from functools import partial
 from typing import Any
 
-from core.settings import Settings, SettingsError, load_settings
+from core.settings import Settings, SettingsError, load_settings, redact
 
 
 def _migrate(settings: Settings) -> int:
+    from core.clickhouse import WarehouseError
     from core.migrations import MigrationError, open_migrated
 
     async def run() -> list[str]:
@@ -27,6 +28,9 @@ def _migrate(settings: Settings) -> int:
         applied = asyncio.run(run())
     except MigrationError as error:
         print(f"migration refused: {error}", file=sys.stderr)
+        return 1
+    except WarehouseError as error:
+        print(f"migration failed: ClickHouse: {redact(str(error))}", file=sys.stderr)
         return 1
     print("applied: " + ", ".join(applied) if applied else "up to date")
     return 0

@@ -243,3 +243,15 @@ def test_standalone_worker_serves_metrics_and_readiness(tmp_path: Path) -> None:
     ):
         assert f"# TYPE {name}" in scraped, name
     assert stop(proc) == 0, (tmp_path / "worker.log").read_text()
+
+
+def test_unreachable_clickhouse_stops_migrate_and_api_with_one_line(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    env = env_for(tmp_path, CLICKHOUSE_URL=f"http://analytics:hunter2-pw@127.0.0.1:{port}/x")
+    for command in ("migrate", "api"):
+        done = subprocess.run(
+            [*ANALYTICS, command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 1, done.stderr
+        assert "migration failed: ClickHouse:" in done.stderr.splitlines()[-1]
+        assert "hunter2-pw" not in done.stderr
