@@ -305,6 +305,28 @@ async def test_metrics_expose_rates_and_drop_reasons(server: Running) -> None:
         assert name in text, name
 
 
+@pytest.fixture
+def fast_rate_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    from api import app
+
+    monkeypatch.setattr(app, "RATES_REFRESH_SECONDS", 0.05)
+
+
+async def test_rate_gauges_stay_current_without_a_scrape(
+    fast_rate_refresh: None, server: Running
+) -> None:
+    # With several API workers a scrape reaches one; the others' gauges must not be stale.
+    from core.metrics import INGEST_RATE
+
+    INGEST_RATE.set(-1)
+    assert (await server.http.post(TRACK, json=event())).status_code == 202
+    for _ in range(100):
+        if INGEST_RATE._value.get() > 0:
+            break
+        await asyncio.sleep(0.02)
+    assert INGEST_RATE._value.get() > 0
+
+
 async def test_tracker_script_is_served_small_and_cacheable(server: Running) -> None:
     plain = await server.http.get(
         "/v1/analytics/tracker.js", headers={"accept-encoding": "identity"}
