@@ -60,7 +60,7 @@ class Pipeline:
         spool = None
         if settings.spool_dir:
             # Events a killed process had accepted are stored before anything new is taken.
-            spool, leftovers = open_spool(settings.spool_dir, lambda: writer.done_through)
+            spool, leftovers = open_spool(settings.spool_dir, writer)
             spool.adopt(await replay(runtime.warehouse, leftovers, runtime.publisher))
             spool.start()
         writer.start()

@@ -99,11 +99,11 @@ async def track(request: Request) -> HTTPResponse:
         svc.writer.add(rows)
     else:
         try:
-            # On disk before the 202: a crash after this point cannot lose these events.
-            spooled = await svc.spool.append(_lines(rows))
+            # On disk before the 202 (and then in the writer's hands): a crash after this
+            # point cannot lose these events.
+            await svc.spool.append(rows)
         except OSError as error:
             return _error(503, f"could not make the events durable: {error}")
-        svc.spool.note(spooled, svc.writer.add(rows))
     EVENTS_ACCEPTED.inc(len(rows))
     RATES.record(accepted=len(rows))
 
@@ -128,7 +128,6 @@ class AcceptedMany(msgspec.Struct, rename="camel"):
 
 _encoder = msgspec.json.Encoder()
 _encode = _encoder.encode
-_lines = _encoder.encode_lines
 
 
 def _accepted(body: Accepted | AcceptedMany) -> HTTPResponse:
