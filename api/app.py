@@ -23,6 +23,7 @@ from core.runtime import Role, Runtime
 from core.settings import Settings
 from ingest import track, tracker
 from ingest.pipeline import Pipeline
+from ingest.relay import RelayHandle, RelayMode
 from materialized.snapshots import OnDemand
 from workers.context import JobContext
 from workers.embedded import EmbeddedWorker
@@ -72,10 +73,15 @@ async def _write_snapshots(on_demand: OnDemand) -> None:
 
 
 def create_app(
-    settings: Settings, name: str = "lomash_analytics", *, embedded: bool = True
+    settings: Settings,
+    name: str = "lomash_analytics",
+    *,
+    embedded: bool = True,
+    relay: RelayMode = RelayMode.TASK,
 ) -> Sanic:  # type: ignore[type-arg]
     """The API; `embedded` also runs the domain-event consumer and the arq worker in the same
-    event loop (`analytics serve`, the only way with chDB)."""
+    event loop (`analytics serve`, the only way with chDB). `relay`: where the `event.tracked`
+    relay runs (a child process in `serve`, apart in server mode)."""
     app: Sanic = Sanic(name, error_handler=JSONErrors(), configure_logging=False)  # type: ignore[type-arg]
     app.config.REQUEST_MAX_SIZE = track.MAX_BODY_BYTES
     app.config.FALLBACK_ERROR_FORMAT = "json"
@@ -109,11 +115,12 @@ def create_app(
         runtime = await Runtime.open(settings, roles)
         svc = Services(
             runtime=runtime,
-            pipeline=await Pipeline.open(runtime),
+            pipeline=await Pipeline.open(runtime, counts_relayed=relay is RelayMode.PROCESS),
             on_demand=OnDemand(runtime.warehouse),
         )
         app.ctx.services = svc
         app.ctx.pipeline = svc.pipeline  # what the beacon blueprint reads
+        app.ctx.relay = RelayHandle.start(settings, relay)
         app.ctx.snapshot_writer = asyncio.create_task(
             _write_snapshots(svc.on_demand), name="on-demand-snapshots"
         )
@@ -139,6 +146,10 @@ def create_app(
         with contextlib.suppress(WarehouseError):
             await svc.on_demand.flush()
         await svc.pipeline.close()
+        if app.ctx.relay is not None:
+            # The relay gets a few seconds to publish what is stored; the rest waits on disk.
+            await svc.pipeline.relayed(within=5.0)
+            await app.ctx.relay.stop()
         if svc.consumer is not None:
             await svc.consumer.close()
         if svc.worker is not None:

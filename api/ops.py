@@ -82,7 +82,10 @@ async def metrics(request: Request) -> HTTPResponse:
     if token and not bearer_matches(request.headers.get("authorization", ""), token):
         return json({"error": "bearer token required (METRICS_TOKEN)"}, status=401)
     RATES.refresh_gauges()
-    PUBLISH_BACKLOG.set(svc.runtime.publisher.backlog)
+    outbox = svc.pipeline.outbox
+    # The relay's backlog (on disk) and this process's own publisher's (domain messages, and
+    # event.tracked when there is no spool).
+    PUBLISH_BACKLOG.set(svc.runtime.publisher.backlog + (outbox.backlog if outbox else 0))
     async with best_effort("metrics"):
         depth, age = await asyncio.wait_for(
             asyncio.gather(

@@ -1,4 +1,4 @@
-"""`analytics serve | api | consume | migrate | demo | jobs | restore-day | token`: the
+"""`analytics serve | api | consume | relay | migrate | demo | jobs | restore-day | token`: the
 service's processes and operator commands."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 from functools import partial
@@ -59,9 +60,12 @@ def _serve(settings: Settings, *, embedded: bool) -> int:
     from sanic.worker.loader import AppLoader
 
     from api.app import create_app
+    from ingest.relay import RelayMode
 
     _tune_gc()
-    loader = AppLoader(factory=partial(create_app, settings, embedded=embedded))
+    # Embedded, the event.tracked relay is a child process; in server mode, `analytics relay`.
+    relay = RelayMode.PROCESS if embedded else RelayMode.NONE
+    loader = AppLoader(factory=partial(create_app, settings, embedded=embedded, relay=relay))
     app = loader.load()
     app.prepare(
         host=settings.host,
@@ -109,6 +113,45 @@ def _consume(settings: Settings) -> int:
         await runtime.close()
 
     _tune_gc()
+    asyncio.run(run())
+    return 0
+
+
+def _relay(settings: Settings, parent: int) -> int:
+    from pathlib import Path
+
+    from core.ops_server import OpsServer
+    from ingest.relay import Relay
+
+    if not settings.spool_dir:
+        print("bad setting SPOOL_DIR: the relay publishes from the spool's outbox", file=sys.stderr)
+        return 2
+
+    root = Path(settings.spool_dir).resolve()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        relay = Relay(
+            root,
+            settings.amqp_url,
+            settings.amqp_exchange,
+            # A child of `serve` goes when its parent goes, however the parent went.
+            alive=(lambda: os.getppid() == parent) if parent else (lambda: True),
+        )
+        ops = None
+        if settings.metrics_port and not parent:
+
+            async def readiness() -> dict[str, Any]:
+                return {"ready": relay.connected.is_set(), "published": relay.published}
+
+            ops = OpsServer(settings.host, settings.metrics_port, readiness, settings.metrics_token)
+            await ops.start()
+        await relay.run(stop)
+        if ops is not None:
+            await ops.close()
+
     asyncio.run(run())
     return 0
 
@@ -176,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="API, consumer and worker in one process (embedded default)")
     commands.add_parser("api", help="the HTTP API alone, API_WORKERS processes (server mode)")
     commands.add_parser("consume", help="the RabbitMQ domain-event consumer alone (server mode)")
+    relay = commands.add_parser(
+        "relay", help="publish event.tracked from the spool's outboxes (beside `analytics api`)"
+    )
+    relay.add_argument("--parent", type=int, default=0, help=argparse.SUPPRESS)
     commands.add_parser("migrate", help="apply pending sql/ migrations and exit")
     demo = commands.add_parser("demo", help="fill the install with believable traffic")
     demo.add_argument("--days", type=int, default=60)
@@ -239,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(settings, embedded=True)
     if args.command == "consume":
         return _consume(settings)
+    if args.command == "relay":
+        return _relay(settings, args.parent)
     if settings.embedded:
         print(
             "bad setting CLICKHOUSE_URL: `analytics api` runs several processes and chDB "

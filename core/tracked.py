@@ -38,13 +38,18 @@ def envelope(row: TrackingRow) -> bytes:
     return body
 
 
-def announce_stored(publisher: EventPublisher | None, rows: list[TrackingRow]) -> Receipt | None:
-    """Count the rows as stored and queue their messages; the receipt settles once the broker
-    has confirmed every one."""
+def record_stored(rows: list[TrackingRow]) -> None:
     EVENTS_STORED.inc(len(rows))
     if rows:
         oldest = min(row.received_at for row in rows)
         VISIBLE_SECONDS.observe((datetime.now(UTC) - oldest).total_seconds())
+
+
+def announce_stored(publisher: EventPublisher | None, rows: list[TrackingRow]) -> Receipt | None:
+    """Count the rows as stored and queue their messages on an in-process publisher (the retry
+    job's way, and ingest's without a spool); the receipt settles once the broker has
+    confirmed every one."""
+    record_stored(rows)
     return publish_tracked(publisher, rows)
 
 

@@ -30,10 +30,10 @@ from typing import IO
 import msgspec
 
 from core.clickhouse import Warehouse
-from core.publisher import EventPublisher
 from core.rows import TRACKING_COLUMNS, TrackingRow
-from core.tracked import announce_stored, publish_tracked
-from ingest.writer import BatchWriter, Settles
+from core.tracked import record_stored
+from ingest.outbox import Outbox, seal_leftovers
+from ingest.writer import BatchWriter
 from materialized.tracking import stored_event_ids
 
 log = logging.getLogger(__name__)
@@ -75,21 +75,17 @@ class Spool:
         writer: BatchWriter[TrackingRow],
         segment_seconds: float = 1.0,
         locks: list[int] | None = None,
+        adopted: set[Path] | None = None,
     ) -> None:
         self.directory = directory
         self._locks = locks or []  # flocks on this spool and on the stopped ones it replays
+        self._adopted = adopted or set()  # the stopped processes' directories
         self._writer = writer
         self._segment_seconds = segment_seconds
         self._pending: list[_Pending] = []
         self._segments: list[_Segment] = []
         self._task: asyncio.Task[None] | None = None
         self._scheduled = False
-        self._adopted: list[tuple[Path, list[Settles]]] = []
-
-    def adopt(self, segments: list[tuple[Path, list[Settles]]]) -> None:
-        """Take over replayed segments of stopped processes, to delete once their receipts
-        settle."""
-        self._adopted.extend(segments)
 
     def start(self) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -107,7 +103,7 @@ class Spool:
 
     def release(self) -> None:
         """Let go of the spool directories' locks: the last step of shutdown, after `trim`."""
-        for directory in {self.directory} | {path.parent for path, _ in self._adopted}:
+        for directory in {self.directory} | self._adopted:
             if not any(directory.glob("*.jsonl")):
                 (directory / LOCK_NAME).unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
@@ -120,12 +116,6 @@ class Spool:
         """Delete sealed segments whose rows are all done; returns how many."""
         done = self._writer.done_through
         removed = 0
-        for adopted in list(self._adopted):
-            path, receipts = adopted
-            if all(receipt.settled for receipt in receipts):
-                path.unlink(missing_ok=True)
-                self._adopted.remove(adopted)
-                removed += 1
         for segment in list(self._segments):
             if segment.sealed and segment.max_seq <= done:
                 segment.path.unlink(missing_ok=True)
@@ -224,30 +214,28 @@ def open_spool(directory: str, writer: BatchWriter[TrackingRow]) -> tuple[Spool,
     own_lock = _lock(own)
     assert own_lock is not None  # a fresh random name: nobody else holds it
     locks = [own_lock]
+    adopted: set[Path] = set()
     leftovers: list[Path] = []
     for other in sorted(p for p in root.iterdir() if p.is_dir() and p != own):
         lock = _lock(other)
         if lock is None:
             continue  # a live process's spool
         locks.append(lock)  # held until this process ends: nobody else replays it meanwhile
+        adopted.add(other)
+        seal_leftovers(other)  # its outbox's last segment: the relay may now finish it
         leftovers.extend(sorted(other.glob("*.jsonl")))
-    return Spool(own, writer, locks=locks), leftovers
+    return Spool(own, writer, locks=locks, adopted=adopted), leftovers
 
 
-async def replay(
-    warehouse: Warehouse,
-    segments: list[Path],
-    publisher: EventPublisher,
-) -> list[tuple[Path, list[Settles]]]:
+async def replay(warehouse: Warehouse, segments: list[Path], outbox: Outbox | None) -> None:
     """Store the rows of an earlier process's segments that ClickHouse does not have yet, and
-    announce them. Rows it has were stored, but whether their `event.tracked` went out is
-    unknown: they are published once more (at least once; consumers drop the re-send by
-    eventId). Returns each segment with the receipts that must settle before it may be deleted
-    (`Spool.adopt`)."""
+    announce them all. Rows it has were stored, but whether their `event.tracked` went out is
+    unknown: they are announced once more (at least once; consumers drop the re-send by
+    eventId). Each segment is deleted once its rows are stored and their messages are in the
+    outbox."""
     decoder = msgspec.json.Decoder(TrackingRow)
     encoder = msgspec.json.Encoder()
     replayed = again = 0
-    adopted: list[tuple[Path, list[Settles]]] = []
     for path in segments:
         rows: list[TrackingRow] = []
         for line in path.read_bytes().splitlines():
@@ -255,7 +243,6 @@ async def replay(
                 rows.append(decoder.decode(line))
             except msgspec.DecodeError:
                 log.warning("%s: skipping a torn last line (killed mid-write)", path.name)
-        receipts: list[Settles | None] = []
         if rows:
             stored = await stored_event_ids(warehouse, rows)
             missing = [row for row in rows if row.event_id not in stored]
@@ -266,12 +253,12 @@ async def replay(
                     encoder.encode_lines(missing),
                     dedup_token=f"spool:{path.name}",
                 )
-                receipts.append(announce_stored(publisher, missing))
+                record_stored(missing)
                 replayed += len(missing)
-            already = [row for row in rows if row.event_id in stored]
-            receipts.append(publish_tracked(publisher, already))
-            again += len(already)
-        adopted.append((path, [r for r in receipts if r is not None]))
+            again += len(rows) - len(missing)
+            if outbox is not None:
+                outbox.append(rows)
+        path.unlink()
     if segments:
         log.info(
             "spool: %d segments of stopped processes: %d events stored now, %d announced again",
@@ -279,4 +266,3 @@ async def replay(
             replayed,
             again,
         )
-    return adopted

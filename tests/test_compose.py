@@ -79,6 +79,9 @@ def test_compose_runs_the_whole_stack_with_health_checks() -> None:
         assert "healthcheck" in services[role], role
     assert services["consumer"]["environment"]["METRICS_PORT"]
     assert services["worker"]["environment"]["METRICS_PORT"]
+    # The relay reads the api's outboxes: the api's volume.
+    assert services["relay"]["command"] == ["analytics", "relay"]
+    assert services["relay"]["volumes"] == services["api"]["volumes"]
 
 
 @pytest.mark.parametrize("stack", STACKS)

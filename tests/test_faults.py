@@ -143,7 +143,7 @@ async def test_redis_down_under_load(
     result = Outcome.of(
         "Redis down (ClickHouse refusing mid-way)", fault_seconds, sent, await stored_ids(warehouse)
     )
-    backlog = server.services.runtime.publisher.backlog
+    backlog = tracked_backlog(server)
     started = asyncio.get_running_loop().time()
 
     async def spool_emptied() -> bool:  # rows leave the spool once stored and announced
@@ -229,7 +229,7 @@ async def test_rabbitmq_down_under_load_then_event_tracked_catches_up(
     await asyncio.sleep(LEAD_SECONDS)
     rabbitmqctl("stop_app")  # the broker node stays up; every AMQP connection is closed
     await asyncio.sleep(fault_seconds)
-    backlog = server.services.runtime.publisher.backlog
+    backlog = tracked_backlog(server)
     rabbitmqctl("start_app")
     rabbitmqctl("await_startup")
     sent = await load.result()
@@ -239,7 +239,7 @@ async def test_rabbitmq_down_under_load_then_event_tracked_catches_up(
     stored = await stored_ids(warehouse)
 
     async def caught_up() -> bool:
-        return server.services.runtime.publisher.backlog == 0
+        return tracked_backlog(server) == 0
 
     await wait_for(caught_up, within=120)
     published = await tracked_event_ids(tracked_queue, len(stored))
@@ -251,6 +251,13 @@ async def test_rabbitmq_down_under_load_then_event_tracked_catches_up(
     record_outcome(result)
     check(result)
     assert not missing, f"{len(missing)} stored events were never published"
+
+
+def tracked_backlog(server: Running) -> int:
+    """event.tracked messages the relay has not had confirmed (on disk, in the outbox)."""
+    outbox = server.services.pipeline.outbox
+    assert outbox is not None
+    return outbox.backlog
 
 
 def stored_by_stopped_service(data: Path) -> list[str]:

@@ -1,0 +1,280 @@
+"""The `event.tracked` relay: publishes the outboxes' messages (`ingest/outbox.py`) on RabbitMQ.
+
+It reads files only (no ClickHouse, no Redis), so it runs anywhere the spool directory is: a
+child process of `analytics serve` (chDB's one-process rule does not touch it), or
+`analytics relay` beside the API containers, as many as wanted. Each spool directory is
+relayed by one relay at a time (an flock on `.relay-offset`'s sibling `.relay.lock`); several
+relays share the directories, none sends a message twice on its own account.
+
+Per pass over a directory: read the complete lines after `.relay-offset`, publish them through
+aiormq with publisher confirms (a chunk in flight at once, confirms collected together), then
+record the new offset, then delete the sealed segments wholly published. A message is sent
+again only when the relay dies or the broker fails between the send and the offset write (at
+least once; the message id is the eventId, so consumers drop the copy). A directory whose
+process has gone (no `.lock`), and whose outbox is empty, is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aio_pika
+from pamqp.commands import Basic
+
+from core.metrics import PUBLISH_FAILURES, PUBLISHED, RESTARTS
+from core.settings import Settings
+from core.tracked import ROUTING_KEY
+from ingest.outbox import OFFSET_FILE, OPEN, SEALED, RelayOffset, read_offset, stem, write_offset
+
+log = logging.getLogger(__name__)
+
+RELAY_LOCK = ".relay.lock"
+OWNER_LOCK = ".lock"  # the spool's own (ingest/spool.py)
+READ_BYTES = 4 * 1024 * 1024
+CHUNK = 2000  # messages in flight at once
+
+
+@dataclass
+class _Claim:
+    directory: Path
+    fd: int
+    offset: RelayOffset
+
+
+class Relay:
+    def __init__(
+        self,
+        root: Path,
+        amqp_url: str,
+        exchange: str,
+        *,
+        poll_s: float = 0.05,
+        alive: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._root = root
+        self._url = amqp_url
+        self._exchange = exchange
+        self._poll = poll_s
+        self._alive = alive  # a child relay stops when its parent is gone
+        self._claims: dict[Path, _Claim] = {}
+        self.published = 0
+        self.connected = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop` is set (or `alive()` turns false); reconnects on any failure."""
+        backoff = 0.5
+        while not stop.is_set() and self._alive():
+            connection = None
+            try:
+                connection = await aio_pika.connect(self._url, timeout=5)
+                channel = await connection.channel(publisher_confirms=True)
+                await channel.declare_exchange(
+                    self._exchange, aio_pika.ExchangeType.TOPIC, durable=True
+                )
+                underlay = await channel.get_underlay_channel()
+                self.connected.set()
+                backoff = 0.5
+                while not stop.is_set() and self._alive():
+                    sent = await self.relay_once(underlay)
+                    if not sent:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), self._poll)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # the broker or the connection failed: again, counted
+                self.connected.clear()
+                RESTARTS.labels("relay").inc()
+                log.warning("relay: %s; reconnecting in %.1fs", error, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 10.0)
+            finally:
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await connection.close()
+        self.release()
+
+    def release(self) -> None:
+        for claim in self._claims.values():
+            os.close(claim.fd)
+        self._claims.clear()
+
+    async def relay_once(self, channel: object) -> int:
+        """One pass over every directory this relay holds (claiming new ones); messages sent."""
+        self._claim_new()
+        sent = 0
+        for claim in list(self._claims.values()):
+            sent += await self._drain(claim, channel)
+        return sent
+
+    def _claim_new(self) -> None:
+        if not self._root.is_dir():
+            return
+        for directory in self._root.iterdir():
+            if not directory.is_dir() or directory in self._claims:
+                continue
+            try:
+                fd = os.open(directory / RELAY_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                continue  # removed meanwhile
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)  # another relay has it
+                continue
+            self._claims[directory] = _Claim(directory, fd, read_offset(directory))
+
+    def _segments(self, directory: Path, after: str) -> list[Path]:
+        found: dict[str, Path] = {}
+        for path in directory.iterdir():
+            if path.name.endswith(SEALED) or path.name.endswith(OPEN):
+                name = stem(path)
+                if name >= after:
+                    # A segment sealed between two listings shows under one name only.
+                    found[name] = path
+        return [found[name] for name in sorted(found)]
+
+    async def _drain(self, claim: _Claim, channel: object) -> int:
+        directory = claim.directory
+        try:
+            segments = self._segments(directory, claim.offset.segment)
+        except FileNotFoundError:
+            self._forget(claim)
+            return 0
+        if not segments:
+            self._remove_if_finished(claim)
+            return 0
+        sent = 0
+        for path in segments:
+            name = stem(path)
+            start = claim.offset.offset if name == claim.offset.segment else 0
+            try:
+                with path.open("rb") as handle:
+                    handle.seek(start)
+                    data = handle.read(READ_BYTES)
+                    sealed_size = (
+                        os.fstat(handle.fileno()).st_size if path.name.endswith(SEALED) else -1
+                    )
+            except FileNotFoundError:
+                return sent  # sealed (renamed) or dropped meanwhile: the next pass sees it
+            complete = data[: data.rfind(b"\n") + 1]
+            if complete:
+                await self._publish(channel, complete)
+                count = complete.count(b"\n")
+                sent += count
+                claim.offset = RelayOffset(
+                    name, start + len(complete), claim.offset.published + count
+                )
+                write_offset(directory, claim.offset)
+                self.published += count
+                PUBLISHED.labels(ROUTING_KEY).inc(count)
+            position = start + len(complete)
+            if sealed_size >= 0 and position >= sealed_size:
+                path.unlink(missing_ok=True)  # wholly published
+                continue
+            return sent  # the rest of this segment is not written yet (or not read yet)
+        return sent
+
+    async def _publish(self, channel: object, lines: bytes) -> None:
+        """Every message of `lines` confirmed by the broker, or an exception (nothing is
+        recorded as sent then; the next connection sends the chunk again)."""
+        messages = lines.splitlines()
+        for at in range(0, len(messages), CHUNK):
+            chunk = messages[at : at + CHUNK]
+            results = await asyncio.gather(
+                *(
+                    channel.basic_publish(  # type: ignore[attr-defined]
+                        body,
+                        exchange=self._exchange,
+                        routing_key=ROUTING_KEY,
+                        properties=Basic.Properties(
+                            message_id=message_id.decode(),
+                            content_type="application/json",
+                            delivery_mode=2,
+                        ),
+                    )
+                    for message_id, _, body in (line.partition(b" ") for line in chunk)
+                ),
+                return_exceptions=True,
+            )
+            failed = sum(
+                1 for r in results if isinstance(r, BaseException) or not isinstance(r, Basic.Ack)
+            )
+            if failed:
+                PUBLISH_FAILURES.labels(ROUTING_KEY).inc(failed)
+                raise ConnectionError(
+                    f"{failed} of {len(chunk)} event.tracked messages not confirmed"
+                )
+
+    def _remove_if_finished(self, claim: _Claim) -> None:
+        """A directory whose process is gone and whose outbox is empty is removed."""
+        directory = claim.directory
+        names = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
+        if OWNER_LOCK in names or any(n.endswith(".jsonl") for n in names):
+            return
+        if any(n.endswith(SEALED) or n.endswith(OPEN) for n in names):
+            return
+        for leftover in (OFFSET_FILE, f"{OFFSET_FILE}.tmp", RELAY_LOCK):
+            (directory / leftover).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+        self._forget(claim)
+
+    def _forget(self, claim: _Claim) -> None:
+        os.close(claim.fd)
+        self._claims.pop(claim.directory, None)
+
+
+class RelayMode(enum.StrEnum):
+    TASK = "task"  # in this process's event loop (the tests' in-process servers)
+    PROCESS = "process"  # a child process (`analytics serve`): a core of its own
+    NONE = "none"  # run apart, as `analytics relay` (`analytics api`)
+
+
+class RelayHandle:
+    """A relay this process started, as a task or a child process, and stops at shutdown."""
+
+    def __init__(
+        self,
+        task: asyncio.Task[None] | None = None,
+        stop: asyncio.Event | None = None,
+        child: subprocess.Popen[bytes] | None = None,
+        relay: Relay | None = None,
+    ) -> None:
+        self._task, self._stop, self._child, self.relay = task, stop, child, relay
+
+    @classmethod
+    def start(cls, settings: Settings, mode: RelayMode) -> RelayHandle | None:
+        if mode is RelayMode.NONE or not settings.spool_dir:
+            return None
+        if mode is RelayMode.PROCESS:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "cli.main", "relay", "--parent", str(os.getpid())]
+            )
+            return cls(child=child)
+        relay = Relay(Path(settings.spool_dir).resolve(), settings.amqp_url, settings.amqp_exchange)
+        stop = asyncio.Event()
+        return cls(asyncio.create_task(relay.run(stop), name="relay"), stop, relay=relay)
+
+    async def stop(self) -> None:
+        if self._stop is not None and self._task is not None:
+            self._stop.set()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._child is not None:
+            self._child.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self._child.wait, 15)
+            except subprocess.TimeoutExpired:
+                self._child.kill()
+                await asyncio.to_thread(self._child.wait)
