@@ -56,6 +56,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+PIDS: dict[str, int] = {}  # base URL -> the process serving it
+
+
+def rss_mb(base: str) -> float:
+    """Resident memory of the process serving `base` and of its children (the relay), in MB."""
+    root = PIDS[base]
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if int(entry.name) == root or parent == root:
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
 @contextmanager
 def running(cmd: list[str], env: dict[str, str], port: int) -> Iterator[str]:
     proc = subprocess.Popen(
@@ -66,6 +89,7 @@ def running(cmd: list[str], env: dict[str, str], port: int) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
+    PIDS[base] = proc.pid
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -5,7 +5,9 @@
    and the same without the spool (SPOOL_DIR=""), for the cost of durable 202s;
 2. arrays of 100 events: events/s *stored* (tracking_events_stored_total over the run);
 3. at about half the service's maximum rate: p50/p99 request latency, and the p99 time from the
-   202 to the row being queryable (tracking_visible_seconds, the oldest row of each batch).
+   202 to the row being queryable (tracking_visible_seconds, the oldest row of each batch);
+4. per run, `event.tracked` confirmed per second by the relay and its backlog at the end, and
+   the resident memory of the service and its relay.
 Finally every 202 is checked against the rows in ClickHouse.
 
     .venv/bin/python bench/track_rps.py [--seconds 10] [--connections 32]
@@ -25,6 +27,7 @@ from bench.common import (
     histogram_quantile,
     metric,
     noop,
+    rss_mb,
     running,
     service,
     wrk,
@@ -60,6 +63,7 @@ def main() -> None:
             single = wrk(base + TRACK, one, secs, conns)
             published_single = (metric(base, PUBLISHED) - published_before) / secs
             backlog_single = metric(base, "analytics_publish_backlog")
+            rss_single = rss_mb(base)
         single_answered = warm["requests"] + single["requests"]
         single_rows = count_rows(data)
 
@@ -78,6 +82,7 @@ def main() -> None:
             published_before = metric(base, PUBLISHED)
             arrays = wrk(base + TRACK, hundred, secs, conns)
             stored_after, ended = metric(base, "tracking_events_stored_total"), time.monotonic()
+            rss_arrays = rss_mb(base)
             published_arrays = (metric(base, PUBLISHED) - published_before) / (ended - started)
             backlog_arrays = metric(base, "analytics_publish_backlog")
         arrays_rows = count_rows(data)
@@ -116,6 +121,10 @@ def main() -> None:
         f"1 event/request {published_single:,.0f} ({backlog_single:,.0f}), "
         f"arrays {published_arrays:,.0f} ({backlog_arrays:,.0f}), "
         f"half rate backlog {backlog_half:,.0f}"
+    )
+    print(
+        f"resident memory (service and relay) after the run: 1 event/request {rss_single:,.0f} MB,"
+        f" arrays {rss_arrays:,.0f} MB"
     )
     # wrk stops counting at its deadline while the last in-flight requests still land, so the
     # rows may exceed the counted answers by up to one request per connection.
