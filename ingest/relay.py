@@ -23,7 +23,6 @@ import fcntl
 import logging
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -243,38 +242,56 @@ class RelayMode(enum.StrEnum):
 
 
 class RelayHandle:
-    """A relay this process started, as a task or a child process, and stops at shutdown."""
+    """A relay this process started, as a task or a child process, and stops at shutdown. A
+    child that dies is started again (counted in `component_restarts_total{component="relay"}`)."""
 
-    def __init__(
-        self,
-        task: asyncio.Task[None] | None = None,
-        stop: asyncio.Event | None = None,
-        child: subprocess.Popen[bytes] | None = None,
-        relay: Relay | None = None,
-    ) -> None:
-        self._task, self._stop, self._child, self.relay = task, stop, child, relay
+    def __init__(self, settings: Settings, mode: RelayMode) -> None:
+        self._stopping = False
+        self._child: asyncio.subprocess.Process | None = None
+        self._stop = asyncio.Event()
+        self.relay: Relay | None = None
+        if mode is RelayMode.PROCESS:
+            self._task = asyncio.create_task(self._supervise(), name="relay-child")
+        else:
+            root = Path(settings.spool_dir).resolve()
+            self.relay = Relay(root, settings.amqp_url, settings.amqp_exchange)
+            self._task = asyncio.create_task(self.relay.run(self._stop), name="relay")
 
     @classmethod
     def start(cls, settings: Settings, mode: RelayMode) -> RelayHandle | None:
         if mode is RelayMode.NONE or not settings.spool_dir:
             return None
-        if mode is RelayMode.PROCESS:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "relay", "--parent", str(os.getpid())]
+        return cls(settings, mode)
+
+    async def _supervise(self) -> None:
+        backoff = 1.0
+        while not self._stopping:
+            self._child = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "cli.main", "relay", "--parent", str(os.getpid())
             )
-            return cls(child=child)
-        relay = Relay(Path(settings.spool_dir).resolve(), settings.amqp_url, settings.amqp_exchange)
-        stop = asyncio.Event()
-        return cls(asyncio.create_task(relay.run(stop), name="relay"), stop, relay=relay)
+            await self._child.wait()
+            if self._stopping:
+                return
+            RESTARTS.labels("relay").inc()
+            log.error(
+                "relay child exited with %s; starting it again in %.0fs",
+                self._child.returncode,
+                backoff,
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
 
     async def stop(self) -> None:
-        if self._stop is not None and self._task is not None:
-            self._stop.set()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._child is not None:
-            self._child.send_signal(signal.SIGTERM)
+        self._stopping = True
+        self._stop.set()
+        child = self._child
+        if child is not None and child.returncode is None:
+            child.send_signal(signal.SIGTERM)
             try:
-                await asyncio.to_thread(self._child.wait, 15)
-            except subprocess.TimeoutExpired:
-                self._child.kill()
-                await asyncio.to_thread(self._child.wait)
+                await asyncio.wait_for(child.wait(), 15)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
+        if self.relay is None:
+            self._task.cancel()  # it may be waiting out a restart's backoff
+        await asyncio.gather(self._task, return_exceptions=True)

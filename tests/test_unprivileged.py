@@ -3,6 +3,7 @@ writable: what the image does (a root-owned /app, a non-root user, one volume)."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -15,19 +16,17 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import aio_pika
 import httpx
 import pytest
 
+from tests.conftest import AMQP_URL, take
 from tests.service_process import ROOT, STARTED, env_for, query
 
 NOBODY = 65534
 # No supplementary groups, no capabilities, none to be gained.
 SETPRIV = ["setpriv", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
 SOURCE = ("api", "cli", "consumers", "core", "ingest", "materialized", "workers", "sql")
-RUN = (
-    "import site, sys; site.addsitedir(sys.argv[1]); sys.argv[1:] = ['serve'];"
-    " from cli.main import main; raise SystemExit(main())"
-)
 
 
 def _reachable_by_others(path: Path) -> bool:
@@ -83,24 +82,41 @@ def stage() -> Iterator[Path]:
         shutil.rmtree(base)
 
 
-def test_serve_runs_unprivileged_from_a_read_only_checkout(
+async def test_serve_runs_unprivileged_from_a_read_only_checkout(
     stage: Path, isolated_processes: None
 ) -> None:
+    data = stage / "data"
+    env = env_for(data, DATA_DIR=str(data), HOME=str(stage / "checkout"))
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel()
+    exchange = await channel.declare_exchange(
+        env["AMQP_EXCHANGE"], aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    queue = await channel.declare_queue("", exclusive=True)
+    await queue.bind(exchange, "lomash.analytics.event.tracked")
+    event_id = await asyncio.to_thread(_serve_one_beacon, stage, env)
+    # Published by serve's relay child, as the same user, from DATA_DIR's spool.
+    assert [m.message_id for m in await take(queue, 1, within=15)] == [event_id]
+    await connection.close()
+
+
+def _serve_one_beacon(stage: Path, env: dict[str, str]) -> str:
     copied = stage / "python"
     prefix = copied if copied.is_dir() else Path(sys.base_prefix)
     python = prefix / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
     data = stage / "data"
-    env = env_for(data, DATA_DIR=str(data), HOME=str(stage / "checkout"))
     for derived in ("CLICKHOUSE_URL", "SPOOL_DIR", "STORAGE_URL"):
         del env[derived]  # all three follow DATA_DIR
-    env.update(PYTHONPATH=str(stage / "checkout"), PYTHONDONTWRITEBYTECODE="1")
+    # The checkout first, then the packages (its relay child inherits both).
+    path = f"{stage / 'checkout'}:{stage / 'site-packages'}"
+    env.update(PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
     if copied.is_dir():  # its libpython too, not the system's of another patch release
         env["LD_LIBRARY_PATH"] = str(copied / "lib")
     drop = [] if os.geteuid() != 0 else [*SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}"]
     log_path = stage / "service.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [*drop, str(python), "-S", "-c", RUN, str(stage / "site-packages")],
+            [*drop, str(python), "-m", "cli.main", "serve"],
             cwd=stage / "checkout",
             env=env,
             stdout=log,
@@ -139,3 +155,4 @@ def test_serve_runs_unprivileged_from_a_read_only_checkout(
     if os.geteuid() == 0:
         assert (data / "clickhouse").stat().st_uid == NOBODY
     assert not list((stage / "checkout").rglob("__pycache__"))
+    return event_id
