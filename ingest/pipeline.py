@@ -91,7 +91,7 @@ class Pipeline:
             )
             # Events a killed process had accepted are stored before anything new is taken.
             await replay(runtime.warehouse, leftovers, outbox)
-            spool.start()
+            await spool.start()
         writer.start()
         made = cls(
             settings=settings,

@@ -1,10 +1,11 @@
 """The local spool: an accepted event is on disk before its 202.
 
 Requests hand their rows to `append`, which returns once they are written and fsynced and
-handed to the batch writer. Every request that arrives in one turn of the event loop shares
-one write and one fsync (group commit), made on the loop's own thread: on this machine that
-measured faster than handing each group to a thread (spool cost, `bench.track_rps`: 0.98
-inline against 0.59 to 0.69 through a thread, whose every hand-back waits for the GIL).
+handed to the batch writer. Every request that arrives in one turn of the event loop shares one
+write (on the loop: it only copies into the page cache) and one fsync, made by a helper process
+(`ingest/fsyncer.py`) so that the loop never waits on the disk: a group's answers are released
+together when the helper's answer arrives, one wake-up per group. (A thread would need the GIL
+back after each fsync, and under load waits for it: measured slower than fsyncing on the loop.)
 Rows are handed to the writer (and numbered) when their group is durable, in the order they
 were written, whether or not the request is still there to answer. Segments rotate every
 `segment_seconds`; a sealed segment is deleted once the batch writer reports every row in it
@@ -21,11 +22,14 @@ import contextlib
 import fcntl
 import logging
 import os
+import sys
 import time
 import uuid
+from asyncio.subprocess import PIPE
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import msgspec
 
@@ -43,14 +47,15 @@ _encode_lines = msgspec.json.Encoder().encode_lines
 @dataclass
 class _Segment:
     path: Path
-    handle: IO[bytes]
+    fd: int
     opened: float
     max_seq: int = 0
+    syncing: int = 0  # groups written here whose fsync has not been confirmed yet
     sealed: bool = False
 
     def seal(self) -> None:
         self.sealed = True
-        self.handle.close()
+        os.close(self.fd)
 
 
 @dataclass
@@ -62,10 +67,65 @@ class _Pending:
     )
 
 
-def _write_durably(handle: IO[bytes], data: bytes) -> None:
-    handle.write(data)
-    handle.flush()
-    os.fsync(handle.fileno())
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+FSYNCER = Path(__file__).with_name("fsyncer.py")
+
+
+class _Syncer:
+    """The fsync helper process, and the callbacks of the groups waiting for its answers (in
+    order: it answers in order)."""
+
+    def __init__(self) -> None:
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._waiting: deque[Callable[[OSError | None], None]] = deque()
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-S", str(FSYNCER), stdin=PIPE, stdout=PIPE
+        )
+        self._reader = asyncio.create_task(self._read(self._process), name="spool-fsync")
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    def sync(self, path: Path, done: Callable[[OSError | None], None]) -> None:
+        assert self._process is not None and self._process.stdin is not None
+        self._waiting.append(done)
+        self._process.stdin.write(bytes(path) + b"\n")
+
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        while True:
+            answer = await process.stdout.readline()
+            if not answer:
+                break
+            done = self._waiting.popleft()
+            done(None if answer == b"\n" else OSError(answer[1:].decode(errors="replace")))
+        # The helper is gone: nothing waiting was confirmed durable; the loop fsyncs from now.
+        log.warning("spool: the fsync helper exited; fsyncing on the event loop")
+        while self._waiting:
+            self._waiting.popleft()(OSError("the spool's fsync helper exited"))
+
+    async def idle(self) -> None:
+        while self._waiting and self.running:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        await self.idle()
+        if self._process is not None:
+            if self._process.stdin is not None:
+                self._process.stdin.close()
+            with contextlib.suppress(ProcessLookupError):
+                await asyncio.wait_for(self._process.wait(), 5)
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
 
 
 class Spool:
@@ -86,9 +146,14 @@ class Spool:
         self._segments: list[_Segment] = []
         self._task: asyncio.Task[None] | None = None
         self._scheduled = False
+        self._syncer = _Syncer()
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            await self._syncer.start()
+        except OSError as error:  # then the loop fsyncs itself
+            log.warning("spool: no fsync helper (%s); fsyncing on the event loop", error)
         self._task = asyncio.create_task(self._commit_loop(), name="spool")
 
     async def close(self) -> None:
@@ -97,6 +162,7 @@ class Spool:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._commit_now()
+        await self._syncer.stop()
         for segment in self._segments:
             if not segment.sealed:
                 segment.seal()
@@ -117,7 +183,7 @@ class Spool:
         done = self._writer.done_through
         removed = 0
         for segment in list(self._segments):
-            if segment.sealed and segment.max_seq <= done:
+            if segment.sealed and segment.syncing == 0 and segment.max_seq <= done:
                 segment.path.unlink(missing_ok=True)
                 self._segments.remove(segment)
                 removed += 1
@@ -159,32 +225,51 @@ class Spool:
         path = self.directory / f"{time.time_ns():020d}.jsonl"
         # Owner-only: accepted events hold what visitors did on the site.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        segment = _Segment(path, os.fdopen(fd, "ab"), now)
+        segment = _Segment(path, fd, now)
         self._segments.append(segment)
         return segment
 
     def _commit_now(self) -> None:
-        """Write and fsync the waiting appends (about 0.2 ms here; a disk with slow fsyncs
-        would stall the loop as long), then hand their rows to the writer in write order and
-        answer their requests."""
+        """Write the waiting appends and have them fsynced; `_settle` answers them."""
         self._scheduled = False
         group, self._pending = self._pending, []
         if not group:
             return
         try:
             segment = self._current()
-            _write_durably(segment.handle, b"".join(p.data for p in group))
+            _write_all(segment.fd, b"".join(p.data for p in group))
+            if not self._syncer.running:
+                os.fsync(segment.fd)  # no helper: on the loop (about 0.2 ms here)
         except OSError as error:
-            for pending in group:
-                if not pending.done.done():
-                    pending.done.set_exception(error)
+            _fail(group, error)
             return
+        if not self._syncer.running:
+            self._settle(group, segment)
+            return
+        segment.syncing += 1
+
+        def synced(error: OSError | None) -> None:
+            segment.syncing -= 1
+            if error is None:
+                self._settle(group, segment)
+            else:
+                _fail(group, error)
+
+        self._syncer.sync(segment.path, synced)
+
+    def _settle(self, group: list[_Pending], segment: _Segment) -> None:
         for pending in group:
             # Durable, so stored even if the client went away meanwhile (it got no 202 and
             # may send the events again: the eventId check drops the copy).
             segment.max_seq = self._writer.add(pending.rows)
             if not pending.done.done():
                 pending.done.set_result(None)
+
+
+def _fail(group: list[_Pending], error: OSError) -> None:
+    for pending in group:
+        if not pending.done.done():
+            pending.done.set_exception(error)
 
 
 LOCK_NAME = ".lock"

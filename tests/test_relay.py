@@ -4,6 +4,7 @@ directory relayed by one relay, the backlog bounded, a child relay gone with its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -142,6 +143,7 @@ def _state(pid: int) -> str:
 
 
 def _children(pid: int) -> list[int]:
+    """The relay children of `pid` (serve also runs the spool's fsync helper)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -150,7 +152,9 @@ def _children(pid: int) -> list[int]:
             except OSError:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
+                with contextlib.suppress(OSError):
+                    if b"relay" in (entry / "cmdline").read_bytes():
+                        found.append(int(entry.name))
     return found
 
 
