@@ -1,0 +1,147 @@
+"""The cost of one `event.tracked` message on each publishing path, in one run.
+
+Publishes the same N envelopes with publisher confirms, each path on a fresh connection:
+
+1. aio-pika `exchange.publish`, a chunk of 500 gathered (the path the ingest loop used to take);
+2. aiormq `basic_publish`, a chunk of 2,000 in flight (the relay's path, `ingest/relay.py`);
+3. the relay itself, reading the same messages from an outbox on disk.
+
+For each: messages/s, and CPU time of this process per message (`time.process_time`, so the
+broker's share, on the same machine, is not counted). Ratios against path 1.
+
+    .venv/bin/python -m bench.publish_cost [--messages 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aio_pika
+from pamqp.commands import Basic
+
+from core.rows import TrackingRow
+from core.tracked import ROUTING_KEY, envelope
+from ingest.outbox import Outbox
+from ingest.relay import Relay
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def rows(n: int) -> list[TrackingRow]:
+    at = datetime.now(UTC)
+    return [
+        TrackingRow(
+            event_id=uuid.uuid4(),
+            event_type="PAGEVIEW",
+            session_id=uuid.uuid4(),
+            user_id=None,
+            received_at=at,
+            client_timestamp=None,
+            occurred_at=at,
+            url="https://www.lomashwood.co.uk/kitchens/shaker-oak",
+            properties='{"productId":"kit-shaker-oak","price":1249.5}',
+        )
+        for _ in range(n)
+    ]
+
+
+async def measure(
+    name: str, run: Callable[[], Awaitable[None]], n: int
+) -> tuple[str, float, float]:
+    cpu, wall = time.process_time(), time.perf_counter()
+    await run()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return name, n / wall, cpu / n * 1e6
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=50_000)
+    n = parser.parse_args().messages
+    exchange_name = f"bench.publish.{uuid.uuid4().hex[:8]}"
+    messages = [(str(row.event_id), envelope(row)) for row in rows(n)]
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel(publisher_confirms=True)
+    exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC)
+    # A queue bound, so the broker routes (and persists) every message as in production.
+    queue = await channel.declare_queue("", exclusive=True)
+    await queue.bind(exchange, ROUTING_KEY)
+
+    async def aio_pika_path() -> None:
+        for at in range(0, n, 500):
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        aio_pika.Message(
+                            body,
+                            message_id=message_id,
+                            content_type="application/json",
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        ),
+                        routing_key=ROUTING_KEY,
+                    )
+                    for message_id, body in messages[at : at + 500]
+                )
+            )
+
+    underlay = await channel.get_underlay_channel()
+
+    async def aiormq_path() -> None:
+        for at in range(0, n, 2000):
+            await asyncio.gather(
+                *(
+                    underlay.basic_publish(
+                        body,
+                        exchange=exchange_name,
+                        routing_key=ROUTING_KEY,
+                        properties=Basic.Properties(
+                            message_id=message_id, content_type="application/json", delivery_mode=2
+                        ),
+                    )
+                    for message_id, body in messages[at : at + 2000]
+                )
+            )
+
+    results = [await measure("aio-pika, 500 gathered (old ingest path)", aio_pika_path, n)]
+    await queue.purge()
+    results.append(await measure("aiormq, 2,000 in flight (relay's path)", aiormq_path, n))
+    await queue.purge()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "p").mkdir()
+        outbox = Outbox(root / "p", 1 << 34, count_published=False)
+        for at in range(0, n, 10_000):
+            outbox.append(rows(min(10_000, n - at)))
+        outbox.close()
+        relay = Relay(root, AMQP_URL, exchange_name, poll_s=0.01)
+
+        async def relay_path() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(relay.run(stop))
+            while relay.published < n:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            stop.set()
+            await task
+
+        results.append(await measure("the relay, from an outbox on disk", relay_path, n))
+    await queue.purge()
+    await connection.close()
+
+    base_rate, base_cpu = results[0][1], results[0][2]
+    print(f"{n:,} messages, publisher confirms, broker on this machine")
+    print(f"{'path':<44}{'msgs/s':>10}{'CPU µs/msg':>12}{'rate ratio':>12}{'CPU ratio':>11}")
+    for name, rate, cpu in results:
+        print(
+            f"{name:<44}{rate:>10,.0f}{cpu:>12.1f}{rate / base_rate:>12.2f}{cpu / base_cpu:>11.2f}"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
