@@ -69,7 +69,9 @@ async def main() -> None:
     messages = [(str(row.event_id), envelope(row)) for row in rows(n)]
     connection = await aio_pika.connect(AMQP_URL)
     channel = await connection.channel(publisher_confirms=True)
-    exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC)
+    exchange = await channel.declare_exchange(
+        exchange_name, aio_pika.ExchangeType.TOPIC, durable=True, auto_delete=False
+    )
     # A queue bound, so the broker routes (and persists) every message as in production.
     queue = await channel.declare_queue("", exclusive=True)
     await queue.bind(exchange, ROUTING_KEY)
@@ -132,6 +134,7 @@ async def main() -> None:
 
         results.append(await measure("the relay, from an outbox on disk", relay_path, n))
     await queue.purge()
+    await channel.exchange_delete(exchange_name)
     await connection.close()
 
     base_rate, base_cpu = results[0][1], results[0][2]
