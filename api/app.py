@@ -18,7 +18,7 @@ from api.services import Services, app_services
 from consumers.consumer import DomainEventConsumer
 from core.best_effort import best_effort
 from core.clickhouse import WarehouseError
-from core.metrics import RATES, process_exiting
+from core.metrics import process_exiting
 from core.runtime import Role, Runtime
 from core.settings import Settings
 from ingest import track, tracker
@@ -51,16 +51,16 @@ class JSONErrors(ErrorHandler):
 SNAPSHOT_FLUSH_SECONDS = 60.0
 
 
-RATES_REFRESH_SECONDS = 5.0
+GAUGES_REFRESH_SECONDS = 5.0
 
 
-async def _refresh_rates() -> None:
-    # The rate gauges are otherwise set when this process serves a scrape; with several API
-    # workers a scrape reaches one of them and sums the others' last values, so each keeps
-    # its own current.
+async def _refresh_gauges(svc: Services) -> None:
+    # Gauges are otherwise set when this process serves a scrape; with several API workers a
+    # scrape reaches one of them and sums the others' last values, so each keeps its own
+    # current.
     while True:
-        await asyncio.sleep(RATES_REFRESH_SECONDS)
-        RATES.refresh_gauges()
+        await asyncio.sleep(GAUGES_REFRESH_SECONDS)
+        ops.refresh_gauges(svc)
 
 
 async def _write_snapshots(on_demand: OnDemand) -> None:
@@ -124,7 +124,7 @@ def create_app(
         app.ctx.snapshot_writer = asyncio.create_task(
             _write_snapshots(svc.on_demand), name="on-demand-snapshots"
         )
-        app.ctx.rate_refresher = asyncio.create_task(_refresh_rates(), name="rate-gauges")
+        app.ctx.rate_refresher = asyncio.create_task(_refresh_gauges(svc), name="gauges")
         if embedded:
             svc.consumer = DomainEventConsumer.for_settings(
                 settings, runtime.warehouse, runtime.redis

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from sanic import Blueprint, HTTPResponse, Request, json
 from sanic.response import JSONResponse
 
-from api.services import services
+from api.services import Services, services
 from core.best_effort import best_effort
 from core.metrics import (
     DASHBOARD_SNAPSHOT_AGE,
@@ -73,6 +73,16 @@ async def readyz(request: Request) -> JSONResponse:
     return json(body, status=code)
 
 
+def refresh_gauges(svc: Services) -> None:
+    """The gauges this process derives from its own state: at every scrape, and every few
+    seconds (`api/app.py`), so that with several API workers the ones not scraped are current."""
+    RATES.refresh_gauges()
+    outbox = svc.pipeline.outbox
+    # The relay's backlog (on disk) and this process's own publisher's (domain messages, and
+    # event.tracked when there is no spool).
+    PUBLISH_BACKLOG.set(svc.runtime.publisher.backlog + (outbox.backlog if outbox else 0))
+
+
 @bp.get("/metrics")
 async def metrics(request: Request) -> HTTPResponse:
     """Prometheus text. No ClickHouse query per scrape: the snapshot age comes from the time
@@ -81,11 +91,7 @@ async def metrics(request: Request) -> HTTPResponse:
     token = svc.runtime.settings.metrics_token
     if token and not bearer_matches(request.headers.get("authorization", ""), token):
         return json({"error": "bearer token required (METRICS_TOKEN)"}, status=401)
-    RATES.refresh_gauges()
-    outbox = svc.pipeline.outbox
-    # The relay's backlog (on disk) and this process's own publisher's (domain messages, and
-    # event.tracked when there is no spool).
-    PUBLISH_BACKLOG.set(svc.runtime.publisher.backlog + (outbox.backlog if outbox else 0))
+    refresh_gauges(svc)
     async with best_effort("metrics"):
         depth, age = await asyncio.wait_for(
             asyncio.gather(

@@ -24,7 +24,7 @@ from typing import IO
 
 import msgspec
 
-from core.metrics import PUBLISH_BACKLOG, PUBLISH_LOST, PUBLISHED, lose
+from core.metrics import PUBLISH_LOST, PUBLISHED, lose
 from core.rows import TrackingRow
 from core.tracked import ROUTING_KEY, envelope
 
@@ -165,8 +165,8 @@ class Outbox:
             )
             backlog_lines -= lines
             backlog_bytes -= size
+        # Reported with this process's publisher's backlog (api/ops.py `refresh_gauges`).
         self.backlog = max(0, backlog_lines)
-        PUBLISH_BACKLOG.set(self.backlog)
 
     def close(self) -> None:
         self.seal()

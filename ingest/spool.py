@@ -9,7 +9,7 @@ back after each fsync, and under load waits for it: measured slower than fsyncin
 Rows are handed to the writer (and numbered) when their group is durable, in the order they
 were written, whether or not the request is still there to answer. Segments rotate every
 `segment_seconds`; a sealed segment is deleted once the batch writer reports every row in it
-stored (and its `event.tracked` confirmed by the broker) or handed to the Redis retry queue
+stored (its `event.tracked` messages then in the outbox) or handed to the Redis retry queue
 (`BatchWriter.done_through`). At start-up, the segments a previous process left (killed, say)
 are replayed into ClickHouse, skipping events whose eventId is already stored, so replay never
 duplicates a row; their messages are published again (at least once).

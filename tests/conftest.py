@@ -10,6 +10,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from api.services import Services, app_services
 from consumers.consumer import DomainEventConsumer
 from core.clickhouse import Warehouse
 from core.migrations import migrate
+from core.rows import TrackingRow
 from core.settings import Settings, load_settings
 from tests.load import Load, LoadResult
 from workers.context import JobContext
@@ -232,6 +234,24 @@ def event(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+def tracking_rows(n: int, url: str = "https://www.lomashwood.co.uk/kitchens") -> list[TrackingRow]:
+    """`n` stored-shape tracking rows (what the spool, the outbox and the retry queue hold)."""
+    at = datetime(2026, 11, 27, 10, tzinfo=UTC)
+    return [
+        TrackingRow(
+            event_id=uuid.uuid4(),
+            event_type="PAGEVIEW",
+            session_id=uuid.uuid4(),
+            user_id=None,
+            received_at=at,
+            client_timestamp=None,
+            occurred_at=at,
+            url=url,
+        )
+        for _ in range(n)
+    ]
 
 
 def counter(name: str, **labels: str) -> float:

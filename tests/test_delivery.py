@@ -4,7 +4,6 @@ its arq job, and `lomash.analytics.event.tracked` for every stored event."""
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -19,7 +18,7 @@ from core.clickhouse import Warehouse
 from core.retry_queue import RetryBatch, RetryQueue
 from core.rows import TrackingRow
 from core.settings import Settings
-from tests.conftest import Running, event, free_port, take, wait_for
+from tests.conftest import Running, event, free_port, take, tracking_rows, wait_for
 
 TRACK = "/v1/analytics/track"
 
@@ -141,17 +140,7 @@ async def test_rabbitmq_down_never_delays_the_202_and_the_backlog_is_counted(
 async def test_standalone_worker_retries_a_queued_batch_once(
     settings: Settings, warehouse: Warehouse, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    at = datetime(2026, 11, 27, 10, tzinfo=UTC)
-    row = TrackingRow(
-        event_id=uuid.uuid4(),
-        event_type="PAGEVIEW",
-        session_id=uuid.uuid4(),
-        user_id=None,
-        received_at=at,
-        client_timestamp=None,
-        occurred_at=at,
-        url="https://www.lomashwood.co.uk/",
-    )
+    (row,) = tracking_rows(1, url="https://www.lomashwood.co.uk/")
     batch = RetryBatch(
         table="tracking_events",
         columns=TrackingRow.__struct_fields__,

@@ -309,7 +309,7 @@ async def test_metrics_expose_rates_and_drop_reasons(server: Running) -> None:
 def fast_rate_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
     from api import app
 
-    monkeypatch.setattr(app, "RATES_REFRESH_SECONDS", 0.05)
+    monkeypatch.setattr(app, "GAUGES_REFRESH_SECONDS", 0.05)
 
 
 async def test_rate_gauges_stay_current_without_a_scrape(

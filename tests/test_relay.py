@@ -9,9 +9,7 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import aio_pika
@@ -23,27 +21,11 @@ from core.rows import TrackingRow
 from ingest.outbox import SEALED, Outbox, read_offset
 from ingest.relay import Relay
 from tests.conftest import AMQP_URL, counter, free_port, take
+from tests.conftest import tracking_rows as rows
 from tests.service_process import ANALYTICS, ROOT, STARTED, env_for, start_service
 
 Listen = Callable[..., Awaitable[aio_pika.abc.AbstractQueue]]
 TRACKED = "lomash.analytics.event.tracked"
-
-
-def rows(n: int) -> list[TrackingRow]:
-    at = datetime(2026, 11, 27, 10, tzinfo=UTC)
-    return [
-        TrackingRow(
-            event_id=uuid.uuid4(),
-            event_type="PAGEVIEW",
-            session_id=uuid.uuid4(),
-            user_id=None,
-            received_at=at,
-            client_timestamp=None,
-            occurred_at=at,
-            url="https://www.lomashwood.co.uk/kitchens",
-        )
-        for _ in range(n)
-    ]
 
 
 def outbox_in(root: Path, name: str, max_bytes: int = 1 << 30) -> Outbox:

@@ -11,7 +11,7 @@ from core.clickhouse import Warehouse
 from core.rows import TrackingRow
 from ingest.spool import FSYNCER, open_spool
 from ingest.writer import BatchWriter
-from tests.test_relay import rows
+from tests.conftest import tracking_rows as rows
 
 
 def writer_on(warehouse: Warehouse) -> BatchWriter[TrackingRow]:
