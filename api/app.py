@@ -12,7 +12,7 @@ from sanic.handlers import ErrorHandler
 from sanic.http import Http
 from sanic.response import HTTPResponse, json
 
-from api import admin_jobs, dashboard, exports, openapi, ops
+from api import admin_jobs, dashboard, exports, openapi, ops, stats
 from api.auth import AdminAuth
 from api.services import Services, app_services
 from consumers.consumer import DomainEventConsumer
@@ -91,6 +91,7 @@ def create_app(
     app.blueprint(tracker.bp)
     app.blueprint(ops.bp)
     app.blueprint(dashboard.bp)
+    app.blueprint(stats.bp)
     app.blueprint(admin_jobs.bp)
     app.blueprint(exports.bp)
     app.blueprint(openapi.bp)

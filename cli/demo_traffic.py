@@ -13,6 +13,8 @@ import random
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple, TypeVar
+from urllib.parse import parse_qs
 
 import msgspec
 
@@ -33,6 +35,76 @@ IPHONE = (
     "(KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1"
 )
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+ANDROID = (
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/126.0.0.0 Mobile Safari/537.36"
+)
+IPAD = (
+    "Mozilla/5.0 (iPad; CPU OS 17_5 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1"
+)
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0"
+MAC_SAFARI = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.5 Safari/605.1.15"
+)
+
+
+class Agent(NamedTuple):
+    user_agent: str
+    device: str
+    browser: str
+    os: str
+    weight: int
+
+
+AGENTS = [
+    Agent(CHROME, "desktop", "Chrome", "Windows", 30),
+    Agent(IPHONE, "mobile", "Mobile Safari", "iOS", 28),
+    Agent(ANDROID, "mobile", "Chrome Mobile", "Android", 16),
+    Agent(MAC_SAFARI, "desktop", "Safari", "Mac OS X", 12),
+    Agent(IPAD, "tablet", "Mobile Safari", "iOS", 8),
+    Agent(FIREFOX, "desktop", "Firefox", "Linux", 6),
+]
+
+
+class Place(NamedTuple):
+    country: str
+    region: str
+    city: str
+    weight: int
+
+
+# The networks of the MaxMind test database (tests/data), so that the demo's places are ones
+# the service's own GeoIP step can produce.
+PLACES = [
+    Place("GB", "England", "London", 55),
+    Place("GB", "West Berkshire", "Boxford", 25),
+    Place("SE", "Östergötland County", "Linköping", 8),
+    Place("US", "Washington", "Milton", 7),
+    Place("NO", "", "", 5),
+]
+
+
+class Source(NamedTuple):
+    referrer: str
+    utm: str  # the landing URL's query
+    weight: int
+
+
+SOURCES = [
+    Source("", "", 30),
+    Source("https://www.google.com/", "", 30),
+    Source("https://www.bing.com/", "", 6),
+    Source("https://www.houzz.co.uk/", "", 6),
+    Source(
+        "https://www.facebook.com/",
+        "utm_source=facebook&utm_medium=social&utm_campaign=kitchens-2026",
+        10,
+    ),
+    Source("", "utm_source=newsletter&utm_medium=email&utm_campaign=spring-sale", 10),
+    Source("https://www.google.com/", "utm_source=google&utm_medium=cpc&utm_campaign=brand", 8),
+]
 
 
 @dataclass
@@ -47,12 +119,14 @@ class _Visit:
     traffic: Traffic
     session: uuid.UUID
     user: uuid.UUID | None
-    agent: str
-    device: str
+    agent: Agent
+    place: Place
+    source: Source
     bot: bool
     clock: datetime
     seq: int = 0
     landing: str = ""
+    started: datetime | None = None
 
     def uuid(self) -> uuid.UUID:
         return uuid.UUID(int=self.rng.getrandbits(128), version=4)
@@ -66,27 +140,40 @@ class _Visit:
     ) -> None:
         at = self.tick()
         self.seq += 1
+        received = at + timedelta(milliseconds=self.rng.randint(20, 1500))
         url = SITE + path
-        self.landing = self.landing or url
+        if not self.landing:
+            url += f"?{self.source.utm}" if self.source.utm else ""
+            self.landing, self.started = url, received
+        utm = parse_qs(self.source.utm)
         self.traffic.tracking.append(
             TrackingRow(
                 event_id=self.uuid(),
                 event_type=event_type,
                 session_id=self.session,
                 user_id=self.user,
-                received_at=at + timedelta(milliseconds=self.rng.randint(20, 1500)),
+                received_at=received,
                 client_timestamp=at,
                 occurred_at=at,
                 url=url,
-                referrer="https://www.google.com/" if self.seq == 1 else self.landing,
-                user_agent=self.agent,
-                device_type=self.device,
-                browser="Googlebot" if self.bot else "Chrome",
+                referrer=self.source.referrer if self.seq == 1 else self.landing,
+                user_agent=self.agent.user_agent,
+                device_type=self.agent.device,
+                browser=self.agent.browser,
+                os=self.agent.os,
                 is_bot=self.bot,
-                country="GB",
+                country=self.place.country,
+                region=self.place.region,
+                city=self.place.city,
                 session_seq=self.seq,
-                session_started_at=self.clock if self.seq == 1 else None,
+                # As the pipeline stores them: the session's first sight, landing page,
+                # referrer and UTM tags, on every event of the session.
+                session_started_at=self.started,
                 landing_page=self.landing,
+                entry_referrer=self.source.referrer,
+                utm_source=utm.get("utm_source", [""])[0],
+                utm_medium=utm.get("utm_medium", [""])[0],
+                utm_campaign=utm.get("utm_campaign", [""])[0],
                 properties=msgspec.json.encode(properties or {}).decode(),
             )
         )
@@ -126,16 +213,26 @@ def generate(start: datetime, days: int, sessions_per_day: int, seed: int = 7) -
                 traffic=traffic,
                 session=uuid.UUID(int=rng.getrandbits(128), version=4),
                 user=rng.choice(customers) if known else None,
-                agent=GOOGLEBOT if bot else rng.choice([CHROME, IPHONE]),
-                device="desktop",
+                agent=BOT if bot else _pick(rng, AGENTS),
+                place=_pick(rng, PLACES),
+                source=_pick(rng, SOURCES),
                 bot=bot,
                 clock=began,
             )
-            visit.device = "mobile" if visit.agent == IPHONE else "desktop"
             _browse(visit, products, showroom)
     traffic.tracking.sort(key=lambda r: r.received_at)
     traffic.domain.sort(key=lambda r: r.occurred_at)
     return traffic
+
+
+BOT = Agent(GOOGLEBOT, "desktop", "Googlebot", "", 0)
+
+
+Choice = TypeVar("Choice", Agent, Place, Source)
+
+
+def _pick(rng: random.Random, choices: list[Choice]) -> Choice:
+    return rng.choices(choices, weights=[c.weight for c in choices])[0]
 
 
 def _browse(visit: _Visit, products: dict[str, uuid.UUID], showroom: uuid.UUID) -> None:

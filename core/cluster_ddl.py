@@ -39,6 +39,10 @@ SHARD_KEYS = {
     "funnels": "rand()",
     "dashboard_snapshots": "rand()",
     "archive_log": "cityHash64(table_name, day)",
+    "stats_hourly": "rand()",
+    "stats_daily": "rand()",
+    # A session's rows are written on the shard that holds its events (tracking_events' key).
+    "stats_sessions": "cityHash64(session_id)",
 }
 
 # ALTER actions a Distributed table takes too (its columns must match the locals'); the

@@ -52,6 +52,11 @@ def dashboard_cache(start: str, end: str) -> str:
     return f"dashboard:snapshot:{start}:{end}"
 
 
+def stats_cache(digest: str) -> str:
+    """A stats API answer, by a digest of its path, range and parameters."""
+    return f"lw:stats:{digest}"
+
+
 def covered(job: str) -> str:
     """The stretch of time a job's stored results cover."""
     return f"lw:covered:{job}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from core.clickhouse import Warehouse
 from core.contracts import FunnelCompleted, FunnelStep
@@ -73,14 +74,22 @@ class FunnelResult:
         first, last = self.steps[0][1], self.steps[-1][1]
         return round(last / first * 100, 2) if first else 0.0
 
+    @property
+    def published_name(self) -> Literal["BOOKING", "CHECKOUT"]:
+        return "BOOKING" if self.funnel == "booking" else "CHECKOUT"
+
+    @property
+    def published_steps(self) -> list[FunnelStep]:
+        return [FunnelStep(name, count) for name, count in self.steps]
+
     def as_payload(self, funnel_id: uuid.UUID) -> FunnelCompleted:
         """The `funnel-completed` message of this computation (the spec's step names)."""
         return FunnelCompleted(
             funnel_id=funnel_id,
-            funnel_name="BOOKING" if self.funnel == "booking" else "CHECKOUT",
+            funnel_name=self.published_name,
             period_from=self.period_start,
             period_to=self.period_end,
-            steps=[FunnelStep(name, count) for name, count in self.steps],
+            steps=self.published_steps,
             conversion_rate=self.conversion_rate,
             window_seconds=self.window_seconds,
         )

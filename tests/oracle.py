@@ -8,10 +8,13 @@ import json
 import re
 import zoneinfo
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from cli.demo_traffic import Traffic
+from core.rows import TrackingRow
 from materialized.funnels import PRODUCT_PAGE, Funnel
 
 
@@ -154,3 +157,135 @@ def funnel_steps(
 def as_utc(day: str, zone: zoneinfo.ZoneInfo) -> datetime:
     """Local midnight of `day` (YYYY-MM-DD) in the zone, as a UTC instant."""
     return datetime.fromisoformat(day).replace(tzinfo=zone).astimezone(UTC)
+
+
+# The stats API, from the rows themselves (materialized/stats.py says the definitions).
+
+
+def _host(url: str) -> str:
+    host = urlsplit(url).hostname or ""
+    return host[4:] if host.startswith("www.") else host
+
+
+STATS_DIMENSIONS: dict[str, Callable[[TrackingRow], str]] = {
+    "page": lambda r: urlsplit(r.url).path,
+    "entry_page": lambda r: urlsplit(r.landing_page).path,
+    "referrer": lambda r: _host(r.entry_referrer),
+    "utm_source": lambda r: r.utm_source,
+    "utm_medium": lambda r: r.utm_medium,
+    "utm_campaign": lambda r: r.utm_campaign,
+    "country": lambda r: r.country,
+    "city": lambda r: r.city,
+    "device": lambda r: r.device_type,
+    "browser": lambda r: r.browser,
+    "os": lambda r: r.os,
+    "event_type": lambda r: r.event_type,
+}
+
+
+def _matches(r: TrackingRow, filters: dict[str, str]) -> bool:
+    return all(STATS_DIMENSIONS[d](r) == v for d, v in filters.items())
+
+
+def _visitor(r: TrackingRow) -> Any:
+    return r.user_id or r.session_id
+
+
+def _events(
+    traffic: Traffic, start: datetime, end: datetime, filters: dict[str, str]
+) -> list[TrackingRow]:
+    s, e = _ms(start), _ms(end)
+    return [
+        r
+        for r in traffic.tracking
+        if not r.is_bot and s <= _ms(r.received_at) < e and _matches(r, filters)
+    ]
+
+
+def _median(values: list[int]) -> float:
+    """quantileExactInclusive(0.5): linear between the two middle values."""
+    ordered = sorted(values)
+    h = (len(ordered) - 1) * 0.5
+    low = int(h)
+    if low + 1 >= len(ordered):
+        return float(ordered[low])
+    return ordered[low] + (h - low) * (ordered[low + 1] - ordered[low])
+
+
+def stats_period(
+    traffic: Traffic, start: datetime, end: datetime, filters: dict[str, str]
+) -> dict[str, Any]:
+    events = _events(traffic, start, end, filters)
+    s, e = _ms(start), _ms(end)
+    sessions: dict[Any, list[TrackingRow]] = defaultdict(list)
+    for r in traffic.tracking:
+        if r.is_bot:
+            continue
+        began = r.session_started_at or r.received_at
+        hour = began.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        sessions[(hour, r.session_id)].append(r)
+    counted = []
+    for (_, _), rows in sessions.items():
+        began = rows[0].session_started_at or rows[0].received_at
+        if not s <= _ms(began) < e:
+            continue
+        if filters and not any(_matches(r, filters) and _ms(r.received_at) >= s for r in rows):
+            continue
+        counted.append(rows)
+    bounces = sum(1 for rows in counted if len(rows) == 1 and rows[0].event_type == "PAGEVIEW")
+    durations = [
+        max(_ms(r.occurred_at) for r in rows) - min(_ms(r.occurred_at) for r in rows)
+        for rows in counted
+    ]
+    return {
+        "visitors": len({_visitor(r) for r in events}),
+        "sessions": len(counted),
+        "pageviews": sum(1 for r in events if r.event_type == "PAGEVIEW"),
+        "bounceRate": round(bounces / len(counted) * 100, 2) if counted else 0.0,
+        "visitDurationSeconds": round(_median(durations) / 1000, 3) if counted else 0.0,
+    }
+
+
+def stats_breakdown(
+    traffic: Traffic,
+    dimension: str,
+    start: datetime,
+    end: datetime,
+    filters: dict[str, str],
+    limit: int,
+) -> list[dict[str, Any]]:
+    visitors: dict[str, set[Any]] = defaultdict(set)
+    pageviews: Counter[str] = Counter()
+    for r in _events(traffic, start, end, filters):
+        value = STATS_DIMENSIONS[dimension](r)
+        visitors[value].add(_visitor(r))
+        pageviews[value] += r.event_type == "PAGEVIEW"
+    rows = [{"value": v, "visitors": len(visitors[v]), "pageviews": pageviews[v]} for v in visitors]
+    rows.sort(key=lambda row: (-row["visitors"], -row["pageviews"], row["value"]))
+    return rows[:limit]
+
+
+def stats_days(
+    traffic: Traffic, start: datetime, end: datetime, zone: zoneinfo.ZoneInfo
+) -> list[dict[str, Any]]:
+    """Per local day of the zone meeting [start, end): its start and its numbers."""
+    day = start.astimezone(zone).date()
+    points = []
+    while True:
+        begin = datetime(day.year, day.month, day.day, tzinfo=zone)
+        if begin.astimezone(UTC) >= end:
+            return points
+        next_day = day + timedelta(days=1)
+        finish = datetime(next_day.year, next_day.month, next_day.day, tzinfo=zone)
+        events = _events(
+            traffic, max(begin.astimezone(UTC), start), min(finish.astimezone(UTC), end), {}
+        )
+        points.append(
+            {
+                "t": begin.isoformat(),
+                "hours": (finish.astimezone(UTC) - begin.astimezone(UTC)).total_seconds() / 3600,
+                "visitors": len({_visitor(r) for r in events}),
+                "pageviews": sum(1 for r in events if r.event_type == "PAGEVIEW"),
+            }
+        )
+        day = next_day

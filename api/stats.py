@@ -1,0 +1,224 @@
+"""The stats API (ADMIN): overview, breakdown, timeseries, realtime, and funnels for any range.
+
+Ranges are read as the dashboard's (naive times in REPORT_TIMEZONE, taken at hour
+granularity); a bad parameter is a 400 naming it. Answers but realtime are kept in Redis:
+ranges that ended over a day ago (nothing can still change them) for CLOSED_CACHE_SECONDS,
+others for OPEN_CACHE_SECONDS; a Redis failure only costs the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import zoneinfo
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from sanic import Blueprint, HTTPResponse, Request, json
+
+from api.auth import admin_only
+from api.dashboard import RangeError, parse_range
+from api.services import Services, services
+from core import keys
+from core.best_effort import best_effort
+from core.clickhouse import WarehouseError
+from core.contracts import FunnelStep
+from materialized import funnels
+from materialized.stats import (
+    DIMENSIONS,
+    MAX_BREAKDOWN_LIMIT,
+    MAX_HOURLY_POINTS,
+    FilterError,
+    Interval,
+    Stats,
+    parse_filter,
+)
+
+bp = Blueprint("stats")
+
+CLOSED_CACHE_SECONDS = 300
+OPEN_CACHE_SECONDS = 15
+# Sessions can still gain events this long after they start (the pipeline's session TTL).
+SETTLED_AFTER = timedelta(days=1)
+QUERY_TIMEOUT_S = 20.0
+
+
+class FunnelReport(msgspec.Struct, rename="camel", kw_only=True):
+    funnel_name: str  # BOOKING or CHECKOUT, as in funnel-completed
+    period_from: datetime
+    period_to: datetime
+    steps: list[FunnelStep]
+    conversion_rate: float  # percent of the first step reaching the last, two decimals
+    window_seconds: int
+
+
+class BadParameter(Exception):
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def _zone(svc: Services) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(svc.runtime.settings.report_timezone)
+
+
+def _filters(request: Request) -> dict[str, str]:
+    try:
+        return parse_filter(request.args.get("filter"))
+    except FilterError as error:
+        raise BadParameter("filter", f"`filter`: {error}") from None
+
+
+def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise BadParameter(name, f"`{name}` must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+def _choice(request: Request, name: str, allowed: list[str], default: str | None = None) -> str:
+    raw = request.args.get(name, default)
+    if raw is None:
+        raise BadParameter(name, f"`{name}` is required: one of {' '.join(allowed)}")
+    if raw not in allowed:
+        raise BadParameter(name, f"`{name}`: {raw!r} is not one of {' '.join(allowed)}")
+    return str(raw)
+
+
+def _cache_key(request: Request, start: datetime, end: datetime) -> str:
+    args = sorted((k, v) for k, values in request.args.items() for v in values)
+    canonical = f"{request.path}|{start.isoformat()}|{end.isoformat()}|{args}"
+    return keys.stats_cache(hashlib.sha256(canonical.encode()).hexdigest()[:32])
+
+
+async def _answer(
+    request: Request,
+    start: datetime,
+    end: datetime,
+    compute: Callable[[], Awaitable[Any]],
+) -> HTTPResponse:
+    svc = services(request)
+    key = _cache_key(request, start, end)
+    cached: bytes | None = None
+    async with best_effort("stats_cache"):
+        cached = await svc.runtime.redis.get(key)
+    if cached is not None:
+        return _json(cached, "HIT")
+    try:
+        found = await asyncio.wait_for(compute(), timeout=QUERY_TIMEOUT_S)
+    except (WarehouseError, TimeoutError) as error:
+        return json({"error": f"stats unavailable: {error}"}, status=503)
+    body = msgspec.json.encode(found)
+    settled = end <= datetime.now(UTC) - SETTLED_AFTER
+    async with best_effort("stats_cache"):
+        await svc.runtime.redis.set(
+            key, body, ex=CLOSED_CACHE_SECONDS if settled else OPEN_CACHE_SECONDS
+        )
+    return _json(body, "MISS")
+
+
+def _json(body: bytes, cache: str) -> HTTPResponse:
+    return HTTPResponse(
+        body,
+        content_type="application/json",
+        headers={"X-Cache": cache, "Cache-Control": "no-store"},
+    )
+
+
+def _bad(error: RangeError | BadParameter) -> HTTPResponse:
+    return json({"error": str(error), "parameter": error.parameter}, status=400)
+
+
+@bp.get("/v1/analytics/stats/overview")
+@admin_only
+async def overview(request: Request, claims: dict[str, Any]) -> HTTPResponse:
+    svc = services(request)
+    stats = Stats(svc.runtime.warehouse, _zone(svc))
+    try:
+        start, end = parse_range(request, stats.zone)
+        filters = _filters(request)
+    except (RangeError, BadParameter) as error:
+        return _bad(error)
+    return await _answer(request, start, end, lambda: stats.overview(start, end, filters))
+
+
+@bp.get("/v1/analytics/stats/breakdown")
+@admin_only
+async def breakdown(request: Request, claims: dict[str, Any]) -> HTTPResponse:
+    svc = services(request)
+    stats = Stats(svc.runtime.warehouse, _zone(svc))
+    try:
+        dimension = _choice(request, "dimension", list(DIMENSIONS))
+        start, end = parse_range(request, stats.zone)
+        limit = _int(request, "limit", 10, 1, MAX_BREAKDOWN_LIMIT)
+        filters = _filters(request)
+    except (RangeError, BadParameter) as error:
+        return _bad(error)
+    return await _answer(
+        request, start, end, lambda: stats.breakdown(dimension, start, end, filters, limit)
+    )
+
+
+@bp.get("/v1/analytics/stats/timeseries")
+@admin_only
+async def timeseries(request: Request, claims: dict[str, Any]) -> HTTPResponse:
+    svc = services(request)
+    stats = Stats(svc.runtime.warehouse, _zone(svc))
+    try:
+        interval = Interval(_choice(request, "interval", [i.value for i in Interval]))
+        start, end = parse_range(request, stats.zone)
+        filters = _filters(request)
+        if interval is Interval.HOUR and end - start > timedelta(hours=MAX_HOURLY_POINTS):
+            raise BadParameter(
+                "interval", f"`interval=hour` covers at most {MAX_HOURLY_POINTS // 24} days"
+            )
+    except (RangeError, BadParameter) as error:
+        return _bad(error)
+    return await _answer(
+        request, start, end, lambda: stats.timeseries(start, end, interval, filters)
+    )
+
+
+@bp.get("/v1/analytics/stats/realtime")
+@admin_only
+async def realtime(request: Request, claims: dict[str, Any]) -> HTTPResponse:
+    svc = services(request)
+    stats = Stats(svc.runtime.warehouse, _zone(svc))
+    try:
+        found = await asyncio.wait_for(stats.realtime(datetime.now(UTC)), QUERY_TIMEOUT_S)
+    except (WarehouseError, TimeoutError) as error:
+        return json({"error": f"stats unavailable: {error}"}, status=503)
+    return _json(msgspec.json.encode(found), "NONE")
+
+
+@bp.get("/v1/analytics/funnels/<name:str>")
+@admin_only
+async def funnel(request: Request, claims: dict[str, Any], name: str) -> HTTPResponse:
+    svc = services(request)
+    chosen = funnels.FUNNELS.get(name)
+    if chosen is None:
+        return json(
+            {"error": f"unknown funnel {name!r}; one of {' '.join(funnels.FUNNELS)}"},
+            status=404,
+        )
+    try:
+        start, end = parse_range(request, _zone(svc))
+    except RangeError as error:
+        return _bad(error)
+
+    async def compute() -> FunnelReport:
+        result = await funnels.compute(svc.runtime.warehouse, chosen, start, end)
+        return FunnelReport(
+            funnel_name=result.published_name,
+            period_from=start,
+            period_to=end,
+            steps=result.published_steps,
+            conversion_rate=result.conversion_rate,
+            window_seconds=result.window_seconds,
+        )
+
+    return await _answer(request, start, end, compute)

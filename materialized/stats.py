@@ -1,0 +1,373 @@
+"""Web analytics over the browser events: overview, breakdowns, time series, realtime.
+
+Definitions (../shared/DESIGN.md, "Stats definitions"): a visitor is the userId when known, else
+the sessionId; bots never count; duplicate beacons were dropped at ingest. Visitors and
+pageviews count the events received in the range. Sessions count those that *started* in the
+range (at `session_started_at`, the pipeline's first sight of them), each with all its events:
+a bounce is a session of one PAGEVIEW and nothing else, and the visit duration is the median
+over sessions of last event - first event (client clocks where believable). A session's entry
+page, referrer and UTM tags are those of its first event, stored on every event by the pipeline.
+
+Where the numbers come from:
+- pageviews, sessions, bounce rate and visit duration are exact, always (sums in the hourly
+  rollups; `stats_sessions`, one row per session);
+- visitors are exact (`uniqExact` over raw events) when a filter is given or the range holds
+  at most EXACT_VISITORS_MAX_EVENTS events; past that, unfiltered answers merge
+  `uniqCombined64(12)` sketches from `stats_daily` (whole UTC days) and `stats_hourly` (the
+  hours at both ends), whose standard error is about 1.6% (`visitorsExact` says which).
+A filter is `dimension:value` pairs joined by `;`; an event matches when every pair does, and a
+session counts when one of its events matches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import zoneinfo
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+from core.clickhouse import Warehouse
+
+# Breakdown dimension -> its expression over a tracking_events row.
+DIMENSIONS: dict[str, str] = {
+    "page": "path",
+    "entry_page": "path(landing_page)",
+    "referrer": "domainWithoutWWW(entry_referrer)",
+    "utm_source": "utm_source",
+    "utm_medium": "utm_medium",
+    "utm_campaign": "utm_campaign",
+    "country": "country",
+    "city": "city",
+    "device": "device_type",
+    "browser": "browser",
+    "os": "os",
+    "event_type": "event_type",
+}
+EXACT_VISITORS_MAX_EVENTS = 1_000_000
+MAX_FILTERS = len(DIMENSIONS)
+MAX_FILTER_VALUE_CHARS = 512
+MAX_BREAKDOWN_LIMIT = 1000
+MAX_HOURLY_POINTS = 24 * 31
+REALTIME_MINUTES = 30
+REALTIME_VISITOR_MINUTES = 5
+
+VISITOR = "ifNull(user_id, session_id)"
+SKETCH = "uniqCombined64Merge(12)(visitors)"
+
+
+class Interval(StrEnum):
+    HOUR = "hour"
+    DAY = "day"
+
+
+class FilterError(ValueError):
+    """A `filter` that cannot be read; the message says which part."""
+
+
+def parse_filter(raw: str | None) -> dict[str, str]:
+    """`country:GB;device:mobile` -> {"country": "GB", "device": "mobile"}."""
+    if raw is None or raw == "":
+        return {}
+    pairs: dict[str, str] = {}
+    parts = raw.split(";")
+    if len(parts) > MAX_FILTERS:
+        raise FilterError(f"at most {MAX_FILTERS} `dimension:value` pairs")
+    for part in parts:
+        dimension, colon, value = part.partition(":")
+        if not colon:
+            raise FilterError(f"{part!r} is not `dimension:value`")
+        if dimension not in DIMENSIONS:
+            raise FilterError(f"unknown dimension {dimension!r}; one of {' '.join(DIMENSIONS)}")
+        if dimension in pairs:
+            raise FilterError(f"dimension {dimension!r} is given twice")
+        if len(value) > MAX_FILTER_VALUE_CHARS:
+            raise FilterError(f"the value of {dimension!r} is over {MAX_FILTER_VALUE_CHARS} chars")
+        pairs[dimension] = value
+    return pairs
+
+
+class Range(msgspec.Struct, frozen=True):
+    from_: str = msgspec.field(name="from")
+    to: str = ""
+    timezone: str = ""
+
+
+class PeriodStats(msgspec.Struct, kw_only=True, rename="camel"):
+    range: Range
+    visitors: int
+    visitors_exact: bool
+    sessions: int
+    pageviews: int
+    bounce_rate: float  # percent of sessions, two decimals
+    visit_duration_seconds: float  # median, milliseconds resolution
+
+
+class Overview(PeriodStats, kw_only=True, rename="camel"):
+    previous: PeriodStats
+
+
+class BreakdownRow(msgspec.Struct):
+    value: str
+    visitors: int
+    pageviews: int
+
+
+class Breakdown(msgspec.Struct, rename="camel"):
+    dimension: str
+    rows: list[BreakdownRow]
+
+
+class Point(msgspec.Struct):
+    t: str  # the bucket's start, ISO 8601 in REPORT_TIMEZONE
+    visitors: int
+    pageviews: int
+
+
+class Timeseries(msgspec.Struct, rename="camel"):
+    interval: Interval
+    points: list[Point]
+
+
+class Realtime(msgspec.Struct, rename="camel"):
+    visitors: int
+    pageviews_per_minute: list[int]
+
+
+class _Where:
+    """The WHERE clause of a raw-events query over a range and a filter, with its parameters."""
+
+    def __init__(self, start: datetime, end: datetime, filters: Mapping[str, str]) -> None:
+        self.parameters: dict[str, Any] = {"start": start, "end": end}
+        clauses = ["NOT is_bot"]
+        for n, (dimension, value) in enumerate(sorted(filters.items())):
+            clauses.append(f"{DIMENSIONS[dimension]} = {{f{n}:String}}")
+            self.parameters[f"f{n}"] = value
+        self.filters = " AND ".join(clauses)
+
+    @property
+    def events(self) -> str:
+        return (
+            f"{self.filters} AND received_at >= {{start:DateTime('UTC')}}"
+            " AND received_at < {end:DateTime('UTC')}"
+        )
+
+    @property
+    def sessions(self) -> str:
+        """Sessions that started in the range and hold an event matching the filter."""
+        started = "start_hour >= {start:DateTime('UTC')} AND start_hour < {end:DateTime('UTC')}"
+        if self.filters == "NOT is_bot":
+            return started
+        return (
+            f"{started} AND session_id IN (SELECT session_id FROM tracking_events"
+            f" WHERE {self.filters} AND received_at >= {{start:DateTime('UTC')}}"
+            " AND ifNull(session_started_at, received_at) >= {start:DateTime('UTC')}"
+            " AND ifNull(session_started_at, received_at) < {end:DateTime('UTC')})"
+        )
+
+
+def _utc_days(start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
+    """The whole UTC days inside [start, end), or None."""
+    first = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    if first < start:
+        first += timedelta(days=1)
+    last = end.replace(hour=0, minute=0, second=0, microsecond=0)
+    return (first, last) if first < last else None
+
+
+def _sketch_rows(dimension: str, start: datetime, end: datetime) -> tuple[str, dict[str, Any]]:
+    """A subquery of (value, visitors state, pageviews) covering [start, end) from the day
+    rollup where whole UTC days allow, from the hour rollup for the rest."""
+    parameters: dict[str, Any] = {"dimension": dimension, "start": start, "end": end}
+    hourly = (
+        "SELECT value, visitors, pageviews FROM stats_hourly WHERE dimension = {dimension:String}"
+        " AND hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}"
+    )
+    days = _utc_days(start, end)
+    if days is None:
+        return hourly, parameters
+    parameters["days_from"], parameters["days_to"] = days
+    return (
+        "SELECT value, visitors, pageviews FROM stats_daily WHERE dimension = {dimension:String}"
+        " AND day >= {days_from:DateTime('UTC')} AND day < {days_to:DateTime('UTC')}"
+        " UNION ALL SELECT value, visitors, pageviews FROM stats_hourly"
+        " WHERE dimension = {dimension:String} AND ("
+        "(hour >= {start:DateTime('UTC')} AND hour < {days_from:DateTime('UTC')})"
+        " OR (hour >= {days_to:DateTime('UTC')} AND hour < {end:DateTime('UTC')}))"
+    ), parameters
+
+
+class Stats:
+    def __init__(self, warehouse: Warehouse, zone: zoneinfo.ZoneInfo) -> None:
+        self.warehouse = warehouse
+        self.zone = zone
+
+    def _range(self, start: datetime, end: datetime) -> Range:
+        return Range(
+            start.astimezone(self.zone).isoformat(),
+            end.astimezone(self.zone).isoformat(),
+            self.zone.key,
+        )
+
+    async def _exact(self, start: datetime, end: datetime, filters: Mapping[str, str]) -> bool:
+        if filters:
+            return True
+        events = await self.warehouse.scalar(
+            "SELECT sum(events) FROM tracking_events_hourly"
+            " WHERE hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}",
+            {"start": start, "end": end},
+        )
+        return int(events or 0) <= EXACT_VISITORS_MAX_EVENTS
+
+    async def period(
+        self, start: datetime, end: datetime, filters: Mapping[str, str]
+    ) -> PeriodStats:
+        where = _Where(start, end, filters)
+        exact = await self._exact(start, end, filters)
+        if exact:
+            totals = self.warehouse.rows(
+                f"SELECT uniqExact({VISITOR}), countIf(event_type = 'PAGEVIEW')"
+                f" FROM tracking_events WHERE {where.events}",
+                where.parameters,
+            )
+        else:
+            rows, parameters = _sketch_rows("", start, end)
+            totals = self.warehouse.rows(
+                f"SELECT {SKETCH}, sum(pageviews) FROM ({rows})", parameters
+            )
+        sessions = self.warehouse.rows(
+            "SELECT count(), countIf(pageviews = 1 AND events = 1),"
+            " quantileExactInclusive(0.5)("
+            "toUnixTimestamp64Milli(last_at) - toUnixTimestamp64Milli(first_at))"
+            f" FROM stats_sessions FINAL WHERE {where.sessions}",
+            where.parameters,
+        )
+        (found, visits) = await asyncio.gather(totals, sessions)
+        visitors, pageviews = found[0] if found else (0, 0)
+        count, bounces, median_ms = visits[0] if visits else (0, 0, 0.0)
+        count = int(count)
+        return PeriodStats(
+            range=self._range(start, end),
+            visitors=int(visitors or 0),
+            visitors_exact=exact,
+            sessions=count,
+            pageviews=int(pageviews or 0),
+            bounce_rate=round(int(bounces) / count * 100, 2) if count else 0.0,
+            visit_duration_seconds=(
+                round(float(median_ms) / 1000, 3)
+                if count and not math.isnan(float(median_ms))
+                else 0.0
+            ),
+        )
+
+    async def overview(
+        self, start: datetime, end: datetime, filters: Mapping[str, str]
+    ) -> Overview:
+        length = end - start
+        now, before = await asyncio.gather(
+            self.period(start, end, filters), self.period(start - length, start, filters)
+        )
+        return Overview(**msgspec.structs.asdict(now), previous=before)
+
+    async def breakdown(
+        self,
+        dimension: str,
+        start: datetime,
+        end: datetime,
+        filters: Mapping[str, str],
+        limit: int,
+    ) -> Breakdown:
+        if await self._exact(start, end, filters):
+            where = _Where(start, end, filters)
+            rows = await self.warehouse.rows(
+                f"SELECT toString({DIMENSIONS[dimension]}) AS value, uniqExact({VISITOR}) AS v,"
+                f" countIf(event_type = 'PAGEVIEW') AS p FROM tracking_events"
+                f" WHERE {where.events} GROUP BY value"
+                " ORDER BY v DESC, p DESC, value LIMIT {limit:UInt32}",
+                {**where.parameters, "limit": limit},
+            )
+        else:
+            sketch_rows, parameters = _sketch_rows(dimension, start, end)
+            rows = await self.warehouse.rows(
+                f"SELECT value, {SKETCH} AS v, sum(pageviews) AS p FROM ({sketch_rows})"
+                " GROUP BY value ORDER BY v DESC, p DESC, value LIMIT {limit:UInt32}",
+                {**parameters, "limit": limit},
+            )
+        return Breakdown(
+            dimension, [BreakdownRow(str(value), int(v), int(p)) for value, v, p in rows]
+        )
+
+    def buckets(self, start: datetime, end: datetime, interval: Interval) -> list[datetime]:
+        """Every bucket's start (UTC) meeting [start, end): hours, or local days."""
+        if interval is Interval.HOUR:
+            count = int((end - start).total_seconds() // 3600)
+            return [start + timedelta(hours=n) for n in range(count)]
+        day = start.astimezone(self.zone).replace(hour=0, minute=0, second=0, microsecond=0)
+        found: list[datetime] = []
+        while True:
+            # Re-localised from the calendar date, so 23- and 25-hour days start at midnight.
+            moment = datetime(day.year, day.month, day.day, tzinfo=self.zone).astimezone(UTC)
+            if moment >= end:
+                return found
+            found.append(moment)
+            day = (day.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=self.zone)
+
+    async def timeseries(
+        self, start: datetime, end: datetime, interval: Interval, filters: Mapping[str, str]
+    ) -> Timeseries:
+        zone = self.zone.key
+        if interval is Interval.HOUR:
+            bucket_raw, bucket_rollup = "toStartOfHour(received_at)", "hour"
+        else:
+            bucket_raw = f"toStartOfDay(received_at, '{zone}')"
+            bucket_rollup = f"toStartOfDay(hour, '{zone}')"
+        if await self._exact(start, end, filters):
+            where = _Where(start, end, filters)
+            rows = await self.warehouse.rows(
+                f"SELECT toUnixTimestamp({bucket_raw}) AS b, uniqExact({VISITOR}),"
+                f" countIf(event_type = 'PAGEVIEW') FROM tracking_events WHERE {where.events}"
+                " GROUP BY b",
+                where.parameters,
+            )
+        else:
+            rows = await self.warehouse.rows(
+                f"SELECT toUnixTimestamp({bucket_rollup}) AS b, {SKETCH}, sum(pageviews)"
+                " FROM stats_hourly WHERE dimension = ''"
+                " AND hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}"
+                " GROUP BY b",
+                {"start": start, "end": end},
+            )
+        found = {int(b): (int(v), int(p)) for b, v, p in rows}
+        points = []
+        for moment in self.buckets(start, end, interval):
+            visitors, pageviews = found.get(int(moment.timestamp()), (0, 0))
+            points.append(Point(moment.astimezone(self.zone).isoformat(), visitors, pageviews))
+        return Timeseries(interval, points)
+
+    async def realtime(self, now: datetime) -> Realtime:
+        minute = now.astimezone(UTC).replace(second=0, microsecond=0)
+        first = minute - timedelta(minutes=REALTIME_MINUTES - 1)
+        since = now - timedelta(minutes=REALTIME_VISITOR_MINUTES)
+        per_minute_rows, visitors_rows = await asyncio.gather(
+            self.warehouse.rows(
+                "SELECT toUnixTimestamp(toStartOfMinute(received_at)) AS m,"
+                " countIf(event_type = 'PAGEVIEW') FROM tracking_events WHERE NOT is_bot"
+                " AND received_at >= {first:DateTime64(3, 'UTC')}"
+                " AND received_at <= {now:DateTime64(3, 'UTC')} GROUP BY m",
+                {"first": first, "now": now},
+            ),
+            self.warehouse.rows(
+                f"SELECT uniqExact({VISITOR}) FROM tracking_events WHERE NOT is_bot"
+                " AND received_at >= {since:DateTime64(3, 'UTC')}"
+                " AND received_at <= {now:DateTime64(3, 'UTC')}",
+                {"since": since, "now": now},
+            ),
+        )
+        per_minute = {int(m): int(p) for m, p in per_minute_rows}
+        visitors = int(visitors_rows[0][0]) if visitors_rows else 0
+        minutes = [int((first + timedelta(minutes=n)).timestamp()) for n in range(REALTIME_MINUTES)]
+        return Realtime(visitors, [per_minute.get(m, 0) for m in minutes])
