@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from redis.exceptions import RedisError
 from sanic import Blueprint, HTTPResponse, Request, json
 
+from api.answer import answer
 from api.auth import admin_only
 from api.services import services
 from core.jobs import Job
 
 bp = Blueprint("admin_jobs")
+
+
+class JobQueued(msgspec.Struct, rename="camel"):
+    job_id: str
 
 
 @bp.post("/v1/admin/jobs/rebuild-dashboards")
@@ -23,4 +29,4 @@ async def rebuild_dashboards(request: Request, claims: dict[str, Any]) -> HTTPRe
         return json({"error": f"job queue unavailable: {error}"}, status=503)
     if job is None:  # arq refuses a duplicate id; ours are random, so this is not expected
         return json({"error": "job not enqueued"}, status=409)
-    return json({"jobId": job.job_id}, status=202)
+    return answer(JobQueued(job.job_id), status=202)

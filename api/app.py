@@ -12,7 +12,7 @@ from sanic.handlers import ErrorHandler
 from sanic.http import Http
 from sanic.response import HTTPResponse, json
 
-from api import admin_jobs, dashboard, exports, openapi, ops, stats
+from api import admin_jobs, admin_page, assets, dashboard, exports, openapi, ops, stats
 from api.auth import AdminAuth
 from api.services import Services, app_services
 from consumers.consumer import DomainEventConsumer
@@ -95,6 +95,8 @@ def create_app(
     app.blueprint(admin_jobs.bp)
     app.blueprint(exports.bp)
     app.blueprint(openapi.bp)
+    app.blueprint(assets.bp)
+    app.blueprint(admin_page.bp)
     app.ctx.admin_auth = AdminAuth(settings)
     app.ctx.stopping = False
 

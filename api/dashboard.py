@@ -25,6 +25,7 @@ from core.best_effort import best_effort
 from core.clickhouse import WarehouseError
 from core.limits import MAX_RANGE_DAYS
 from materialized import dashboard_cache, snapshots, widgets
+from materialized.widgets import DashboardAnswer, Widgets
 
 log = logging.getLogger(__name__)
 bp = Blueprint("dashboard")
@@ -100,7 +101,10 @@ async def dashboard(request: Request, claims: dict[str, Any]) -> HTTPResponse:
     except (WarehouseError, TimeoutError) as error:
         log.warning("dashboard computation failed (%s); answering from the newest snapshot", error)
         return await _stale(svc, start, end, error)
-    body = msgspec.json.encode({"computedAt": now.isoformat(), "stale": False, "widgets": found})
+    answer = DashboardAnswer(
+        computed_at=now.isoformat(), stale=False, widgets=msgspec.convert(found, Widgets)
+    )
+    body = msgspec.json.encode(answer)
     async with best_effort("dashboard_cache"):
         await dashboard_cache.remember(svc.runtime.redis, start, end, body)
     svc.on_demand.add(start, end, found)
@@ -120,10 +124,10 @@ async def _stale(svc: Services, start: datetime, end: datetime, error: Exception
         )
     computed_at, found = newest
     age = (datetime.now(UTC) - computed_at).total_seconds()
-    body = {
-        "computedAt": computed_at.isoformat(),
-        "stale": True,
-        "ageSeconds": round(age),
-        "widgets": found,
-    }
-    return _answer(msgspec.json.encode(body), "STALE")
+    answer = DashboardAnswer(
+        computed_at=computed_at.isoformat(),
+        stale=True,
+        age_seconds=round(age),
+        widgets=msgspec.convert(found, Widgets),
+    )
+    return _answer(msgspec.json.encode(answer), "STALE")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from sanic import Blueprint, HTTPResponse, Request, json
 from sanic.response import ResponseStream, file_stream
 
+from api.answer import answer
 from api.auth import admin_only
 from api.services import services
 from core import export_state
@@ -36,6 +37,22 @@ class ExportRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
 
 
 _decode = msgspec.json.Decoder(ExportRequest).decode
+
+
+class ExportQueued(msgspec.Struct, rename="camel"):
+    export_id: str
+
+
+class ExportAnswer(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+    export_id: str
+    status: ExportStatus
+    report_type: ReportType
+    format: Format
+    date_range: DateRange
+    download_url: str | None = None  # when READY: a signed link, valid until expiresAt
+    expires_at: datetime | None = None
+    rows: int | None = None
+    error: str | None = None  # when FAILED
 
 
 def _utc(moment: datetime) -> datetime:
@@ -75,7 +92,7 @@ async def create_export(request: Request, claims: dict[str, Any]) -> HTTPRespons
     await svc.runtime.redis.enqueue_job(
         Job.EXPORT_REPORT, export_id, _job_id=export_job_id(export_id)
     )
-    return json({"exportId": export_id}, status=202)
+    return answer(ExportQueued(export_id), status=202)
 
 
 @bp.get("/v1/analytics/exports/<export_id:str>")
@@ -88,21 +105,21 @@ async def export_status(request: Request, export_id: str, claims: dict[str, Any]
     state = await export_state.load(services(request).runtime.redis, export_id)
     if state is None:
         return json({"error": f"no export {export_id!r}"}, status=404)
-    answer: dict[str, Any] = {
-        "exportId": export_id,
-        "status": state.status,
-        "reportType": state.report_type,
-        "format": state.format,
-        "dateRange": {"from": state.start.isoformat(), "to": state.end.isoformat()},
-    }
+    found = ExportAnswer(
+        export_id=export_id,
+        status=state.status,
+        report_type=cast(ReportType, state.report_type),
+        format=cast(Format, state.format),
+        date_range=DateRange(state.start, state.end),
+    )
     if state.status is ExportStatus.READY and state.expires_at is not None:
         storage = services(request).runtime.storage
-        answer["downloadUrl"] = storage.download_url(state.object_key, state.expires_at)
-        answer["expiresAt"] = state.expires_at.isoformat()
-        answer["rows"] = state.rows
+        found.download_url = storage.download_url(state.object_key, state.expires_at)
+        found.expires_at = state.expires_at
+        found.rows = state.rows
     if state.status is ExportStatus.FAILED:
-        answer["error"] = state.error
-    return json(answer)
+        found.error = state.error
+    return answer(found)
 
 
 @bp.get("/v1/analytics/downloads/<key:path>")

@@ -1,7 +1,9 @@
-"""The OpenAPI 3.1 document of every endpoint, at `/docs/openapi.json`, and a page at `/docs`.
+"""The OpenAPI 3.1 document of every endpoint, at `/docs/openapi.json`, and a reference page at
+`/docs` (Redoc, vendored in api/static, so it works offline).
 
-Request bodies and the tracking event come from the msgspec structs the code decodes with, so
-the document cannot drift from what is enforced."""
+Request bodies and every answer's schema come from the msgspec Structs the code decodes and
+encodes with, so the document cannot drift from what is enforced and sent; the fuzz test
+(tests/test_hostile_input.py) checks every answer against it."""
 
 from __future__ import annotations
 
@@ -11,67 +13,134 @@ import msgspec
 from sanic import Blueprint, HTTPResponse, Request, json
 from sanic.response import html
 
-from api.exports import ExportRequest
+from api.admin_jobs import JobQueued
+from api.answer import ErrorAnswer
+from api.exports import ExportAnswer, ExportQueued, ExportRequest
+from api.ops import Health, Readiness
+from api.stats import FunnelReport
 from ingest.schema import MAX_EVENTS_PER_REQUEST, TrackingEvent
+from ingest.track import Accepted, AcceptedMany
+from materialized.stats import (
+    DIMENSIONS,
+    MAX_BREAKDOWN_LIMIT,
+    Breakdown,
+    Overview,
+    Realtime,
+    Timeseries,
+)
+from materialized.widgets import DashboardAnswer
 
 bp = Blueprint("openapi")
 
-_, COMPONENTS = msgspec.json.schema_components(
-    [TrackingEvent, ExportRequest], ref_template="#/components/schemas/{name}"
-)
+STRUCTS = [
+    TrackingEvent,
+    Accepted,
+    AcceptedMany,
+    ErrorAnswer,
+    DashboardAnswer,
+    ExportRequest,
+    ExportQueued,
+    ExportAnswer,
+    JobQueued,
+    Health,
+    Readiness,
+    Overview,
+    Breakdown,
+    Timeseries,
+    Realtime,
+    FunnelReport,
+]
+_, COMPONENTS = msgspec.json.schema_components(STRUCTS, ref_template="#/components/schemas/{name}")
 # msgspec describes Raw as "any"; the endpoint requires an object.
 COMPONENTS["TrackingEvent"]["properties"]["properties"] = {"type": "object"}
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
+def ref(struct: type) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{struct.__name__}"}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-OBJECT = {"type": "object"}
+def _error(description: str) -> dict[str, Any]:
+    return _json(ref(ErrorAnswer), description)
+
+
+def _query(name: str, schema: dict[str, Any], description: str, required: bool = True) -> Any:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": schema,
+    }
+
+
 ADMIN: list[dict[str, list[str]]] = [{"admin": []}]
 DENIED = {"401": _error("no valid token"), "403": _error("not an ADMIN")}
+RANGE = [
+    _query(
+        name,
+        {"type": "string"},
+        "ISO 8601 time; without an offset it is read in REPORT_TIMEZONE (taken to the hour)",
+    )
+    for name in ("from", "to")
+]
+FILTER = _query(
+    "filter",
+    {"type": "string"},
+    "`dimension:value` pairs joined by `;`, e.g. `country:GB;device:mobile`; dimensions: "
+    + ", ".join(DIMENSIONS),
+    required=False,
+)
 TRACK_BODY = {
     "oneOf": [
-        {"$ref": "#/components/schemas/TrackingEvent"},
+        ref(TrackingEvent),
         {
             "type": "array",
             "minItems": 1,
             "maxItems": MAX_EVENTS_PER_REQUEST,
-            "items": {"$ref": "#/components/schemas/TrackingEvent"},
+            "items": ref(TrackingEvent),
         },
     ]
 }
 
+
+def _stats(summary: str, answer: type, parameters: list[Any]) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "tags": ["stats"],
+            "security": ADMIN,
+            "parameters": parameters,
+            "responses": {
+                "200": _json(ref(answer), summary),
+                "400": _error("a bad parameter, named in `parameter`"),
+                **DENIED,
+                "503": _error("ClickHouse did not answer"),
+            },
+        }
+    }
+
+
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "Lomash Wood analytics", "version": "1.0.0"},
+    "info": {
+        "title": "Lomash Wood analytics",
+        "version": "1.0.0",
+        "description": "Tracking beacons in; dashboards, web analytics, funnels and report"
+        " exports out. ADMIN endpoints take `Authorization: Bearer <JWT with role ADMIN>`.",
+    },
     "components": {
-        "schemas": {
-            **COMPONENTS,
-            "Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {
-                    "error": {"type": "string"},
-                    "path": {"type": "string"},
-                    "parameter": {"type": "string"},
-                    "rejected": {"type": "array"},
-                },
-            },
-        },
+        "schemas": COMPONENTS,
         "securitySchemes": {"admin": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
     },
     "paths": {
         "/v1/analytics/track": {
             "post": {
                 "summary": "Track one event or an array of up to 100",
+                "tags": ["tracking"],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -81,27 +150,21 @@ DOCUMENT: dict[str, Any] = {
                 },
                 "responses": {
                     "202": _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "eventId": {"type": "string", "format": "uuid"},
-                                "accepted": {"type": "integer"},
-                                "rejected": {"type": "array"},
-                                "eventIds": {"type": "array", "items": {"type": "string"}},
-                            },
-                        },
-                        "accepted",
+                        {"oneOf": [ref(Accepted), ref(AcceptedMany)]},
+                        "accepted: one event's id, or an array's count, ids and rejected items",
                     ),
                     "400": _error("invalid; `path` names the field"),
                     "413": _error("body over 64 KiB or more than 100 events"),
                     "415": _error("not application/json or text/plain"),
                     "429": _error("rate limited; see Retry-After"),
+                    "503": _error("the events could not be made durable"),
                 },
             }
         },
         "/v1/analytics/tracker.js": {
             "get": {
                 "summary": "The tracker script",
+                "tags": ["tracking"],
                 "responses": {
                     "200": {
                         "description": "JavaScript",
@@ -114,48 +177,99 @@ DOCUMENT: dict[str, Any] = {
         "/v1/analytics/dashboard": {
             "get": {
                 "summary": "Dashboard widgets for a range",
+                "tags": ["dashboard"],
                 "security": ADMIN,
-                "parameters": [
-                    {
-                        "name": name,
-                        "in": "query",
-                        "required": True,
-                        "schema": {"type": "string", "format": "date-time"},
-                    }
-                    for name in ("from", "to")
-                ],
+                "parameters": RANGE,
                 "responses": {
-                    "200": _json(OBJECT, "widgets"),
+                    "200": _json(ref(DashboardAnswer), "widgets (stale: from a snapshot)"),
                     "400": _error("bad range"),
                     **DENIED,
                     "503": _error("no data and no snapshot"),
                 },
             }
         },
+        "/v1/analytics/stats/overview": _stats(
+            "Overview of a range: visitors, sessions, pageviews, bounce rate, visit duration,"
+            " and the same for the period of equal length just before",
+            Overview,
+            [*RANGE, FILTER],
+        ),
+        "/v1/analytics/stats/breakdown": _stats(
+            "Breakdown by one dimension, sorted by visitors",
+            Breakdown,
+            [
+                _query(
+                    "dimension", {"type": "string", "enum": list(DIMENSIONS)}, "what to count by"
+                ),
+                *RANGE,
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_BREAKDOWN_LIMIT},
+                    "rows (10 by default)",
+                    required=False,
+                ),
+                FILTER,
+            ],
+        ),
+        "/v1/analytics/stats/timeseries": _stats(
+            "Visitors and pageviews per hour or per day (days cut in REPORT_TIMEZONE), every"
+            " bucket present",
+            Timeseries,
+            [
+                _query("interval", {"type": "string", "enum": ["hour", "day"]}, "bucket size"),
+                *RANGE,
+                FILTER,
+            ],
+        ),
+        "/v1/analytics/stats/realtime": _stats(
+            "Visitors in the last 5 minutes and pageviews per minute over the last 30",
+            Realtime,
+            [],
+        ),
+        "/v1/analytics/funnels/{name}": {
+            "get": {
+                "summary": "A funnel computed for a range now",
+                "tags": ["stats"],
+                "security": ADMIN,
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": ["booking", "checkout"]},
+                    },
+                    *RANGE,
+                ],
+                "responses": {
+                    "200": _json(ref(FunnelReport), "the funnel's steps"),
+                    "400": _error("bad range"),
+                    **DENIED,
+                    "404": _error("unknown funnel"),
+                    "503": _error("ClickHouse did not answer"),
+                },
+            }
+        },
         "/v1/analytics/exports": {
             "post": {
                 "summary": "Queue a report export",
+                "tags": ["exports"],
                 "security": ADMIN,
                 "requestBody": {
                     "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": "#/components/schemas/ExportRequest"}
-                        }
-                    },
+                    "content": {"application/json": {"schema": ref(ExportRequest)}},
                 },
                 "responses": {
-                    "202": _json(
-                        {"type": "object", "properties": {"exportId": {"type": "string"}}}, "queued"
-                    ),
+                    "202": _json(ref(ExportQueued), "queued"),
                     "400": _error("invalid; `path` names the field"),
                     **DENIED,
+                    "503": _error("job queue unavailable"),
                 },
             }
         },
         "/v1/analytics/exports/{exportId}": {
             "get": {
                 "summary": "An export's state and, when ready, its download link",
+                "tags": ["exports"],
                 "security": ADMIN,
                 "parameters": [
                     {
@@ -166,7 +280,7 @@ DOCUMENT: dict[str, Any] = {
                     }
                 ],
                 "responses": {
-                    "200": _json(OBJECT, "state"),
+                    "200": _json(ref(ExportAnswer), "state"),
                     **DENIED,
                     "404": _error("unknown export"),
                 },
@@ -175,20 +289,11 @@ DOCUMENT: dict[str, Any] = {
         "/v1/analytics/downloads/{key}": {
             "get": {
                 "summary": "A file-storage export, behind a signed, expiring link",
+                "tags": ["exports"],
                 "parameters": [
                     {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}},
-                    {
-                        "name": "expires",
-                        "in": "query",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    },
-                    {
-                        "name": "signature",
-                        "in": "query",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    },
+                    _query("expires", {"type": "string"}, "unix time the link expires"),
+                    _query("signature", {"type": "string"}, "the link's HMAC"),
                 ],
                 "responses": {
                     "200": {"description": "the file"},
@@ -200,44 +305,70 @@ DOCUMENT: dict[str, Any] = {
         "/v1/admin/jobs/rebuild-dashboards": {
             "post": {
                 "summary": "Rebuild the dashboards now",
+                "tags": ["dashboard"],
                 "security": ADMIN,
                 "responses": {
-                    "202": _json(
-                        {"type": "object", "properties": {"jobId": {"type": "string"}}}, "queued"
-                    ),
+                    "202": _json(ref(JobQueued), "queued"),
                     **DENIED,
+                    "409": _error("not enqueued"),
                     "503": _error("job queue unavailable"),
                 },
             }
         },
-        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(OBJECT, "alive")}}},
+        "/admin": {
+            "get": {
+                "summary": "The built-in dashboard page (asks for an ADMIN token)",
+                "tags": ["pages"],
+                "responses": {
+                    "200": {
+                        "description": "HTML",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness",
+                "tags": ["operations"],
+                "responses": {"200": _json(ref(Health), "alive")},
+            }
+        },
         "/readyz": {
             "get": {
                 "summary": "Readiness of ClickHouse, Redis and RabbitMQ",
+                "tags": ["operations"],
                 "responses": {
-                    "200": _json(OBJECT, "ready"),
-                    "503": _json(OBJECT, "a dependency is down"),
+                    "200": _json(ref(Readiness), "ready"),
+                    "503": _json(ref(Readiness), "a dependency is down"),
                 },
             }
         },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
+                "tags": ["operations"],
                 "responses": {
                     "200": {
                         "description": "text exposition format",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    "401": _error("METRICS_TOKEN is set and the bearer token is not it"),
                 },
             }
         },
     },
 }
 
-PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Lomash Wood analytics API</title>
-</head><body><h1>Lomash Wood analytics API</h1>
-<p>The OpenAPI 3.1 document: <a href="/docs/openapi.json">/docs/openapi.json</a>. Load it into
-any OpenAPI viewer or client generator.</p><ul>%s</ul></body></html>"""
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Lomash Wood analytics API</title></head>
+<body>
+<noscript>The OpenAPI 3.1 document: <a href="/docs/openapi.json">/docs/openapi.json</a>.</noscript>
+<redoc spec-url="/docs/openapi.json" hide-download-button="false"></redoc>
+<script src="/assets/vendor/redoc-2.5.0/redoc.standalone.js"></script>
+</body></html>"""
 
 
 @bp.get("/docs/openapi.json")
@@ -245,11 +376,18 @@ async def openapi_json(request: Request) -> HTTPResponse:
     return json(DOCUMENT)
 
 
+# The page loads nothing from elsewhere: Redoc's bundle asks for its logo from cdn.redoc.ly,
+# which this policy refuses before any request leaves (Redoc then hides the image).
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';"
+        " img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:;"
+        " connect-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+}
+
+
 @bp.get("/docs")
 async def docs(request: Request) -> HTTPResponse:
-    items = "".join(
-        f"<li><code>{method.upper()} {path}</code>: {spec['summary']}</li>"
-        for path, methods in DOCUMENT["paths"].items()
-        for method, spec in methods.items()
-    )
-    return html(PAGE % items)
+    return html(PAGE, headers=PAGE_HEADERS)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from sanic import Blueprint, HTTPResponse, Request, json
-from sanic.response import JSONResponse
 
+from api.answer import answer
 from api.services import Services, services
+from consumers.consumer import ConsumerStatus
 from core.best_effort import best_effort
 from core.metrics import (
     DASHBOARD_SNAPSHOT_AGE,
@@ -27,9 +27,19 @@ from materialized import snapshots
 bp = Blueprint("ops")
 
 
+class Health(msgspec.Struct):
+    status: str
+
+
+class Readiness(msgspec.Struct, omit_defaults=True):
+    status: str  # "ready" or "not ready"
+    checks: dict[str, bool]  # clickhouse, redis, rabbitmq, and consumer in `serve`
+    consumer: ConsumerStatus | None = None
+
+
 @bp.get("/healthz")
-async def healthz(request: Request) -> JSONResponse:
-    return json({"status": "ok"})
+async def healthz(request: Request) -> HTTPResponse:
+    return answer(Health("ok"))
 
 
 async def _redis_ok(request: Request) -> bool:
@@ -43,12 +53,12 @@ READY_CACHE_SECONDS = 2.0
 
 
 @bp.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> HTTPResponse:
     """ClickHouse and Redis asked (at most every 2 s: a probe storm must not become a query
     storm), RabbitMQ from the live connections' state (no connection opened per call)."""
     cached = request.app.ctx.__dict__.get("readiness")
     if cached is not None and time.monotonic() - cached[0] < READY_CACHE_SECONDS:
-        return json(cached[1], status=cached[2])
+        return answer(cached[1], status=cached[2])
     svc = services(request)
     clickhouse, redis = await asyncio.gather(
         asyncio.wait_for(svc.runtime.warehouse.ping(), timeout=3),
@@ -60,17 +70,14 @@ async def readyz(request: Request) -> JSONResponse:
         "redis": redis is True,
         "rabbitmq": svc.runtime.publisher.is_connected,
     }
-    body: dict[str, Any] = {"checks": checks}
-    consumer = svc.consumer
-    if consumer is not None:
-        status = consumer.status()
+    status = svc.consumer.status() if svc.consumer is not None else None
+    if status is not None:
         checks["consumer"] = status.ready
-        body["consumer"] = msgspec.to_builtins(status)
     ready = all(checks.values())
-    body["status"] = "ready" if ready else "not ready"
+    body = Readiness("ready" if ready else "not ready", checks, status)
     code = 200 if ready else 503
     request.app.ctx.readiness = (time.monotonic(), body, code)
-    return json(body, status=code)
+    return answer(body, status=code)
 
 
 def refresh_gauges(svc: Services) -> None:

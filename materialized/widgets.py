@@ -14,6 +14,8 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from core.clickhouse import Warehouse
 
 TOP_PRODUCTS = 10
@@ -179,3 +181,70 @@ async def compute(
             for row in conversion
         },
     }
+
+
+# The shape of compute()'s answer, for the API's document and to check it on the way out.
+
+
+class WidgetRange(msgspec.Struct, frozen=True):
+    from_: str = msgspec.field(name="from")
+    to: str = ""
+    timezone: str = ""
+
+
+class BookingsWidget(msgspec.Struct, rename="camel"):
+    in_range: int
+    cancelled_in_range: int
+    today: int
+    this_week: int
+    this_month: int
+
+
+class OrdersWidget(msgspec.Struct, rename="camel"):
+    count: int
+    revenue: dict[str, str]  # currency -> exact decimal string
+    average_order_value: dict[str, str]
+
+
+class TopProduct(msgspec.Struct, rename="camel"):
+    product_id: str
+    views: int
+
+
+class CustomersWidget(msgspec.Struct):
+    new: int
+    returning: int
+
+
+class NamedStep(msgspec.Struct):
+    name: str
+    count: int
+
+
+class ConversionWidget(msgspec.Struct, rename="camel"):
+    period_start: str
+    period_end: str
+    window_seconds: int
+    steps: list[NamedStep]
+    conversion_rate: float
+    computed_at: str
+
+
+class Widgets(msgspec.Struct, rename="camel"):
+    range: WidgetRange
+    bookings: BookingsWidget
+    orders: OrdersWidget
+    top_products: list[TopProduct]
+    customers: CustomersWidget
+    brochure_requests: int
+    newsletter_signups: int
+    blog_views: int
+    events_by_type: dict[str, int]
+    conversion: dict[str, ConversionWidget]  # by funnel: booking, checkout
+
+
+class DashboardAnswer(msgspec.Struct, rename="camel", omit_defaults=True):
+    computed_at: str
+    stale: bool
+    widgets: Widgets
+    age_seconds: int | None = None  # stale answers: how old the snapshot is

@@ -1,0 +1,364 @@
+// The built-in dashboard: asks for an ADMIN token (kept in sessionStorage), then reads the stats,
+// funnels, dashboard and export APIs. Every value from the data is written with textContent:
+// page paths and UTM tags come from the public beacon endpoint.
+"use strict";
+
+(function () {
+  const TOKEN_KEY = "lomash.analytics.adminToken";
+  const TZ = document.body.dataset.timezone || "UTC";
+  const BREAKDOWNS = [
+    ["page", "Pages"], ["entry_page", "Entry pages"], ["referrer", "Sources"],
+    ["utm_source", "UTM source"], ["utm_medium", "UTM medium"], ["utm_campaign", "UTM campaign"],
+    ["country", "Countries"], ["city", "Cities"], ["device", "Devices"],
+    ["browser", "Browsers"], ["os", "Operating systems"],
+  ];
+  const METRICS = [
+    ["visitors", "Visitors", formatCount],
+    ["sessions", "Visits", formatCount],
+    ["pageviews", "Pageviews", formatCount],
+    ["bounceRate", "Bounce rate", (v) => v.toFixed(1) + "%"],
+    ["visitDurationSeconds", "Visit duration", formatDuration],
+  ];
+  const $ = (id) => document.getElementById(id);
+  const state = { range: "7d", custom: null, filters: {}, generation: 0, chart: null };
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "className") node.className = v; else node.setAttribute(k, v);
+    }
+    for (const child of children) {
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function formatCount(n) { return Number(n).toLocaleString("en-GB"); }
+
+  function formatDuration(seconds) {
+    const s = Math.round(seconds);
+    if (s < 60) return s + "s";
+    const m = Math.floor(s / 60);
+    return m < 60 ? `${m}m ${s % 60}s` : `${Math.floor(m / 60)}h ${m % 60}m`;
+  }
+
+  // Dates in the report's time zone, as YYYY-MM-DD strings.
+  function todayInZone() {
+    return new Intl.DateTimeFormat("en-CA", {
+      timeZone: TZ, year: "numeric", month: "2-digit", day: "2-digit",
+    }).format(new Date());
+  }
+
+  function addDays(day, n) {
+    const [y, m, d] = day.split("-").map(Number);
+    return new Date(Date.UTC(y, m - 1, d + n)).toISOString().slice(0, 10);
+  }
+
+  function currentRange() {
+    const today = todayInZone();
+    if (state.range === "custom" && state.custom) {
+      return { from: state.custom.from, to: addDays(state.custom.to, 1), hourly: false };
+    }
+    const days = { today: 1, "7d": 7, "30d": 30 }[state.range] || 7;
+    return { from: addDays(today, 1 - days), to: addDays(today, 1), hourly: days === 1 };
+  }
+
+  function filterParam() {
+    return Object.entries(state.filters).map(([d, v]) => `${d}:${v}`).join(";");
+  }
+
+  class Unauthorised extends Error {}
+
+  async function api(path, params, options) {
+    const url = new URL(path, location.origin);
+    for (const [k, v] of Object.entries(params || {})) {
+      if (v !== "" && v !== undefined) url.searchParams.set(k, v);
+    }
+    const response = await fetch(url, {
+      ...(options || {}),
+      headers: {
+        Authorization: "Bearer " + sessionStorage.getItem(TOKEN_KEY),
+        ...((options && options.headers) || {}),
+      },
+    });
+    if (response.status === 401 || response.status === 403) {
+      const body = await response.json().catch(() => ({}));
+      throw new Unauthorised(body.error || "not allowed");
+    }
+    const body = await response.json();
+    if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+    return body;
+  }
+
+  // Sign in and out.
+
+  function showSignIn(message) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    $("dashboard").hidden = true;
+    $("sign-out").hidden = true;
+    $("live").hidden = true;
+    $("sign-in").hidden = false;
+    $("sign-in-error").textContent = message || "";
+  }
+
+  $("sign-in").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+    $("token").value = "";
+    start();
+  });
+  $("sign-out").addEventListener("click", () => showSignIn(""));
+
+  // Rendering.
+
+  function renderHeadline(overview) {
+    const box = $("headline");
+    box.replaceChildren();
+    for (const [key, label, format] of METRICS) {
+      const now = overview[key];
+      const before = overview.previous[key];
+      let change = "no earlier data";
+      let direction = "";
+      if (key === "bounceRate") {
+        const points = now - before;
+        change = `${points >= 0 ? "+" : ""}${points.toFixed(1)} pts`;
+        direction = points > 0 ? "down" : points < 0 ? "up" : "";
+      } else if (before > 0) {
+        const pct = Math.round(((now - before) / before) * 100);
+        change = `${pct >= 0 ? "+" : ""}${pct}%`;
+        direction = pct > 0 ? "up" : pct < 0 ? "down" : "";
+      }
+      const approx = key === "visitors" && !overview.visitorsExact ? "≈ " : "";
+      box.append(
+        el("div", { className: "card metric", id: "metric-" + key },
+          el("div", { className: "label" }, label),
+          el("div", { className: "value" }, approx + format(now)),
+          el("div", { className: "change " + direction }, change + " vs previous")));
+    }
+  }
+
+  function renderChart(series) {
+    const xs = series.points.map((p) => Date.parse(p.t) / 1000);
+    const data = [xs, series.points.map((p) => p.visitors), series.points.map((p) => p.pageviews)];
+    const box = $("chart");
+    const width = Math.max(280, box.clientWidth);
+    if (state.chart) state.chart.destroy();
+    box.replaceChildren();
+    state.chart = new uPlot({
+      width, height: 260,
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), TZ),
+      series: [
+        {},
+        { label: "Visitors", stroke: "#7a4b21", width: 2, fill: "rgba(122,75,33,0.08)" },
+        { label: "Pageviews", stroke: "#3b82f6", width: 2 },
+      ],
+      axes: [{}, { size: 60 }],
+    }, data, box);
+  }
+
+  function renderBreakdown(dimension, title, answer) {
+    const card = el("div", { className: "card", id: "breakdown-" + dimension }, el("h2", {}, title));
+    if (!answer.rows.length) {
+      card.append(el("p", { className: "empty" }, "No data for this range"));
+      return card;
+    }
+    const table = el("table", {},
+      el("thead", {}, el("tr", {}, el("th", {}, "Value"), el("th", {}, "Visitors"),
+        el("th", {}, "Pageviews"))));
+    const body = el("tbody");
+    for (const row of answer.rows) {
+      const link = el("a", { href: "#", "data-value": row.value, title: "Filter by this value" },
+        row.value === "" ? "(none)" : row.value);
+      link.addEventListener("click", (event) => {
+        event.preventDefault();
+        state.filters[dimension] = row.value;
+        refresh();
+      });
+      body.append(el("tr", {}, el("td", {}, link), el("td", {}, formatCount(row.visitors)),
+        el("td", {}, formatCount(row.pageviews))));
+    }
+    table.append(body);
+    card.append(table);
+    return card;
+  }
+
+  function renderFunnel(id, funnel) {
+    const box = $(id);
+    box.replaceChildren();
+    const first = funnel.steps.length ? funnel.steps[0].count : 0;
+    for (const step of funnel.steps) {
+      const share = first ? (step.count / first) * 100 : 0;
+      const bar = el("div", { className: "bar" });
+      bar.style.width = share.toFixed(1) + "%";
+      box.append(el("div", { className: "step" },
+        el("div", { className: "step-label" }, el("span", {}, step.step),
+          el("span", {}, `${formatCount(step.count)} · ${share.toFixed(0)}%`)), bar));
+    }
+    box.append(el("p", { className: "hint" }, `Conversion ${funnel.conversionRate}%`));
+  }
+
+  function keyValues(title, id, pairs) {
+    const list = el("dl", { className: "kv" });
+    for (const [k, v] of pairs) list.append(el("dt", {}, k), el("dd", {}, v));
+    return el("div", { className: "card", id }, el("h2", {}, title), list);
+  }
+
+  function renderBusiness(answer) {
+    const w = answer.widgets;
+    const revenue = Object.entries(w.orders.revenue);
+    const box = $("business");
+    box.replaceChildren(
+      keyValues("Bookings", "widget-bookings", [
+        ["In range", formatCount(w.bookings.inRange)],
+        ["Cancelled in range", formatCount(w.bookings.cancelledInRange)],
+        ["Today", formatCount(w.bookings.today)],
+        ["This week", formatCount(w.bookings.thisWeek)],
+        ["This month", formatCount(w.bookings.thisMonth)],
+      ]),
+      keyValues("Orders and revenue", "widget-revenue", [
+        ["Orders", formatCount(w.orders.count)],
+        ...(revenue.length ? revenue.map(([cur, total]) => ["Revenue " + cur, total]) : [["Revenue", "0.00"]]),
+        ...Object.entries(w.orders.averageOrderValue).map(([cur, v]) => ["Average order " + cur, v]),
+      ]),
+      keyValues("Customers", "widget-customers", [
+        ["New", formatCount(w.customers.new)],
+        ["Returning", formatCount(w.customers.returning)],
+      ]),
+      keyValues("Top products", "widget-products",
+        w.topProducts.length ? w.topProducts.map((p) => [p.productId, formatCount(p.views) + " views"])
+          : [["No product views", ""]]),
+    );
+    if (answer.stale) {
+      box.prepend(el("p", { className: "hint" }, `Business widgets from a snapshot ${answer.ageSeconds}s old`));
+    }
+  }
+
+  function renderFilters() {
+    const box = $("filters");
+    box.replaceChildren();
+    for (const [dimension, value] of Object.entries(state.filters)) {
+      const chip = el("button", { type: "button", className: "chip", title: "Remove this filter" },
+        `${dimension}: ${value === "" ? "(none)" : value} ×`);
+      chip.addEventListener("click", () => { delete state.filters[dimension]; refresh(); });
+      box.append(chip);
+    }
+  }
+
+  // Loading.
+
+  async function refresh() {
+    const generation = ++state.generation;
+    const range = currentRange();
+    const params = { from: range.from, to: range.to };
+    const filter = filterParam();
+    renderFilters();
+    $("error").textContent = "";
+    document.body.dataset.loading = "true";
+    try {
+      const [overview, series, funnelB, funnelC, business, ...breakdowns] = await Promise.all([
+        api("/v1/analytics/stats/overview", { ...params, filter }),
+        api("/v1/analytics/stats/timeseries", { ...params, filter, interval: range.hourly ? "hour" : "day" }),
+        api("/v1/analytics/funnels/booking", params),
+        api("/v1/analytics/funnels/checkout", params),
+        api("/v1/analytics/dashboard", params),
+        ...BREAKDOWNS.map(([d]) => api("/v1/analytics/stats/breakdown", { ...params, filter, dimension: d })),
+      ]);
+      if (generation !== state.generation) return;  // a newer request is on its way
+      state.resolved = overview.range;
+      $("range-label").textContent =
+        `${overview.range.from.slice(0, 16).replace("T", " ")} to ${overview.range.to.slice(0, 16).replace("T", " ")} (${overview.range.timezone})`;
+      renderHeadline(overview);
+      renderChart(series);
+      $("breakdowns").replaceChildren(
+        ...BREAKDOWNS.map(([d, title], i) => renderBreakdown(d, title, breakdowns[i])));
+      renderFunnel("funnel-booking", funnelB);
+      renderFunnel("funnel-checkout", funnelC);
+      renderBusiness(business);
+    } catch (error) {
+      if (error instanceof Unauthorised) return showSignIn(error.message);
+      $("error").textContent = "Could not load: " + error.message;
+    } finally {
+      if (generation === state.generation) document.body.dataset.loading = "false";
+    }
+  }
+
+  async function pollRealtime() {
+    if ($("dashboard").hidden) return;
+    try {
+      const live = await api("/v1/analytics/stats/realtime");
+      $("live-visitors").textContent = formatCount(live.visitors);
+      $("live").title = `Pageviews in the last 30 minutes: ${live.pageviewsPerMinute.reduce((a, b) => a + b, 0)}`;
+      $("live").hidden = false;
+    } catch (error) {
+      if (error instanceof Unauthorised) showSignIn(error.message);
+    }
+  }
+
+  async function exportReport() {
+    if (!state.resolved) return;
+    const status = $("export-state");
+    status.textContent = "Requesting…";
+    try {
+      const created = await api("/v1/analytics/exports", {}, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({
+          reportType: $("export-type").value,
+          format: $("export-format").value,
+          dateRange: { from: state.resolved.from, to: state.resolved.to },
+        }),
+      });
+      for (let attempt = 0; attempt < 120; attempt++) {
+        const found = await api("/v1/analytics/exports/" + encodeURIComponent(created.exportId));
+        if (found.status === "READY") {
+          const link = el("a", { href: found.downloadUrl, id: "export-link" }, `Download (${found.rows} rows)`);
+          status.replaceChildren(link);
+          return;
+        }
+        if (found.status === "FAILED") { status.textContent = "Failed: " + found.error; return; }
+        status.textContent = "Preparing…";
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+      }
+      status.textContent = "Still preparing; try again later";
+    } catch (error) {
+      if (error instanceof Unauthorised) return showSignIn(error.message);
+      status.textContent = "Failed: " + error.message;
+    }
+  }
+
+  for (const button of document.querySelectorAll("[data-range]")) {
+    button.addEventListener("click", () => {
+      for (const other of document.querySelectorAll("[data-range]")) other.classList.remove("active");
+      button.classList.add("active");
+      state.range = button.dataset.range;
+      $("custom").hidden = state.range !== "custom";
+      if (state.range !== "custom") refresh();
+    });
+  }
+  $("custom-apply").addEventListener("click", () => {
+    const from = $("custom-from").value;
+    const to = $("custom-to").value;
+    if (!from || !to || to < from) { $("error").textContent = "Pick a start and an end date"; return; }
+    state.custom = { from, to };
+    refresh();
+  });
+  $("export").addEventListener("click", exportReport);
+  window.addEventListener("resize", () => {
+    if (state.chart) state.chart.setSize({ width: Math.max(280, $("chart").clientWidth), height: 260 });
+  });
+
+  function start() {
+    if (!sessionStorage.getItem(TOKEN_KEY)) return showSignIn("");
+    $("sign-in").hidden = true;
+    $("dashboard").hidden = false;
+    $("sign-out").hidden = false;
+    const today = todayInZone();
+    $("custom-from").value = addDays(today, -13);
+    $("custom-to").value = today;
+    refresh();
+    pollRealtime();
+  }
+
+  setInterval(pollRealtime, 15000);
+  start();
+})();

@@ -1,0 +1,187 @@
+"""The built-in pages in a real browser (headless Chromium): `/admin` with seeded data, and the
+API reference at `/docs`, both working with no request leaving the service's origin.
+
+Screenshots of /admin at desktop and phone width are kept in `test-artifacts/`."""
+
+import shutil
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from cli.demo_traffic import default_start, generate, load
+from core.clickhouse import Warehouse
+from tests.conftest import Running
+from tests.test_dashboard_api import bearer, token
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is missing: scripts/test installs it (apt-get install chromium)")
+    async with async_playwright() as pw:
+        launched = await pw.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield launched
+        await launched.close()
+
+
+class Watched:
+    """A tab whose console errors, page errors and requests to other origins are recorded;
+    requests to other origins are refused, as if the machine were offline."""
+
+    def __init__(self, page: Page, origin: str) -> None:
+        self.page = page
+        self.problems: list[str] = []
+        self.outside: list[str] = []
+        page.on(
+            "console",
+            lambda m: (
+                self.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None
+            ),
+        )
+        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+
+        async def guard(route: Any) -> None:
+            url = route.request.url
+            if url.startswith(origin) or url.startswith(("data:", "blob:")):
+                await route.continue_()
+            else:
+                self.outside.append(url)
+                await route.abort()
+
+        self._guard = guard
+
+    async def start(self) -> None:
+        await self.page.route("**/*", self._guard)
+
+
+async def watched(browser: Browser, origin: str, viewport: dict[str, int]) -> Watched:
+    page = await browser.new_page(viewport=viewport)  # type: ignore[arg-type]
+    tab = Watched(page, origin)
+    await tab.start()
+    return tab
+
+
+async def loaded(page: Page) -> None:
+    # A selector, not a script: the page's CSP forbids evaluating strings.
+    await page.wait_for_selector("body[data-loading=false]", state="attached", timeout=30_000)
+
+
+def seven_days() -> dict[str, str]:
+    today = datetime.now(ZoneInfo("Europe/London")).date()
+    return {
+        "from": (today - timedelta(days=6)).isoformat(),
+        "to": (today + timedelta(days=1)).isoformat(),
+    }
+
+
+@pytest.mark.timeout(120)
+async def test_the_admin_page_shows_the_apis_numbers_and_filters_by_a_click(
+    server: Running, warehouse: Warehouse, browser: Browser
+) -> None:
+    await load(warehouse, generate(default_start(days=10), days=10, sessions_per_day=80, seed=5))
+    admin = bearer(token())
+
+    async def overview(**extra: str) -> dict[str, Any]:
+        resp = await server.http.get(
+            "/v1/analytics/stats/overview", params={**seven_days(), **extra}, headers=admin
+        )
+        assert resp.status_code == 200, resp.text
+        body: dict[str, Any] = resp.json()
+        return body
+
+    tab = await watched(browser, server.base_url, DESKTOP)
+    page = tab.page
+    resp = await page.goto(f"{server.base_url}/admin")
+    assert resp is not None and resp.status == 200
+    assert "script-src 'self'" in resp.headers["content-security-policy"]
+    await page.fill("#token", token())
+    await page.click("#sign-in button[type=submit]")
+    await loaded(page)
+
+    expected = await overview()
+    assert expected["pageviews"] > 100
+    shown = await page.inner_text("#metric-pageviews .value")
+    assert shown == f"{expected['pageviews']:,}"
+    assert await page.inner_text("#metric-visitors .value") == f"{expected['visitors']:,}"
+    assert await page.inner_text("#metric-sessions .value") == f"{expected['sessions']:,}"
+    assert await page.locator("#chart canvas").count() >= 1
+    assert await page.locator("#breakdown-page tbody tr").count() >= 3
+    assert await page.locator("#funnel-booking .step").count() == 3
+    assert await page.locator("#funnel-checkout .step").count() == 4
+    assert "In range" in await page.inner_text("#widget-bookings")
+    # The token stays in this tab's sessionStorage, not in localStorage or a cookie.
+    stored = await page.evaluate("Object.keys(sessionStorage)")
+    assert stored == ["lomash.analytics.adminToken"]
+    assert await page.evaluate("localStorage.length") == 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "admin-desktop.png"), full_page=True)
+
+    # Clicking a country filters every number by it.
+    await page.click('#breakdown-country a[data-value="SE"]')
+    await loaded(page)
+    sweden = await overview(filter="country:SE")
+    assert 0 < sweden["pageviews"] < expected["pageviews"]
+    assert await page.inner_text("#metric-pageviews .value") == f"{sweden['pageviews']:,}"
+    assert await page.inner_text("#metric-visitors .value") == f"{sweden['visitors']:,}"
+    assert await page.inner_text("#filters") == "country: SE \u00d7"
+    countries = await page.locator("#breakdown-country tbody tr").all_inner_texts()
+    assert len(countries) == 1 and countries[0].startswith("SE")
+
+    # An export of the range, and its link when ready.
+    await page.click("#export")
+    link = page.locator("#export-link")
+    await link.wait_for(timeout=30_000)
+    assert "/v1/analytics/downloads/" in (await link.get_attribute("href") or "")
+
+    # Phone width: the same page, one column.
+    await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+    await page.click("#filters button")
+    await loaded(page)
+    assert await page.inner_text("#metric-pageviews .value") == f"{expected['pageviews']:,}"
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], "no sideways scrolling at phone width"
+    await page.screenshot(path=str(ARTIFACTS / "admin-phone.png"), full_page=True)
+
+    assert tab.problems == []
+    assert tab.outside == []
+
+
+@pytest.mark.timeout(60)
+async def test_a_bad_token_brings_the_sign_in_form_back(server: Running, browser: Browser) -> None:
+    tab = await watched(browser, server.base_url, PHONE)
+    await tab.page.goto(f"{server.base_url}/admin")
+    await tab.page.fill("#token", token("CUSTOMER"))
+    await tab.page.click("#sign-in button[type=submit]")
+    await tab.page.wait_for_selector("#sign-in-error:has-text('ADMIN')", timeout=15_000)
+    assert await tab.page.is_visible("#sign-in")
+    assert await tab.page.evaluate("sessionStorage.length") == 0
+    # 401/403 answers show up as failed resources in the console; nothing else may.
+    assert [p for p in tab.problems if "status of 40" not in p] == []
+
+
+@pytest.mark.timeout(60)
+async def test_the_api_reference_renders_offline(server: Running, browser: Browser) -> None:
+    tab = await watched(browser, server.base_url, DESKTOP)
+    await tab.page.goto(f"{server.base_url}/docs")
+    await tab.page.wait_for_selector("text=Overview of a range", state="attached", timeout=30_000)
+    body = await tab.page.inner_text("body")
+    # The operations, and the answers' fields from their Structs' schemas.
+    assert "/v1/analytics/stats/breakdown" in body
+    assert "visitDurationSeconds" in body and "pageviewsPerMinute" in body
+    # Redoc's bundle asks for its logo from its CDN; the page's CSP refuses it in the browser.
+    assert tab.outside == []
+    assert [p for p in tab.problems if "cdn.redoc.ly" not in p] == []
