@@ -156,7 +156,7 @@ def _relay(settings: Settings, parent: int) -> int:
     return 0
 
 
-def _demo(settings: Settings, days: int, sessions: int, seed: int) -> int:
+def _demo(settings: Settings, days: int, sessions: int, seed: int, if_empty: bool) -> int:
     from cli.demo_traffic import default_start, generate, load
     from core.migrations import open_migrated
     from workers.context import JobContext
@@ -165,6 +165,8 @@ def _demo(settings: Settings, days: int, sessions: int, seed: int) -> int:
     async def run() -> str:
         warehouse, _ = await open_migrated(settings)
         try:
+            if if_empty and await warehouse.scalar("SELECT count() FROM tracking_events"):
+                return ""
             traffic = generate(default_start(days=days), days, sessions, seed)
             await load(warehouse, traffic)
             ctx = {"job": JobContext(settings=settings, warehouse=warehouse)}
@@ -183,6 +185,9 @@ def _demo(settings: Settings, days: int, sessions: int, seed: int) -> int:
             file=sys.stderr,
         )
         return 1
+    if not made:
+        print("demo: the install already holds browser events; nothing loaded")
+        return 0
     print(f"loaded {made} over the last {days} days; funnels and dashboards rebuilt")
     return 0
 
@@ -228,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--days", type=int, default=60)
     demo.add_argument("--sessions-per-day", type=int, default=300)
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument(
+        "--if-empty", action="store_true", help="load nothing when browser events are stored"
+    )
     jobs = commands.add_parser("jobs", help="list recent and queued jobs, or enqueue one")
     jobs.add_argument("action", nargs="?", choices=["list", "run"], default="list")
     jobs.add_argument(
@@ -264,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         return _migrate(settings)
     if args.command == "demo":
-        return _demo(settings, args.days, args.sessions_per_day, args.seed)
+        return _demo(settings, args.days, args.sessions_per_day, args.seed, args.if_empty)
     if args.command == "jobs":
         from cli.jobs import list_jobs, run_job
 

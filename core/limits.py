@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 # Raw tracking events stay in ClickHouse this long (sql/0002's TTL says the same: a migration
 # cannot import it, and an applied migration is never edited; tests/test_migrations checks).
 RAW_RETENTION_DAYS = 90
 
 # The longest range a dashboard, a stats query or an export may ask for.
 MAX_RANGE_DAYS = 400
+
+# A client clock is believed within this window around the receive time (batched beacons and
+# offline queues arrive late; clocks run fast or slow); outside it the receive time is used.
+# So an event's received_at lies within [occurred_at - FUTURE, occurred_at + PAST], which lets
+# questions about occurred_at skip the parts of tracking_events by received_at.
+TRUST_CLIENT_PAST = timedelta(hours=24)
+TRUST_CLIENT_FUTURE = timedelta(minutes=5)

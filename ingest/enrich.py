@@ -9,19 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from core.ids import new_event_id
+from core.limits import TRUST_CLIENT_FUTURE, TRUST_CLIENT_PAST
 from core.metrics import BOT_EVENTS
 from core.rows import TrackingRow
 from ingest.geo import UNKNOWN, Place
 from ingest.schema import TrackingEvent
 from ingest.useragent import MAX_LENGTH, parse_agent
-
-# A client clock is believed within this window around the receive time (batched beacons and
-# offline queues arrive late; clocks run fast or slow); outside it the receive time is used.
-TRUST_CLIENT_PAST = timedelta(hours=24)
-TRUST_CLIENT_FUTURE = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)

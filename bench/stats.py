@@ -1,0 +1,216 @@
+"""The stats API at scale: ten million browser events over 30 days, in one chDB data directory.
+
+Per question, p50 and p95 of uncached answers (materialized/stats.py, as the API computes
+them), and, as the baseline measured in the same run, the same answer computed exactly from
+the raw events (the path filtered questions take); the ratio is answer / baseline. Then the
+error of the visitor sketches against the exact counts. Goals (issue 17): overview and any
+breakdown for a month <= 100 ms p50, with a filter <= 300 ms; timeseries by day <= 100 ms;
+realtime <= 50 ms; the booking funnel for 30 days <= 2 s.
+
+    .venv/bin/python -m bench.stats [--events 10000000] [--runs 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+import zoneinfo
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from core.clickhouse import Warehouse
+from core.migrations import migrate
+from materialized import funnels
+from materialized import stats as stats_module
+from materialized.stats import DIMENSIONS, Interval, Stats
+
+ZONE = zoneinfo.ZoneInfo("Europe/London")
+DAYS = 30
+
+# Sessions of five events (a landing pageview, then pages, product views, bookings…) spread over
+# the last 30 days; a third of visitors known, 2% bots; sources, UTM tags, ten places, three
+# devices, four browsers and five systems, fixed per session as the pipeline stores them.
+EVENTS = """
+INSERT INTO tracking_events (event_id, event_type, session_id, user_id, received_at,
+    client_timestamp, occurred_at, url, referrer, user_agent, device_type, browser, os, is_bot,
+    country, city, session_seq, session_started_at, landing_page, entry_referrer, utm_source,
+    utm_medium, utm_campaign, properties)
+WITH intDiv(number, 5) AS s,
+     cityHash64(s, 1) AS h,
+     {now:DateTime64(3, 'UTC')} - toIntervalMillisecond(h % ({days:UInt64} * 86400000)) AS began,
+     began + toIntervalSecond((number % 5) * (20 + h % 90)) AS at,
+     ['/', '/kitchens', '/bedrooms', '/blog/kitchen-trends-2026', '/kitchens/shaker-oak']
+        [1 + h % 5] AS landing,
+     ['', 'https://www.google.com/', 'https://www.bing.com/', 'https://www.facebook.com/',
+      'https://www.houzz.co.uk/'][1 + intDiv(h, 7) % 5] AS ref,
+     intDiv(h, 35) % 10 AS geo,
+     intDiv(h, 350) % 3 AS dev,
+     intDiv(h, 13) % 5 AS campaign
+SELECT generateUUIDv4(number),
+    if(number % 5 = 0, 'PAGEVIEW',
+       ['PAGEVIEW', 'PAGEVIEW', 'PAGEVIEW', 'PRODUCT_VIEW', 'ADD_TO_WISHLIST', 'CLICK',
+        'FILTER_APPLY', 'BOOKING_START', 'BOOKING_COMPLETE'][1 + cityHash64(number, 2) % 9]),
+    toUUID(concat('00000000-0000-4000-8000-', leftPad(hex(s), 12, '0'))),
+    if(h % 3 = 0,
+       toUUID(concat('00000000-0000-4000-9000-', leftPad(hex(h % 300000), 12, '0'))), NULL),
+    at, at, at,
+    if(number % 5 = 0, concat('https://www.lomashwood.co.uk', landing),
+       concat('https://www.lomashwood.co.uk/kitchens/k', toString(cityHash64(number, 6) % 60))),
+    ref, 'Mozilla/5.0', ['desktop', 'mobile', 'tablet'][1 + dev],
+    ['Chrome', 'Safari', 'Firefox', 'Edge'][1 + intDiv(h, 1050) % 4],
+    ['Windows', 'iOS', 'Android', 'Mac OS X', 'Linux'][1 + intDiv(h, 4200) % 5],
+    h % 50 = 0,
+    ['GB', 'GB', 'GB', 'GB', 'GB', 'US', 'SE', 'IE', 'FR', 'DE'][1 + geo],
+    ['London', 'Manchester', 'Leeds', 'Bristol', 'Boxford', 'Milton', 'Linköping', 'Dublin',
+     'Paris', 'Berlin'][1 + geo],
+    number % 5 + 1, began, concat('https://www.lomashwood.co.uk', landing), ref,
+    ['', '', 'newsletter', 'google', 'facebook'][1 + campaign],
+    ['', '', 'email', 'cpc', 'social'][1 + campaign],
+    ['', '', 'spring-sale', 'brand', 'kitchens-2026'][1 + campaign],
+    '{}'
+FROM numbers({first:UInt64}, {count:UInt64})
+"""
+
+FILTER = {"country": "GB", "device": "mobile"}
+
+
+async def timed(call: Callable[[], Awaitable[Any]], runs: int) -> tuple[float, float, Any]:
+    samples, found = [], None
+    for _ in range(runs):
+        started = time.perf_counter()
+        found = await call()
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return statistics.median(samples), samples[max(0, int(len(samples) * 0.95) - 1)], found
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        warehouse = Warehouse(f"chdb://{Path(tmp) / 'ch'}", "bench")
+        await warehouse.open()
+        await migrate(warehouse)
+        started = time.perf_counter()
+        step = 1_000_000
+        for first in range(0, args.events, step):
+            await warehouse.command(
+                EVENTS,
+                {"now": now, "days": DAYS, "first": first, "count": min(step, args.events - first)},
+            )
+        print(
+            f"loaded {args.events:,} events over {DAYS} days in"
+            f" {time.perf_counter() - started:.0f} s (views included)"
+        )
+        stats = Stats(warehouse, ZONE)
+        start, end = now - timedelta(days=DAYS), now
+        realtime_at = now - timedelta(minutes=30)
+
+        def exact(call: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+            async def run() -> Any:
+                saved = stats_module.EXACT_VISITORS_MAX_EVENTS
+                stats_module.EXACT_VISITORS_MAX_EVENTS = 10**15
+                try:
+                    return await call()
+                finally:
+                    stats_module.EXACT_VISITORS_MAX_EVENTS = saved
+
+            return run
+
+        async def one_round() -> tuple[list[tuple[str, float, float, float | None, str]], Any]:
+            rows: list[tuple[str, float, float, float | None, str]] = []
+
+            async def measure(
+                label: str,
+                goal_ms: float,
+                call: Callable[[], Awaitable[Any]],
+                baseline: Callable[[], Awaitable[Any]] | None = None,
+            ) -> Any:
+                p50, p95, found = await timed(call, args.runs)
+                ratio = None
+                if baseline is not None:
+                    base50, _, _ = await timed(baseline, max(3, args.runs // 2))
+                    ratio = p50 / base50
+                verdict = "met" if p50 <= goal_ms else "MISSED"
+                rows.append((label, p50, p95, ratio, f"<= {goal_ms:.0f} ms {verdict}"))
+                return found
+
+            overview = await measure(
+                "overview, 30 days",
+                100,
+                lambda: stats.overview(start, end, {}),
+                exact(lambda: stats.overview(start, end, {})),
+            )
+            worst = ("", 0.0)
+            for dimension in DIMENSIONS:
+                p50, _, _ = await timed(
+                    lambda d=dimension: stats.breakdown(d, start, end, {}, 10),  # type: ignore[misc]
+                    args.runs,
+                )
+                worst = max(worst, (dimension, p50), key=lambda w: w[1])
+            await measure(
+                f"breakdown, 30 days (slowest: {worst[0]})",
+                100,
+                lambda: stats.breakdown(worst[0], start, end, {}, 10),
+                exact(lambda: stats.breakdown(worst[0], start, end, {}, 10)),
+            )
+            await measure(
+                "overview, 30 days, filter country+device",
+                300,
+                lambda: stats.overview(start, end, FILTER),
+            )
+            await measure(
+                "breakdown page, 30 days, filter country+device",
+                300,
+                lambda: stats.breakdown("page", start, end, FILTER, 10),
+            )
+            await measure(
+                "timeseries by day, 30 days",
+                100,
+                lambda: stats.timeseries(start, end, Interval.DAY, {}),
+                exact(lambda: stats.timeseries(start, end, Interval.DAY, {})),
+            )
+            await measure("realtime", 50, lambda: stats.realtime(realtime_at))
+            await measure(
+                "booking funnel, 30 days",
+                2000,
+                lambda: funnels.compute(warehouse, funnels.FUNNELS["booking"], start, end),
+            )
+            return rows, overview
+
+        rounds = {"as loaded (parts not yet merged)": await one_round()}
+        for table in ("stats_hourly", "stats_daily", "stats_sessions"):
+            await warehouse.command(f"OPTIMIZE TABLE {table} FINAL")
+        rounds["after background merges (OPTIMIZE FINAL)"] = await one_round()
+        overview = rounds["after background merges (OPTIMIZE FINAL)"][1]
+        exact_overview = await exact(lambda: stats.period(start, end, {}))()
+        page_sketch = await stats.breakdown("page", start, end, {}, 1000)
+        page_exact = await exact(lambda: stats.breakdown("page", start, end, {}, 1000))()
+        await warehouse.close()
+
+    for title, (rows, _) in rounds.items():
+        print(f"\n{title}")
+        print(f"{'question':50s} {'p50 ms':>8s} {'p95 ms':>8s} {'/ raw':>7s}  goal")
+        for label, p50, p95, ratio, goal in rows:
+            shown = f"{ratio:7.2f}" if ratio is not None else "      -"
+            print(f"{label:50s} {p50:8.1f} {p95:8.1f} {shown}  {goal}")
+    error = overview.visitors / exact_overview.visitors - 1
+    exact_by_page = {r.value: r.visitors for r in page_exact.rows}
+    errors = [abs(r.visitors / exact_by_page[r.value] - 1) for r in page_sketch.rows]
+    print(
+        f"\nvisitors from sketches: month {overview.visitors:,} vs exact"
+        f" {exact_overview.visitors:,} ({error:+.2%}); per page, mean |error|"
+        f" {statistics.mean(errors):.2%}, worst {max(errors):.2%} over {len(errors)} pages"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
