@@ -15,7 +15,7 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from cli.demo_traffic import default_start, generate, load
 from core.clickhouse import Warehouse
-from tests.conftest import Running
+from tests.conftest import Running, event
 from tests.test_dashboard_api import bearer, token
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -94,6 +94,15 @@ async def test_the_admin_page_shows_the_apis_numbers_and_filters_by_a_click(
 ) -> None:
     await load(warehouse, generate(default_start(days=10), days=10, sessions_per_day=80, seed=5))
     admin = bearer(token())
+    # Beacons are public: a made-up page path and campaign must show as text, never run.
+    hostile = "/<img src=x onerror=\"document.title='pwned'\">"
+    url = f"https://www.lomashwood.co.uk{hostile}?utm_campaign=<script>document.title='x'</script>"
+    for _ in range(3):  # 300 visitors: at the top of the page table
+        beacons = [event() for _ in range(100)]
+        for beacon in beacons:
+            beacon["metadata"]["url"] = url
+        assert (await server.http.post("/v1/analytics/track", json=beacons)).status_code == 202
+    await server.drain()
 
     async def overview(**extra: str) -> dict[str, Any]:
         resp = await server.http.get(
@@ -123,6 +132,10 @@ async def test_the_admin_page_shows_the_apis_numbers_and_filters_by_a_click(
     assert await page.locator("#funnel-booking .step").count() == 3
     assert await page.locator("#funnel-checkout .step").count() == 4
     assert "In range" in await page.inner_text("#widget-bookings")
+    assert hostile in await page.inner_text("#breakdown-page")
+    assert "<script>" in await page.inner_text("#breakdown-utm_campaign")
+    assert await page.title() == "Lomash Wood analytics"
+    assert await page.locator("#breakdowns img, #breakdowns script").count() == 0
     # The token stays in this tab's sessionStorage, not in localStorage or a cookie.
     stored = await page.evaluate("Object.keys(sessionStorage)")
     assert stored == ["lomash.analytics.adminToken"]
