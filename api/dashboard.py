@@ -68,7 +68,8 @@ def parse_range(request: Request, zone: zoneinfo.ZoneInfo) -> tuple[datetime, da
     return widgets.floor_hour(start), widgets.ceil_hour(end)
 
 
-def _answer(body: bytes, cache: str) -> HTTPResponse:
+def cached_json(body: bytes, cache: str) -> HTTPResponse:
+    """An encoded answer, saying where it came from (`X-Cache`); never cached by clients."""
     return HTTPResponse(
         body,
         content_type="application/json",
@@ -90,7 +91,7 @@ async def dashboard(request: Request, claims: dict[str, Any]) -> HTTPResponse:
     async with best_effort("dashboard_cache"):  # Redis down: compute instead
         cached = await svc.runtime.redis.get(key)
     if cached is not None:
-        return _answer(cached, "HIT")
+        return cached_json(cached, "HIT")
 
     now = datetime.now(UTC)
     try:
@@ -108,7 +109,7 @@ async def dashboard(request: Request, claims: dict[str, Any]) -> HTTPResponse:
     async with best_effort("dashboard_cache"):
         await dashboard_cache.remember(svc.runtime.redis, start, end, body)
     svc.on_demand.add(start, end, found)
-    return _answer(body, "MISS")
+    return cached_json(body, "MISS")
 
 
 async def _stale(svc: Services, start: datetime, end: datetime, error: Exception) -> HTTPResponse:
@@ -130,4 +131,4 @@ async def _stale(svc: Services, start: datetime, end: datetime, error: Exception
         age_seconds=round(age),
         widgets=msgspec.convert(found, Widgets),
     )
-    return _answer(msgspec.json.encode(answer), "STALE")
+    return cached_json(msgspec.json.encode(answer), "STALE")

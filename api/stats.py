@@ -19,7 +19,7 @@ import msgspec
 from sanic import Blueprint, HTTPResponse, Request, json
 
 from api.auth import admin_only
-from api.dashboard import RangeError, parse_range
+from api.dashboard import RangeError, cached_json, parse_range
 from api.services import Services, services
 from core import keys
 from core.best_effort import best_effort
@@ -62,6 +62,11 @@ class BadParameter(Exception):
 
 def _zone(svc: Services) -> zoneinfo.ZoneInfo:
     return zoneinfo.ZoneInfo(svc.runtime.settings.report_timezone)
+
+
+def _stats(request: Request) -> Stats:
+    svc = services(request)
+    return Stats(svc.runtime.warehouse, _zone(svc))
 
 
 def _filters(request: Request) -> dict[str, str]:
@@ -107,26 +112,25 @@ async def _answer(
     async with best_effort("stats_cache"):
         cached = await svc.runtime.redis.get(key)
     if cached is not None:
-        return _json(cached, "HIT")
+        return cached_json(cached, "HIT")
     try:
-        found = await asyncio.wait_for(compute(), timeout=QUERY_TIMEOUT_S)
+        body = await _computed(compute)
     except (WarehouseError, TimeoutError) as error:
-        return json({"error": f"stats unavailable: {error}"}, status=503)
-    body = msgspec.json.encode(found)
+        return _unavailable(error)
     settled = end <= datetime.now(UTC) - SETTLED_AFTER
     async with best_effort("stats_cache"):
         await svc.runtime.redis.set(
             key, body, ex=CLOSED_CACHE_SECONDS if settled else OPEN_CACHE_SECONDS
         )
-    return _json(body, "MISS")
+    return cached_json(body, "MISS")
 
 
-def _json(body: bytes, cache: str) -> HTTPResponse:
-    return HTTPResponse(
-        body,
-        content_type="application/json",
-        headers={"X-Cache": cache, "Cache-Control": "no-store"},
-    )
+async def _computed(compute: Callable[[], Awaitable[Any]]) -> bytes:
+    return msgspec.json.encode(await asyncio.wait_for(compute(), timeout=QUERY_TIMEOUT_S))
+
+
+def _unavailable(error: Exception) -> HTTPResponse:
+    return json({"error": f"stats unavailable: {error}"}, status=503)
 
 
 def _bad(error: RangeError | BadParameter) -> HTTPResponse:
@@ -136,8 +140,7 @@ def _bad(error: RangeError | BadParameter) -> HTTPResponse:
 @bp.get("/v1/analytics/stats/overview")
 @admin_only
 async def overview(request: Request, claims: dict[str, Any]) -> HTTPResponse:
-    svc = services(request)
-    stats = Stats(svc.runtime.warehouse, _zone(svc))
+    stats = _stats(request)
     try:
         start, end = parse_range(request, stats.zone)
         filters = _filters(request)
@@ -149,8 +152,7 @@ async def overview(request: Request, claims: dict[str, Any]) -> HTTPResponse:
 @bp.get("/v1/analytics/stats/breakdown")
 @admin_only
 async def breakdown(request: Request, claims: dict[str, Any]) -> HTTPResponse:
-    svc = services(request)
-    stats = Stats(svc.runtime.warehouse, _zone(svc))
+    stats = _stats(request)
     try:
         dimension = _choice(request, "dimension", list(DIMENSIONS))
         start, end = parse_range(request, stats.zone)
@@ -166,8 +168,7 @@ async def breakdown(request: Request, claims: dict[str, Any]) -> HTTPResponse:
 @bp.get("/v1/analytics/stats/timeseries")
 @admin_only
 async def timeseries(request: Request, claims: dict[str, Any]) -> HTTPResponse:
-    svc = services(request)
-    stats = Stats(svc.runtime.warehouse, _zone(svc))
+    stats = _stats(request)
     try:
         interval = Interval(_choice(request, "interval", [i.value for i in Interval]))
         start, end = parse_range(request, stats.zone)
@@ -186,13 +187,12 @@ async def timeseries(request: Request, claims: dict[str, Any]) -> HTTPResponse:
 @bp.get("/v1/analytics/stats/realtime")
 @admin_only
 async def realtime(request: Request, claims: dict[str, Any]) -> HTTPResponse:
-    svc = services(request)
-    stats = Stats(svc.runtime.warehouse, _zone(svc))
+    stats = _stats(request)
     try:
-        found = await asyncio.wait_for(stats.realtime(datetime.now(UTC)), QUERY_TIMEOUT_S)
+        body = await _computed(lambda: stats.realtime(datetime.now(UTC)))
     except (WarehouseError, TimeoutError) as error:
-        return json({"error": f"stats unavailable: {error}"}, status=503)
-    return _json(msgspec.json.encode(found), "NONE")
+        return _unavailable(error)
+    return cached_json(body, "NONE")
 
 
 @bp.get("/v1/analytics/funnels/<name:str>")

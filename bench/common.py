@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -206,3 +209,19 @@ def count_rows(data: Path) -> int:
         text=True,
     )
     return int(out.stdout.strip())
+
+
+def quantiles(samples: list[float]) -> tuple[float, float]:
+    """p50 and p95 of milliseconds."""
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[math.ceil(len(ordered) * 0.95) - 1]
+
+
+async def timed(call: Callable[[], Awaitable[Any]], runs: int) -> tuple[list[float], Any]:
+    """Milliseconds of each of `runs` calls, and the last call's result."""
+    samples, found = [], None
+    for _ in range(runs):
+        started = time.perf_counter()
+        found = await call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples, found

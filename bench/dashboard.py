@@ -34,6 +34,7 @@ import msgspec
 from sanic import Sanic
 
 from api.app import create_app
+from bench.common import quantiles, timed
 from consumers.consumer import DomainEventConsumer
 from consumers.schemas import CONTRACTS
 from core.clickhouse import Warehouse
@@ -115,20 +116,6 @@ RAW = [  # the same widgets as materialized/widgets.py, straight from the raw ev
     "  HAVING countIf(occurred_at >= {start:DateTime64(3, 'UTC')}"
     "   AND occurred_at < {end:DateTime64(3, 'UTC')}) > 0)",
 ]
-
-
-def quantiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered), ordered[max(0, int(len(ordered) * 0.95) - 1)]
-
-
-async def timed(call, runs: int) -> list[float]:  # type: ignore[no-untyped-def]
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        await call()
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
 
 
 STREAM_PER_SECOND = 20
@@ -273,11 +260,11 @@ async def main() -> None:
             )
 
         await from_rollups()
-        rollup_ms = await timed(from_rollups, 30)
+        rollup_ms, _ = await timed(from_rollups, 30)
         await from_raw()
-        raw_ms = await timed(from_raw, 5)
+        raw_ms, _ = await timed(from_raw, 5)
         ctx = {"job": JobContext(settings=load_settings({}), warehouse=warehouse)}
-        funnel_ms = await timed(lambda: recompute_funnels(ctx), 3)
+        funnel_ms, _ = await timed(lambda: recompute_funnels(ctx), 3)
         await warehouse.close()
 
         # The HTTP API on the same data, with the Redis cache warm.
@@ -318,7 +305,7 @@ async def main() -> None:
                 hit = await http.get("/v1/analytics/dashboard", params=params)
                 assert hit.headers["x-cache"] == "HIT"
 
-            cached_ms = await timed(cached, 200)
+            cached_ms, _ = await timed(cached, 200)
             services = app.ctx.services
             consumer = DomainEventConsumer.for_settings(
                 settings, services.runtime.warehouse, services.runtime.redis

@@ -23,10 +23,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.common import quantiles, timed
 from core.clickhouse import Warehouse
 from core.migrations import migrate
 from materialized import funnels
-from materialized import stats as stats_module
 from materialized.stats import DIMENSIONS, Interval, Stats
 
 ZONE = zoneinfo.ZoneInfo("Europe/London")
@@ -79,14 +79,9 @@ FROM numbers({first:UInt64}, {count:UInt64})
 FILTER = {"country": "GB", "device": "mobile"}
 
 
-async def timed(call: Callable[[], Awaitable[Any]], runs: int) -> tuple[float, float, Any]:
-    samples, found = [], None
-    for _ in range(runs):
-        started = time.perf_counter()
-        found = await call()
-        samples.append((time.perf_counter() - started) * 1000)
-    samples.sort()
-    return statistics.median(samples), samples[max(0, int(len(samples) * 0.95) - 1)], found
+async def p50_p95(call: Callable[[], Awaitable[Any]], runs: int) -> tuple[float, float, Any]:
+    samples, found = await timed(call, runs)
+    return (*quantiles(samples), found)
 
 
 async def main() -> None:
@@ -114,16 +109,7 @@ async def main() -> None:
         start, end = now - timedelta(days=DAYS), now
         realtime_at = now - timedelta(minutes=30)
 
-        def exact(call: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
-            async def run() -> Any:
-                saved = stats_module.EXACT_VISITORS_MAX_EVENTS
-                stats_module.EXACT_VISITORS_MAX_EVENTS = 10**15
-                try:
-                    return await call()
-                finally:
-                    stats_module.EXACT_VISITORS_MAX_EVENTS = saved
-
-            return run
+        raw = Stats(warehouse, ZONE, exact_max_events=10**15)  # always the raw events
 
         async def one_round() -> tuple[list[tuple[str, float, float, float | None, str]], Any]:
             rows: list[tuple[str, float, float, float | None, str]] = []
@@ -134,10 +120,10 @@ async def main() -> None:
                 call: Callable[[], Awaitable[Any]],
                 baseline: Callable[[], Awaitable[Any]] | None = None,
             ) -> Any:
-                p50, p95, found = await timed(call, args.runs)
+                p50, p95, found = await p50_p95(call, args.runs)
                 ratio = None
                 if baseline is not None:
-                    base50, _, _ = await timed(baseline, max(3, args.runs // 2))
+                    base50, _, _ = await p50_p95(baseline, max(3, args.runs // 2))
                     ratio = p50 / base50
                 verdict = "met" if p50 <= goal_ms else "MISSED"
                 rows.append((label, p50, p95, ratio, f"<= {goal_ms:.0f} ms {verdict}"))
@@ -147,11 +133,11 @@ async def main() -> None:
                 "overview, 30 days",
                 100,
                 lambda: stats.overview(start, end, {}),
-                exact(lambda: stats.overview(start, end, {})),
+                lambda: raw.overview(start, end, {}),
             )
             worst = ("", 0.0)
             for dimension in DIMENSIONS:
-                p50, _, _ = await timed(
+                p50, _, _ = await p50_p95(
                     lambda d=dimension: stats.breakdown(d, start, end, {}, 10),  # type: ignore[misc]
                     args.runs,
                 )
@@ -160,7 +146,7 @@ async def main() -> None:
                 f"breakdown, 30 days (slowest: {worst[0]})",
                 100,
                 lambda: stats.breakdown(worst[0], start, end, {}, 10),
-                exact(lambda: stats.breakdown(worst[0], start, end, {}, 10)),
+                lambda: raw.breakdown(worst[0], start, end, {}, 10),
             )
             await measure(
                 "overview, 30 days, filter country+device",
@@ -176,7 +162,7 @@ async def main() -> None:
                 "timeseries by day, 30 days",
                 100,
                 lambda: stats.timeseries(start, end, Interval.DAY, {}),
-                exact(lambda: stats.timeseries(start, end, Interval.DAY, {})),
+                lambda: raw.timeseries(start, end, Interval.DAY, {}),
             )
             await measure("realtime", 50, lambda: stats.realtime(realtime_at))
             await measure(
@@ -191,9 +177,9 @@ async def main() -> None:
             await warehouse.command(f"OPTIMIZE TABLE {table} FINAL")
         rounds["after background merges (OPTIMIZE FINAL)"] = await one_round()
         overview = rounds["after background merges (OPTIMIZE FINAL)"][1]
-        exact_overview = await exact(lambda: stats.period(start, end, {}))()
+        exact_overview = await raw.period(start, end, {})
         page_sketch = await stats.breakdown("page", start, end, {}, 1000)
-        page_exact = await exact(lambda: stats.breakdown("page", start, end, {}, 1000))()
+        page_exact = await raw.breakdown("page", start, end, {}, 1000)
         await warehouse.close()
 
     for title, (rows, _) in rounds.items():

@@ -143,6 +143,7 @@ class _Where:
 
     def __init__(self, start: datetime, end: datetime, filters: Mapping[str, str]) -> None:
         self.parameters: dict[str, Any] = {"start": start, "end": end}
+        self.filtered = bool(filters)
         clauses = ["NOT is_bot"]
         for n, (dimension, value) in enumerate(sorted(filters.items())):
             clauses.append(f"{DIMENSIONS[dimension]} = {{f{n}:String}}")
@@ -160,7 +161,7 @@ class _Where:
     def sessions(self) -> str:
         """Sessions that started in the range and hold an event matching the filter."""
         started = "start_hour >= {start:DateTime('UTC')} AND start_hour < {end:DateTime('UTC')}"
-        if self.filters == "NOT is_bot":
+        if not self.filtered:
             return started
         return (
             f"{started} AND session_id IN (SELECT session_id FROM tracking_events"
@@ -202,9 +203,15 @@ def _sketch_rows(dimension: str, start: datetime, end: datetime) -> tuple[str, d
 
 
 class Stats:
-    def __init__(self, warehouse: Warehouse, zone: zoneinfo.ZoneInfo) -> None:
+    def __init__(
+        self,
+        warehouse: Warehouse,
+        zone: zoneinfo.ZoneInfo,
+        exact_max_events: int = EXACT_VISITORS_MAX_EVENTS,
+    ) -> None:
         self.warehouse = warehouse
         self.zone = zone
+        self.exact_max_events = exact_max_events
 
     def _range(self, start: datetime, end: datetime) -> Range:
         return Range(
@@ -221,7 +228,7 @@ class Stats:
             " WHERE hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}",
             {"start": start, "end": end},
         )
-        return int(events or 0) <= EXACT_VISITORS_MAX_EVENTS
+        return int(events or 0) <= self.exact_max_events
 
     async def period(
         self, start: datetime, end: datetime, filters: Mapping[str, str]

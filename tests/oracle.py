@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from cli.demo_traffic import Traffic
+from cli.demo_traffic import Traffic, generate, load
+from core.clickhouse import Warehouse
 from core.rows import TrackingRow
 from materialized.funnels import PRODUCT_PAGE, Funnel
 
@@ -289,3 +290,17 @@ def stats_days(
             }
         )
         day = next_day
+
+
+def around_2026_clock_changes(sessions_per_day: int, seeds: tuple[int, int]) -> Traffic:
+    """A week around each UK clock change of 2026: 29 March (GMT -> BST), 25 October (back)."""
+    spring = generate(datetime(2026, 3, 25, tzinfo=UTC), 8, sessions_per_day, seeds[0])
+    autumn = generate(datetime(2026, 10, 21, tzinfo=UTC), 7, sessions_per_day, seeds[1])
+    return Traffic(spring.tracking + autumn.tracking, spring.domain + autumn.domain)
+
+
+async def load_past(warehouse: Warehouse, traffic: Traffic) -> None:
+    """Store traffic of fixed past dates. They may be older than raw events' 90-day TTL, which
+    would drop them on insert; retention is not what these tests are about."""
+    await warehouse.command("ALTER TABLE tracking_events REMOVE TTL")
+    await load(warehouse, traffic)

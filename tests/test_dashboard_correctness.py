@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cli.demo_traffic import Traffic, generate, load
+from cli.demo_traffic import Traffic
 from core.clickhouse import Warehouse
 from materialized import funnels, widgets
 from tests import oracle
@@ -19,18 +19,12 @@ NOW = datetime(2026, 10, 27, 15, 30, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 def traffic() -> Traffic:
-    # Around both clock changes of 2026: 29 March (GMT -> BST) and 25 October (BST -> GMT).
-    spring = generate(datetime(2026, 3, 25, tzinfo=UTC), days=8, sessions_per_day=150, seed=11)
-    autumn = generate(datetime(2026, 10, 21, tzinfo=UTC), days=7, sessions_per_day=150, seed=12)
-    return Traffic(spring.tracking + autumn.tracking, spring.domain + autumn.domain)
+    return oracle.around_2026_clock_changes(sessions_per_day=150, seeds=(11, 12))
 
 
 @pytest.fixture
 async def loaded(warehouse: Warehouse, traffic: Traffic) -> AsyncIterator[Warehouse]:
-    # The fixture's dates are fixed (the 2026 clock changes) and may be older than the 90-day
-    # TTL of raw events, which would drop them on insert; retention is not under test here.
-    await warehouse.command("ALTER TABLE tracking_events REMOVE TTL")
-    await load(warehouse, traffic)
+    await oracle.load_past(warehouse, traffic)
     yield warehouse
 
 

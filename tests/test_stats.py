@@ -9,9 +9,8 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from cli.demo_traffic import Traffic, generate, load
+from cli.demo_traffic import Traffic
 from core.clickhouse import Warehouse
-from materialized import stats as stats_module
 from materialized.funnels import FUNNELS
 from materialized.stats import DIMENSIONS, Interval, Stats
 from tests import oracle
@@ -23,17 +22,12 @@ LONDON = zoneinfo.ZoneInfo("Europe/London")
 
 @pytest.fixture(scope="module")
 def traffic() -> Traffic:
-    # Around both clock changes of 2026: 29 March (GMT -> BST) and 25 October (BST -> GMT).
-    spring = generate(datetime(2026, 3, 25, tzinfo=UTC), days=8, sessions_per_day=120, seed=21)
-    autumn = generate(datetime(2026, 10, 21, tzinfo=UTC), days=7, sessions_per_day=120, seed=22)
-    return Traffic(spring.tracking + autumn.tracking, spring.domain + autumn.domain)
+    return oracle.around_2026_clock_changes(sessions_per_day=120, seeds=(21, 22))
 
 
 @pytest.fixture
 async def loaded(warehouse: Warehouse, traffic: Traffic) -> AsyncIterator[Stats]:
-    # Fixed 2026 dates, older than raw events' 90-day TTL: retention is not under test here.
-    await warehouse.command("ALTER TABLE tracking_events REMOVE TTL")
-    await load(warehouse, traffic)
+    await oracle.load_past(warehouse, traffic)
     yield Stats(warehouse, LONDON)
 
 
@@ -142,12 +136,10 @@ async def test_hourly_points_cover_every_hour_zeros_too(loaded: Stats, traffic: 
     assert len(empty.points) == 24 and all(p.visitors == p.pageviews == 0 for p in empty.points)
 
 
-async def test_large_ranges_merge_sketches_and_say_so(
-    loaded: Stats, traffic: Traffic, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_large_ranges_merge_sketches_and_say_so(loaded: Stats, traffic: Traffic) -> None:
     # Past the threshold the rollups answer: pageviews stay exact, visitors come from
     # uniqCombined64(12) sketches of whole UTC days and the hours at both ends.
-    monkeypatch.setattr(stats_module, "EXACT_VISITORS_MAX_EVENTS", 100)
+    loaded = Stats(loaded.warehouse, LONDON, exact_max_events=100)
     start = oracle.as_utc("2026-03-25", LONDON) + timedelta(hours=5)
     end = oracle.as_utc("2026-04-02", LONDON) - timedelta(hours=3)
     got = await loaded.period(start, end, {})
@@ -245,8 +237,7 @@ async def test_an_unknown_funnel_is_a_404_naming_the_known_ones(server: Running)
 async def test_funnels_for_any_range_agree_with_the_oracle(
     server: Running, warehouse: Warehouse, traffic: Traffic
 ) -> None:
-    await warehouse.command("ALTER TABLE tracking_events REMOVE TTL")
-    await load(warehouse, traffic)
+    await oracle.load_past(warehouse, traffic)
     for name, funnel in (("booking", "BOOKING"), ("checkout", "CHECKOUT")):
         params = {"from": "2026-03-26T09:00", "to": "2026-03-31T18:00"}
         resp = await server.http.get(
