@@ -3,11 +3,12 @@
 Publishes the same N envelopes with publisher confirms, each path on a fresh connection:
 
 1. aio-pika `exchange.publish`, a chunk of 500 gathered (the path the ingest loop used to take);
-2. aiormq `basic_publish`, a chunk of 2,000 in flight (the relay's path, `ingest/relay.py`);
-3. the relay itself, reading the same messages from an outbox on disk.
+2. aiormq `basic_publish`, a chunk of 2,000 in flight (the relay's path until 2026-11-28);
+3. hand-encoded frames (`ingest/amqp_frames.py`), a chunk of 5,000 written at once;
+4. the relay itself (path 3), reading the same messages from an outbox on disk.
 
-For each: messages/s, and CPU time of this process per message (`time.process_time`, so the
-broker's share, on the same machine, is not counted). Ratios against path 1.
+For each: messages/s, CPU time of this process per message (`time.process_time`) and of the
+broker (RabbitMQ's `beam.smp`, on this machine, from /proc). Ratios against path 1.
 
     .venv/bin/python -m bench.publish_cost [--messages 50000]
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 import uuid
@@ -28,6 +30,7 @@ from pamqp.commands import Basic
 
 from core.rows import TrackingRow
 from core.tracked import ROUTING_KEY, envelope
+from ingest.amqp_frames import ConfirmingPublisher
 from ingest.outbox import Outbox
 from ingest.relay import Relay
 
@@ -52,13 +55,27 @@ def rows(n: int) -> list[TrackingRow]:
     ]
 
 
+def broker_cpu_s() -> float:
+    """CPU seconds RabbitMQ's Erlang VM has used (0 when it is not on this machine)."""
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if b"beam.smp" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 async def measure(
     name: str, run: Callable[[], Awaitable[None]], n: int
-) -> tuple[str, float, float]:
-    cpu, wall = time.process_time(), time.perf_counter()
+) -> tuple[str, float, float, float]:
+    broker, cpu, wall = broker_cpu_s(), time.process_time(), time.perf_counter()
     await run()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    return name, n / wall, cpu / n * 1e6
+    broker = broker_cpu_s() - broker
+    return name, n / wall, cpu / n * 1e6, broker / n * 1e6
 
 
 async def main() -> None:
@@ -111,9 +128,18 @@ async def main() -> None:
                 )
             )
 
+    async def frames_path() -> None:
+        publisher = await ConfirmingPublisher.connect(AMQP_URL, exchange_name, ROUTING_KEY)
+        encoded = [(message_id.encode(), body) for message_id, body in messages]
+        for at in range(0, n, 5000):
+            await publisher.publish(encoded[at : at + 5000])
+        await publisher.close()
+
     results = [await measure("aio-pika, 500 gathered (old ingest path)", aio_pika_path, n)]
     await queue.purge()
-    results.append(await measure("aiormq, 2,000 in flight (relay's path)", aiormq_path, n))
+    results.append(await measure("aiormq, 2,000 in flight (old relay path)", aiormq_path, n))
+    await queue.purge()
+    results.append(await measure("hand-encoded frames, 5,000 a write", frames_path, n))
     await queue.purge()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -132,17 +158,21 @@ async def main() -> None:
             stop.set()
             await task
 
-        results.append(await measure("the relay, from an outbox on disk", relay_path, n))
+        results.append(await measure("the relay (frames), from an outbox on disk", relay_path, n))
     await queue.purge()
     await channel.exchange_delete(exchange_name)
     await connection.close()
 
     base_rate, base_cpu = results[0][1], results[0][2]
-    print(f"{n:,} messages, publisher confirms, broker on this machine")
-    print(f"{'path':<44}{'msgs/s':>10}{'CPU µs/msg':>12}{'rate ratio':>12}{'CPU ratio':>11}")
-    for name, rate, cpu in results:
+    print(f"{n:,} messages, publisher confirms, a queue bound, broker on this machine")
+    print(
+        f"{'path':<44}{'msgs/s':>10}{'CPU µs/msg':>12}{'broker µs':>11}"
+        f"{'rate ratio':>12}{'CPU ratio':>11}"
+    )
+    for name, rate, cpu, broker in results:
         print(
-            f"{name:<44}{rate:>10,.0f}{cpu:>12.1f}{rate / base_rate:>12.2f}{cpu / base_cpu:>11.2f}"
+            f"{name:<44}{rate:>10,.0f}{cpu:>12.1f}{broker:>11.1f}"
+            f"{rate / base_rate:>12.2f}{cpu / base_cpu:>11.2f}"
         )
 
 

@@ -6,8 +6,9 @@ child process of `analytics serve` (chDB's one-process rule does not touch it), 
 relayed by one relay at a time (an flock on `.relay-offset`'s sibling `.relay.lock`); several
 relays share the directories, none sends a message twice on its own account.
 
-Per pass over a directory: read the complete lines after `.relay-offset`, publish them through
-aiormq with publisher confirms (a chunk in flight at once, confirms collected together), then
+Per pass over a directory: read the complete lines after `.relay-offset`, publish them with
+publisher confirms (`ingest/amqp_frames.py`: a chunk written at once, confirms collected
+together), then
 record the new offset, then delete the sealed segments wholly published. A message is sent
 again only when the relay dies or the broker fails between the send and the offset write (at
 least once; the message id is the eventId, so consumers drop the copy). A directory whose
@@ -28,12 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aio_pika
-from pamqp.commands import Basic
-
 from core.metrics import PUBLISH_FAILURES, PUBLISHED, RESTARTS
 from core.settings import Settings
 from core.tracked import ROUTING_KEY
+from ingest.amqp_frames import ConfirmingPublisher, PublishError
 from ingest.outbox import OFFSET_FILE, OPEN, SEALED, RelayOffset, read_offset, stem, write_offset
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,11 @@ log = logging.getLogger(__name__)
 RELAY_LOCK = ".relay.lock"
 OWNER_LOCK = ".lock"  # the spool's own (ingest/spool.py)
 READ_BYTES = 4 * 1024 * 1024
-CHUNK = 2000  # messages in flight at once
+CHUNK = 5000  # messages in flight at once
+
+
+def _split(line: bytes) -> tuple[bytes, bytes, bytes]:
+    return line.partition(b" ")
 
 
 @dataclass
@@ -74,18 +77,15 @@ class Relay:
         """Relay until `stop` is set (or `alive()` turns false); reconnects on any failure."""
         backoff = 0.5
         while not stop.is_set() and self._alive():
-            connection = None
+            publisher = None
             try:
-                connection = await aio_pika.connect(self._url, timeout=5)
-                channel = await connection.channel(publisher_confirms=True)
-                await channel.declare_exchange(
-                    self._exchange, aio_pika.ExchangeType.TOPIC, durable=True
+                publisher = await ConfirmingPublisher.connect(
+                    self._url, self._exchange, ROUTING_KEY
                 )
-                underlay = await channel.get_underlay_channel()
                 self.connected.set()
                 backoff = 0.5
                 while not stop.is_set() and self._alive():
-                    sent = await self.relay_once(underlay)
+                    sent = await self.relay_once(publisher)
                     if not sent:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), self._poll)
@@ -99,9 +99,8 @@ class Relay:
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, 10.0)
             finally:
-                if connection is not None:
-                    with contextlib.suppress(Exception):
-                        await connection.close()
+                if publisher is not None:
+                    await publisher.close()
         self.release()
 
     def release(self) -> None:
@@ -109,12 +108,12 @@ class Relay:
             os.close(claim.fd)
         self._claims.clear()
 
-    async def relay_once(self, channel: object) -> int:
+    async def relay_once(self, publisher: ConfirmingPublisher) -> int:
         """One pass over every directory this relay holds (claiming new ones); messages sent."""
         self._claim_new()
         sent = 0
         for claim in list(self._claims.values()):
-            sent += await self._drain(claim, channel)
+            sent += await self._drain(claim, publisher)
         return sent
 
     def _claim_new(self) -> None:
@@ -144,7 +143,7 @@ class Relay:
                     found[name] = path
         return [found[name] for name in sorted(found)]
 
-    async def _drain(self, claim: _Claim, channel: object) -> int:
+    async def _drain(self, claim: _Claim, publisher: ConfirmingPublisher) -> int:
         directory = claim.directory
         try:
             segments = self._segments(directory, claim.offset.segment)
@@ -169,7 +168,7 @@ class Relay:
                 return sent  # sealed (renamed) or dropped meanwhile: the next pass sees it
             complete = data[: data.rfind(b"\n") + 1]
             if complete:
-                await self._publish(channel, complete)
+                await self._publish(publisher, complete)
                 count = complete.count(b"\n")
                 sent += count
                 claim.offset = RelayOffset(
@@ -185,36 +184,17 @@ class Relay:
             return sent  # the rest of this segment is not written yet (or not read yet)
         return sent
 
-    async def _publish(self, channel: object, lines: bytes) -> None:
+    async def _publish(self, publisher: ConfirmingPublisher, lines: bytes) -> None:
         """Every message of `lines` confirmed by the broker, or an exception (nothing is
         recorded as sent then; the next connection sends the chunk again)."""
-        messages = lines.splitlines()
+        messages = [(message_id, body) for message_id, _, body in map(_split, lines.splitlines())]
         for at in range(0, len(messages), CHUNK):
             chunk = messages[at : at + CHUNK]
-            results = await asyncio.gather(
-                *(
-                    channel.basic_publish(  # type: ignore[attr-defined]
-                        body,
-                        exchange=self._exchange,
-                        routing_key=ROUTING_KEY,
-                        properties=Basic.Properties(
-                            message_id=message_id.decode(),
-                            content_type="application/json",
-                            delivery_mode=2,
-                        ),
-                    )
-                    for message_id, _, body in (line.partition(b" ") for line in chunk)
-                ),
-                return_exceptions=True,
-            )
-            failed = sum(
-                1 for r in results if isinstance(r, BaseException) or not isinstance(r, Basic.Ack)
-            )
-            if failed:
-                PUBLISH_FAILURES.labels(ROUTING_KEY).inc(failed)
-                raise ConnectionError(
-                    f"{failed} of {len(chunk)} event.tracked messages not confirmed"
-                )
+            try:
+                await publisher.publish(chunk)
+            except PublishError:
+                PUBLISH_FAILURES.labels(ROUTING_KEY).inc(len(chunk))
+                raise
 
     def _remove_if_finished(self, claim: _Claim) -> None:
         """A directory whose process is gone and whose outbox is empty is removed."""
