@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from core.contracts import EVENT_TRACKED, EventTracked, encode
+from core.contracts import EVENT_TRACKED, VERSION, Envelope, EventTracked
 from core.metrics import EVENTS_STORED, VISIBLE_SECONDS
 from core.publisher import EventPublisher, Receipt
 from core.rows import TrackingRow
@@ -14,11 +14,14 @@ from core.rows import TrackingRow
 ROUTING_KEY = EVENT_TRACKED.routing_key
 
 
-def envelope(row: TrackingRow) -> bytes:
+def _envelope(row: TrackingRow) -> Envelope[EventTracked]:
     # The tracked event's own id identifies the message: a re-send is recognisable downstream.
-    _, body = encode(
-        EVENT_TRACKED,
-        EventTracked(
+    return Envelope(
+        event_id=row.event_id,
+        event_type=EVENT_TRACKED.event_type,
+        timestamp=row.received_at,
+        version=VERSION,
+        payload=EventTracked(
             tracking_event_id=row.event_id,
             event_type=row.event_type,
             session_id=row.session_id,
@@ -32,10 +35,21 @@ def envelope(row: TrackingRow) -> bytes:
             is_bot=row.is_bot,
             session_seq=row.session_seq,
         ),
-        event_id=row.event_id,
-        timestamp=row.received_at,
     )
-    return body
+
+
+def envelope(row: TrackingRow) -> bytes:
+    return _encode(_envelope(row))
+
+
+def envelope_lines(rows: list[TrackingRow]) -> bytes:
+    """The rows' messages as JSON lines, encoded in one call. Each line starts with
+    `{"eventId":"<the id>"`: the outbox's relay reads the message id from there."""
+    return _encode_lines([_envelope(row) for row in rows])
+
+
+_encoder = msgspec.json.Encoder()
+_encode, _encode_lines = _encoder.encode, _encoder.encode_lines
 
 
 def record_stored(rows: list[TrackingRow]) -> None:

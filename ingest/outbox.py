@@ -3,7 +3,9 @@
 Once a batch is stored, its messages are appended here (one write and one fsync per batch, not
 per request) and the batch is done as far as the spool is concerned; publishing is the relay's
 work (`ingest/relay.py`), in another process with a core of its own, so the broker never costs
-the ingest loop anything. A line is `<eventId> <envelope JSON>`.
+the ingest loop anything. A line is the envelope's JSON, which starts with its eventId
+(`ID_PREFIX`); before 2026-11-28 lines were `<eventId> <envelope JSON>`, and the relay still
+reads those.
 
 Segments live in the process's spool directory: `<ns>.tracked.open` while written, renamed to
 `<ns>.tracked` when sealed (every second, and at shutdown; a restart seals what a killed
@@ -26,11 +28,13 @@ import msgspec
 
 from core.metrics import PUBLISH_LOST, PUBLISHED, lose
 from core.rows import TrackingRow
-from core.tracked import ROUTING_KEY, envelope
+from core.tracked import ROUTING_KEY, envelope_lines
 
 log = logging.getLogger(__name__)
 
 OPEN, SEALED = ".tracked.open", ".tracked"
+ID_PREFIX = b'{"eventId":"'  # msgspec writes the envelope's fields in order: the id comes first
+ID_END = len(ID_PREFIX) + 36
 OFFSET_FILE = ".relay-offset"
 
 
@@ -101,7 +105,7 @@ class Outbox:
         """The rows' messages, on disk when this returns (raises OSError otherwise)."""
         if not rows:
             return
-        data = b"".join(b"%s %s\n" % (str(row.event_id).encode(), envelope(row)) for row in rows)
+        data = envelope_lines(rows)
         segment = self._segment()
         segment.handle.write(data)
         segment.handle.flush()

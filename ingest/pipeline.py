@@ -28,7 +28,7 @@ from ingest.geo import GeoLocator
 from ingest.outbox import Outbox
 from ingest.ratelimit import RateLimiter
 from ingest.sessions import SessionStore
-from ingest.spool import Spool, open_spool, replay
+from ingest.spool import Spool, open_spool
 from ingest.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,8 @@ class Pipeline:
                 settings.tracked_backlog_max_bytes,
                 count_published=counts_relayed,
             )
-            # Events a killed process had accepted are stored before anything new is taken.
-            await replay(runtime.warehouse, leftovers, outbox)
+            # Events a killed process had accepted go to the writer before anything new.
+            await spool.replay(runtime.warehouse, leftovers, outbox, sessions.replaying)
             await spool.start()
         writer.start()
         made = cls(

@@ -33,7 +33,17 @@ from core.metrics import PUBLISH_FAILURES, PUBLISHED, RESTARTS
 from core.settings import Settings
 from core.tracked import ROUTING_KEY
 from ingest.amqp_frames import ConfirmingPublisher, PublishError
-from ingest.outbox import OFFSET_FILE, OPEN, SEALED, RelayOffset, read_offset, stem, write_offset
+from ingest.outbox import (
+    ID_END,
+    ID_PREFIX,
+    OFFSET_FILE,
+    OPEN,
+    SEALED,
+    RelayOffset,
+    read_offset,
+    stem,
+    write_offset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +53,12 @@ READ_BYTES = 4 * 1024 * 1024
 CHUNK = 5000  # messages in flight at once
 
 
-def _split(line: bytes) -> tuple[bytes, bytes, bytes]:
-    return line.partition(b" ")
+def _message(line: bytes) -> tuple[bytes, bytes]:
+    """An outbox line's message id and body."""
+    if line.startswith(ID_PREFIX):
+        return line[len(ID_PREFIX) : ID_END], line
+    message_id, _, body = line.partition(b" ")  # a line written before 2026-11-28
+    return message_id, body
 
 
 @dataclass
@@ -187,7 +201,7 @@ class Relay:
     async def _publish(self, publisher: ConfirmingPublisher, lines: bytes) -> None:
         """Every message of `lines` confirmed by the broker, or an exception (nothing is
         recorded as sent then; the next connection sends the chunk again)."""
-        messages = [(message_id, body) for message_id, _, body in map(_split, lines.splitlines())]
+        messages = list(map(_message, lines.splitlines()))
         for at in range(0, len(messages), CHUNK):
             chunk = messages[at : at + CHUNK]
             try:

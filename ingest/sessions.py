@@ -37,7 +37,8 @@ VISITOR_TTL_S = RAW_RETENTION_DAYS * 86400
 SESSION_VALUE_CHARS = 256
 
 # KEYS: n event-id keys, then m session keys, then m visitor keys (a group without a user
-# has its session key there too, unused). ARGV: ttls, n; n group numbers; m; m groups as
+# has its session key there too, unused). ARGV: ttls, n; n group numbers (negative for a
+# replayed event, never a duplicate: see `SessionStore.replaying`); m; m groups as
 # (session, has user, first-seen ms, landing url, referrer, utm source, medium, campaign).
 # Returns per row 1 when it is a duplicate, and per group its session data with the last
 # sequence number handed out before this batch.
@@ -47,8 +48,10 @@ local n = tonumber(ARGV[4])
 local duplicates, counts = {}, {}
 for k = 1, n do
   local group = tonumber(ARGV[4 + k])
+  local replayed = group < 0
+  if replayed then group = -group end
   duplicates[k] = 0
-  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', dedup_ttl) then
+  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', dedup_ttl) or replayed then
     counts[group] = (counts[group] or 0) + 1
   else
     duplicates[k] = 1
@@ -116,6 +119,13 @@ def _utm(url: str) -> tuple[str, str, str]:
 class SessionStore:
     def __init__(self, redis: Redis) -> None:
         self._script = redis.register_script(_SCRIPT)
+        self._replayed: set[uuid.UUID] = set()
+
+    def replaying(self, rows: list[TrackingRow]) -> None:
+        """These rows come from a stopped process's spool, deduplicated and known not to be
+        in ClickHouse: their eventId key may have been set by that process's writer before it
+        died, so their next pass here must not count them as duplicates."""
+        self._replayed.update(row.event_id for row in rows)
 
     async def enrich(self, rows: list[TrackingRow]) -> list[TrackingRow]:
         """The rows minus those whose eventId was seen before, with their session data."""
@@ -127,7 +137,9 @@ class SessionStore:
             if key not in groups:
                 groups[key] = len(groups) + 1  # Lua tables count from 1
                 group_first.append(row)
-            row_group.append(groups[key])
+            row_group.append(-groups[key] if row.event_id in self._replayed else groups[key])
+        if self._replayed:
+            self._replayed.difference_update(row.event_id for row in rows)
         # Ids go to Redis as their 16 raw bytes: shorter keys, and no str() per event.
         script_keys = [keys.accepted_event(row.event_id.bytes) for row in rows]
         script_keys += [keys.session(session_id.bytes) for session_id, _ in groups]
@@ -164,9 +176,10 @@ class SessionStore:
         for row, group, dup in zip(rows, row_group, duplicates, strict=True):
             if dup:
                 continue
-            session = known[group - 1]
-            seq[group - 1] += 1
-            row.session_seq = seq[group - 1]
+            at = abs(group) - 1
+            session = known[at]
+            seq[at] += 1
+            row.session_seq = seq[at]
             row.session_started_at = session.started
             row.landing_page = session.landing
             row.entry_referrer = session.referrer

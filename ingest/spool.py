@@ -11,8 +11,9 @@ were written, whether or not the request is still there to answer. Segments rota
 `segment_seconds`; a sealed segment is deleted once the batch writer reports every row in it
 stored (its `event.tracked` messages then in the outbox) or handed to the Redis retry queue
 (`BatchWriter.done_through`). At start-up, the segments a previous process left (killed, say)
-are replayed into ClickHouse, skipping events whose eventId is already stored, so replay never
-duplicates a row; their messages are published again (at least once).
+are taken over (`Spool.replay`): their rows go through the writer like live traffic, sessions
+included, skipping events whose eventId is already stored, so replay never duplicates a row;
+the stored ones' messages are published again (at least once).
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ from pathlib import Path
 import msgspec
 
 from core.clickhouse import Warehouse
-from core.rows import TRACKING_COLUMNS, TrackingRow
-from core.tracked import record_stored
+from core.rows import TrackingRow
 from ingest.outbox import Outbox, seal_leftovers
 from ingest.writer import BatchWriter
 from materialized.tracking import stored_event_ids
 
 log = logging.getLogger(__name__)
 _encode_lines = msgspec.json.Encoder().encode_lines
+_decode_row = msgspec.json.Decoder(TrackingRow).decode
 
 
 @dataclass
@@ -178,6 +179,51 @@ class Spool:
             os.close(fd)
         self._locks = []
 
+    async def replay(
+        self,
+        warehouse: Warehouse,
+        segments: list[Path],
+        outbox: Outbox | None,
+        replaying: Callable[[list[TrackingRow]], None],
+    ) -> None:
+        """Take over a stopped process's segments: their rows that ClickHouse does not have go
+        to the batch writer like live traffic (ahead of it: nothing new is added before this
+        returns), through the session step (`replaying` tells it they are no duplicates even if
+        the stopped process got as far as marking them seen); each segment is then deleted as
+        this spool's own are, once the writer has stored or handed off its rows. Rows ClickHouse
+        has were stored, but whether their `event.tracked` went out is unknown: they are
+        announced once more (at least once; consumers drop the re-send by eventId)."""
+        again = taken = 0
+        for path in segments:
+            rows: dict[uuid.UUID, TrackingRow] = {}
+            for line in path.read_bytes().splitlines():
+                try:
+                    row = _decode_row(line)
+                except msgspec.DecodeError:
+                    log.warning("%s: skipping a torn last line (killed mid-write)", path.name)
+                    continue
+                rows.setdefault(row.event_id, row)  # a beacon sent twice is one event
+            stored = await stored_event_ids(warehouse, list(rows.values())) if rows else set()
+            missing = [row for event_id, row in rows.items() if event_id not in stored]
+            if outbox is not None and stored:
+                outbox.append([rows[event_id] for event_id in stored if event_id in rows])
+            again += len(rows) - len(missing)
+            if not missing:
+                path.unlink()
+                continue
+            replaying(missing)
+            segment = _Segment(path, -1, time.monotonic(), sealed=True)
+            segment.max_seq = self._writer.add(missing)
+            self._segments.append(segment)
+            taken += len(missing)
+        if segments:
+            log.info(
+                "spool: %d segments of stopped processes: %d events to store, %d announced again",
+                len(segments),
+                taken,
+                again,
+            )
+
     def trim(self) -> int:
         """Delete sealed segments whose rows are all done; returns how many."""
         done = self._writer.done_through
@@ -310,44 +356,3 @@ def open_spool(directory: str, writer: BatchWriter[TrackingRow]) -> tuple[Spool,
         seal_leftovers(other)  # its outbox's last segment: the relay may now finish it
         leftovers.extend(sorted(other.glob("*.jsonl")))
     return Spool(own, writer, locks=locks, adopted=adopted), leftovers
-
-
-async def replay(warehouse: Warehouse, segments: list[Path], outbox: Outbox | None) -> None:
-    """Store the rows of an earlier process's segments that ClickHouse does not have yet, and
-    announce them all. Rows it has were stored, but whether their `event.tracked` went out is
-    unknown: they are announced once more (at least once; consumers drop the re-send by
-    eventId). Each segment is deleted once its rows are stored and their messages are in the
-    outbox."""
-    decoder = msgspec.json.Decoder(TrackingRow)
-    encoder = msgspec.json.Encoder()
-    replayed = again = 0
-    for path in segments:
-        rows: list[TrackingRow] = []
-        for line in path.read_bytes().splitlines():
-            try:
-                rows.append(decoder.decode(line))
-            except msgspec.DecodeError:
-                log.warning("%s: skipping a torn last line (killed mid-write)", path.name)
-        if rows:
-            stored = await stored_event_ids(warehouse, rows)
-            missing = [row for row in rows if row.event_id not in stored]
-            if missing:
-                await warehouse.insert_lines(
-                    "tracking_events",
-                    TRACKING_COLUMNS,
-                    encoder.encode_lines(missing),
-                    dedup_token=f"spool:{path.name}",
-                )
-                record_stored(missing)
-                replayed += len(missing)
-            again += len(rows) - len(missing)
-            if outbox is not None:
-                outbox.append(rows)
-        path.unlink()
-    if segments:
-        log.info(
-            "spool: %d segments of stopped processes: %d events stored now, %d announced again",
-            len(segments),
-            replayed,
-            again,
-        )

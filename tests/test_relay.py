@@ -18,6 +18,7 @@ import msgspec
 import pytest
 
 from core.rows import TrackingRow
+from core.tracked import envelope
 from ingest.outbox import SEALED, Outbox, read_offset
 from ingest.relay import Relay
 from tests.conftest import AMQP_URL, counter, free_port, take
@@ -95,6 +96,28 @@ async def test_a_relay_resumes_after_what_it_published(
     assert outbox.backlog == 0
 
 
+async def test_an_outbox_written_before_the_line_format_change_is_still_relayed(
+    tmp_path: Path, exchange_name: str, listen: Listen
+) -> None:
+    """Lines were `<eventId> <envelope>` until 2026-11-28; an upgrade finds some on disk."""
+    queue = await listen(TRACKED)
+    old = rows(3)
+    directory = tmp_path / "upgraded"
+    directory.mkdir()
+    (directory / f"00000000000000000001{SEALED}").write_bytes(
+        b"".join(b"%s %s\n" % (str(r.event_id).encode(), envelope(r)) for r in old)
+    )
+    outbox = Outbox(directory, 1 << 30, count_published=False)
+    new = rows(2)
+    outbox.append(new)
+    outbox.close()
+    relay = Relay(tmp_path, AMQP_URL, exchange_name)
+    await relay_until(relay, lambda: relay.published >= 5)
+    got = await take(queue, 10, within=1)
+    assert [m.message_id for m in got] == [str(r.event_id) for r in old + new]
+    assert [msgspec.json.decode(m.body)["eventId"] for m in got] == [m.message_id for m in got]
+
+
 def test_a_backlog_past_its_bound_drops_the_oldest_messages_and_counts_them(
     tmp_path: Path,
 ) -> None:
@@ -112,7 +135,7 @@ def test_a_backlog_past_its_bound_drops_the_oldest_messages_and_counts_them(
     assert counter("analytics_events_lost", reason="publish_lost") - lost_events == dropped
     assert outbox.backlog == 1000 - dropped
     kept = sorted(outbox.directory.glob(f"*{SEALED}")) + sorted(outbox.directory.glob("*.open"))
-    first_kept = kept[0].read_bytes().split(b" ", 1)[0].decode()
+    first_kept = msgspec.json.decode(kept[0].read_bytes().splitlines()[0])["eventId"]
     assert first_kept == str(batches[int(dropped) // 100][0].event_id)
 
 
