@@ -8,9 +8,7 @@ Each pool thread keeps its own client, which keeps per-connection session state 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import re
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -113,19 +111,6 @@ class WarehouseError(Exception):
         return not self.permanent
 
 
-# Embedded, ClickHouse works on this process's threads: an insert through a dozen materialized
-# views takes a core for tens of milliseconds, and requests queued behind it on a two-core machine
-# waited that long (bench.track_rps at half rate: p99 22 to 29 ms at the default priority, 15 to
-# 19 ms at this one). At a lower priority the kernel runs the event loop first; the writer still
-# gets every idle moment, and the threads ClickHouse starts from these inherit the priority.
-EMBEDDED_NICE = 10
-
-
-def _yield_cpu_to_the_loop() -> None:
-    with contextlib.suppress(OSError):  # raising one's own niceness needs no privilege
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), EMBEDDED_NICE)
-
-
 class Warehouse:
     """Async access to one ClickHouse database, embedded (chdb://) or a server (http[s]://)."""
 
@@ -133,11 +118,7 @@ class Warehouse:
         self.url = url
         self.database = database
         self.cluster = cluster  # CLICKHOUSE_CLUSTER: tables are Distributed over `<name>_local`
-        self._pool = ThreadPoolExecutor(
-            max_workers=threads,
-            thread_name_prefix="clickhouse",
-            initializer=_yield_cpu_to_the_loop if url.startswith("chdb:") else None,
-        )
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clickhouse")
         self._local = threading.local()
         self._clients: list[Client] = []
         self._clients_lock = threading.Lock()

@@ -1,11 +1,9 @@
 import asyncio
-import threading
 import uuid
-from pathlib import Path
 
 import msgspec
 
-from core.clickhouse import EMBEDDED_NICE, Warehouse
+from core.clickhouse import Warehouse
 from ingest.writer import BatchWriter
 
 
@@ -188,17 +186,3 @@ async def test_close_during_a_flush_loses_nothing(warehouse: Warehouse) -> None:
     await writer.close()
     assert await count(warehouse) == 1000
     assert await warehouse.scalar("SELECT uniqExact(id) FROM sink") == 1000
-
-
-async def test_embedded_clickhouse_works_at_a_lower_cpu_priority_than_the_loop(
-    warehouse: Warehouse,
-) -> None:
-    """The event loop answers requests first; chDB's inserts take what is left of the cores."""
-    await warehouse.scalar("SELECT count() FROM tracking_events")
-
-    def niceness(task: Path) -> int:
-        return int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
-
-    pool = [t.native_id for t in threading.enumerate() if t.name.startswith("clickhouse")]
-    assert pool and {niceness(Path(f"/proc/self/task/{tid}")) for tid in pool} == {EMBEDDED_NICE}
-    assert niceness(Path(f"/proc/self/task/{threading.get_native_id()}")) == 0
