@@ -157,7 +157,10 @@ DOCUMENT: dict[str, Any] = {
                     "413": _error("body over 64 KiB or more than 100 events"),
                     "415": _error("not application/json or text/plain"),
                     "429": _error("rate limited; see Retry-After"),
-                    "503": _error("the events could not be made durable"),
+                    "503": _error(
+                        "the events could not be made durable, or too many wait to be stored"
+                        " (see Retry-After)"
+                    ),
                 },
             }
         },

@@ -32,6 +32,7 @@ class Drop(enum.StrEnum):
     TOO_LARGE = "too_large"  # body or array over the limit (counted per request)
     RATE_LIMITED = "rate_limited"  # 429 (counted per request)
     DUPLICATE = "duplicate"  # eventId already accepted: acknowledged, not stored again
+    OVERLOADED = "overloaded"  # 503: more rows wait to be stored than INGEST_MAX_PENDING_ROWS
 
 
 EVENTS_RECEIVED = Counter(

@@ -85,6 +85,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cors_origins: tuple[str, ...] = ("*",)
     flush_max_rows: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
     flush_interval_ms: Annotated[int, msgspec.Meta(ge=10, le=600_000)] = 1_000
+    # Rows accepted but not yet stored (or handed to the retry queue) that one process holds in
+    # memory; past it the beacon endpoint answers 503 with Retry-After until the writer
+    # catches up. About 1.3 KB each: the default bounds the buffer near 260 MB.
+    ingest_max_pending_rows: Annotated[int, msgspec.Meta(ge=1_000)] = 200_000
     api_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     # windowFunnel's window: how long after a funnel's first step later steps still count.
     funnel_window_seconds: Annotated[int, msgspec.Meta(ge=60, le=90 * 86400)] = 7 * 86400

@@ -1,8 +1,9 @@
 """`POST /v1/analytics/track`: the beacon endpoint.
 
 The request path, in order: check the content type and size, find the client address, apply
-the request rate limit, decode and validate, apply the event budget, enrich each event (pure
-steps), hand the rows to the batch writer, answer 202. Everything that needs a round trip per
+the request rate limit, decode and validate, apply the event budget, refuse (503) while the
+writer holds too many unstored rows, enrich each event (pure steps), hand the rows to the batch
+writer, answer 202. Everything that needs a round trip per
 event (duplicates, sessions) happens per batch in the writer, after the answer.
 """
 
@@ -88,6 +89,16 @@ async def track(request: Request) -> HTTPResponse:
     if not decoded.events:
         rejected = [msgspec.structs.asdict(r) for r in decoded.rejected]
         return json({"error": "no event in the array is valid", "rejected": rejected}, 400)
+    waiting = svc.writer.pending_rows
+    if waiting >= svc.settings.ingest_max_pending_rows:
+        # ClickHouse is not keeping up (or down, and the retry queue with it): refusing is
+        # honest, accepting would grow memory without bound.
+        drop(Drop.OVERLOADED, len(decoded.events))
+        return json(
+            {"error": f"ingest is behind: {waiting} events wait to be stored; retry in 1s"},
+            status=503,
+            headers={"Retry-After": "1"},
+        )
 
     ctx = Context(
         received_at=now(),

@@ -351,3 +351,33 @@ async def test_redis_keys_expire(server: Running, redis: Redis) -> None:
     assert keys
     for key in keys:
         assert await redis.ttl(key) > 0, key
+
+
+async def test_ingest_refuses_with_503_while_too_many_rows_wait_to_be_stored(
+    make_server, settings: Settings, warehouse: Warehouse
+) -> None:
+    # The writer never flushes by itself here: what is accepted waits in its buffer.
+    server = await start(
+        make_server,
+        settings,
+        ingest_max_pending_rows=1000,
+        flush_max_rows=1_000_000,
+        flush_interval_ms=600_000,
+    )
+    overloaded = counter("tracking_events_dropped", reason="overloaded")
+    accepted: list[str] = []
+    for _ in range(10):
+        answer = await server.http.post(TRACK, json=[event() for _ in range(100)])
+        assert answer.status_code == 202
+        accepted += answer.json()["eventIds"]
+    refused = await server.http.post(TRACK, json=[event() for _ in range(5)])
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert "1000 events wait to be stored" in refused.json()["error"]
+    assert counter("tracking_events_dropped", reason="overloaded") - overloaded == 5
+    await server.drain()  # the writer catches up: accepted again
+    answer = await server.http.post(TRACK, json=event())
+    assert answer.status_code == 202
+    await server.drain()
+    rows = await stored(warehouse)
+    assert sorted(str(r["event_id"]) for r in rows) == sorted([*accepted, answer.json()["eventId"]])
