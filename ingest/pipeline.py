@@ -1,9 +1,10 @@
 """The beacon pipeline's parts, opened on a process's runtime and closed before it.
 
-The request path (`ingest/track.py`) reads them from `app.ctx.pipeline`; they are: the two rate
-limits, the GeoIP reader, the batch writer (with the Redis session steps and the hand-off to
-the retry queue), the spool that makes a 202 durable, and the outbox the `event.tracked`
-relay publishes from (in another process: the ingest loop never publishes).
+The request path (`ingest/track.py`) reads them from `app.ctx.pipeline`; they are: the rate
+limits (requests and events per client), the GeoIP reader, the batch writer (with the Redis
+session steps and the hand-off to the retry queue), the spool that makes a 202 durable, and
+the outbox the `event.tracked` relay publishes from (in another process: the ingest loop never
+publishes).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 
 from sanic import Request
 
-from core import keys
 from core.best_effort import best_effort
 from core.jobs import RETRY_JOB_ID, Job
 from core.metrics import PUBLISH_LOST, lose
@@ -37,8 +37,7 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class Pipeline:
     settings: Settings
-    limiter: RateLimiter  # requests per client
-    event_budget: RateLimiter  # events per client
+    limiter: RateLimiter  # requests and events per client
     geo: GeoLocator | None
     trusted_proxies: tuple[Network, ...]
     writer: BatchWriter[TrackingRow]
@@ -95,9 +94,8 @@ class Pipeline:
         writer.start()
         made = cls(
             settings=settings,
-            limiter=RateLimiter(redis, *settings.rate_limit_per_window),
-            event_budget=RateLimiter(
-                redis, *settings.event_budget_per_window, prefix=keys.RATE_EVENTS
+            limiter=RateLimiter(
+                redis, settings.rate_limit_per_window, settings.event_budget_per_window
             ),
             geo=GeoLocator(settings.geoip_db) if settings.geoip_db else None,
             trusted_proxies=settings.trusted_networks,

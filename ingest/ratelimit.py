@@ -1,21 +1,26 @@
 """Per-client rate limits on Redis: sliding-window counters, one round trip per burst.
 
-Two budgets use it: requests per client (RATE_LIMIT, each request costs 1) and events per
-client (RATE_LIMIT_EVENTS, a request costs its number of events), so a client cannot send
-100 times the events by packing them into arrays.
+Two budgets, checked together: requests per client (RATE_LIMIT, each request costs 1) and
+events per client (RATE_LIMIT_EVENTS, a request costs its number of events), so a client cannot
+send 100 times the events by packing them into arrays. Budgets are checked in that order; the
+first one a request would exceed refuses it, and what it spent on the budgets before stays
+spent (a refused request still counts as a request).
 
 Requests that arrive while a check is in flight wait for the next one, so under load one
-EVALSHA answers many requests. (The `limits` library makes one or more round trips per request;
-measured here at 4,000 to 6,400 checks/s, below what the beacon endpoint serves.)
+EVALSHA answers many requests, and each request needs one check for both budgets. (The
+`limits` library makes one or more round trips per request and budget; measured here at 4,000
+to 6,400 checks/s, below what the beacon endpoint serves.)
 When Redis cannot be asked, requests are let through and counted: ingest must not stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -27,53 +32,97 @@ log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
-# KEYS: per request, its client's previous and current window counters; ARGV: limit,
-# window_ms, elapsed_ms in the current window, then per request its cost. Repeats allowed, in
-# order. Returns per request 0 (allowed) or the milliseconds until it would be.
+
+class Budget(enum.IntEnum):
+    """The budgets, in the order they are checked (the script's budget numbers, from 0)."""
+
+    REQUESTS = 0
+    EVENTS = 1
+
+
+_PREFIXES = {Budget.REQUESTS: keys.RATE_REQUESTS, Budget.EVENTS: keys.RATE_EVENTS}
+
+# KEYS: per request, per budget, its client's previous and current window counters.
+# ARGV: the number of budgets B; per budget its limit, window_ms and elapsed_ms in the current
+# window; then per request its B costs (0: not checked). Repeated clients allowed, in order.
+# Returns per request two numbers: 0, 0 (allowed) or the refusing budget's number and the
+# milliseconds until the request would fit.
 _SCRIPT = """
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local elapsed = tonumber(ARGV[3])
-local weight = (window - elapsed) / window
+local budgets = tonumber(ARGV[1])
+local limit, window, elapsed = {}, {}, {}
+for b = 1, budgets do
+  limit[b] = tonumber(ARGV[2 + 3 * (b - 1)])
+  window[b] = tonumber(ARGV[3 + 3 * (b - 1)])
+  elapsed[b] = tonumber(ARGV[4 + 3 * (b - 1)])
+end
+local first_cost = 2 + 3 * budgets
+local requests = (#ARGV - first_cost + 1) / budgets
 local answers = {}
-for r = 1, #ARGV - 3 do
-  local previous_key, current_key = KEYS[2 * r - 1], KEYS[2 * r]
-  local cost = tonumber(ARGV[3 + r])
-  local previous = tonumber(redis.call('GET', previous_key) or '0')
-  local count = tonumber(redis.call('GET', current_key) or '0')
-  if previous * weight + count + cost <= limit then
-    redis.call('INCRBY', current_key, cost)
-    redis.call('PEXPIRE', current_key, window * 2)
-    answers[#answers + 1] = 0
-  elseif count + cost > limit or previous == 0 then
-    answers[#answers + 1] = window - elapsed
-  else
-    -- wait until the previous window's share has shrunk enough
-    local wait = (window - elapsed) - (limit - cost - count) * window / previous
-    answers[#answers + 1] = math.max(1, math.ceil(wait))
+for r = 1, requests do
+  local refused, wait = 0, 0
+  for b = 1, budgets do
+    local cost = tonumber(ARGV[first_cost + (r - 1) * budgets + (b - 1)])
+    if cost > 0 then
+      local at = 2 * ((r - 1) * budgets + (b - 1))
+      local previous_key, current_key = KEYS[at + 1], KEYS[at + 2]
+      local weight = (window[b] - elapsed[b]) / window[b]
+      local previous = tonumber(redis.call('GET', previous_key) or '0')
+      local count = tonumber(redis.call('GET', current_key) or '0')
+      if previous * weight + count + cost <= limit[b] then
+        redis.call('INCRBY', current_key, cost)
+        redis.call('PEXPIRE', current_key, window[b] * 2)
+      else
+        refused = b
+        if count + cost > limit[b] or previous == 0 then
+          wait = window[b] - elapsed[b]
+        else
+          -- wait until the previous window's share has shrunk enough
+          wait = (window[b] - elapsed[b]) - (limit[b] - cost - count) * window[b] / previous
+          wait = math.max(1, math.ceil(wait))
+        end
+        break
+      end
+    end
   end
+  answers[#answers + 1] = refused
+  answers[#answers + 1] = wait
 end
 return answers
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    budget: Budget
+    seconds: int  # until the request would fit
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    limit: int
+    window_ms: int
+
+
 class RateLimiter:
-    def __init__(
-        self, redis: Redis, limit: int, per: str, prefix: str = keys.RATE_REQUESTS
-    ) -> None:
-        self._redis = redis
-        self._limit = limit
-        self._prefix = prefix
-        self._window_ms = WINDOW_SECONDS[per] * 1000
+    def __init__(self, redis: Redis, requests: tuple[int, str], events: tuple[int, str]) -> None:
+        """`requests` and `events`: each budget's limit and window (`second` ... `day`)."""
+        self._windows = {
+            Budget.REQUESTS: _Window(requests[0], WINDOW_SECONDS[requests[1]] * 1000),
+            Budget.EVENTS: _Window(events[0], WINDOW_SECONDS[events[1]] * 1000),
+        }
         self._script = redis.register_script(_SCRIPT)
-        self._pending: list[tuple[str, int, asyncio.Future[int]]] = []
+        self._pending: list[tuple[str, int, asyncio.Future[Refusal | None]]] = []
         self._running = False
         self._skip_until = 0.0  # after a failure, fail open at once for a moment
 
-    async def retry_after(self, client: str, cost: int = 1) -> int:
-        """0 when the request may go on, else the seconds the client should wait."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((client, cost, future))
+    def limit(self, budget: Budget) -> int:
+        return self._windows[budget].limit
+
+    async def check(self, client: str, events: int) -> Refusal | None:
+        """None when a request of `events` events may go on (both budgets spent), else which
+        budget refuses it and for how long. `events=0` checks the request budget only."""
+        future: asyncio.Future[Refusal | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((client, events, future))
         if not self._running:
             self._running = True
             asyncio.get_running_loop().create_task(self._drain())
@@ -83,35 +132,47 @@ class RateLimiter:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                answers = await self._ask([(client, cost) for client, cost, _ in batch])
-                for (_, _, future), wait_ms in zip(batch, answers, strict=True):
+                answers = await self._ask([(client, events) for client, events, _ in batch])
+                for (_, _, future), answer in zip(batch, answers, strict=True):
                     if not future.done():
-                        future.set_result(0 if wait_ms == 0 else max(1, math.ceil(wait_ms / 1000)))
+                        future.set_result(answer)
         finally:
             self._running = False
 
-    async def _ask(self, clients: list[tuple[str, int]]) -> list[int]:
+    async def _ask(self, requests: list[tuple[str, int]]) -> list[Refusal | None]:
         if time.monotonic() < self._skip_until:
-            RATE_LIMIT_FAIL_OPEN.inc(len(clients))
-            return [0] * len(clients)
+            RATE_LIMIT_FAIL_OPEN.inc(len(requests))
+            return [None] * len(requests)
         now_ms = int(time.time() * 1000)
-        current, elapsed = divmod(now_ms, self._window_ms)
+        windows = [
+            (budget, window, *divmod(now_ms, window.window_ms))
+            for budget, window in self._windows.items()
+        ]
         window_keys: list[str] = []
-        args: list[int] = [self._limit, self._window_ms, elapsed]
-        for client, cost in clients:
-            # One hash tag per client: its two windows share a slot on a Redis Cluster.
-            window_keys += [
-                keys.rate_window(self._prefix, client, current - 1),
-                keys.rate_window(self._prefix, client, current),
-            ]
-            args.append(cost)
+        args: list[int] = [len(windows)]
+        for _, window, _, elapsed in windows:
+            args += (window.limit, window.window_ms, elapsed)
+        for client, events in requests:
+            for budget, _, current, _ in windows:
+                prefix = _PREFIXES[budget]
+                # One hash tag per client: all its windows share a slot on a Redis Cluster.
+                window_keys += (
+                    keys.rate_window(prefix, client, current - 1),
+                    keys.rate_window(prefix, client, current),
+                )
+                args.append(1 if budget is Budget.REQUESTS else events)
         try:
-            answers = await self._script(keys=window_keys, args=args)
-            return [int(a) for a in answers]
+            flat = await self._script(keys=window_keys, args=args)
         except (RedisError, OSError) as error:  # Redis down or slow: fail open, counted
-            RATE_LIMIT_FAIL_OPEN.inc(len(clients))
+            RATE_LIMIT_FAIL_OPEN.inc(len(requests))
             self._skip_until = time.monotonic() + 1.0
             log.warning(
-                "rate limit check failed, letting %d requests through: %s", len(clients), error
+                "rate limit check failed, letting %d requests through: %s", len(requests), error
             )
-            return [0] * len(clients)
+            return [None] * len(requests)
+        return [
+            None
+            if not int(refused)
+            else Refusal(Budget(int(refused) - 1), max(1, math.ceil(int(wait_ms) / 1000)))
+            for refused, wait_ms in zip(flat[::2], flat[1::2], strict=True)
+        ]

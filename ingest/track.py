@@ -1,9 +1,9 @@
 """`POST /v1/analytics/track`: the beacon endpoint.
 
-The request path, in order: check the content type and size, find the client address, apply
-the request rate limit, decode and validate, apply the event budget, refuse (503) while the
-writer holds too many unstored rows, enrich each event (pure steps), hand the rows to the batch
-writer, answer 202. Everything that needs a round trip per
+The request path, in order: check the content type and size, find the client address, decode
+and validate, apply the request rate limit and the event budget (one Redis check for both),
+refuse (503) while the writer holds too many unstored rows, enrich each event (pure steps),
+hand the rows to the batch writer, answer 202. Everything that needs a round trip per
 event (duplicates, sessions) happens per batch in the writer, after the answer.
 """
 
@@ -20,7 +20,8 @@ from ingest import cors
 from ingest.client_ip import client_ip, rate_key
 from ingest.enrich import Context, enrich, now
 from ingest.geo import UNKNOWN
-from ingest.pipeline import pipeline
+from ingest.pipeline import Pipeline, pipeline
+from ingest.ratelimit import Budget, Refusal
 from ingest.schema import BodyError, Rejection, decode_body
 
 bp = Blueprint("track")
@@ -33,6 +34,15 @@ def _too_many(message: str, wait: int) -> JSONResponse:
     return json(
         {"error": f"{message}; retry in {wait}s"}, status=429, headers={"Retry-After": str(wait)}
     )
+
+
+def _refused(svc: Pipeline, refusal: Refusal, events: int = 1) -> JSONResponse:
+    """The 429 for a request a budget refused; `events`: how many to count dropped (a request
+    refused as a request counts once, as when its body was not read)."""
+    drop(Drop.RATE_LIMITED, events)
+    if refusal.budget is Budget.REQUESTS:
+        return _too_many(f"rate limit {svc.settings.rate_limit} exceeded", refusal.seconds)
+    return _too_many(f"event budget {svc.settings.rate_limit_events} exceeded", refusal.seconds)
 
 
 def _error(status: int, message: str, path: str = "$") -> JSONResponse:
@@ -69,21 +79,23 @@ async def track(request: Request) -> HTTPResponse:
         request.ip, request.headers.getall("x-forwarded-for", []), svc.trusted_proxies
     )
     client = rate_key(address)
-    wait = await svc.limiter.retry_after(client)
-    if wait:
-        drop(Drop.RATE_LIMITED)
-        return _too_many(f"rate limit {svc.settings.rate_limit} exceeded", wait)
 
     try:
         decoded = decode_body(body)
     except BodyError as error:
+        # A bad body still costs a request: a flood of them is limited like any other.
+        refusal = await svc.limiter.check(client, events=0)
+        if refusal is not None:
+            return _refused(svc, refusal)
         drop(Drop.TOO_LARGE if error.status == 413 else Drop.INVALID)
         return _error(error.status, str(error), error.path)
+    # Both budgets in one check: requests per client, then events per client.
+    refusal = await svc.limiter.check(client, events=len(decoded.events))
+    if refusal is not None and refusal.budget is Budget.REQUESTS:
+        return _refused(svc, refusal)
     EVENTS_RECEIVED.inc(len(decoded.events) + len(decoded.rejected))
-    wait = await svc.event_budget.retry_after(client, len(decoded.events)) if decoded.events else 0
-    if wait:
-        drop(Drop.RATE_LIMITED, len(decoded.events) + len(decoded.rejected))
-        return _too_many(f"event budget {svc.settings.rate_limit_events} exceeded", wait)
+    if refusal is not None:
+        return _refused(svc, refusal, len(decoded.events) + len(decoded.rejected))
     if decoded.rejected:
         drop(Drop.INVALID, len(decoded.rejected))
     if not decoded.events:

@@ -3,6 +3,7 @@ rate limits, CORS, limits on properties, metrics and the tracker script."""
 
 import asyncio
 import gzip
+import time
 import uuid
 from typing import Any
 
@@ -10,8 +11,10 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
+from core import keys
 from core.clickhouse import Warehouse
 from core.settings import Settings
+from ingest.ratelimit import Budget, RateLimiter
 from tests.conftest import Running, counter, event, free_port
 from tests.test_enrich import GOOGLEBOT, IPHONE
 
@@ -381,3 +384,26 @@ async def test_ingest_refuses_with_503_while_too_many_rows_wait_to_be_stored(
     await server.drain()
     rows = await stored(warehouse)
     assert sorted(str(r["event_id"]) for r in rows) == sorted([*accepted, answer.json()["eventId"]])
+
+
+async def test_one_check_spends_both_budgets_in_order(redis: Redis) -> None:
+    """Requests are checked before events; a request the event budget refuses still counts
+    as a request; a check of 0 events (a body that did not decode) spends requests only;
+    each budget keeps its own window."""
+    limiter = RateLimiter(redis, (3, "minute"), (250, "hour"))
+    client = f"test-{uuid.uuid4().hex}"
+    assert await limiter.check(client, events=100) is None
+    assert await limiter.check(client, events=100) is None
+    refused = await limiter.check(client, events=100)  # 300 events > 250
+    assert refused is not None and refused.budget is Budget.EVENTS
+    assert 1 <= refused.seconds <= 3600
+    again = await limiter.check(client, events=0)  # the 4th request: over 3 a minute
+    assert again is not None and again.budget is Budget.REQUESTS
+    assert 1 <= again.seconds <= 60
+    # Concurrent checks are answered by shared round trips, exactly.
+    other = f"test-{uuid.uuid4().hex}"
+    answers = await asyncio.gather(*(limiter.check(other, events=60) for _ in range(6)))
+    assert [a.budget if a else None for a in answers] == [None] * 3 + [Budget.REQUESTS] * 3
+    # Refused as requests, the last three spent no events.
+    hour = int(time.time()) // 3600
+    assert await redis.get(keys.rate_window(keys.RATE_EVENTS, other, hour)) == b"180"
