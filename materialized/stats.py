@@ -48,6 +48,8 @@ DIMENSIONS: dict[str, str] = {
     "os": "os",
     "event_type": "event_type",
 }
+# What `stats_visits` (sql/0021) can filter on: every dimension but the event-level ones.
+VISIT_DIMENSIONS = frozenset(DIMENSIONS) - {"page", "event_type"}
 EXACT_VISITORS_MAX_EVENTS = 1_000_000
 MAX_FILTERS = len(DIMENSIONS)
 MAX_FILTER_VALUE_CHARS = 512
@@ -144,11 +146,41 @@ class _Where:
     def __init__(self, start: datetime, end: datetime, filters: Mapping[str, str]) -> None:
         self.parameters: dict[str, Any] = {"start": start, "end": end}
         self.filtered = bool(filters)
-        clauses = ["NOT is_bot"]
+        clauses = []
         for n, (dimension, value) in enumerate(sorted(filters.items())):
             clauses.append(f"{DIMENSIONS[dimension]} = {{f{n}:String}}")
             self.parameters[f"f{n}"] = value
-        self.filters = " AND ".join(clauses)
+        self.matches = " AND ".join(clauses) or "1"  # over raw events or stats_visits
+        self.filters = f"NOT is_bot AND {self.matches}"
+        whole = _whole_hours(start, end)
+        if whole is not None:
+            self.parameters["h1"], self.parameters["h2"] = whole
+        # The hours the range cuts (the hours of its ends): sessions starting in them are told
+        # apart by their exact start, which stats_sessions (keyed by hour) does not keep.
+        self.parameters["e1"] = _floor_hour(start)
+        self.parameters["e2"] = _floor_hour(end)
+        self.aligned = start == self.parameters["e1"] and end == self.parameters["e2"]
+        self.whole = whole
+        # A filter on session-level dimensions only reads stats_visits for the whole hours of
+        # the range and raw events for the partial hours at its ends.
+        self.hours = whole if set(filters) <= VISIT_DIMENSIONS else None
+
+    def visits(self, dimension: str | None = None) -> str | None:
+        """(visitor, pageviews[, value of `dimension`]) rows of the range's events that match
+        the filter, from stats_visits and the raw events at the ends; None when that path does
+        not apply (no filter, an event-level dimension, or no whole hour in the range)."""
+        if not self.filtered or self.hours is None or dimension in ("page", "event_type"):
+            return None
+        value = f", toString({DIMENSIONS[dimension]}) AS value" if dimension else ""
+        return (
+            f"SELECT visitor AS v, pageviews AS p{value} FROM stats_visits"
+            f" WHERE {self.matches} AND hour >= {{h1:DateTime('UTC')}}"
+            " AND hour < {h2:DateTime('UTC')}"
+            f" UNION ALL SELECT {VISITOR} AS v, toUInt32(event_type = 'PAGEVIEW') AS p{value}"
+            f" FROM tracking_events WHERE {self.filters} AND ("
+            "(received_at >= {start:DateTime('UTC')} AND received_at < {h1:DateTime('UTC')})"
+            " OR (received_at >= {h2:DateTime('UTC')} AND received_at < {end:DateTime('UTC')}))"
+        )
 
     @property
     def events(self) -> str:
@@ -161,14 +193,51 @@ class _Where:
     def sessions(self) -> str:
         """Sessions that started in the range and hold an event matching the filter."""
         started = "start_hour >= {start:DateTime('UTC')} AND start_hour < {end:DateTime('UTC')}"
+        if not self.aligned:
+            whole = (
+                "start_hour >= {h1:DateTime('UTC')} AND start_hour < {h2:DateTime('UTC')}"
+                if self.whole is not None
+                else "0"
+            )
+            started = (
+                f"({whole} OR (start_hour IN ({{e1:DateTime('UTC')}}, {{e2:DateTime('UTC')}})"
+                " AND session_id IN (SELECT session_id FROM stats_visits"
+                " WHERE hour >= {e1:DateTime('UTC')}"
+                " AND started >= {start:DateTime('UTC')} AND started < {end:DateTime('UTC')}"
+                " AND toStartOfHour(started) IN ({e1:DateTime('UTC')}, {e2:DateTime('UTC')}))))"
+            )
         if not self.filtered:
             return started
-        return (
-            f"{started} AND session_id IN (SELECT session_id FROM tracking_events"
-            f" WHERE {self.filters} AND received_at >= {{start:DateTime('UTC')}}"
+        began = (
             " AND ifNull(session_started_at, received_at) >= {start:DateTime('UTC')}"
-            " AND ifNull(session_started_at, received_at) < {end:DateTime('UTC')})"
+            " AND ifNull(session_started_at, received_at) < {end:DateTime('UTC')}"
         )
+        if self.hours is None:
+            return (
+                f"{started} AND session_id IN (SELECT session_id FROM tracking_events"
+                f" WHERE {self.filters} AND received_at >= {{start:DateTime('UTC')}}{began})"
+            )
+        return (
+            f"{started} AND session_id IN (SELECT session_id FROM stats_visits"
+            f" WHERE {self.matches} AND hour >= {{h1:DateTime('UTC')}}"
+            " AND started >= {start:DateTime('UTC')} AND started < {end:DateTime('UTC')}"
+            f" UNION ALL SELECT session_id FROM tracking_events WHERE {self.filters}"
+            " AND received_at >= {start:DateTime('UTC')} AND received_at < {h1:DateTime('UTC')}"
+            f"{began})"
+        )
+
+
+def _floor_hour(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
+    """The whole UTC hours inside [start, end), or None."""
+    first = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if first < start:
+        first += timedelta(hours=1)
+    last = end.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return (first, last) if first < last else None
 
 
 def _utc_days(start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
@@ -235,7 +304,12 @@ class Stats:
     ) -> PeriodStats:
         where = _Where(start, end, filters)
         exact = await self._exact(start, end, filters)
-        if exact:
+        visits = where.visits()
+        if visits is not None:
+            totals = self.warehouse.rows(
+                f"SELECT uniqExact(v), sum(p) FROM ({visits})", where.parameters
+            )
+        elif exact:
             totals = self.warehouse.rows(
                 f"SELECT uniqExact({VISITOR}), countIf(event_type = 'PAGEVIEW')"
                 f" FROM tracking_events WHERE {where.events}",
@@ -253,9 +327,9 @@ class Stats:
             f" FROM stats_sessions FINAL WHERE {where.sessions}",
             where.parameters,
         )
-        (found, visits) = await asyncio.gather(totals, sessions)
+        (found, started) = await asyncio.gather(totals, sessions)
         visitors, pageviews = found[0] if found else (0, 0)
-        count, bounces, median_ms = visits[0] if visits else (0, 0, 0.0)
+        count, bounces, median_ms = started[0] if started else (0, 0, 0.0)
         count = int(count)
         return PeriodStats(
             range=self._range(start, end),
@@ -288,8 +362,15 @@ class Stats:
         filters: Mapping[str, str],
         limit: int,
     ) -> Breakdown:
-        if await self._exact(start, end, filters):
-            where = _Where(start, end, filters)
+        where = _Where(start, end, filters)
+        visits = where.visits(dimension)
+        if visits is not None:
+            rows = await self.warehouse.rows(
+                f"SELECT value, uniqExact(v) AS v, sum(p) AS p FROM ({visits}) GROUP BY value"
+                " ORDER BY v DESC, p DESC, value LIMIT {limit:UInt32}",
+                {**where.parameters, "limit": limit},
+            )
+        elif await self._exact(start, end, filters):
             rows = await self.warehouse.rows(
                 f"SELECT toString({DIMENSIONS[dimension]}) AS value, uniqExact({VISITOR}) AS v,"
                 f" countIf(event_type = 'PAGEVIEW') AS p FROM tracking_events"
