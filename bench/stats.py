@@ -159,6 +159,11 @@ async def main() -> None:
                 lambda: stats.breakdown("page", start, end, FILTER, 10),
             )
             await measure(
+                "breakdown browser, 30 days, filter country+device",
+                300,
+                lambda: stats.breakdown("browser", start, end, FILTER, 10),
+            )
+            await measure(
                 "timeseries by day, 30 days",
                 100,
                 lambda: stats.timeseries(start, end, Interval.DAY, {}),
