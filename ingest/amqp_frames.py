@@ -85,6 +85,7 @@ class ConfirmingPublisher:
         self._heartbeat = 0
         self._published = 0  # delivery tags handed out (tags start at 1)
         self._confirmed = 0  # every tag up to this one is acked
+        self._acked_ahead: set[int] = set()  # single acks past `_confirmed` (out of order)
         self._progress = asyncio.Event()
         self._failure: PublishError | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -185,14 +186,26 @@ class ConfirmingPublisher:
             while True:
                 value = await self._frame()
                 if isinstance(value, commands.Basic.Ack):
-                    self._confirmed = max(self._confirmed, value.delivery_tag)
-                    self._progress.set()
+                    self._ack(value.delivery_tag, value.multiple)
                 elif isinstance(value, commands.Basic.Nack):
                     raise PublishError(f"the broker refused delivery tag {value.delivery_tag}")
         except PublishError as error:
             self._fail(error)
         except (OSError, EOFError, TimeoutError) as error:  # EOF: the socket closed
             self._fail(PublishError(f"connection lost: {error!r}"))
+
+    def _ack(self, tag: int, multiple: bool) -> None:
+        # RabbitMQ may confirm out of order: a single ack covers its own tag only.
+        if multiple:
+            self._confirmed = max(self._confirmed, tag)
+        else:
+            self._acked_ahead.add(tag)
+        while self._confirmed + 1 in self._acked_ahead:
+            self._confirmed += 1
+            self._acked_ahead.discard(self._confirmed)
+        if self._acked_ahead and min(self._acked_ahead) <= self._confirmed:
+            self._acked_ahead = {t for t in self._acked_ahead if t > self._confirmed}
+        self._progress.set()
 
     def _fail(self, error: PublishError) -> None:
         self._failure = error

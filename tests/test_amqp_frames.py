@@ -123,3 +123,12 @@ async def test_a_cut_connection_fails_the_publish_that_waits_and_every_later_one
                 await publisher.publish([(b"id-1", b"{}")])
         finally:
             await publisher.close()
+
+
+async def test_out_of_order_single_acks_confirm_only_their_own_tags() -> None:
+    publisher = ConfirmingPublisher(asyncio.StreamReader(), None, "x", KEY)  # type: ignore[arg-type]
+    seen = []
+    for tag, multiple in ((2, False), (3, False), (1, False), (5, True), (7, False), (6, True)):
+        publisher._ack(tag, multiple)
+        seen.append(publisher._confirmed)
+    assert seen == [0, 0, 3, 5, 5, 7]
