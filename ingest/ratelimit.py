@@ -115,9 +115,6 @@ class RateLimiter:
         self._running = False
         self._skip_until = 0.0  # after a failure, fail open at once for a moment
 
-    def limit(self, budget: Budget) -> int:
-        return self._windows[budget].limit
-
     async def check(self, client: str, events: int) -> Refusal | None:
         """None when a request of `events` events may go on (both budgets spent), else which
         budget refuses it and for how long. `events=0` checks the request budget only."""

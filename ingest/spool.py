@@ -206,7 +206,7 @@ class Spool:
             stored = await stored_event_ids(warehouse, list(rows.values())) if rows else set()
             missing = [row for event_id, row in rows.items() if event_id not in stored]
             if outbox is not None and stored:
-                outbox.append([rows[event_id] for event_id in stored if event_id in rows])
+                outbox.append([row for event_id, row in rows.items() if event_id in stored])
             again += len(rows) - len(missing)
             if not missing:
                 path.unlink()

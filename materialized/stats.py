@@ -141,7 +141,8 @@ class Realtime(msgspec.Struct, rename="camel"):
 
 
 class _Where:
-    """The WHERE clause of a raw-events query over a range and a filter, with its parameters."""
+    """The WHERE clauses of a question over a range and a filter (raw events, stats_visits,
+    stats_sessions), with their parameters."""
 
     def __init__(self, start: datetime, end: datetime, filters: Mapping[str, str]) -> None:
         self.parameters: dict[str, Any] = {"start": start, "end": end}
@@ -163,13 +164,13 @@ class _Where:
         self.whole = whole
         # A filter on session-level dimensions only reads stats_visits for the whole hours of
         # the range and raw events for the partial hours at its ends.
-        self.hours = whole if set(filters) <= VISIT_DIMENSIONS else None
+        self.by_visits = self.filtered and whole is not None and set(filters) <= VISIT_DIMENSIONS
 
     def visits(self, dimension: str | None = None) -> str | None:
         """(visitor, pageviews[, value of `dimension`]) rows of the range's events that match
         the filter, from stats_visits and the raw events at the ends; None when that path does
         not apply (no filter, an event-level dimension, or no whole hour in the range)."""
-        if not self.filtered or self.hours is None or dimension in ("page", "event_type"):
+        if not self.by_visits or (dimension is not None and dimension not in VISIT_DIMENSIONS):
             return None
         value = f", toString({DIMENSIONS[dimension]}) AS value" if dimension else ""
         return (
@@ -212,7 +213,7 @@ class _Where:
             " AND ifNull(session_started_at, received_at) >= {start:DateTime('UTC')}"
             " AND ifNull(session_started_at, received_at) < {end:DateTime('UTC')}"
         )
-        if self.hours is None:
+        if not self.by_visits:
             return (
                 f"{started} AND session_id IN (SELECT session_id FROM tracking_events"
                 f" WHERE {self.filters} AND received_at >= {{start:DateTime('UTC')}}{began})"
@@ -233,10 +234,9 @@ def _floor_hour(at: datetime) -> datetime:
 
 def _whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
     """The whole UTC hours inside [start, end), or None."""
-    first = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    first, last = _floor_hour(start), _floor_hour(end)
     if first < start:
         first += timedelta(hours=1)
-    last = end.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     return (first, last) if first < last else None
 
 
