@@ -77,6 +77,8 @@ FROM numbers({first:UInt64}, {count:UInt64})
 """
 
 FILTER = {"country": "GB", "device": "mobile"}
+PAGE_FILTER = {"page": "/kitchens/k7"}
+STATS_TABLES = ("stats_hourly", "stats_daily", "stats_sessions", "stats_visits", "stats_pages")
 
 
 async def p50_p95(call: Callable[[], Awaitable[Any]], runs: int) -> tuple[float, float, Any]:
@@ -164,6 +166,21 @@ async def main() -> None:
                 lambda: stats.breakdown("browser", start, end, FILTER, 10),
             )
             await measure(
+                "breakdown event_type, 30 days, filter country+device",
+                300,
+                lambda: stats.breakdown("event_type", start, end, FILTER, 10),
+            )
+            await measure(
+                "overview, 30 days, filter page",
+                300,
+                lambda: stats.overview(start, end, PAGE_FILTER),
+            )
+            await measure(
+                "breakdown country, 30 days, filter page",
+                300,
+                lambda: stats.breakdown("country", start, end, PAGE_FILTER, 10),
+            )
+            await measure(
                 "timeseries by day, 30 days",
                 100,
                 lambda: stats.timeseries(start, end, Interval.DAY, {}),
@@ -178,7 +195,7 @@ async def main() -> None:
             return rows, overview
 
         rounds = {"as loaded (parts not yet merged)": await one_round()}
-        for table in ("stats_hourly", "stats_daily", "stats_sessions"):
+        for table in STATS_TABLES:
             await warehouse.command(f"OPTIMIZE TABLE {table} FINAL")
         rounds["after background merges (OPTIMIZE FINAL)"] = await one_round()
         overview = rounds["after background merges (OPTIMIZE FINAL)"][1]

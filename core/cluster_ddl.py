@@ -44,6 +44,7 @@ SHARD_KEYS = {
     # A session's rows are written on the shard that holds its events (tracking_events' key).
     "stats_sessions": "cityHash64(session_id)",
     "stats_visits": "cityHash64(session_id)",
+    "stats_pages": "cityHash64(session_id)",
 }
 
 # ALTER actions a Distributed table takes too (its columns must match the locals'); the

@@ -11,8 +11,11 @@ page, referrer and UTM tags are those of its first event, stored on every event 
 Where the numbers come from:
 - pageviews, sessions, bounce rate and visit duration are exact, always (sums in the hourly
   rollups; `stats_sessions`, one row per session);
-- visitors are exact (`uniqExact` over raw events) when a filter is given or the range holds
-  at most EXACT_VISITORS_MAX_EVENTS events; past that, unfiltered answers merge
+- visitors are exact (`uniqExact` of ids) when a filter is given or the range holds at most
+  EXACT_VISITORS_MAX_EVENTS events; filtered answers read `stats_visits` (session-level filter
+  and dimension) or `stats_pages` (any other) for the whole hours of the range and raw events
+  for the partial hours at its ends, both grouped by every filterable column, so a row matches
+  a filter exactly when its events do. Past that many events, unfiltered answers merge
   `uniqCombined64(12)` sketches from `stats_daily` (whole UTC days) and `stats_hourly` (the
   hours at both ends), whose standard error is about 1.6% (`visitorsExact` says which).
 A filter is `dimension:value` pairs joined by `;`; an event matches when every pair does, and a
@@ -162,22 +165,38 @@ class _Where:
         self.parameters["e2"] = _floor_hour(end)
         self.aligned = start == self.parameters["e1"] and end == self.parameters["e2"]
         self.whole = whole
-        # A filter on session-level dimensions only reads stats_visits for the whole hours of
-        # the range and raw events for the partial hours at its ends.
-        self.by_visits = self.filtered and whole is not None and set(filters) <= VISIT_DIMENSIONS
+        self._session_level = set(filters) <= VISIT_DIMENSIONS
 
-    def visits(self, dimension: str | None = None) -> str | None:
-        """(visitor, pageviews[, value of `dimension`]) rows of the range's events that match
-        the filter, from stats_visits and the raw events at the ends; None when that path does
-        not apply (no filter, an event-level dimension, or no whole hour in the range)."""
-        if not self.by_visits or (dimension is not None and dimension not in VISIT_DIMENSIONS):
+    def rollup(self, dimension: str | None = None) -> str | None:
+        """The rollup that answers this filter (and breakdown `dimension`) for the whole hours of
+        the range: stats_visits when both are session-level, else stats_pages; None without a
+        filter (the unfiltered rollups answer those) or without a whole hour."""
+        if not self.filtered or self.whole is None:
             return None
-        value = f", toString({DIMENSIONS[dimension]}) AS value" if dimension else ""
+        if self._session_level and (dimension is None or dimension in VISIT_DIMENSIONS):
+            return "stats_visits"
+        return "stats_pages"
+
+    def visits(
+        self, dimension: str | None = None, bucket: tuple[str, str] | None = None
+    ) -> str | None:
+        """(visitor, pageviews[, value]) rows of the range's events that match the filter, from
+        a rollup for the whole hours and the raw events at the ends; the value is `dimension`'s,
+        or the time bucket (`bucket`: its expression over the rollup's `hour`, then over a raw
+        event). None when no rollup applies."""
+        table = self.rollup(dimension)
+        if table is None:
+            return None
+        value = raw_value = ""
+        if dimension is not None:
+            value = raw_value = f", toString({DIMENSIONS[dimension]}) AS value"
+        elif bucket is not None:
+            value, raw_value = f", {bucket[0]} AS value", f", {bucket[1]} AS value"
         return (
-            f"SELECT visitor AS v, pageviews AS p{value} FROM stats_visits"
+            f"SELECT visitor AS v, pageviews AS p{value} FROM {table}"
             f" WHERE {self.matches} AND hour >= {{h1:DateTime('UTC')}}"
             " AND hour < {h2:DateTime('UTC')}"
-            f" UNION ALL SELECT {VISITOR} AS v, toUInt32(event_type = 'PAGEVIEW') AS p{value}"
+            f" UNION ALL SELECT {VISITOR} AS v, toUInt32(event_type = 'PAGEVIEW') AS p{raw_value}"
             f" FROM tracking_events WHERE {self.filters} AND ("
             "(received_at >= {start:DateTime('UTC')} AND received_at < {h1:DateTime('UTC')})"
             " OR (received_at >= {h2:DateTime('UTC')} AND received_at < {end:DateTime('UTC')}))"
@@ -213,13 +232,14 @@ class _Where:
             " AND ifNull(session_started_at, received_at) >= {start:DateTime('UTC')}"
             " AND ifNull(session_started_at, received_at) < {end:DateTime('UTC')}"
         )
-        if not self.by_visits:
+        table = self.rollup()
+        if table is None:
             return (
                 f"{started} AND session_id IN (SELECT session_id FROM tracking_events"
                 f" WHERE {self.filters} AND received_at >= {{start:DateTime('UTC')}}{began})"
             )
         return (
-            f"{started} AND session_id IN (SELECT session_id FROM stats_visits"
+            f"{started} AND session_id IN (SELECT session_id FROM {table}"
             f" WHERE {self.matches} AND hour >= {{h1:DateTime('UTC')}}"
             " AND started >= {start:DateTime('UTC')} AND started < {end:DateTime('UTC')}"
             f" UNION ALL SELECT session_id FROM tracking_events WHERE {self.filters}"
@@ -413,8 +433,15 @@ class Stats:
         else:
             bucket_raw = f"toStartOfDay(received_at, '{zone}')"
             bucket_rollup = f"toStartOfDay(hour, '{zone}')"
-        if await self._exact(start, end, filters):
-            where = _Where(start, end, filters)
+        where = _Where(start, end, filters)
+        visits = where.visits(bucket=(bucket_rollup, bucket_raw))
+        if visits is not None:
+            rows = await self.warehouse.rows(
+                f"SELECT toUnixTimestamp(value) AS b, uniqExact(v), sum(p) FROM ({visits})"
+                " GROUP BY b",
+                where.parameters,
+            )
+        elif await self._exact(start, end, filters):
             rows = await self.warehouse.rows(
                 f"SELECT toUnixTimestamp({bucket_raw}) AS b, uniqExact({VISITOR}),"
                 f" countIf(event_type = 'PAGEVIEW') FROM tracking_events WHERE {where.events}"

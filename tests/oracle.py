@@ -267,7 +267,11 @@ def stats_breakdown(
 
 
 def stats_days(
-    traffic: Traffic, start: datetime, end: datetime, zone: zoneinfo.ZoneInfo
+    traffic: Traffic,
+    start: datetime,
+    end: datetime,
+    zone: zoneinfo.ZoneInfo,
+    filters: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Per local day of the zone meeting [start, end): its start and its numbers."""
     day = start.astimezone(zone).date()
@@ -279,7 +283,10 @@ def stats_days(
         next_day = day + timedelta(days=1)
         finish = datetime(next_day.year, next_day.month, next_day.day, tzinfo=zone)
         events = _events(
-            traffic, max(begin.astimezone(UTC), start), min(finish.astimezone(UTC), end), {}
+            traffic,
+            max(begin.astimezone(UTC), start),
+            min(finish.astimezone(UTC), end),
+            filters or {},
         )
         points.append(
             {

@@ -73,8 +73,9 @@ async def test_overview_agrees_with_the_oracle(loaded: Stats, traffic: Traffic) 
 
 async def test_ranges_cut_mid_hour_agree_with_the_oracle(loaded: Stats, traffic: Traffic) -> None:
     """Sessions starting in the hours a range cuts are told apart by their exact start;
-    session-level filters read the visits rollup for whole hours and raw events for the
-    partial hours at each end (or raw events only when no whole hour fits): all exact."""
+    filters read a rollup (stats_visits when the filter and dimension are session-level,
+    stats_pages otherwise) for whole hours and raw events for the partial hours at each end (or
+    raw events only when no whole hour fits): all exact."""
     ranges = [
         (
             datetime(2026, 3, 26, 10, 17, 3, tzinfo=UTC),
@@ -86,14 +87,14 @@ async def test_ranges_cut_mid_hour_agree_with_the_oracle(loaded: Stats, traffic:
     ]
     compared = 0
     for start, end in ranges:
-        for filters in FILTERS[:6]:
+        for filters in FILTERS:
             got = msgspec.to_builtins(await loaded.period(start, end, filters))
             for key in ("range", "visitorsExact"):
                 got.pop(key)
             expected = oracle.stats_period(traffic, start, end, filters)
             assert got == expected, f"{start} to {end}, filter {filters}"
             compared += expected["sessions"] + expected["visitors"]
-            for dimension in ("browser", "utm_source", "page"):
+            for dimension in ("browser", "utm_source", "page", "event_type"):
                 rows = await loaded.breakdown(dimension, start, end, filters, limit=5)
                 assert msgspec.to_builtins(rows.rows) == oracle.stats_breakdown(
                     traffic, dimension, start, end, filters, 5
@@ -144,6 +145,37 @@ async def test_days_are_cut_in_the_report_time_zone_across_clock_changes(
         {k: e[k] for k in ("t", "visitors", "pageviews")} for e in expected
     ]
     assert all(p.pageviews > 0 for p in got.points)
+
+
+async def test_filtered_series_agree_with_the_oracle(loaded: Stats, traffic: Traffic) -> None:
+    """Filtered series read the filtered rollups for whole hours and raw events for the
+    partial hours at the ends: days across both clock changes and hours, all exact."""
+    ranges = [
+        (oracle.as_utc("2026-03-27", LONDON), oracle.as_utc("2026-04-01", LONDON)),
+        (
+            oracle.as_utc("2026-10-24", LONDON) + timedelta(minutes=37),
+            oracle.as_utc("2026-10-27", LONDON) - timedelta(hours=2, minutes=5),
+        ),
+    ]
+    for start, end in ranges:
+        for filters in FILTERS[1:]:
+            got = await loaded.timeseries(start, end, Interval.DAY, filters)
+            expected = oracle.stats_days(traffic, start, end, LONDON, filters)
+            assert [msgspec.to_builtins(p) for p in got.points] == [
+                {k: e[k] for k in ("t", "visitors", "pageviews")} for e in expected
+            ], (start, end, filters)
+    start, end = oracle.as_utc("2026-10-25", LONDON), oracle.as_utc("2026-10-26", LONDON)
+    for filters in ({"device": "mobile"}, {"page": "/book-appointment"}):
+        hourly = await loaded.timeseries(start, end, Interval.HOUR, filters)
+        assert len(hourly.points) == 25
+        for point in hourly.points:
+            moment = datetime.fromisoformat(point.t).astimezone(UTC)
+            expected = oracle.stats_period(traffic, moment, moment + timedelta(hours=1), filters)
+            assert (point.visitors, point.pageviews) == (
+                expected["visitors"],
+                expected["pageviews"],
+            ), (point.t, filters)
+        assert sum(p.visitors for p in hourly.points) > 0
 
 
 async def test_hourly_points_cover_every_hour_zeros_too(loaded: Stats, traffic: Traffic) -> None:

@@ -1,0 +1,73 @@
+"""What each stats view costs at insert: rows/s into `tracking_events` with every view attached,
+against the same with one view detached, in one chDB process, rounds interleaved (the machine
+is noisy). The difference, per row, is that view's share of the writer's insert.
+
+    .venv/bin/python -m bench.view_cost [--rows 40000] [--batch 2000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bench.stats import DAYS, EVENTS
+from core.clickhouse import Warehouse
+from core.migrations import migrate
+
+VIEWS = ("stats_hourly_mv", "stats_sessions_mv", "stats_visits_mv", "stats_pages_mv")
+
+
+async def rows_per_second(warehouse: Warehouse, rows: int, batch: int, first: int) -> float:
+    now = datetime.now(UTC) + timedelta(hours=1)
+    started = time.perf_counter()
+    for at in range(first, first + rows, batch):
+        await warehouse.command(EVENTS, {"now": now, "days": DAYS, "first": at, "count": batch})
+    return rows / (time.perf_counter() - started)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=40_000)
+    parser.add_argument("--batch", type=int, default=2_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        warehouse = Warehouse(f"chdb://{Path(tmp) / 'ch'}", "bench")
+        await warehouse.open()
+        await migrate(warehouse)
+        first = 0
+        await rows_per_second(warehouse, args.rows, args.batch, first)  # warm-up
+        first += args.rows
+        with_all: list[float] = []
+        without: dict[str, list[float]] = {view: [] for view in VIEWS}
+        for _ in range(args.rounds):
+            for view in VIEWS:
+                with_all.append(await rows_per_second(warehouse, args.rows, args.batch, first))
+                first += args.rows
+                await warehouse.command(f"DETACH TABLE {view}")
+                try:
+                    without[view].append(
+                        await rows_per_second(warehouse, args.rows, args.batch, first)
+                    )
+                finally:
+                    await warehouse.command(f"ATTACH TABLE {view}")
+                first += args.rows
+        await warehouse.close()
+    base = statistics.median(with_all)
+    print(
+        f"{args.rows:,} rows in batches of {args.batch:,}, {args.rounds} rounds;"
+        f" every view attached: median {base:,.0f} rows/s ({1e6 / base:.1f} µs/row)"
+    )
+    print(f"{'detached':20s} {'rows/s':>9s} {'/ all':>6s} {'µs/row of the view':>19s}")
+    for view, samples in without.items():
+        rate = statistics.median(samples)
+        print(f"{view:20s} {rate:9,.0f} {rate / base:6.2f} {1e6 / base - 1e6 / rate:19.1f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
