@@ -84,10 +84,11 @@ def refresh_gauges(svc: Services) -> None:
     """The gauges this process derives from its own state: at every scrape, and every few
     seconds (`api/app.py`), so that with several API workers the ones not scraped are current."""
     RATES.refresh_gauges()
-    outbox = svc.pipeline.outbox
+    tracking_log = svc.pipeline.log
     # The relay's backlog (on disk) and this process's own publisher's (domain messages, and
     # event.tracked when there is no spool).
-    PUBLISH_BACKLOG.set(svc.runtime.publisher.backlog + (outbox.backlog if outbox else 0))
+    relay_backlog = tracking_log.backlog if tracking_log is not None else 0
+    PUBLISH_BACKLOG.set(svc.runtime.publisher.backlog + relay_backlog)
 
 
 @bp.get("/metrics")

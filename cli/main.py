@@ -124,7 +124,7 @@ def _relay(settings: Settings, parent: int) -> int:
     from ingest.relay import Relay
 
     if not settings.spool_dir:
-        print("bad setting SPOOL_DIR: the relay publishes from the spool's outbox", file=sys.stderr)
+        print("bad setting SPOOL_DIR: the relay reads the tracking logs there", file=sys.stderr)
         return 2
 
     root = Path(settings.spool_dir).resolve()
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("api", help="the HTTP API alone, API_WORKERS processes (server mode)")
     commands.add_parser("consume", help="the RabbitMQ domain-event consumer alone (server mode)")
     relay = commands.add_parser(
-        "relay", help="publish event.tracked from the spool's outboxes (beside `analytics api`)"
+        "relay", help="publish event.tracked from the tracking logs (beside `analytics api`)"
     )
     relay.add_argument("--parent", type=int, default=0, help=argparse.SUPPRESS)
     commands.add_parser("migrate", help="apply pending sql/ migrations and exit")

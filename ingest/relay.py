@@ -1,18 +1,20 @@
-"""The `event.tracked` relay: publishes the outboxes' messages (`ingest/outbox.py`) on RabbitMQ.
+"""The `event.tracked` relay: publishes the stored events' messages from the tracking logs
+(`ingest/log_files.py`) on RabbitMQ.
 
 It reads files only (no ClickHouse, no Redis), so it runs anywhere the spool directory is: a
 child process of `analytics serve` (chDB's one-process rule does not touch it), or
-`analytics relay` beside the API containers, as many as wanted. Each spool directory is
-relayed by one relay at a time (an flock on `.relay-offset`'s sibling `.relay.lock`); several
-relays share the directories, none sends a message twice on its own account.
+`analytics relay` beside the API containers, as many as wanted. Each log directory is relayed
+by one relay at a time (an flock on `.relay.lock`); several relays share the directories, none
+sends a message twice on its own account.
 
-Per pass over a directory: read the complete lines after `.relay-offset`, publish them with
-publisher confirms (`ingest/amqp_frames.py`: a chunk written at once, confirms collected
-together), then
-record the new offset, then delete the sealed segments wholly published. A message is sent
-again only when the relay dies or the broker fails between the send and the offset write (at
-least once; the message id is the eventId, so consumers drop the copy). A directory whose
-process has gone (no `.lock`), and whose outbox is empty, is removed.
+Per pass over a directory: read the complete lines after `.relay-offset` (or from
+`.relay-floor` when the log's owner has moved it past the backlog's bound), publish the
+message lines among them with publisher confirms (`ingest/amqp_frames.py`: a chunk written at
+once, confirms collected together), then commit the new offset. The relay deletes nothing of
+the log: its owner deletes a segment once the relay and the ClickHouse writer are both past
+it. A message is sent again only when the relay dies or the broker fails between the send and
+the offset write (at least once; the message id is the eventId, so consumers drop the copy).
+A directory whose process has gone (no `.lock`) and which holds no segment is removed.
 """
 
 from __future__ import annotations
@@ -33,32 +35,26 @@ from core.metrics import PUBLISH_FAILURES, PUBLISHED, RESTARTS
 from core.settings import Settings
 from core.tracked import ROUTING_KEY
 from ingest.amqp_frames import ConfirmingPublisher, PublishError
-from ingest.outbox import (
-    ID_END,
-    ID_PREFIX,
-    OFFSET_FILE,
-    OPEN,
-    SEALED,
+from ingest.log_files import (
+    OWNER_LOCK,
+    RELAY_FLOOR,
+    RELAY_OFFSET,
+    WRITER_OFFSET,
     RelayOffset,
-    read_offset,
+    is_legacy_outbox,
+    is_segment,
+    messages,
+    read_mark,
+    read_relay_offset,
     stem,
-    write_offset,
+    write_relay_offset,
 )
 
 log = logging.getLogger(__name__)
 
 RELAY_LOCK = ".relay.lock"
-OWNER_LOCK = ".lock"  # the spool's own (ingest/spool.py)
 READ_BYTES = 4 * 1024 * 1024
 CHUNK = 5000  # messages in flight at once
-
-
-def _message(line: bytes) -> tuple[bytes, bytes]:
-    """An outbox line's message id and body."""
-    if line.startswith(ID_PREFIX):
-        return line[len(ID_PREFIX) : ID_END], line
-    message_id, _, body = line.partition(b" ")  # a line written before 2026-11-28
-    return message_id, body
 
 
 @dataclass
@@ -145,20 +141,24 @@ class Relay:
             except BlockingIOError:
                 os.close(fd)  # another relay has it
                 continue
-            self._claims[directory] = _Claim(directory, fd, read_offset(directory))
+            self._claims[directory] = _Claim(directory, fd, read_relay_offset(directory))
 
     def _segments(self, directory: Path, after: str) -> list[Path]:
         found: dict[str, Path] = {}
         for path in directory.iterdir():
-            if path.name.endswith(SEALED) or path.name.endswith(OPEN):
+            if is_segment(path) or is_legacy_outbox(path):
                 name = stem(path)
                 if name >= after:
-                    # A segment sealed between two listings shows under one name only.
+                    # A legacy outbox segment sealed between two listings shows once.
                     found[name] = path
         return [found[name] for name in sorted(found)]
 
     async def _drain(self, claim: _Claim, publisher: ConfirmingPublisher) -> int:
         directory = claim.directory
+        floor = read_mark(directory / RELAY_FLOOR)
+        if floor > claim.offset.segment:  # its owner dropped what lies before (counted there)
+            claim.offset = RelayOffset(floor, 0, claim.offset.published)
+            write_relay_offset(directory, claim.offset)
         try:
             segments = self._segments(directory, claim.offset.segment)
         except FileNotFoundError:
@@ -175,35 +175,37 @@ class Relay:
                 with path.open("rb") as handle:
                     handle.seek(start)
                     data = handle.read(READ_BYTES)
-                    sealed_size = (
-                        os.fstat(handle.fileno()).st_size if path.name.endswith(SEALED) else -1
-                    )
+                    size = os.fstat(handle.fileno()).st_size
             except FileNotFoundError:
-                return sent  # sealed (renamed) or dropped meanwhile: the next pass sees it
+                return sent  # deleted or sealed (a legacy rename) meanwhile: next pass
             complete = data[: data.rfind(b"\n") + 1]
-            if complete:
-                await self._publish(publisher, complete)
-                count = complete.count(b"\n")
-                sent += count
-                claim.offset = RelayOffset(
-                    name, start + len(complete), claim.offset.published + count
-                )
-                write_offset(directory, claim.offset)
-                self.published += count
-                PUBLISHED.labels(ROUTING_KEY).inc(count)
+            found = messages(complete)
+            if found:
+                await self._publish(publisher, found)
+                sent += len(found)
+                self.published += len(found)
+                PUBLISHED.labels(ROUTING_KEY).inc(len(found))
             position = start + len(complete)
-            if sealed_size >= 0 and position >= sealed_size:
-                path.unlink(missing_ok=True)  # wholly published
-                continue
-            return sent  # the rest of this segment is not written yet (or not read yet)
+            if name != claim.offset.segment or position != claim.offset.offset:
+                claim.offset = RelayOffset(name, position, claim.offset.published + len(found))
+                write_relay_offset(directory, claim.offset)
+            if position < size or path == segments[-1]:
+                # Not read to its end, or the newest segment: it may still grow.
+                if path.name.endswith(".tracked") and position >= size:
+                    path.unlink(missing_ok=True)  # a sealed legacy outbox segment, all sent
+                return sent
+            # Read to its end with a newer segment beside it: complete, on to the next one.
+            if is_legacy_outbox(path):
+                path.unlink(missing_ok=True)
         return sent
 
-    async def _publish(self, publisher: ConfirmingPublisher, lines: bytes) -> None:
-        """Every message of `lines` confirmed by the broker, or an exception (nothing is
-        recorded as sent then; the next connection sends the chunk again)."""
-        messages = list(map(_message, lines.splitlines()))
-        for at in range(0, len(messages), CHUNK):
-            chunk = messages[at : at + CHUNK]
+    async def _publish(
+        self, publisher: ConfirmingPublisher, found: list[tuple[bytes, bytes]]
+    ) -> None:
+        """Every message confirmed by the broker, or an exception (nothing is recorded as
+        sent then; the next connection sends the chunk again)."""
+        for at in range(0, len(found), CHUNK):
+            chunk = found[at : at + CHUNK]
             try:
                 await publisher.publish(chunk)
             except PublishError:
@@ -211,15 +213,16 @@ class Relay:
                 raise
 
     def _remove_if_finished(self, claim: _Claim) -> None:
-        """A directory whose process is gone and whose outbox is empty is removed."""
+        """A directory whose process is gone and which holds no segment is removed."""
         directory = claim.directory
         names = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
-        if OWNER_LOCK in names or any(n.endswith(".jsonl") for n in names):
+        if OWNER_LOCK in names:
             return
-        if any(n.endswith(SEALED) or n.endswith(OPEN) for n in names):
+        if any(is_segment(Path(n)) or is_legacy_outbox(Path(n)) for n in names):
             return
-        for leftover in (OFFSET_FILE, f"{OFFSET_FILE}.tmp", RELAY_LOCK):
+        for leftover in (RELAY_OFFSET, WRITER_OFFSET, RELAY_FLOOR, RELAY_LOCK):
             (directory / leftover).unlink(missing_ok=True)
+            (directory / f"{leftover}.tmp").unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             directory.rmdir()
         self._forget(claim)

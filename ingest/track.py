@@ -118,13 +118,13 @@ async def track(request: Request) -> HTTPResponse:
         header_user_agent=request.headers.get("user-agent", ""),
     )
     rows = enrich([event for _, event in decoded.events], ctx)
-    if svc.spool is None:  # SPOOL_DIR="": accepted means in memory only
+    if svc.log is None:  # SPOOL_DIR="": accepted means in memory only
         svc.writer.add(rows)
     else:
         try:
             # On disk before the 202 (and then in the writer's hands): a crash after this
             # point cannot lose these events.
-            await svc.spool.append(rows)
+            await svc.log.append(rows)
         except OSError as error:
             return _error(503, f"could not make the events durable: {error}")
     EVENTS_ACCEPTED.inc(len(rows))

@@ -126,11 +126,11 @@ async def test_rabbitmq_down_never_delays_the_202_and_the_backlog_is_counted(
     assert asyncio.get_running_loop().time() - started < 0.5
     await server.drain()
     assert await warehouse.scalar("SELECT count() FROM tracking_events") == 5
-    outbox = server.services.pipeline.outbox
-    assert outbox is not None
+    tracking_log = server.services.pipeline.log
+    assert tracking_log is not None
 
     async def counted() -> bool:  # the relay cannot publish: the messages wait on disk
-        return outbox.backlog == 5
+        return tracking_log.backlog == 5
 
     await wait_for(counted)
     metrics = (await server.http.get("/metrics")).text

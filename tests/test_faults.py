@@ -254,10 +254,10 @@ async def test_rabbitmq_down_under_load_then_event_tracked_catches_up(
 
 
 def tracked_backlog(server: Running) -> int:
-    """event.tracked messages the relay has not had confirmed (on disk, in the outbox)."""
-    outbox = server.services.pipeline.outbox
-    assert outbox is not None
-    return outbox.backlog
+    """event.tracked messages the relay has not had confirmed (on disk, in the tracking log)."""
+    tracking_log = server.services.pipeline.log
+    assert tracking_log is not None
+    return tracking_log.backlog
 
 
 def stored_by_stopped_service(data: Path) -> list[str]:

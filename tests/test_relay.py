@@ -1,5 +1,6 @@
-"""The event.tracked outbox and relay: messages on disk until the broker confirms them, each
-directory relayed by one relay, the backlog bounded, a child relay gone with its parent."""
+"""The event.tracked relay: messages read from the tracking logs on disk (beside the accepted
+events, which it skips) and published once the broker confirms them, each directory relayed by
+one relay, an old outbox still relayed, a child relay gone with its parent."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ import msgspec
 import pytest
 
 from core.rows import TrackingRow
-from core.tracked import envelope
-from ingest.outbox import SEALED, Outbox, read_offset
+from core.tracked import envelope, envelope_lines
+from ingest.log_files import read_relay_offset
 from ingest.relay import Relay
-from tests.conftest import AMQP_URL, counter, free_port, take
+from tests.conftest import AMQP_URL, free_port, take
 from tests.conftest import tracking_rows as rows
 from tests.service_process import ANALYTICS, ROOT, STARTED, env_for, start_service
 
@@ -29,11 +30,15 @@ Listen = Callable[..., Awaitable[aio_pika.abc.AbstractQueue]]
 TRACKED = "lomash.analytics.event.tracked"
 
 
-def outbox_in(root: Path, name: str, max_bytes: int = 1 << 30) -> Outbox:
-    directory = root / name
-    directory.mkdir(parents=True)
-    # segment_seconds=0: every append opens a segment of its own (sealing the one before)
-    return Outbox(directory, max_bytes, count_published=False, segment_seconds=0)
+_encode_lines = msgspec.json.Encoder().encode_lines
+
+
+def log_segment(directory: Path, number: int, accepted: list[TrackingRow]) -> Path:
+    """A tracking-log segment as the log writes it: accepted events, then their messages."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{number:020d}.jsonl"
+    path.write_bytes(_encode_lines(accepted) + envelope_lines(accepted))
+    return path
 
 
 async def relay_until(relay: Relay, done: Callable[[], bool], within: float = 20) -> None:
@@ -52,12 +57,10 @@ async def test_two_relays_share_the_directories_and_send_each_message_once(
     queue = await listen(TRACKED)
     sent: list[TrackingRow] = []
     for name in ("a", "b", "c"):
-        outbox = outbox_in(tmp_path, name)
-        for _ in range(3):
+        for number in range(3):
             batch = rows(50)
-            outbox.append(batch)
+            log_segment(tmp_path / name, number, batch)
             sent.extend(batch)
-        outbox.close()
     first, second = (Relay(tmp_path, AMQP_URL, exchange_name) for _ in range(2))
     total = len(sent)
     await asyncio.gather(
@@ -70,73 +73,58 @@ async def test_two_relays_share_the_directories_and_send_each_message_once(
     body = msgspec.json.decode(messages[0].body)
     assert body["eventType"] == "event-tracked" and body["eventId"] == messages[0].message_id
     assert messages[0].delivery_mode == aio_pika.DeliveryMode.PERSISTENT
-    # Wholly published, their processes gone (no .lock): the directories are removed.
-    assert os.listdir(tmp_path) == []
+    # Each directory's offset is at the end of its newest segment: its owner (or the process
+    # that takes its log over) may delete them all.
+    for name in ("a", "b", "c"):
+        offset = read_relay_offset(tmp_path / name)
+        assert (offset.segment, offset.published) == (f"{2:020d}", 150)
+        assert offset.offset == (tmp_path / name / f"{2:020d}.jsonl").stat().st_size
 
 
 async def test_a_relay_resumes_after_what_it_published(
     tmp_path: Path, exchange_name: str, listen: Listen
 ) -> None:
     queue = await listen(TRACKED)
-    outbox = outbox_in(tmp_path, "live")
-    (outbox.directory / ".lock").touch()  # its process lives: the directory stays
-    outbox.append(rows(10))
+    directory = tmp_path / "live"
+    log_segment(directory, 1, rows(10))
+    (directory / ".lock").touch()  # its process lives: the directory stays
     relay = Relay(tmp_path, AMQP_URL, exchange_name)
     await relay_until(relay, lambda: relay.published >= 10)
     assert len(await take(queue, 20, within=1)) == 10
     later = rows(5)
-    outbox.append(later)
+    log_segment(directory, 2, later)
     again = Relay(tmp_path, AMQP_URL, exchange_name)
     await relay_until(again, lambda: again.published >= 5)
     assert sorted(m.message_id for m in await take(queue, 20, within=1)) == sorted(
         str(r.event_id) for r in later
     )
-    assert read_offset(outbox.directory).published == 15
-    outbox.maintain()
-    assert outbox.backlog == 0
+    assert read_relay_offset(directory).published == 15
+    assert sorted(p.name for p in directory.glob("*.jsonl")) == [
+        f"{1:020d}.jsonl",
+        f"{2:020d}.jsonl",
+    ], "the relay deleted a segment: only the log's owner does"
 
 
-async def test_an_outbox_written_before_the_line_format_change_is_still_relayed(
+async def test_an_outbox_written_before_the_tracking_log_is_still_relayed(
     tmp_path: Path, exchange_name: str, listen: Listen
 ) -> None:
-    """Lines were `<eventId> <envelope>` until 2026-11-28; an upgrade finds some on disk."""
+    """Until 2026-11-28 messages went to outbox segments apart (`<ns>.tracked`), their lines
+    `<eventId> <envelope>` before that morning; an upgrade finds both on disk."""
     queue = await listen(TRACKED)
-    old = rows(3)
+    oldest, old, new = rows(3), rows(2), rows(4)
     directory = tmp_path / "upgraded"
     directory.mkdir()
-    (directory / f"00000000000000000001{SEALED}").write_bytes(
-        b"".join(b"%s %s\n" % (str(r.event_id).encode(), envelope(r)) for r in old)
+    (directory / f"{1:020d}.tracked").write_bytes(
+        b"".join(b"%s %s\n" % (str(r.event_id).encode(), envelope(r)) for r in oldest)
     )
-    outbox = Outbox(directory, 1 << 30, count_published=False)
-    new = rows(2)
-    outbox.append(new)
-    outbox.close()
+    (directory / f"{2:020d}.tracked").write_bytes(envelope_lines(old))
+    log_segment(directory, 3, new)
     relay = Relay(tmp_path, AMQP_URL, exchange_name)
-    await relay_until(relay, lambda: relay.published >= 5)
-    got = await take(queue, 10, within=1)
-    assert [m.message_id for m in got] == [str(r.event_id) for r in old + new]
+    await relay_until(relay, lambda: relay.published >= 9)
+    got = await take(queue, 12, within=1)
+    assert [m.message_id for m in got] == [str(r.event_id) for r in oldest + old + new]
     assert [msgspec.json.decode(m.body)["eventId"] for m in got] == [m.message_id for m in got]
-
-
-def test_a_backlog_past_its_bound_drops_the_oldest_messages_and_counts_them(
-    tmp_path: Path,
-) -> None:
-    outbox = outbox_in(tmp_path, "full", max_bytes=200_000)
-    lost = counter("analytics_publish_lost", routing_key=TRACKED)
-    lost_events = counter("analytics_events_lost", reason="publish_lost")
-    batches = [rows(100) for _ in range(10)]
-    for batch in batches:
-        outbox.append(batch)
-    outbox.maintain()  # nobody relays: the backlog only grows
-    size = sum(p.stat().st_size for p in outbox.directory.glob("*.tracked*"))
-    assert size <= 200_000
-    dropped = counter("analytics_publish_lost", routing_key=TRACKED) - lost
-    assert dropped > 0 and dropped % 100 == 0  # whole segments, oldest first
-    assert counter("analytics_events_lost", reason="publish_lost") - lost_events == dropped
-    assert outbox.backlog == 1000 - dropped
-    kept = sorted(outbox.directory.glob(f"*{SEALED}")) + sorted(outbox.directory.glob("*.open"))
-    first_kept = msgspec.json.decode(kept[0].read_bytes().splitlines()[0])["eventId"]
-    assert first_kept == str(batches[int(dropped) // 100][0].event_id)
+    assert not list(directory.glob("*.tracked")), "read outbox segments are deleted"
 
 
 def _state(pid: int) -> str:
@@ -195,7 +183,7 @@ def test_serve_relays_from_a_child_process_that_goes_with_it(
 
 
 @pytest.mark.timeout(120)
-async def test_relay_command_publishes_outboxes_and_serves_metrics(
+async def test_relay_command_publishes_the_logs_and_serves_metrics(
     tmp_path: Path, isolated_processes: None, listen: Listen
 ) -> None:
     metrics_port = free_port()
@@ -206,10 +194,8 @@ async def test_relay_command_publishes_outboxes_and_serves_metrics(
     exchange = await channel.declare_exchange(queue_name, aio_pika.ExchangeType.TOPIC, durable=True)
     queue = await channel.declare_queue("", exclusive=True)
     await queue.bind(exchange, TRACKED)
-    outbox = outbox_in(tmp_path / "spool", "api-worker-1")
     written = rows(300)
-    outbox.append(written)
-    outbox.close()
+    log_segment(tmp_path / "spool" / "api-worker-1", 1, written)
     proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
         [*ANALYTICS, "relay"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL
     )
