@@ -158,13 +158,20 @@ class TrackingLog:
         self.maintain()
 
     async def relayed(self, within: float) -> bool:
-        """Wait up to `within` seconds for the relay to read past every segment (and trim
-        them); True if it did."""
+        """Wait up to `within` seconds for the relay to read past every segment the writer is
+        done with (and trim them); True if it did. Segments whose rows the writer still holds
+        stay for the next start whatever the relay does, so they are not waited for."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while True:
             self.trim()
-            if not self._segments and not self._taken:
+            done = self._writer.done_through
+            waiting = [
+                s
+                for s in (*self._segments, *self._taken)
+                if s.sealed and self._written_by_writer(s, done)
+            ]
+            if not waiting:
                 return True
             if loop.time() >= deadline:
                 return False
