@@ -92,8 +92,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     # windowFunnel's window: how long after a funnel's first step later steps still count.
     funnel_window_seconds: Annotated[int, msgspec.Meta(ge=60, le=90 * 86400)] = 7 * 86400
-    # The event.tracked backlog the relay may leave on disk; past it the oldest messages are
-    # dropped and counted (analytics_publish_lost_total).
+    # The event.tracked messages the relay may leave unpublished in a tracking log; past it
+    # the oldest are skipped and counted (analytics_publish_lost_total).
     tracked_backlog_max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = 1 << 30
     # /metrics (and /healthz, /readyz) of the processes without an HTTP API; 0: none.
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
