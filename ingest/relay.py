@@ -10,10 +10,12 @@ sends a message twice on its own account.
 Per pass over a directory: read the complete lines after `.relay-offset` (or from
 `.relay-floor` when the log's owner has moved it past the backlog's bound), publish the
 message lines among them with publisher confirms (`ingest/amqp_frames.py`: a chunk written at
-once, confirms collected together), then commit the new offset. The relay deletes nothing of
-the log: its owner deletes a segment once the relay and the ClickHouse writer are both past
-it. A message is sent again only when the relay dies or the broker fails between the send and
-the offset write (at least once; the message id is the eventId, so consumers drop the copy).
+once, confirms collected together), then commit the new offset. A segment is deleted once
+the relay and the ClickHouse writer (`.writer-offset`) are both past it: by the log's owner,
+or by the relay when it is the one to get there last (so a log whose process is gone for good
+is cleared too). A message is sent again only when the relay dies or the broker fails between
+the send and the offset write (at least once; the message id is the eventId, so consumers drop
+the copy).
 A directory whose process has gone (no `.lock`) and which holds no segment is removed.
 """
 
@@ -189,14 +191,17 @@ class Relay:
             if name != claim.offset.segment or position != claim.offset.offset:
                 claim.offset = RelayOffset(name, position, claim.offset.published + len(found))
                 write_relay_offset(directory, claim.offset)
-            if position < size or path == segments[-1]:
-                # Not read to its end, or the newest segment: it may still grow.
-                if path.name.endswith(".tracked") and position >= size:
-                    path.unlink(missing_ok=True)  # a sealed legacy outbox segment, all sent
-                return sent
-            # Read to its end with a newer segment beside it: complete, on to the next one.
-            if is_legacy_outbox(path):
+            read = position >= size
+            if read and (is_legacy_outbox(path) or name < read_mark(directory / WRITER_OFFSET)):
+                # Read to its end, and the writer is done with it (the mark passes a segment
+                # only once it is sealed): both consumers are past it, whoever deletes it. So
+                # the log of a process that is gone and will not be taken over is cleared too.
+                # (An old outbox segment is the relay's alone; its writers are gone since the
+                # upgrade.)
                 path.unlink(missing_ok=True)
+            if not read or path == segments[-1]:
+                return sent  # not read to its end, or the newest segment: it may still grow
+            # Read to its end with a newer segment beside it: complete, on to the next one.
         return sent
 
     async def _publish(

@@ -178,11 +178,11 @@ class TrackingLog:
             await asyncio.sleep(0.05)
 
     def release(self) -> None:
-        """Let go of the directories' locks: the last step of shutdown, after `trim`."""
+        """Let go of the directories' locks: the last step of shutdown, after `trim`. What is
+        left is the relay's to finish (and delete), or the next process's to take over."""
         self.trim()
         for directory in {self.directory} | self._adopted:
-            if not any(directory.glob(f"*{SEGMENT}")):
-                (directory / OWNER_LOCK).unlink(missing_ok=True)
+            (directory / OWNER_LOCK).unlink(missing_ok=True)
         for fd in self._locks:
             os.close(fd)
         self._locks = []

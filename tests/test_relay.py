@@ -102,7 +102,33 @@ async def test_a_relay_resumes_after_what_it_published(
     assert sorted(p.name for p in directory.glob("*.jsonl")) == [
         f"{1:020d}.jsonl",
         f"{2:020d}.jsonl",
-    ], "the relay deleted a segment: only the log's owner does"
+    ], "the relay deleted a segment the writer was not done with"
+
+
+async def test_the_log_of_a_process_gone_for_good_is_cleared_by_the_relay(
+    tmp_path: Path, exchange_name: str, listen: Listen
+) -> None:
+    """No owner (no `.lock`), and its writer done with every segment but the last one: the
+    relay publishes all, deletes what both consumers are past, and leaves the rest for the
+    process that takes the log over."""
+    queue = await listen(TRACKED)
+    directory = tmp_path / "gone"
+    sent = rows(20)
+    for number in range(4):
+        log_segment(directory, number + 1, sent[number * 5 : number * 5 + 5])
+    (directory / ".writer-offset").write_text(f"{4:020d}")  # segment 4 still has work
+    relay = Relay(tmp_path, AMQP_URL, exchange_name)
+    await relay_until(relay, lambda: relay.published >= 20)
+    assert sorted(m.message_id for m in await take(queue, 30, within=1)) == sorted(
+        str(r.event_id) for r in sent
+    )
+    assert [p.name for p in directory.glob("*.jsonl")] == [f"{4:020d}.jsonl"]
+    # The writer done with it too (its owner's last mark): the directory goes.
+    (directory / ".writer-offset").write_text(f"{4:020d}~")
+    again = Relay(tmp_path, AMQP_URL, exchange_name)
+    await relay_until(again, lambda: not directory.exists(), within=5)
+    assert not directory.exists()
+    assert await take(queue, 5, within=0.5) == []  # nothing sent twice
 
 
 async def test_an_outbox_written_before_the_tracking_log_is_still_relayed(
