@@ -24,7 +24,7 @@ from ingest.client_ip import Network
 from ingest.geo import GeoLocator
 from ingest.ratelimit import RateLimiter
 from ingest.sessions import SessionStore
-from ingest.tracking_log import Announced, TrackingLog, open_log
+from ingest.tracking_log import TrackingLog, open_log
 from ingest.writer import BatchWriter, Settles
 
 
@@ -49,8 +49,7 @@ class Pipeline:
             if tracking_log is None:  # no log: published from this process
                 return announce_stored(runtime.publisher, rows)
             record_stored(rows)
-            announced: Announced = tracking_log.announce(rows)
-            return announced
+            return tracking_log.announce(rows)
 
         async def hand_off(batch: RetryBatch) -> None:
             await runtime.retry_queue.push(batch)

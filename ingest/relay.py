@@ -170,6 +170,8 @@ class Relay:
             self._remove_if_finished(claim)
             return 0
         sent = 0
+        # Read once a pass: the writer's mark only moves forward, so a stale one is safe.
+        writer_done = read_mark(directory / WRITER_OFFSET)
         for path in segments:
             name = stem(path)
             start = claim.offset.offset if name == claim.offset.segment else 0
@@ -192,7 +194,7 @@ class Relay:
                 claim.offset = RelayOffset(name, position, claim.offset.published + len(found))
                 write_relay_offset(directory, claim.offset)
             read = position >= size
-            if read and (is_legacy_outbox(path) or name < read_mark(directory / WRITER_OFFSET)):
+            if read and (is_legacy_outbox(path) or name < writer_done):
                 # Read to its end, and the writer is done with it (the mark passes a segment
                 # only once it is sealed): both consumers are past it, whoever deletes it. So
                 # the log of a process that is gone and will not be taken over is cleared too.

@@ -134,6 +134,10 @@ class TrackingLog:
         self._announced = 0  # messages written to this directory, all time
         self._lost = 0  # of those, skipped past the backlog bound
         self._published_seen = 0
+        # The marks this log writes in its own directory (nobody else does), kept here so
+        # maintenance does not read them back.
+        self._writer_mark = ""
+        self._floor = ""
         self.backlog = 0  # messages the relay has not published, as of the last `maintain`
 
     # -- start and stop
@@ -298,17 +302,19 @@ class TrackingLog:
             current = self._segments[-1]
             if time.monotonic() - current.opened >= self._segment_seconds:
                 current.seal()
-        self._bound_backlog()
-        self.trim()
+        relay = read_relay_offset(self.directory)
+        self._bound_backlog(relay)
+        self.trim({self.directory: (relay, self._floor)})
         self._commit_writer_offset()
 
     def _written_by_writer(self, segment: _Segment, done: int) -> bool:
         return segment.syncing == 0 and segment.max_seq <= done
 
-    def trim(self) -> int:
-        """Delete sealed segments every consumer is past; returns how many."""
+    def trim(self, known: dict[Path, tuple[RelayOffset, str]] | None = None) -> int:
+        """Delete sealed segments every consumer is past; returns how many. `known`: relay
+        offsets and floors already read, by directory."""
         done = self._writer.done_through
-        relays: dict[Path, tuple[RelayOffset, str]] = {}
+        relays = dict(known or {})
         removed = 0
         for segments in (self._segments, self._taken):
             for segment in list(segments):
@@ -337,23 +343,22 @@ class TrackingLog:
         else:
             # All done: past the newest segment (a later one sorts after this mark).
             mark = stem(self._segments[-1].path) + "~" if self._segments else ""
-        if mark and mark != read_mark(self.directory / WRITER_OFFSET):
+        if mark and mark != self._writer_mark:
             write_mark(self.directory / WRITER_OFFSET, mark)
+            self._writer_mark = mark
 
-    def _bound_backlog(self) -> None:
-        relay = read_relay_offset(self.directory)
+    def _bound_backlog(self, relay: RelayOffset) -> None:
         if relay.published > self._published_seen:
             if self._count_published:
                 PUBLISHED.labels(ROUTING_KEY).inc(relay.published - self._published_seen)
             self._published_seen = relay.published
-        floor = read_mark(self.directory / RELAY_FLOOR)
-        start = max(relay.segment, floor)
+        start = max(relay.segment, self._floor)
         ahead = [s for s in self._segments if stem(s.path) >= start and s.messages]
         waiting = sum(s.message_bytes for s in ahead)  # counts the relay's segment whole
         backlog = max(0, self._announced - relay.published - self._lost)
         if waiting > self._max_backlog_bytes:
             beyond = sum(s.messages for s in ahead if stem(s.path) > relay.segment)
-            lost = 0
+            lost, floor = 0, self._floor
             while ahead and waiting > self._max_backlog_bytes:
                 oldest = ahead.pop(0)
                 oldest.seal()  # nothing more is written where the relay is told to skip
@@ -364,6 +369,7 @@ class TrackingLog:
                 else:
                     lost += oldest.messages
             write_mark(self.directory / RELAY_FLOOR, floor)
+            self._floor = floor
             self._lost += lost
             backlog -= lost
             PUBLISH_LOST.labels(ROUTING_KEY).inc(lost)

@@ -33,9 +33,18 @@ from tests.conftest import counter, encode, event, take
 from tests.conftest import tracking_rows as rows
 
 
-def writer_on(warehouse: Warehouse) -> BatchWriter[TrackingRow]:
-    # Not started: it only buffers what the log hands it.
-    return BatchWriter(warehouse, "tracking_events", TrackingRow, max_rows=10_000, interval_ms=1000)
+def writer_on(
+    warehouse: Warehouse, on_stored: Callable[[list[TrackingRow]], Any] | None = None
+) -> BatchWriter[TrackingRow]:
+    # Not started: it only buffers what the log hands it (and stores on `flush`).
+    return BatchWriter(
+        warehouse,
+        "tracking_events",
+        TrackingRow,
+        max_rows=10_000,
+        interval_ms=1000,
+        on_stored=on_stored,
+    )
 
 
 def log_in(root: Path, writer: BatchWriter[TrackingRow], **options: Any) -> TrackingLog:
@@ -78,14 +87,7 @@ async def test_a_segment_goes_once_the_writer_and_the_relay_are_both_past_it(
     tmp_path: Path, warehouse: Warehouse
 ) -> None:
     logs: list[TrackingLog] = []
-    writer = BatchWriter(
-        warehouse,
-        "tracking_events",
-        TrackingRow,
-        max_rows=10_000,
-        interval_ms=1000,
-        on_stored=lambda stored: logs[0].announce(stored),
-    )
+    writer = writer_on(warehouse, lambda stored: logs[0].announce(stored))
     tracking_log = log_in(tmp_path / "spool", writer, segment_seconds=3600)
     logs.append(tracking_log)
     directory = tracking_log.directory
