@@ -62,5 +62,10 @@ def covered(job: str) -> str:
     return f"lw:covered:{job}"
 
 
+def late_pending(job: str) -> str:
+    """Set while a recompute of `job` for late events is queued and not yet started."""
+    return f"lw:late-pending:{job}"
+
+
 def export_key(export_id: str) -> str:
     return f"lw:export:v2:{export_id}"

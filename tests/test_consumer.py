@@ -576,6 +576,24 @@ async def test_late_events_enqueue_one_recompute_of_what_they_change(
         "rebuild_dashboards:late",
         "recompute_funnels:late",
     ]
+    # The funnels run starts (and so reads from here on): a late order stored after that is
+    # not in what it reads, so it queues the next run; the dashboards run has not started.
+    await coverage.starting(redis, Job.RECOMPUTE_FUNNELS)
+    body = order_created()
+    body["timestamp"] = (now - timedelta(hours=3)).isoformat()
+    await platform.publish("lomash.orders.created", body)
+    await until_stored(warehouse, 34)
+    await wait_for(lambda: _queued_count(redis, 3), within=10)
+    queued = sorted(k.decode() for k in await redis.zrange("arq:queue", 0, -1))
+    assert [q.rsplit(":", 1)[0] for q in queued] == [
+        "rebuild_dashboards:late",
+        "recompute_funnels:late",
+        "recompute_funnels:late",
+    ]
+
+
+async def _queued_count(redis: Redis, n: int) -> bool:
+    return await redis.zcard("arq:queue") >= n
 
 
 async def test_a_failing_consume_loop_is_restarted_and_nothing_is_counted_twice(

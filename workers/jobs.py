@@ -135,11 +135,18 @@ def _publish(job: JobContext, topic: Topic, payload: Any) -> None:
     job.publisher.publish(topic.routing_key, message_id, body)
 
 
+async def _starting(job: JobContext, name: Job) -> None:
+    if job.redis is not None:
+        async with best_effort("coverage"):
+            await coverage.starting(job.redis, name)
+
+
 async def recompute_funnels(ctx: dict[str, Any]) -> str:
     """Each funnel over the last 30 days to the current hour: stored in `funnels`, published."""
     started = time.perf_counter()
     job = job_context(ctx)
     warehouse, settings = job.warehouse, job.settings
+    await _starting(job, Job.RECOMPUTE_FUNNELS)
     computed_at = datetime.now(UTC)
     end = widgets.ceil_hour(computed_at)
     results = []
@@ -185,6 +192,7 @@ async def rebuild_dashboards(ctx: dict[str, Any]) -> str:
     started = time.perf_counter()
     job = job_context(ctx)
     warehouse, settings = job.warehouse, job.settings
+    await _starting(job, Job.REBUILD_DASHBOARDS)
     zone = zoneinfo.ZoneInfo(settings.report_timezone)
     now = datetime.now(UTC)
     end = widgets.ceil_hour(now)
