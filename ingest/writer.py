@@ -120,6 +120,8 @@ class BatchWriter(Generic[Row]):
             await self._task
             self._task = None
         await self.flush(force_retries=True)
+        while self._buffer:  # rows added while that flush was writing
+            await self.flush(force_retries=True)
         if self.pending_rows:
             log.error(
                 "%d rows of %s could not be stored or handed off at shutdown",
@@ -138,13 +140,29 @@ class BatchWriter(Generic[Row]):
                 await self.flush(full_batches_only=not self._closing)
 
     async def flush(self, *, force_retries: bool = False, full_batches_only: bool = False) -> None:
+        """Write whole batches (`full_batches_only`), or the rows buffered when the flush began.
+
+        Rows that arrive while a batch is being written wait for the next tick or for a full
+        batch: draining them too would chain back-to-back inserts of whatever came in during
+        the last one, and an insert's fixed cost (planning every view, a part per table) is
+        paid per insert, not per row."""
         async with self._lock:
             self._full.clear()
             if self._held and (force_retries or time.monotonic() >= self._retry_at):
                 await self._retry_held()
-            while self._buffer and (not full_batches_only or len(self._buffer) >= self._max_rows):
-                rows = self._buffer[: self._max_rows]
-                del self._buffer[: self._max_rows]
+            due = len(self._buffer)
+            while self._buffer:
+                if full_batches_only:
+                    if len(self._buffer) < self._max_rows:
+                        break
+                    take = self._max_rows
+                else:
+                    if not due:
+                        break
+                    take = min(self._max_rows, due)
+                    due -= take
+                rows = self._buffer[:take]
+                del self._buffer[:take]
                 first, self._in_flight = self._buffer_start, self._buffer_start
                 self._buffer_start += len(rows)
                 try:
