@@ -35,6 +35,10 @@ _PERSISTENT = 2
 _HEARTBEAT_S = 60
 CONNECT_TIMEOUT_S = 5
 _JSON = b"application/json"
+_READ_SIZE = 1 << 16
+_SIZE = struct.Struct(">I")
+_BASIC_ACK = struct.pack(">HH", _BASIC, 80)  # Basic.Ack's class and method ids
+_ACK_ARGS = struct.Struct(">QB")  # delivery tag, then the `multiple` bit
 
 F = TypeVar("F", bound=Frame)
 
@@ -182,17 +186,43 @@ class ConfirmingPublisher:
                 raise PublishError(f"expected {kind.name}, the broker sent {value!r}")
 
     async def _read_forever(self) -> None:
+        # Whatever the socket holds is read at once and every whole frame in it handled: one
+        # wake-up per burst of confirms, not two timed reads per frame.
+        silence = self._heartbeat * 2 if self._heartbeat else None
+        pending = b""
         try:
             while True:
-                value = await self._frame()
-                if isinstance(value, commands.Basic.Ack):
-                    self._ack(value.delivery_tag, value.multiple)
-                elif isinstance(value, commands.Basic.Nack):
-                    raise PublishError(f"the broker refused delivery tag {value.delivery_tag}")
+                chunk = await asyncio.wait_for(self._reader.read(_READ_SIZE), silence)
+                if not chunk:
+                    raise EOFError("the broker closed the socket")
+                pending = self._handle_frames(pending + chunk if pending else chunk)
+                self._progress.set()
         except PublishError as error:
             self._fail(error)
         except (OSError, EOFError, TimeoutError) as error:  # EOF: the socket closed
             self._fail(PublishError(f"connection lost: {error!r}"))
+
+    def _handle_frames(self, data: bytes) -> bytes:
+        """Handle every whole frame in `data`; return the incomplete rest."""
+        at, end = 0, len(data)
+        while end - at >= 8:
+            size = _SIZE.unpack_from(data, at + 3)[0]
+            stop = at + 8 + size
+            if stop > end:
+                break
+            if size == 13 and data[at] == _METHOD and data[at + 7 : at + 11] == _BASIC_ACK:
+                tag, flags = _ACK_ARGS.unpack_from(data, at + 11)  # the common case, unparsed
+                self._ack(tag, bool(flags & 1))
+            else:
+                _, _, value = frame.unmarshal(data[at:stop])
+                if isinstance(value, commands.Connection.Close | commands.Channel.Close):
+                    raise PublishError(f"the broker closed: {value.reply_code} {value.reply_text}")
+                if isinstance(value, commands.Basic.Ack):
+                    self._ack(value.delivery_tag, value.multiple)
+                elif isinstance(value, commands.Basic.Nack):
+                    raise PublishError(f"the broker refused delivery tag {value.delivery_tag}")
+            at = stop
+        return data[at:]
 
     def _ack(self, tag: int, multiple: bool) -> None:
         # RabbitMQ may confirm out of order: a single ack covers its own tag only.
@@ -200,12 +230,11 @@ class ConfirmingPublisher:
             self._confirmed = max(self._confirmed, tag)
         else:
             self._acked_ahead.add(tag)
-        while self._confirmed + 1 in self._acked_ahead:
+        while self._acked_ahead and self._confirmed + 1 in self._acked_ahead:
             self._confirmed += 1
             self._acked_ahead.discard(self._confirmed)
         if self._acked_ahead and min(self._acked_ahead) <= self._confirmed:
             self._acked_ahead = {t for t in self._acked_ahead if t > self._confirmed}
-        self._progress.set()
 
     def _fail(self, error: PublishError) -> None:
         self._failure = error

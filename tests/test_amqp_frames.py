@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aio_pika
 import pytest
-from pamqp import body, commands, frame, header
+from pamqp import body, commands, frame, header, heartbeat
 
 from ingest.amqp_frames import ConfirmingPublisher, PublishError, encode_message, publish_frame
 from tests.conftest import AMQP_URL, take
@@ -132,3 +132,48 @@ async def test_out_of_order_single_acks_confirm_only_their_own_tags() -> None:
         publisher._ack(tag, multiple)
         seen.append(publisher._confirmed)
     assert seen == [0, 0, 3, 5, 5, 7]
+
+
+@pytest.mark.parametrize("cut", [1, 7, 8, 21, 1000])
+async def test_confirms_are_read_whatever_the_socket_cuts_them_into(cut: int) -> None:
+    reader = asyncio.StreamReader()
+    publisher = ConfirmingPublisher(reader, None, "x", KEY)  # type: ignore[arg-type]
+    task = asyncio.create_task(publisher._read_forever())
+    stream = b"".join(
+        [
+            frame.marshal(commands.Basic.Ack(delivery_tag=1), 1),
+            frame.marshal(heartbeat.Heartbeat(), 0),
+            frame.marshal(commands.Basic.Ack(delivery_tag=3), 1),
+            frame.marshal(commands.Basic.Ack(delivery_tag=2**40, multiple=True), 1),
+            frame.marshal(commands.Basic.Ack(delivery_tag=2**40 + 1), 1),
+            frame.marshal(commands.Basic.Ack(delivery_tag=2**40 + 2, multiple=False), 1),
+        ]
+    )
+    for at in range(0, len(stream), cut):
+        reader.feed_data(stream[at : at + cut])
+        await asyncio.sleep(0)
+    await confirmed_through(publisher, 2**40 + 2)
+    assert not publisher._acked_ahead and publisher._failure is None
+    # then the broker refuses one, and the reader stops with the reason
+    reader.feed_data(frame.marshal(commands.Basic.Nack(delivery_tag=2**40 + 3), 1))
+    await asyncio.wait_for(task, 2)
+    assert isinstance(publisher._failure, PublishError)
+    assert "refused delivery tag" in str(publisher._failure)
+
+
+async def test_a_channel_closed_by_the_broker_fails_with_its_reason() -> None:
+    reader = asyncio.StreamReader()
+    publisher = ConfirmingPublisher(reader, None, "x", KEY)  # type: ignore[arg-type]
+    task = asyncio.create_task(publisher._read_forever())
+    reader.feed_data(
+        frame.marshal(commands.Channel.Close(404, "NOT_FOUND - no exchange", 60, 40), 1)
+    )
+    await asyncio.wait_for(task, 2)
+    assert "404 NOT_FOUND - no exchange" in str(publisher._failure)
+
+
+async def confirmed_through(publisher: ConfirmingPublisher, tag: int) -> None:
+    async with asyncio.timeout(2):
+        while publisher._confirmed != tag:
+            publisher._progress.clear()
+            await publisher._progress.wait()
