@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from functools import lru_cache
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+# Parsing an address costs microseconds in Python and a client sends many requests; bounded,
+# so a client rotating addresses costs at most this many entries.
+_CACHED = 8192
+
+
+@lru_cache(maxsize=_CACHED)
 def _parse(address: str) -> Address | None:
     """The address, with an IPv4-mapped IPv6 one (`::ffff:10.1.2.3`) read as its IPv4 self,
     so that it matches IPv4 networks and counts as the same client."""
@@ -49,6 +56,7 @@ def client_ip(peer: str, forwarded_for: Sequence[str], trusted: Sequence[Network
     return str(own)
 
 
+@lru_cache(maxsize=_CACHED)
 def rate_key(address: str) -> str:
     """The rate limit's key for a client: its IPv4 address, or its IPv6 /64 (one subscriber's
     network usually holds a whole /64, so per-address limits would not hold a client)."""
