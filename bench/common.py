@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,6 +81,55 @@ def rss_mb(base: str) -> float:
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
     return total / 1024
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(path: Path) -> tuple[str, int, float] | None:
+    """A /proc stat file's command name, parent pid and CPU seconds (user + system)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text.rsplit(")", 1)[1].split()
+    return name, int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def cpu_seconds(base: str) -> Counter[str]:
+    """CPU seconds used so far on the whole machine, split into the parts that share its cores:
+    the process serving `base` (its event loop thread, then its other threads: chDB and the
+    fsync helper), its children (the relay), Redis, RabbitMQ, the kernel's threads (writeback,
+    fsync) and the rest. Differences of two calls give what a run cost; the load generator
+    (wrk) starts and exits between them, so it is not counted."""
+    root = PIDS[base]
+    parts: Counter[str] = Counter()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        found = _stat(entry / "stat")
+        if found is None:
+            continue
+        name, parent, seconds = found
+        pid = int(entry.name)
+        if pid == root:
+            for task in (entry / "task").iterdir():
+                thread = _stat(task / "stat")
+                if thread is not None:
+                    loop = int(task.name) == root
+                    parts["service: event loop" if loop else "service: other threads"] += thread[2]
+        elif parent == root:
+            parts["relay (child process)"] += seconds
+        elif name == "redis-server":
+            parts["Redis"] += seconds
+        elif name == "beam.smp":
+            parts["RabbitMQ"] += seconds
+        elif parent == 2:  # kthreadd's children
+            parts["kernel threads"] += seconds
+        else:
+            parts["other processes"] += seconds
+    return parts
 
 
 @contextmanager

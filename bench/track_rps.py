@@ -7,7 +7,10 @@
 3. at about half the service's maximum rate: p50/p99 request latency, and the p99 time from the
    202 to the row being queryable (tracking_visible_seconds, the oldest row of each batch);
 4. per run, `event.tracked` confirmed per second by the relay and its backlog at the end, and
-   the resident memory of the service and its relay.
+   the resident memory of the service and its relay;
+5. where the machine's CPU went, per event: the service's event loop, its other threads
+   (chDB, fsync), the relay, Redis, RabbitMQ and the kernel, for the no-op, single events
+   and arrays.
 Finally every 202 is checked against the rows in ClickHouse.
 
     .venv/bin/python bench/track_rps.py [--seconds 10] [--connections 32]
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from bench.common import (
     count_rows,
+    cpu_seconds,
     event,
     free_port,
     histogram_quantile,
@@ -53,14 +57,18 @@ def main() -> None:
         cmd, env = noop()
         with running(cmd, env, free_port()) as base:
             wrk(base + TRACK, one, 2, conns)
+            cpu_before = cpu_seconds(base)
             baseline = wrk(base + TRACK, one, secs, conns)
+            cpu_baseline = cpu_seconds(base) - cpu_before
 
         data = tmpdir / "single"
         cmd, env = service(data)
         with running(cmd, env, free_port()) as base:
             warm = wrk(base + TRACK, one, 2, conns)
             published_before = metric(base, PUBLISHED)
+            cpu_before = cpu_seconds(base)
             single = wrk(base + TRACK, one, secs, conns)
+            cpu_single = cpu_seconds(base) - cpu_before
             published_single = (metric(base, PUBLISHED) - published_before) / secs
             backlog_single = metric(base, "analytics_publish_backlog")
             rss_single = rss_mb(base)
@@ -80,8 +88,10 @@ def main() -> None:
             time.sleep(2)  # let the warm-up drain so the window counts only its own rows
             stored_before, started = metric(base, "tracking_events_stored_total"), time.monotonic()
             published_before = metric(base, PUBLISHED)
+            cpu_before = cpu_seconds(base)
             arrays = wrk(base + TRACK, hundred, secs, conns)
             stored_after, ended = metric(base, "tracking_events_stored_total"), time.monotonic()
+            cpu_arrays = cpu_seconds(base) - cpu_before
             rss_arrays = rss_mb(base)
             published_arrays = (metric(base, PUBLISHED) - published_before) / (ended - started)
             backlog_arrays = metric(base, "analytics_publish_backlog")
@@ -128,6 +138,21 @@ def main() -> None:
     print(
         f"resident memory (service and relay) after the run: 1 event/request {rss_single:,.0f} MB,"
         f" arrays {rss_arrays:,.0f} MB"
+    )
+    # Where the two cores went: what the goals have to be found in.
+    runs = (
+        ("no-op", cpu_baseline, baseline["requests"]),
+        ("1 event/request", cpu_single, single["requests"]),
+        ("arrays (per stored event)", cpu_arrays, stored_after - stored_before),
+    )
+    print(f"\nCPU µs per event{'':<18}" + "".join(f"{name:>27}" for name, _, _ in runs))
+    for part in sorted(set(cpu_single) | set(cpu_arrays), key=lambda p: -cpu_single[p]):
+        print(
+            f"{part:<34}" + "".join(f"{cpu[part] / max(n, 1) * 1e6:>27.1f}" for _, cpu, n in runs)
+        )
+    print(
+        f"{'cores busy (wrk not counted)':<34}"
+        + "".join(f"{sum(cpu.values()) / secs:>27.2f}" for _, cpu, _ in runs)
     )
     # wrk stops counting at its deadline while the last in-flight requests still land, so the
     # rows may exceed the counted answers by up to one request per connection.
