@@ -407,3 +407,36 @@ async def test_one_check_spends_both_budgets_in_order(redis: Redis) -> None:
     # Refused as requests, the last three spent no events.
     hour = int(time.time()) // 3600
     assert await redis.get(keys.rate_window(keys.RATE_EVENTS, other, hour)) == b"180"
+
+
+async def test_a_burst_of_several_clients_is_decided_per_client_in_arrival_order(
+    redis: Redis,
+) -> None:
+    """One round trip answers requests of several clients, interleaved: each client's budgets
+    are spent in its own arrival order and written once, exactly what it was allowed."""
+    limiter = RateLimiter(redis, (3, "minute"), (100, "hour"))
+    a, b = f"test-{uuid.uuid4().hex}", f"test-{uuid.uuid4().hex}"
+    burst = [(a, 10), (b, 60), (a, 10), (b, 60), (a, 10), (b, 0), (a, 10), (b, 30)]
+    if time.time() % 60 > 58:  # the windows read below must be the ones the burst spent
+        await asyncio.sleep(2.5)
+    answers = await asyncio.gather(*(limiter.check(client, events=n) for client, n in burst))
+    decided = [answer.budget if answer else None for answer in answers]
+    # a: three requests fit, the fourth is over 3 a minute; b: 60 events fit, the next 60
+    # would be 120 > 100 (refused, still a request), the check of 0 events is its 3rd request,
+    # the 4th is over 3 a minute.
+    assert decided == [
+        None,
+        None,
+        None,
+        Budget.EVENTS,
+        None,
+        None,
+        Budget.REQUESTS,
+        Budget.REQUESTS,
+    ]
+    minute, hour = int(time.time()) // 60, int(time.time()) // 3600
+    assert await redis.get(keys.rate_window(keys.RATE_REQUESTS, a, minute)) == b"3"
+    assert await redis.get(keys.rate_window(keys.RATE_REQUESTS, b, minute)) == b"3"
+    assert await redis.get(keys.rate_window(keys.RATE_EVENTS, a, hour)) == b"30"
+    assert await redis.get(keys.rate_window(keys.RATE_EVENTS, b, hour)) == b"60"
+    assert 0 < await redis.pttl(keys.rate_window(keys.RATE_EVENTS, b, hour)) <= 2 * 3600 * 1000
