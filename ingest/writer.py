@@ -151,16 +151,11 @@ class BatchWriter(Generic[Row]):
             if self._held and (force_retries or time.monotonic() >= self._retry_at):
                 await self._retry_held()
             due = len(self._buffer)
-            while self._buffer:
-                if full_batches_only:
-                    if len(self._buffer) < self._max_rows:
-                        break
-                    take = self._max_rows
-                else:
-                    if not due:
-                        break
-                    take = min(self._max_rows, due)
-                    due -= take
+            if full_batches_only:
+                due -= due % self._max_rows
+            while due:
+                take = min(self._max_rows, due)
+                due -= take
                 rows = self._buffer[:take]
                 del self._buffer[:take]
                 first, self._in_flight = self._buffer_start, self._buffer_start
