@@ -16,14 +16,13 @@ from api import admin_jobs, admin_page, assets, dashboard, exports, openapi, ops
 from api.auth import AdminAuth
 from api.services import Services, app_services
 from consumers.consumer import DomainEventConsumer
-from core.best_effort import best_effort
 from core.clickhouse import WarehouseError
 from core.metrics import process_exiting
 from core.runtime import Role, Runtime
 from core.settings import Settings
 from ingest import track, tracker
 from ingest.pipeline import Pipeline
-from ingest.relay import RelayHandle, RelayMode
+from ingest.relay import RelayChild
 from materialized.snapshots import OnDemand
 from workers.context import JobContext
 from workers.embedded import EmbeddedWorker
@@ -77,11 +76,11 @@ def create_app(
     name: str = "lomash_analytics",
     *,
     embedded: bool = True,
-    relay: RelayMode = RelayMode.TASK,
+    relay: bool = False,
 ) -> Sanic:  # type: ignore[type-arg]
     """The API; `embedded` also runs the domain-event consumer and the arq worker in the same
-    event loop (`analytics serve`, the only way with chDB). `relay`: where the `event.tracked`
-    relay runs (a child process in `serve`, apart in server mode)."""
+    event loop (`analytics serve`, the only way with chDB). `relay`: start the `event.tracked`
+    relay as a child process (`serve`); otherwise it runs apart (`analytics relay`)."""
     app: Sanic = Sanic(name, error_handler=JSONErrors(), configure_logging=False)  # type: ignore[type-arg]
     app.config.REQUEST_MAX_SIZE = track.MAX_BODY_BYTES
     app.config.FALLBACK_ERROR_FORMAT = "json"
@@ -118,12 +117,12 @@ def create_app(
         runtime = await Runtime.open(settings, roles)
         svc = Services(
             runtime=runtime,
-            pipeline=await Pipeline.open(runtime, counts_relayed=relay is RelayMode.PROCESS),
+            pipeline=await Pipeline.open(runtime, counts_relayed=relay),
             on_demand=OnDemand(runtime.warehouse),
         )
         app.ctx.services = svc
         app.ctx.pipeline = svc.pipeline  # what the beacon blueprint reads
-        app.ctx.relay = RelayHandle.start(settings, relay)
+        app.ctx.relay = RelayChild(settings) if relay else None
         app.ctx.snapshot_writer = asyncio.create_task(
             _write_snapshots(svc.on_demand), name="on-demand-snapshots"
         )
@@ -133,8 +132,6 @@ def create_app(
                 settings, runtime.warehouse, runtime.redis
             )
             svc.consumer.start()
-            async with best_effort("retry_recover"):  # the worker's start-up tries again
-                await runtime.retry_queue.recover()
             svc.worker = EmbeddedWorker(settings.redis_url, JobContext.of(runtime))
             svc.worker.start()
 
@@ -150,7 +147,7 @@ def create_app(
             await svc.on_demand.flush()
         await svc.pipeline.close()
         if app.ctx.relay is not None:
-            # The relay gets a few seconds to publish what is stored; the rest waits on disk.
+            # The relay gets a few seconds to publish what is placed; the rest waits on disk.
             await svc.pipeline.relayed(within=5.0)
             await app.ctx.relay.stop()
         if svc.consumer is not None:

@@ -164,7 +164,7 @@ def running(cmd: list[str], env: dict[str, str], port: int) -> Iterator[str]:
 def service(data: Path, **env: str) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-m", "cli.main", "serve"], {
         "CLICKHOUSE_URL": f"chdb://{data / 'clickhouse'}",
-        "SPOOL_DIR": str(data / "spool"),
+        "TRACKING_LOG_DIR": str(data / "tracking-log"),
         "RATE_LIMIT": "100000000/minute",
         "RATE_LIMIT_EVENTS": "100000000000/minute",
         "STORAGE_URL": f"file://{data / 'objects'}",

@@ -2,7 +2,6 @@
 
 1. one event per request: the service's requests/s against a Sanic handler that only
    answers 202 (bench/noop_app.py), both single-process, both loaded by wrk;
-   and the same without the spool (SPOOL_DIR=""), for the cost of durable 202s;
 2. arrays of 100 events: events/s *stored* (tracking_events_stored_total over the run);
 3. at about half the service's maximum rate: p50/p99 request latency, and the p99 time from the
    202 to the row being queryable (tracking_visible_seconds, the oldest row of each batch);
@@ -75,12 +74,6 @@ def main() -> None:
         single_answered = warm["requests"] - warm["errors"] + single["requests"] - single["errors"]
         single_rows = count_rows(data)
 
-        # The same without the spool: what making each 202 durable costs.
-        cmd, env = service(tmpdir / "unspooled", SPOOL_DIR="")
-        with running(cmd, env, free_port()) as base:
-            wrk(base + TRACK, one, 2, conns)
-            unspooled = wrk(base + TRACK, one, secs, conns)
-
         data = tmpdir / "arrays"
         cmd, env = service(data)
         with running(cmd, env, free_port()) as base:
@@ -120,7 +113,6 @@ def main() -> None:
     for name, r, per in (
         ("no-op Sanic, 1 event/request", baseline, 1),
         ("service, 1 event/request", single, 1),
-        ("service without spool, 1 event/req", unspooled, 1),
         ("service, 100 events/request", arrays, 100),
         ("service at ~half max rate", at_half, 1),
     ):
@@ -129,7 +121,6 @@ def main() -> None:
             f"{r['p99_ms']:>9.2f}{r['errors']:>9.0f}"
         )
     print(f"\nservice / no-op (1 event/request):      {single['rps'] / baseline['rps']:.2f}")
-    print(f"spool cost: with / without (1 event/request): {single['rps'] / unspooled['rps']:.2f}")
     print(f"stored events/s with arrays of 100:     {stored_rate:,.0f}")
     print(f"202 -> queryable at half rate: p50 <= {visible_p50}s, p99 <= {visible_p99}s")
     print(

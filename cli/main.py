@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import gc
 import logging
-import os
 import signal
 import sys
 from functools import partial
@@ -60,12 +59,10 @@ def _serve(settings: Settings, *, embedded: bool) -> int:
     from sanic.worker.loader import AppLoader
 
     from api.app import create_app
-    from ingest.relay import RelayMode
 
     _tune_gc()
     # Embedded, the event.tracked relay is a child process; in server mode, `analytics relay`.
-    relay = RelayMode.PROCESS if embedded else RelayMode.NONE
-    loader = AppLoader(factory=partial(create_app, settings, embedded=embedded, relay=relay))
+    loader = AppLoader(factory=partial(create_app, settings, embedded=embedded, relay=embedded))
     app = loader.load()
     app.prepare(
         host=settings.host,
@@ -117,42 +114,10 @@ def _consume(settings: Settings) -> int:
     return 0
 
 
-def _relay(settings: Settings, parent: int) -> int:
-    from pathlib import Path
+def _relay(settings: Settings) -> int:
+    from ingest.relay import run_relay
 
-    from core.ops_server import OpsServer
-    from ingest.relay import Relay
-
-    if not settings.spool_dir:
-        print("bad setting SPOOL_DIR: the relay reads the tracking logs there", file=sys.stderr)
-        return 2
-
-    root = Path(settings.spool_dir).resolve()
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        relay = Relay(
-            root,
-            settings.amqp_url,
-            settings.amqp_exchange,
-            # A child of `serve` goes when its parent goes, however the parent went.
-            alive=(lambda: os.getppid() == parent) if parent else (lambda: True),
-        )
-        ops = None
-        if settings.metrics_port and not parent:
-
-            async def readiness() -> dict[str, Any]:
-                return {"ready": relay.connected.is_set(), "published": relay.published}
-
-            ops = OpsServer(settings.host, settings.metrics_port, readiness, settings.metrics_token)
-            await ops.start()
-        await relay.run(stop)
-        if ops is not None:
-            await ops.close()
-
-    asyncio.run(run())
+    run_relay(settings)
     return 0
 
 
@@ -224,10 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="API, consumer and worker in one process (embedded default)")
     commands.add_parser("api", help="the HTTP API alone, API_WORKERS processes (server mode)")
     commands.add_parser("consume", help="the RabbitMQ domain-event consumer alone (server mode)")
-    relay = commands.add_parser(
+    commands.add_parser(
         "relay", help="publish event.tracked from the tracking logs (beside `analytics api`)"
     )
-    relay.add_argument("--parent", type=int, default=0, help=argparse.SUPPRESS)
     commands.add_parser("migrate", help="apply pending sql/ migrations and exit")
     demo = commands.add_parser("demo", help="fill the install with believable traffic")
     demo.add_argument("--days", type=int, default=60)
@@ -295,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "consume":
         return _consume(settings)
     if args.command == "relay":
-        return _relay(settings, args.parent)
+        return _relay(settings)
     if settings.embedded:
         print(
             "bad setting CLICKHOUSE_URL: `analytics api` runs several processes and chDB "

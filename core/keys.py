@@ -10,7 +10,6 @@ from datetime import date
 
 # The retry queue of batches ClickHouse refused, and the batches a retrier is working on.
 RETRY_QUEUE = "lw:retry:batches"
-RETRY_PROCESSING = "lw:retry:processing"
 
 # Live counters of domain events per local day; days whose increments Redis missed.
 COUNTERS_STALE = "lw:counters:stale"

@@ -72,10 +72,20 @@ RETRY_QUEUE_DEPTH = Gauge(
     "Batches in the Redis retry queue (read at scrape time)",
     multiprocess_mode="mostrecent",
 )
-HELD_BATCHES = Gauge(
-    "tracking_writer_held_batches",
-    "Failed batches a writer holds in memory because the retry queue could not take them",
+UNPLACED_ROWS = Gauge(
+    "tracking_log_unplaced_rows",
+    "Accepted events in the tracking log not yet in ClickHouse or the retry queue",
     multiprocess_mode="livesum",
+)
+WRITER_STALLED = Counter(
+    "tracking_writer_stalls",
+    "Batches neither ClickHouse nor the retry queue took: the log kept them, tried again later",
+)
+LOG_DAMAGE = Counter(
+    "tracking_log_damage",
+    "Damage the tracking log's readers stepped over (torn tails, undecodable lines, a removed"
+    " directory); nothing answered 202 is in a torn tail",
+    ["kind"],
 )
 REDIS_FAILURES = Counter(
     "redis_unavailable", "Redis calls that failed; ingest went on without them", ["operation"]

@@ -45,7 +45,7 @@ StorageUrl = Annotated[str, _url_pattern("file", "s3")]
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     # Everything the service writes lives under here unless set on its own: the embedded
-    # ClickHouse, the spool, file storage and the metrics of `analytics api`'s workers.
+    # ClickHouse, the tracking log, file storage and the metrics of `analytics api`'s workers.
     data_dir: Annotated[str, msgspec.Meta(min_length=1)] = "./data"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     clickhouse_url: ClickHouseUrl = "chdb://./data/clickhouse"
@@ -60,9 +60,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Our own durable queue on that exchange (dead letters go to `<queue>.dlq`).
     amqp_queue: Annotated[str, msgspec.Meta(min_length=1)] = "analytics.domain-events"
     storage_url: StorageUrl = "file://./data/objects"
-    # Accepted events are written here before their 202 (one subdirectory per process);
-    # empty turns the spool off (a 202 then means accepted in memory only).
-    spool_dir: str = "./data/spool"
+    # The tracking log: accepted events are written here before their 202 (one subdirectory
+    # per process), read by the ClickHouse writer and the event.tracked relay.
+    tracking_log_dir: Annotated[str, msgspec.Meta(min_length=1)] = "./data/tracking-log"
     s3_endpoint_url: str = ""
     # Create the STORAGE_URL bucket at start when it is missing (a fresh MinIO, say).
     s3_create_bucket: bool = False
@@ -85,9 +85,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cors_origins: tuple[str, ...] = ("*",)
     flush_max_rows: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
     flush_interval_ms: Annotated[int, msgspec.Meta(ge=10, le=600_000)] = 1_000
-    # Rows accepted but not yet stored (or handed to the retry queue) that one process holds in
-    # memory; past it the beacon endpoint answers 503 with Retry-After until the writer
-    # catches up. About 1.3 KB each: the default bounds the buffer near 260 MB.
+    # Accepted events in one process's tracking log not yet stored (or handed to the retry
+    # queue); past it the beacon endpoint answers 503 with Retry-After until the writer catches
+    # up. The log keeps the decoded rows of its own unread segments too, about 1.3 KB each:
+    # the default bounds that near 260 MB (and the log on disk near 90 MB).
     ingest_max_pending_rows: Annotated[int, msgspec.Meta(ge=1_000)] = 200_000
     api_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     # windowFunnel's window: how long after a funnel's first step later steps still count.
@@ -180,7 +181,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         # The paths not set on their own follow DATA_DIR.
         raw.setdefault("clickhouse_url", f"chdb://{data_dir}/clickhouse")
         raw.setdefault("storage_url", f"file://{data_dir}/objects")
-        raw.setdefault("spool_dir", f"{data_dir}/spool")
+        raw.setdefault("tracking_log_dir", f"{data_dir}/tracking-log")
+    if "SPOOL_DIR" in env:
+        raise SettingsError("SPOOL_DIR", "renamed TRACKING_LOG_DIR (and it can no longer be off)")
     try:
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as error:

@@ -1,4 +1,6 @@
-"""`lomash.analytics.event.tracked`: one message per stored tracking event."""
+"""`lomash.analytics.event.tracked`: one message per stored tracking event, written into the
+tracking log by the writer once the event is placed and published from there by the relay
+(`ingest/relay.py`), the one publisher of this topic."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import msgspec
 
 from core.contracts import EVENT_TRACKED, VERSION, Envelope, EventTracked
 from core.metrics import EVENTS_STORED, VISIBLE_SECONDS
-from core.publisher import EventPublisher, Receipt
 from core.rows import TrackingRow
 
 ROUTING_KEY = EVENT_TRACKED.routing_key
@@ -44,7 +45,7 @@ def envelope(row: TrackingRow) -> bytes:
 
 def envelope_lines(rows: list[TrackingRow]) -> bytes:
     """The rows' messages as JSON lines, encoded in one call. Each line starts with
-    `{"eventId":"<the id>"`: the outbox's relay reads the message id from there."""
+    `{"eventId":"<the id>"`: the relay reads the message id from there."""
     return _encode_lines([_envelope(row) for row in rows])
 
 
@@ -57,20 +58,3 @@ def record_stored(rows: list[TrackingRow]) -> None:
     if rows:
         oldest = min(row.received_at for row in rows)
         VISIBLE_SECONDS.observe((datetime.now(UTC) - oldest).total_seconds())
-
-
-def announce_stored(publisher: EventPublisher | None, rows: list[TrackingRow]) -> Receipt | None:
-    """Count the rows as stored and queue their messages on an in-process publisher (the retry
-    job's way, and ingest's without a spool); the receipt settles once the broker has
-    confirmed every one."""
-    record_stored(rows)
-    return publish_tracked(publisher, rows)
-
-
-def publish_tracked(publisher: EventPublisher | None, rows: list[TrackingRow]) -> Receipt | None:
-    if publisher is None or not rows:
-        return None
-    receipt = Receipt(len(rows))
-    for row in rows:
-        publisher.publish(ROUTING_KEY, str(row.event_id), envelope(row), receipt)
-    return receipt

@@ -1,24 +1,28 @@
-"""The tracking log on disk: what `ingest/tracking_log.py` writes and `ingest/relay.py` reads.
+"""The tracking log on disk: what `ingest/tracking_log.py` writes and its two readers read.
 
-A process's log is a directory `<SPOOL_DIR>/<boot id>/` of segments `<ns>.jsonl`, each a
-sequence of JSON lines of two kinds, told apart by their first byte:
-- `[` an accepted event (a `TrackingRow`, array-like), appended before its 202: the ClickHouse
-  writer's input;
-- `{` the `event.tracked` message of a stored event (its envelope, which starts with
-  `{"eventId":"<id>"`), appended once the writer has stored it: the relay's input.
+A log is a directory `<TRACKING_LOG_DIR>/<boot id>/` of segments `<ns>.jsonl`. A segment is a
+sequence of lines of three kinds, told apart by their first byte:
+- `[` an accepted event (a `TrackingRow`, array-like), appended before its 202: what the
+  ClickHouse writer reads;
+- `{` the `event.tracked` message of an event the writer has placed (its envelope, which
+  starts with `{"eventId":"<id>"`): what the relay reads;
+- `#` the writer's commit `#<mark>`, written in the same group write as the messages of the
+  batch it commits: every accepted event in the segments whose stem sorts before the mark is
+  in ClickHouse or in the retry queue, and announced. A batch is one segment's events (a
+  segment is sealed when it holds a batch's worth, or when the writer's timer comes), so a
+  batch read again after a crash is the same batch, with the same insert token.
 
-Each consumer commits how far it got, in a file of the directory:
-- `.writer-offset`: the first segment holding an accepted event not yet stored or handed to
-  the retry queue (written by the log's owner; a restart replays from there);
+Only the newest segment of a directory is ever written to, so a segment with a newer one
+beside it is complete: bytes after its last newline are a torn tail (a write cut short by a
+full disk or a crash), which every reader steps over and counts.
+
+Marks beside the segments (each written whole, by rename):
+- `.writer-offset`: the writer's mark as of its last commit, a copy of the commit lines kept
+  for the relay (which deletes what both readers are past) and for a quick start;
 - `.relay-offset`: the relay's segment, bytes of it read, and messages confirmed all time;
 - `.relay-floor`: written by the owner when the relay's backlog passes its bound: the relay
   skips every segment before it (those messages are counted lost).
-A segment is deleted once both consumers have committed past it. Only the newest segment of a
-directory is written to, so a segment with a newer one beside it is complete.
-
-Before 2026-11-28 stored events' messages went to separate outbox segments (`<ns>.tracked`,
-`<ns>.tracked.open`, lines `<eventId> <envelope>` before that): the relay still reads those and
-deletes them once read.
+A segment is deleted once both readers are past it.
 """
 
 from __future__ import annotations
@@ -29,15 +33,16 @@ from pathlib import Path
 import msgspec
 
 SEGMENT = ".jsonl"
-LEGACY_OUTBOX = (".tracked", ".tracked.open")
 OWNER_LOCK = ".lock"  # held (flock) by the process whose log this is
+RELAY_LOCK = ".relay.lock"
 WRITER_OFFSET = ".writer-offset"
 RELAY_OFFSET = ".relay-offset"
 RELAY_FLOOR = ".relay-floor"
 
+ROW_START = b"["
+COMMIT_START = b"#"
 ID_PREFIX = b'{"eventId":"'  # msgspec writes the envelope's fields in order: the id comes first
 ID_END = len(ID_PREFIX) + 36
-ROW_START = b"["
 
 
 def stem(path: Path) -> str:
@@ -48,22 +53,40 @@ def is_segment(path: Path) -> bool:
     return path.name.endswith(SEGMENT)
 
 
-def is_legacy_outbox(path: Path) -> bool:
-    return path.name.endswith(LEGACY_OUTBOX)
+def segments(directory: Path) -> list[Path]:
+    """The directory's segments, oldest first."""
+    return sorted(p for p in directory.iterdir() if is_segment(p))
+
+
+def complete(data: bytes) -> bytes:
+    """The whole lines of `data`."""
+    return data[: data.rfind(b"\n") + 1]
 
 
 def messages(lines: bytes) -> list[tuple[bytes, bytes]]:
     """The (message id, body) of every `event.tracked` line among complete `lines`."""
-    found = []
-    for line in lines.split(b"\n"):
-        if not line or line.startswith(ROW_START):
-            continue
-        if line.startswith(ID_PREFIX):
-            found.append((line[len(ID_PREFIX) : ID_END], line))
-        else:  # an outbox line written before 2026-11-28: `<eventId> <envelope>`
-            message_id, _, body = line.partition(b" ")
-            found.append((message_id, body))
-    return found
+    return [
+        (line[len(ID_PREFIX) : ID_END], line)
+        for line in lines.split(b"\n")
+        if line.startswith(ID_PREFIX)
+    ]
+
+
+def commit_line(mark: str) -> bytes:
+    return b"#" + mark.encode() + b"\n"
+
+
+def last_commit(lines: bytes) -> str:
+    """The mark of the last writer commit among complete `lines` ("" when none)."""
+    at = lines.rfind(b"\n#") + 1
+    if at == 0 and not lines.startswith(COMMIT_START):
+        return ""
+    return lines[at + 1 : lines.find(b"\n", at)].decode()
+
+
+def mark_past(name: str) -> str:
+    """The mark that says every segment up to and including `name` is done."""
+    return name + "~"
 
 
 class RelayOffset(msgspec.Struct, frozen=True):
@@ -89,7 +112,7 @@ def write_relay_offset(directory: Path, offset: RelayOffset) -> None:
 
 
 def read_mark(path: Path) -> str:
-    """A segment stem kept in a file (`.writer-offset`, `.relay-floor`), or "" when none."""
+    """A mark kept in a file (`.writer-offset`, `.relay-floor`), or "" when none."""
     try:
         return path.read_text().strip()
     except FileNotFoundError:
@@ -104,11 +127,3 @@ def _replace(path: Path, data: bytes) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_bytes(data)
     os.replace(temporary, path)
-
-
-def cut_torn_line(path: Path) -> None:
-    """Drop the partial last line a killed writer left (its event was never answered)."""
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        os.truncate(path, end)

@@ -1,11 +1,11 @@
 """The `event.tracked` relay: publishes the stored events' messages from the tracking logs
 (`ingest/log_files.py`) on RabbitMQ.
 
-It reads files only (no ClickHouse, no Redis), so it runs anywhere the spool directory is: a
-child process of `analytics serve` (chDB's one-process rule does not touch it), or
-`analytics relay` beside the API containers, as many as wanted. Each log directory is relayed
-by one relay at a time (an flock on `.relay.lock`); several relays share the directories, none
-sends a message twice on its own account.
+It reads files only (no ClickHouse, no Redis), so it runs anywhere the tracking log is: a
+child process of `analytics serve` (`run_relay`, spawned by `RelayChild`; chDB's one-process
+rule does not touch it), or `analytics relay` beside the API containers, as many as wanted.
+Each log directory is relayed by one relay at a time (an flock on `.relay.lock`); several
+relays share the directories, none sends a message twice on its own account.
 
 Per pass over a directory: read the complete lines after `.relay-offset` (or from
 `.relay-floor` when the log's owner has moved it past the backlog's bound), publish the
@@ -13,7 +13,9 @@ message lines among them with publisher confirms (`ingest/amqp_frames.py`: a chu
 once, confirms collected together), then commit the new offset. A segment is deleted once
 the relay and the ClickHouse writer (`.writer-offset`) are both past it: by the log's owner,
 or by the relay when it is the one to get there last (so a log whose process is gone for good
-is cleared too). A message is sent again only when the relay dies or the broker fails between
+is cleared too). A segment with a newer one beside it is complete: bytes after its last newline
+are a torn tail (a write cut short), stepped over and counted; a segment deleted under the relay
+is passed by. A message is sent again only when the relay dies or the broker fails between
 the send and the offset write (at least once; the message id is the eventId, so consumers drop
 the copy).
 A directory whose process has gone (no `.lock`) and which holds no segment is removed.
@@ -23,27 +25,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import fcntl
 import logging
+import multiprocessing
 import os
 import signal
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from core.metrics import PUBLISH_FAILURES, PUBLISHED, RESTARTS
+from core.metrics import LOG_DAMAGE, PUBLISH_FAILURES, PUBLISHED, RESTARTS
+from core.ops_server import OpsServer
 from core.settings import Settings
 from core.tracked import ROUTING_KEY
 from ingest.amqp_frames import ConfirmingPublisher, PublishError
 from ingest.log_files import (
     OWNER_LOCK,
     RELAY_FLOOR,
+    RELAY_LOCK,
     RELAY_OFFSET,
     WRITER_OFFSET,
     RelayOffset,
-    is_legacy_outbox,
     is_segment,
     messages,
     read_mark,
@@ -54,7 +57,6 @@ from ingest.log_files import (
 
 log = logging.getLogger(__name__)
 
-RELAY_LOCK = ".relay.lock"
 READ_BYTES = 4 * 1024 * 1024
 CHUNK = 5000  # messages in flight at once
 
@@ -146,14 +148,7 @@ class Relay:
             self._claims[directory] = _Claim(directory, fd, read_relay_offset(directory))
 
     def _segments(self, directory: Path, after: str) -> list[Path]:
-        found: dict[str, Path] = {}
-        for path in directory.iterdir():
-            if is_segment(path) or is_legacy_outbox(path):
-                name = stem(path)
-                if name >= after:
-                    # A legacy outbox segment sealed between two listings shows once.
-                    found[name] = path
-        return [found[name] for name in sorted(found)]
+        return sorted(p for p in directory.iterdir() if is_segment(p) and stem(p) >= after)
 
     async def _drain(self, claim: _Claim, publisher: ConfirmingPublisher) -> int:
         directory = claim.directory
@@ -181,7 +176,7 @@ class Relay:
                     data = handle.read(READ_BYTES)
                     size = os.fstat(handle.fileno()).st_size
             except FileNotFoundError:
-                return sent  # deleted or sealed (a legacy rename) meanwhile: next pass
+                continue  # deleted under the relay (its owner trimmed it, or an operator)
             complete = data[: data.rfind(b"\n") + 1]
             found = messages(complete)
             if found:
@@ -190,18 +185,23 @@ class Relay:
                 self.published += len(found)
                 PUBLISHED.labels(ROUTING_KEY).inc(len(found))
             position = start + len(complete)
+            newest = path == segments[-1]
+            if not newest and start + len(data) == size and position < size:
+                # A newer segment exists, so this one is complete: what follows its last
+                # newline is a torn tail (a write cut short), never a line to wait for.
+                LOG_DAMAGE.labels("torn_tail").inc()
+                log.warning("relay: %s: stepping over a torn tail", path)
+                position = size
             if name != claim.offset.segment or position != claim.offset.offset:
                 claim.offset = RelayOffset(name, position, claim.offset.published + len(found))
                 write_relay_offset(directory, claim.offset)
             read = position >= size
-            if read and (is_legacy_outbox(path) or name < writer_done):
-                # Read to its end, and the writer is done with it (the mark passes a segment
-                # only once it is sealed): both consumers are past it, whoever deletes it. So
+            if read and name < writer_done:
+                # Read to its end, and the writer is done with it (its mark passes a segment
+                # only once it is sealed): both readers are past it, whoever deletes it. So
                 # the log of a process that is gone and will not be taken over is cleared too.
-                # (An old outbox segment is the relay's alone; its writers are gone since the
-                # upgrade.)
                 path.unlink(missing_ok=True)
-            if not read or path == segments[-1]:
+            if not read or newest:
                 return sent  # not read to its end, or the newest segment: it may still grow
             # Read to its end with a newer segment beside it: complete, on to the next one.
         return sent
@@ -225,7 +225,7 @@ class Relay:
         names = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
         if OWNER_LOCK in names:
             return
-        if any(is_segment(Path(n)) or is_legacy_outbox(Path(n)) for n in names):
+        if any(is_segment(Path(n)) for n in names):
             return
         for leftover in (RELAY_OFFSET, WRITER_OFFSET, RELAY_FLOOR, RELAY_LOCK):
             (directory / leftover).unlink(missing_ok=True)
@@ -239,47 +239,66 @@ class Relay:
         self._claims.pop(claim.directory, None)
 
 
-class RelayMode(enum.StrEnum):
-    TASK = "task"  # in this process's event loop (the tests' in-process servers)
-    PROCESS = "process"  # a child process (`analytics serve`): a core of its own
-    NONE = "none"  # run apart, as `analytics relay` (`analytics api`)
+def run_relay(settings: Settings, parent: int = 0) -> None:
+    """A relay process: `analytics relay`, or (with `parent`) `analytics serve`'s child, which
+    stops when its parent is gone however the parent went. SIGTERM or SIGINT stop it."""
+    if not logging.getLogger().handlers:  # a spawned child starts with no logging set up
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
+
+    root = Path(settings.tracking_log_dir).resolve()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        relay = Relay(
+            root,
+            settings.amqp_url,
+            settings.amqp_exchange,
+            alive=(lambda: os.getppid() == parent) if parent else (lambda: True),
+        )
+        ops = None
+        if settings.metrics_port and not parent:
+
+            async def readiness() -> dict[str, Any]:
+                return {"ready": relay.connected.is_set(), "published": relay.published}
+
+            ops = OpsServer(settings.host, settings.metrics_port, readiness, settings.metrics_token)
+            await ops.start()
+        await relay.run(stop)
+        if ops is not None:
+            await ops.close()
+
+    asyncio.run(run())
 
 
-class RelayHandle:
-    """A relay this process started, as a task or a child process, and stops at shutdown. A
-    child that dies is started again (counted in `component_restarts_total{component="relay"}`)."""
+class RelayChild:
+    """`analytics serve`'s relay: a child process (a core of its own), started again when it
+    dies (counted in `component_restarts_total{component="relay"}`), stopped at shutdown."""
 
-    def __init__(self, settings: Settings, mode: RelayMode) -> None:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._stopping = False
-        self._child: asyncio.subprocess.Process | None = None
-        self._stop = asyncio.Event()
-        self.relay: Relay | None = None
-        if mode is RelayMode.PROCESS:
-            self._task = asyncio.create_task(self._supervise(), name="relay-child")
-        else:
-            root = Path(settings.spool_dir).resolve()
-            self.relay = Relay(root, settings.amqp_url, settings.amqp_exchange)
-            self._task = asyncio.create_task(self.relay.run(self._stop), name="relay")
-
-    @classmethod
-    def start(cls, settings: Settings, mode: RelayMode) -> RelayHandle | None:
-        if mode is RelayMode.NONE or not settings.spool_dir:
-            return None
-        return cls(settings, mode)
+        self._child: multiprocessing.process.BaseProcess | None = None
+        self._task = asyncio.create_task(self._supervise(), name="relay-child")
 
     async def _supervise(self) -> None:
         backoff = 1.0
+        spawn = multiprocessing.get_context("spawn")
         while not self._stopping:
-            self._child = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "cli.main", "relay", "--parent", str(os.getpid())
+            self._child = spawn.Process(
+                target=run_relay, args=(self._settings, os.getpid()), name="relay", daemon=True
             )
-            await self._child.wait()
+            self._child.start()
+            await _exited(self._child)
             if self._stopping:
                 return
             RESTARTS.labels("relay").inc()
             log.error(
                 "relay child exited with %s; starting it again in %.0fs",
-                self._child.returncode,
+                self._child.exitcode,
                 backoff,
             )
             await asyncio.sleep(backoff)
@@ -287,15 +306,31 @@ class RelayHandle:
 
     async def stop(self) -> None:
         self._stopping = True
-        self._stop.set()
         child = self._child
-        if child is not None and child.returncode is None:
-            child.send_signal(signal.SIGTERM)
+        if child is not None and child.exitcode is None:
+            child.terminate()  # SIGTERM: it finishes the chunk in flight and commits
             try:
-                await asyncio.wait_for(child.wait(), 15)
+                await asyncio.wait_for(_exited(child), 15)
             except TimeoutError:
                 child.kill()
-                await child.wait()
-        if self.relay is None:
-            self._task.cancel()  # it may be waiting out a restart's backoff
+                await _exited(child)
+        self._task.cancel()  # it may be waiting out a restart's backoff
         await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def _exited(process: multiprocessing.process.BaseProcess) -> None:
+    """Wait for `process` to exit without a thread: its sentinel becomes readable then."""
+    loop = asyncio.get_running_loop()
+    gone = loop.create_future()
+    sentinel = process.sentinel
+
+    def exited() -> None:
+        if not gone.done():
+            gone.set_result(None)
+
+    loop.add_reader(sentinel, exited)
+    try:
+        await gone
+    finally:
+        loop.remove_reader(sentinel)
+    process.join()

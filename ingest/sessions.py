@@ -37,27 +37,28 @@ VISITOR_TTL_S = RAW_RETENTION_DAYS * 86400
 SESSION_VALUE_CHARS = 256
 
 # KEYS: n event-id keys, then m session keys, then m visitor keys (a group without a user
-# has its session key there too, unused). ARGV: ttls, n; n group numbers (negative for a
-# replayed event, never a duplicate: see `SessionStore.replaying`); m; m groups as
-# (session, has user, first-seen ms, landing url, referrer, utm source, medium, campaign).
-# Returns per row 1 when it is a duplicate, and per group its session data with the last
-# sequence number handed out before this batch.
+# has its session key there too, unused). ARGV: ttls, the batch's owner id, n; n group
+# numbers; m; m groups as (session, has user, first-seen ms, landing url, referrer, utm source,
+# medium, campaign). Each event id is claimed for its place in the log (owner id and index):
+# the same line read again (a batch replayed after a crash) finds its own claim and is no
+# duplicate; any other line with that id is one. Returns per row 1 when it is a duplicate,
+# and per group its session data with the last sequence number handed out before this batch.
 _SCRIPT = """
-local dedup_ttl, session_ttl, visitor_ttl = ARGV[1], ARGV[2], ARGV[3]
-local n = tonumber(ARGV[4])
+local dedup_ttl, session_ttl, visitor_ttl, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local n = tonumber(ARGV[5])
 local duplicates, counts = {}, {}
 for k = 1, n do
-  local group = tonumber(ARGV[4 + k])
-  local replayed = group < 0
-  if replayed then group = -group end
+  local group = tonumber(ARGV[5 + k])
+  local claim = owner .. k
   duplicates[k] = 0
-  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', dedup_ttl) or replayed then
+  if redis.call('SET', KEYS[k], claim, 'NX', 'EX', dedup_ttl)
+     or redis.call('GET', KEYS[k]) == claim then
     counts[group] = (counts[group] or 0) + 1
   else
     duplicates[k] = 1
   end
 end
-local i = 5 + n
+local i = 6 + n
 local m = tonumber(ARGV[i]); i = i + 1
 local sessions = {}
 for g = 1, m do
@@ -119,16 +120,10 @@ def _utm(url: str) -> tuple[str, str, str]:
 class SessionStore:
     def __init__(self, redis: Redis) -> None:
         self._script = redis.register_script(_SCRIPT)
-        self._replayed: set[uuid.UUID] = set()
 
-    def replaying(self, rows: list[TrackingRow]) -> None:
-        """These rows come from a stopped process's spool, deduplicated and known not to be
-        in ClickHouse: their eventId key may have been set by that process's writer before it
-        died, so their next pass here must not count them as duplicates."""
-        self._replayed.update(row.event_id for row in rows)
-
-    async def enrich(self, rows: list[TrackingRow]) -> list[TrackingRow]:
-        """The rows minus those whose eventId was seen before, with their session data."""
+    async def enrich(self, rows: list[TrackingRow], owner: bytes) -> list[TrackingRow]:
+        """The rows minus those whose eventId another line of the log claimed, with their
+        session data. `owner`: the batch's id, the same whenever the batch is read."""
         groups: dict[tuple[uuid.UUID, uuid.UUID | None], int] = {}
         row_group: list[int] = []
         group_first: list[TrackingRow] = []
@@ -137,9 +132,7 @@ class SessionStore:
             if key not in groups:
                 groups[key] = len(groups) + 1  # Lua tables count from 1
                 group_first.append(row)
-            row_group.append(-groups[key] if row.event_id in self._replayed else groups[key])
-        if self._replayed:
-            self._replayed.difference_update(row.event_id for row in rows)
+            row_group.append(groups[key])
         # Ids go to Redis as their 16 raw bytes: shorter keys, and no str() per event.
         script_keys = [keys.accepted_event(row.event_id.bytes) for row in rows]
         script_keys += [keys.session(session_id.bytes) for session_id, _ in groups]
@@ -147,7 +140,13 @@ class SessionStore:
             keys.visitor(user.bytes) if user else keys.session(session_id.bytes)
             for session_id, user in groups
         ]
-        args: list[bytes | str | int] = [DEDUP_TTL_S, SESSION_TTL_S, VISITOR_TTL_S, len(rows)]
+        args: list[bytes | str | int] = [
+            DEDUP_TTL_S,
+            SESSION_TTL_S,
+            VISITOR_TTL_S,
+            owner,
+            len(rows),
+        ]
         args.extend(row_group)
         args.append(len(groups))
         for (session_id, user), first in zip(groups, group_first, strict=True):
@@ -176,7 +175,7 @@ class SessionStore:
         for row, group, dup in zip(rows, row_group, duplicates, strict=True):
             if dup:
                 continue
-            at = abs(group) - 1
+            at = group - 1
             session = known[at]
             seq[at] += 1
             row.session_seq = seq[at]

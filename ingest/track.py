@@ -2,9 +2,9 @@
 
 The request path, in order: check the content type and size, find the client address, decode
 and validate, apply the request rate limit and the event budget (one Redis check for both),
-refuse (503) while the writer holds too many unstored rows, enrich each event (pure steps),
-hand the rows to the batch writer, answer 202. Everything that needs a round trip per
-event (duplicates, sessions) happens per batch in the writer, after the answer.
+refuse (503) while the log holds too many unplaced rows, enrich each event (pure steps),
+append the rows to the tracking log (durable), answer 202. Everything that needs a round trip
+per event (duplicates, sessions) happens per batch in the writer, after the answer.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ async def track(request: Request) -> HTTPResponse:
     if not decoded.events:
         rejected = [msgspec.structs.asdict(r) for r in decoded.rejected]
         return json({"error": "no event in the array is valid", "rejected": rejected}, 400)
-    waiting = svc.writer.pending_rows
+    waiting = svc.log.unread_rows
     if waiting >= svc.settings.ingest_max_pending_rows:
         # ClickHouse is not keeping up (or down, and the retry queue with it): refusing is
         # honest, accepting would grow memory without bound.
@@ -118,15 +118,16 @@ async def track(request: Request) -> HTTPResponse:
         header_user_agent=request.headers.get("user-agent", ""),
     )
     rows = enrich([event for _, event in decoded.events], ctx)
-    if svc.log is None:  # SPOOL_DIR="": accepted means in memory only
-        svc.writer.add(rows)
-    else:
-        try:
-            # On disk before the 202 (and then in the writer's hands): a crash after this
-            # point cannot lose these events.
-            await svc.log.append(rows)
-        except OSError as error:
-            return _error(503, f"could not make the events durable: {error}")
+    try:
+        # On disk before the 202: a crash after this point cannot lose these events.
+        await svc.log.append(rows)
+    except OSError as error:  # a full or failing disk: nothing of these rows is kept
+        problem = f"could not make the events durable ({error.strerror or error})"
+        return json(
+            {"error": f"{problem}; retry in 1s", "path": "$"},
+            status=503,
+            headers={"Retry-After": "1"},
+        )
     EVENTS_ACCEPTED.inc(len(rows))
     RATES.record(accepted=len(rows))
 

@@ -1,83 +1,103 @@
-"""The tracking log: the one write-ahead log that owns the durability of accepted events.
+"""The tracking log: the one durable record of accepted events (format: `ingest/log_files.py`).
 
-Its consumers are the ClickHouse batch writer (in this process) and the `event.tracked` relay
-(another process, `ingest/relay.py`); the format and the consumers' committed offsets are in
-`ingest/log_files.py`.
+Data flows one way: request → log → {writer → ClickHouse, relay → RabbitMQ}.
 
 - `append`: a request's rows, on disk before its 202. Every request that arrives in one turn of
   the event loop shares one write (on the loop: it only copies into the page cache) and one
   fsync, made by a helper process (`ingest/fsync_helper.py`) so that the loop never waits on
-  the disk: a group's answers are released together when the helper's answer arrives, one
-  wake-up per group. Rows are then handed to the writer (and numbered) in the order they were
-  written, whether or not the request is still there to answer.
-- `announce`: once the writer has stored a batch, the batch's `event.tracked` messages, in the
-  same segments and the same group writes and fsyncs; the batch counts as done for the writer
-  (its committed offset moves) once they are durable. The relay publishes them from disk.
-- Segments rotate every `segment_seconds`. A sealed segment is deleted once the writer has
-  stored or handed off every row in it and the relay has read past it. What the relay has not
-  published is its backlog: on disk, never in memory, bounded by `max_backlog_bytes` of
-  messages (past it the relay is told to skip the oldest segments, and their messages are
-  counted lost).
-- `replay`: at start-up the segments a stopped process left (killed, say) are taken over, from
-  its writer's committed offset: rows ClickHouse lacks go through the writer and the session
-  step like live traffic; stored rows whose message is not in the log are announced again
-  (at least once); the stopped process's messages are published by the relay from its
-  directory as usual.
+  the disk. Space for the group is reserved first (`fallocate`), so a full disk refuses the
+  group before a byte of it is written; a write that still fails part-way is cut back to the
+  segment's last whole line, and the segment is sealed if even that fails. The group answers
+  503 and nothing of it is ever read.
+- A segment is sealed when it holds a batch's worth of rows or when the writer's timer asks,
+  and is then one batch: read again after a crash it is the same batch, so its insert token
+  (from the directory and segment names) makes ClickHouse store it once however often it is
+  written.
+- `next_batch` is the writer's read: the oldest sealed segment past its committed mark. The
+  decoded rows of segments this process wrote are kept until the writer reads them (the same
+  rows the file holds, so they are not decoded again); a stopped process's segments are read
+  from disk. Either way the batch, its token and its commit are the same.
+- `commit`: once ClickHouse or the retry queue holds a batch, its `event.tracked` messages and
+  the writer's commit line go into the log in one group write; when that is durable the
+  writer's mark moves past the batch. The relay publishes the messages from disk.
+- `maintain`: trims segments both readers are past, copies the writer's mark to
+  `.writer-offset` for the relay, bounds the relay's backlog, lets go of stopped processes'
+  directories once their rows are placed, and notices a directory removed under it.
+- At start-up the directories of stopped processes (their flock is free) are taken over:
+  their writer's mark is the last commit line in them, and their segments past it are read by
+  the same `next_batch` as live traffic. Their messages and commits are written in their own
+  directory, so each directory stays self-contained whatever happens next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
 import fcntl
+import hashlib
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
-from core.clickhouse import Warehouse
-from core.metrics import PUBLISH_LOST, PUBLISHED, lose
+from core.metrics import LOG_DAMAGE, PUBLISH_LOST, PUBLISHED, lose
 from core.rows import TrackingRow
 from core.tracked import ROUTING_KEY, envelope_lines
 from ingest.fsync_helper import FsyncHelper
 from ingest.log_files import (
-    ID_END,
-    ID_PREFIX,
     OWNER_LOCK,
     RELAY_FLOOR,
     ROW_START,
     SEGMENT,
     WRITER_OFFSET,
     RelayOffset,
-    cut_torn_line,
+    commit_line,
+    complete,
+    last_commit,
+    mark_past,
     read_mark,
     read_relay_offset,
+    segments,
     stem,
     write_mark,
 )
-from ingest.writer import BatchWriter
-from materialized.tracking import stored_event_ids
 
 log = logging.getLogger(__name__)
 _encode_lines = msgspec.json.Encoder().encode_lines
 _decode_row = msgspec.json.Decoder(TrackingRow).decode
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_FALLOC_FL_KEEP_SIZE = 1
+
+
+def _reserve(fd: int, offset: int, length: int) -> None:
+    """Allocate the blocks a write will need, or raise ENOSPC before anything is written."""
+    if _libc.fallocate(fd, _FALLOC_FL_KEEP_SIZE, ctypes.c_int64(offset), ctypes.c_int64(length)):
+        code = ctypes.get_errno()
+        if code not in (errno.EOPNOTSUPP, errno.ENOSYS):  # then the write itself finds out
+            raise OSError(code, os.strerror(code))
+
 
 @dataclass
 class _Segment:
     path: Path
-    fd: int
-    opened: float
-    max_seq: int = 0  # the writer's sequence number just past its last row (0: none)
+    fd: int = -1
+    size: int = 0  # bytes of whole lines
+    rows: int = 0  # accepted events in it
     syncing: int = 0  # groups written here whose fsync has not been confirmed yet
     sealed: bool = False
     messages: int = 0  # event.tracked lines this process wrote here
     message_bytes: int = 0
+
+    @property
+    def name(self) -> str:
+        return stem(self.path)
 
     def seal(self) -> None:
         self.sealed = True
@@ -86,64 +106,89 @@ class _Segment:
             self.fd = -1
 
 
-class Announced:
-    """The messages of one stored batch: settled once they are durable in the log."""
+@dataclass
+class _Directory:
+    path: Path
+    lock: int
+    own: bool
+    segments: list[_Segment] = field(default_factory=list)  # oldest first; the last may be open
+    placed: str = ""  # the writer's mark: every segment sorting before it is placed
+    mark_written: str = ""  # the mark as last copied to `.writer-offset`
+    unread: int = 0  # accepted rows not yet placed
+    cache: dict[str, list[TrackingRow]] = field(default_factory=dict)  # segment -> its rows
+    floor: str = ""  # the relay's floor (the backlog bound), own directory only
+    announced: int = 0  # messages written here by this process
+    lost: int = 0  # of those, skipped past the backlog bound
 
-    __slots__ = ("settled",)
+    def open_segment(self) -> _Segment:
+        if self.segments and not self.segments[-1].sealed:
+            return self.segments[-1]
+        path = self.path / f"{time.time_ns():020d}{SEGMENT}"
+        if self.segments and stem(path) <= self.segments[-1].name:  # a clock stepped back
+            path = self.path / f"{int(self.segments[-1].name) + 1:020d}{SEGMENT}"
+        # Owner-only: accepted events hold what visitors did on the site.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        segment = _Segment(path, fd)
+        self.segments.append(segment)
+        return segment
 
-    def __init__(self) -> None:
-        self.settled = False
+
+@dataclass(slots=True)
+class Batch:
+    """One sealed segment's rows, as the writer reads them."""
+
+    directory: _Directory
+    segment: _Segment
+    rows: list[TrackingRow]
+
+    @property
+    def token(self) -> str:
+        """The insert token: the same segment gives the same token in any process."""
+        name = f"{self.directory.path.name}/{self.segment.name}"
+        return hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
 @dataclass
 class _Pending:
+    directory: _Directory
     data: bytes
-    rows: list[TrackingRow] | None = None  # accepted rows (None: messages)
-    done: asyncio.Future[None] | None = None
-    announced: Announced | None = None
+    done: asyncio.Future[None]
+    rows: list[TrackingRow] | None = None  # accepted rows (None: a commit)
+    batch: Batch | None = None
     messages: int = 0
 
 
 class TrackingLog:
     def __init__(
         self,
-        directory: Path,
-        writer: BatchWriter[TrackingRow],
+        own: _Directory,
+        adopted: list[_Directory],
         *,
+        rows_per_segment: int,
         max_backlog_bytes: int,
         count_published: bool,
-        segment_seconds: float = 1.0,
-        locks: list[int] | None = None,
-        adopted: set[Path] | None = None,
     ) -> None:
-        self.directory = directory
-        self._writer = writer
+        self.directory = own.path
+        self._own = own
+        self._directories = [*adopted, own]  # the writer reads them in this order
+        self._rows_per_segment = rows_per_segment
         self._max_backlog_bytes = max_backlog_bytes
         # In `serve` the relay is a child process without a /metrics of its own: its progress
         # is counted here. `analytics relay` counts its own (and this must not, too).
         self._count_published = count_published
-        self._segment_seconds = segment_seconds
-        self._locks = locks or []  # flocks on this log and on the stopped ones it replays
-        self._adopted = adopted or set()  # the stopped processes' directories
         self._pending: list[_Pending] = []
-        self._segments: list[_Segment] = []  # own, oldest first (the last may be open)
-        self._taken: list[_Segment] = []  # stopped processes' segments, until trimmed
-        self._task: asyncio.Task[None] | None = None
         self._scheduled = False
+        self._task: asyncio.Task[None] | None = None
         self._helper = FsyncHelper()
-        self._announced = 0  # messages written to this directory, all time
-        self._lost = 0  # of those, skipped past the backlog bound
         self._published_seen = 0
-        # The marks this log writes in its own directory (nobody else does), kept here so
-        # maintenance does not read them back.
-        self._writer_mark = ""
-        self._floor = ""
+        self.ready = asyncio.Event()  # set when a sealed segment with rows is durable
         self.backlog = 0  # messages the relay has not published, as of the last `maintain`
+        if any(d.unread for d in adopted):
+            self.ready.set()
 
     # -- start and stop
 
     async def start(self) -> None:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             await self._helper.start()
         except OSError as error:  # then the loop fsyncs itself
@@ -151,62 +196,66 @@ class TrackingLog:
         self._task = asyncio.create_task(self._maintain_loop(), name="tracking-log")
 
     async def close(self) -> None:
-        """Commit what is waiting and seal; segments stay until both consumers are past them."""
+        """Write what is waiting and seal; segments stay until both readers are past them."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._commit_now()
         await self._helper.stop()
-        for segment in self._segments:
-            segment.seal()
+        for directory in self._directories:
+            for segment in directory.segments:
+                segment.seal()
         self.maintain()
 
     async def relayed(self, within: float) -> bool:
-        """Wait up to `within` seconds for the relay to read past every segment the writer is
-        done with (and trim them); True if it did. Segments whose rows the writer still holds
-        stay for the next start whatever the relay does, so they are not waited for."""
+        """Wait up to `within` seconds for the relay to read past every placed segment (and
+        trim them); True if it did. Unplaced segments stay for the next start anyway."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while True:
             self.trim()
-            done = self._writer.done_through
-            waiting = [
-                s
-                for s in (*self._segments, *self._taken)
-                if s.sealed and self._written_by_writer(s, done)
-            ]
-            if not waiting:
+            if not any(
+                s.sealed and s.name < d.placed for d in self._directories for s in d.segments
+            ):
                 return True
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(0.05)
 
     def release(self) -> None:
-        """Let go of the directories' locks: the last step of shutdown, after `trim`. What is
-        left is the relay's to finish (and delete), or the next process's to take over."""
+        """Let go of the directories' locks: the last step of shutdown. What is left is the
+        relay's to finish (and delete), or the next process's to take over."""
         self.trim()
-        for directory in {self.directory} | self._adopted:
-            (directory / OWNER_LOCK).unlink(missing_ok=True)
-        for fd in self._locks:
-            os.close(fd)
-        self._locks = []
+        for directory in self._directories:
+            self._let_go(directory)
 
-    # -- the two kinds of record
+    @staticmethod
+    def _let_go(directory: _Directory) -> None:
+        if directory.lock >= 0:
+            (directory.path / OWNER_LOCK).unlink(missing_ok=True)
+            os.close(directory.lock)
+            directory.lock = -1
+
+    # -- writing
+
+    @property
+    def unread_rows(self) -> int:
+        """Accepted rows the writer has not placed yet (ClickHouse or the retry queue)."""
+        return sum(d.unread for d in self._directories)
 
     async def append(self, rows: list[TrackingRow]) -> None:
-        """Returns once `rows` are on disk and in the batch writer's hands."""
+        """Returns once `rows` are durable; raises OSError (then nothing of them is read)."""
         done = asyncio.get_running_loop().create_future()
-        self._queue(_Pending(_encode_lines(rows), rows=rows, done=done))
+        self._queue(_Pending(self._own, _encode_lines(rows), done, rows=rows))
         await done
 
-    def announce(self, rows: list[TrackingRow]) -> Announced:
-        """Queue the stored `rows`' event.tracked messages; settled once durable."""
-        announced = Announced()
-        if not rows:
-            announced.settled = True
-            return announced
-        self._queue(_Pending(envelope_lines(rows), announced=announced, messages=len(rows)))
-        return announced
+    async def commit(self, batch: Batch, placed: list[TrackingRow]) -> None:
+        """Announce `placed` (the batch's rows that were stored or queued for retry) and move
+        the writer's mark past the batch, in one durable write; raises OSError."""
+        data = envelope_lines(placed) + commit_line(mark_past(batch.segment.name))
+        done = asyncio.get_running_loop().create_future()
+        self._queue(_Pending(batch.directory, data, done, batch=batch, messages=len(placed)))
+        await done
 
     def _queue(self, pending: _Pending) -> None:
         self._pending.append(pending)
@@ -216,25 +265,43 @@ class TrackingLog:
             asyncio.get_running_loop().call_soon(self._commit_now)
 
     def _commit_now(self) -> None:
-        """Write the waiting records and have them fsynced; `_settle` answers them."""
         self._scheduled = False
         group, self._pending = self._pending, []
-        if not group:
+        by_directory: dict[int, list[_Pending]] = {}
+        for pending in group:
+            by_directory.setdefault(id(pending.directory), []).append(pending)
+        for pendings in by_directory.values():
+            self._write(pendings[0].directory, pendings)
+
+    def _write(self, directory: _Directory, group: list[_Pending]) -> None:
+        data = b"".join(p.data for p in group)
+        try:
+            segment = directory.open_segment()
+        except OSError as error:
+            self._fail(group, error)
             return
         try:
-            segment = self._current()
-            data = b"".join(p.data for p in group)
+            _reserve(segment.fd, segment.size, len(data))
             _write_all(segment.fd, data)
             if not self._helper.running:
                 os.fsync(segment.fd)  # no helper: on the loop (about 0.2 ms here)
         except OSError as error:
+            try:  # back to the last whole line: nothing of this group is ever read
+                os.ftruncate(segment.fd, segment.size)
+            except OSError:
+                segment.seal()  # its torn tail is stepped over: a newer segment follows
             self._fail(group, error)
             return
+        segment.size += len(data)
         for pending in group:
-            if pending.messages:
+            if pending.rows is not None:
+                segment.rows += len(pending.rows)
+            elif pending.messages:
                 segment.messages += pending.messages
                 segment.message_bytes += len(pending.data)
-                self._announced += pending.messages
+                directory.announced += pending.messages
+        if segment.rows >= self._rows_per_segment:
+            segment.seal()  # a batch's worth: the writer takes it whole
         if not self._helper.running:
             self._settle(group, segment)
             return
@@ -245,132 +312,153 @@ class TrackingLog:
             if error is None:
                 self._settle(group, segment)
             else:
+                segment.seal()  # what follows goes to a segment of its own
                 self._fail(group, error)
 
         self._helper.sync(segment.path, synced)
 
     def _settle(self, group: list[_Pending], segment: _Segment) -> None:
+        directory = group[0].directory
         for pending in group:
             if pending.rows is not None:
-                # Durable, so stored even if the client went away meanwhile (it got no 202
-                # and may send the events again: the eventId check drops the copy).
-                segment.max_seq = self._writer.add(pending.rows)
-                if pending.done is not None and not pending.done.done():
-                    pending.done.set_result(None)
-            elif pending.announced is not None:
-                pending.announced.settled = True
+                # Durable: it will be stored even if the client went away meanwhile (it got
+                # no 202 and may send the events again: the eventId check drops the copy).
+                directory.cache.setdefault(segment.name, []).extend(pending.rows)
+                directory.unread += len(pending.rows)
+            elif pending.batch is not None:
+                self._placed(pending.batch)
+            if not pending.done.done():
+                pending.done.set_result(None)
+        self._wake(segment)
+
+    def _placed(self, batch: Batch) -> None:
+        directory = batch.directory
+        directory.placed = max(directory.placed, mark_past(batch.segment.name))
+        directory.unread -= batch.segment.rows
+
+    def _wake(self, segment: _Segment) -> None:
+        if segment.sealed and not segment.syncing and segment.rows:
+            self.ready.set()
 
     def _fail(self, group: list[_Pending], error: OSError) -> None:
         for pending in group:
-            if pending.done is not None and not pending.done.done():
-                pending.done.set_exception(error)  # the request answers 503
-            elif pending.announced is not None:
-                # The events are stored; their messages could not be made durable.
-                PUBLISH_LOST.labels(ROUTING_KEY).inc(pending.messages)
-                lose("publish_lost", pending.messages)
-                log.error("tracking log unwritable, %d messages lost: %s", pending.messages, error)
-                pending.announced.settled = True
+            if not pending.done.done():
+                pending.done.set_exception(error)  # a request answers 503; the writer retries
 
-    def _current(self) -> _Segment:
-        now = time.monotonic()
-        if self._segments and not self._segments[-1].sealed:
-            current = self._segments[-1]
-            if now - current.opened < self._segment_seconds:
-                return current
-            current.seal()
-        path = self.directory / f"{time.time_ns():020d}{SEGMENT}"
-        # Owner-only: accepted events hold what visitors did on the site.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        segment = _Segment(path, fd, now)
-        self._segments.append(segment)
-        return segment
+    async def durable(self) -> None:
+        """Wait until every group written so far is fsynced (or has failed)."""
+        self._commit_now()
+        await self._helper.idle()
 
-    # -- consumers' offsets: trimming, the backlog
+    def seal(self) -> None:
+        """Seal the open segment if it holds rows: the writer's timer takes what it has."""
+        segments = self._own.segments
+        if segments and not segments[-1].sealed and segments[-1].rows:
+            segments[-1].seal()
+            self._wake(segments[-1])
+
+    # -- the writer's read
+
+    def next_batch(self) -> Batch | None:
+        """The oldest sealed, durable segment with rows past the writer's mark, or None."""
+        for directory in self._directories:
+            for segment in directory.segments:
+                if segment.name < directory.placed:
+                    continue
+                if not segment.sealed or segment.syncing:
+                    break  # the rest of this directory waits for it
+                if not segment.rows:
+                    directory.placed = mark_past(segment.name)  # messages only: nothing to do
+                    continue
+                rows = directory.cache.pop(segment.name, None)
+                if rows is None:
+                    rows = _read_rows(segment.path)
+                return Batch(directory, segment, rows)
+        return None
+
+    # -- both readers' marks: trimming, the backlog
 
     async def _maintain_loop(self) -> None:
         while True:
-            await asyncio.sleep(min(self._segment_seconds, 1.0) / 2)
+            await asyncio.sleep(0.25)
             try:
                 self.maintain()
             except OSError:
                 log.exception("tracking log maintenance failed")
 
     def maintain(self) -> None:
-        """Seal an old segment, delete what both consumers are past, commit the writer's
-        offset, bound the relay's backlog and report it."""
-        if self._segments and not self._segments[-1].sealed:
-            current = self._segments[-1]
-            if time.monotonic() - current.opened >= self._segment_seconds:
-                current.seal()
+        """Copy the writer's mark for the relay, bound the relay's backlog, delete what both
+        readers are past, and let go of stopped processes' directories once they are done."""
+        self._check_own()
+        for directory in self._directories:
+            if directory.placed != directory.mark_written:
+                write_mark(directory.path / WRITER_OFFSET, directory.placed)
+                directory.mark_written = directory.placed
         relay = read_relay_offset(self.directory)
         self._bound_backlog(relay)
-        self.trim({self.directory: (relay, self._floor)})
-        self._commit_writer_offset()
-
-    def _written_by_writer(self, segment: _Segment, done: int) -> bool:
-        return segment.syncing == 0 and segment.max_seq <= done
+        self.trim({self.directory: (relay, self._own.floor)})
+        for directory in list(self._directories):
+            if directory.own or directory.unread or self._pending:
+                continue
+            for segment in directory.segments:
+                segment.seal()
+            if directory.segments and not all(
+                s.name < directory.placed and not s.syncing for s in directory.segments
+            ):
+                if not any(s.rows and s.name >= directory.placed for s in directory.segments):
+                    directory.placed = mark_past(directory.segments[-1].name)
+                continue
+            write_mark(directory.path / WRITER_OFFSET, directory.placed or mark_past(""))
+            self._let_go(directory)  # the relay finishes it and removes the directory
+            self._directories.remove(directory)
 
     def trim(self, known: dict[Path, tuple[RelayOffset, str]] | None = None) -> int:
-        """Delete sealed segments every consumer is past; returns how many. `known`: relay
+        """Delete sealed segments both readers are past; returns how many. `known`: relay
         offsets and floors already read, by directory."""
-        done = self._writer.done_through
         relays = dict(known or {})
         removed = 0
-        for segments in (self._segments, self._taken):
-            for segment in list(segments):
-                if not (segment.sealed and self._written_by_writer(segment, done)):
+        for directory in self._directories:
+            for segment in list(directory.segments):
+                if not segment.sealed or segment.syncing or segment.name >= directory.placed:
                     continue
-                directory = segment.path.parent
-                if directory not in relays:
-                    relays[directory] = (
-                        read_relay_offset(directory),
-                        read_mark(directory / RELAY_FLOOR),
+                if directory.path not in relays:
+                    relays[directory.path] = (
+                        read_relay_offset(directory.path),
+                        read_mark(directory.path / RELAY_FLOOR),
                     )
-                relay, floor = relays[directory]
+                relay, floor = relays[directory.path]
                 if _relay_past(segment.path, relay, floor):
                     segment.path.unlink(missing_ok=True)
-                    segments.remove(segment)
+                    directory.segments.remove(segment)
                     removed += 1
         return removed
 
-    def _commit_writer_offset(self) -> None:
-        """Every segment before the mark holds only rows the writer is done with."""
-        done = self._writer.done_through
-        for segment in self._segments:
-            if not (segment.sealed and self._written_by_writer(segment, done)):
-                mark = stem(segment.path)
-                break
-        else:
-            # All done: past the newest segment (a later one sorts after this mark).
-            mark = stem(self._segments[-1].path) + "~" if self._segments else ""
-        if mark and mark != self._writer_mark:
-            write_mark(self.directory / WRITER_OFFSET, mark)
-            self._writer_mark = mark
-
     def _bound_backlog(self, relay: RelayOffset) -> None:
+        own = self._own
         if relay.published > self._published_seen:
             if self._count_published:
                 PUBLISHED.labels(ROUTING_KEY).inc(relay.published - self._published_seen)
             self._published_seen = relay.published
-        start = max(relay.segment, self._floor)
-        ahead = [s for s in self._segments if stem(s.path) >= start and s.messages]
+        start = max(relay.segment, own.floor)
+        ahead = [s for s in own.segments if s.name >= start and s.messages]
         waiting = sum(s.message_bytes for s in ahead)  # counts the relay's segment whole
-        backlog = max(0, self._announced - relay.published - self._lost)
+        backlog = max(0, own.announced - relay.published - own.lost)
         if waiting > self._max_backlog_bytes:
-            beyond = sum(s.messages for s in ahead if stem(s.path) > relay.segment)
-            lost, floor = 0, self._floor
+            beyond = sum(s.messages for s in ahead if s.name > relay.segment)
+            lost, floor = 0, own.floor
             while ahead and waiting > self._max_backlog_bytes:
                 oldest = ahead.pop(0)
-                oldest.seal()  # nothing more is written where the relay is told to skip
+                if not oldest.sealed:
+                    oldest.seal()  # nothing more is written where the relay is told to skip
                 waiting -= oldest.message_bytes
-                floor = stem(oldest.path) + "~"
-                if stem(oldest.path) == relay.segment:  # the part it has not read yet
+                floor = mark_past(oldest.name)
+                if oldest.name == relay.segment:  # the part it has not read yet
                     lost += max(0, backlog - beyond)
                 else:
                     lost += oldest.messages
             write_mark(self.directory / RELAY_FLOOR, floor)
-            self._floor = floor
-            self._lost += lost
+            own.floor = floor
+            own.lost += lost
             backlog -= lost
             PUBLISH_LOST.labels(ROUTING_KEY).inc(lost)
             lose("publish_lost", lost)
@@ -379,72 +467,59 @@ class TrackingLog:
                 self._max_backlog_bytes,
                 lost,
             )
-        # Reported with this process's publisher's backlog (api/ops.py `refresh_gauges`).
+        # Reported with this process's gauges (api/ops.py `refresh_gauges`).
         self.backlog = backlog
 
-    # -- taking over a stopped process's log
+    def _check_own(self) -> None:
+        """A log directory removed under the running process (an operator's `rm -r`, a volume
+        gone): make it again and write back what the writer has not placed, from memory."""
+        own = self._own
+        if (own.path / OWNER_LOCK).exists():
+            return
+        log.error("tracking log: %s was removed; making it again", own.path)
+        LOG_DAMAGE.labels("directory_removed").inc()
+        own.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(own.lock)
+        own.lock = _lock(own.path) or -1
+        # The relay starts the new directory from scratch; what it had not published is gone.
+        lost = self.backlog
+        PUBLISH_LOST.labels(ROUTING_KEY).inc(lost)
+        lose("publish_lost", lost)
+        own.announced = own.lost = self._published_seen = self.backlog = 0
+        own.floor = ""
+        for segment in [s for s in own.segments if not s.path.exists()]:
+            segment.seal()
+            own.segments.remove(segment)
+            rows = own.cache.pop(segment.name, None)
+            if rows:  # not placed yet (a batch the writer holds is not cached: it goes on)
+                own.unread -= len(rows)
+                done = asyncio.get_running_loop().create_future()
+                self._write(own, [_Pending(own, _encode_lines(rows), done, rows=rows)])
+                done.add_done_callback(_log_failure)
+                self.seal()
 
-    async def replay(
-        self,
-        warehouse: Warehouse,
-        segments: list[Path],
-        replaying: Callable[[list[TrackingRow]], None],
-    ) -> None:
-        """Take over a stopped process's segments (those from its writer's committed offset
-        on): their rows ClickHouse does not have go to the batch writer like live traffic
-        (ahead of it: nothing new is added before this returns), through the session step
-        (`replaying` tells it they are no duplicates even if the stopped process got as far as
-        marking them seen). Stored rows without their message in the log are announced again
-        (at least once; consumers drop a re-send by eventId). Every segment is deleted as this
-        log's own are, once the writer is done with its rows and the relay has read past it."""
-        by_directory: dict[Path, list[Path]] = {}
-        for path in segments:
-            by_directory.setdefault(path.parent, []).append(path)
-        again = taken = 0
-        for directory, paths in by_directory.items():
-            mark = read_mark(directory / WRITER_OFFSET)
-            announced: set[bytes] = set()
-            pending: list[tuple[Path, dict[uuid.UUID, TrackingRow]]] = []
-            for path in paths:
-                if stem(path) < mark:  # its rows were stored; only the relay needs it
-                    self._taken.append(_Segment(path, -1, 0.0, sealed=True))
-                    continue
-                rows: dict[uuid.UUID, TrackingRow] = {}
-                for line in path.read_bytes().splitlines():
-                    if line.startswith(ID_PREFIX):
-                        announced.add(line[len(ID_PREFIX) : ID_END])
-                    elif line.startswith(ROW_START):
-                        try:
-                            row = _decode_row(line)
-                        except msgspec.DecodeError:
-                            log.error("%s: skipping a line that does not decode", path)
-                            continue
-                        rows.setdefault(row.event_id, row)  # a beacon sent twice is one event
-                pending.append((path, rows))
-            for path, rows in pending:
-                stored = await stored_event_ids(warehouse, list(rows.values())) if rows else set()
-                missing = [row for event_id, row in rows.items() if event_id not in stored]
-                unannounced = [
-                    row
-                    for event_id, row in rows.items()
-                    if event_id in stored and str(event_id).encode() not in announced
-                ]
-                self.announce(unannounced)
-                again += len(unannounced)
-                segment = _Segment(path, -1, 0.0, sealed=True)
-                if missing:
-                    replaying(missing)
-                    segment.max_seq = self._writer.add(missing)
-                    taken += len(missing)
-                self._taken.append(segment)
-        if segments:
-            log.info(
-                "tracking log: %d segments of stopped processes: %d events to store,"
-                " %d announced again",
-                len(segments),
-                taken,
-                again,
-            )
+
+def _log_failure(done: asyncio.Future[None]) -> None:
+    if done.exception() is not None:
+        log.error("tracking log: rows could not be written back: %s", done.exception())
+
+
+def _read_rows(path: Path) -> list[TrackingRow]:
+    """The accepted rows of a sealed segment on disk; a torn tail is stepped over, counted."""
+    data = path.read_bytes()
+    whole = complete(data)
+    if len(whole) < len(data):
+        LOG_DAMAGE.labels("torn_tail").inc()
+        log.warning("%s: stepping over a torn tail of %d bytes", path, len(data) - len(whole))
+    rows = []
+    for line in whole.split(b"\n"):
+        if line.startswith(ROW_START):
+            try:
+                rows.append(_decode_row(line))
+            except msgspec.DecodeError:
+                LOG_DAMAGE.labels("undecodable").inc()
+                log.error("%s: skipping a line that does not decode", path)
+    return rows
 
 
 def _relay_past(path: Path, relay: RelayOffset, floor: str) -> bool:
@@ -477,49 +552,54 @@ def _lock(directory: Path) -> int | None:
     return fd
 
 
-@dataclass
-class Opened:
-    log: TrackingLog
-    leftovers: list[Path] = field(default_factory=list)  # stopped processes' segments
+def _take_over(path: Path, lock: int) -> _Directory:
+    """A stopped process's directory: its writer's mark is its last commit line (or its
+    `.writer-offset`, whichever is further), and every segment in it is complete."""
+    directory = _Directory(path, lock, own=False)
+    directory.placed = directory.mark_written = read_mark(path / WRITER_OFFSET)
+    for segment_path in segments(path):
+        data = segment_path.read_bytes()
+        whole = complete(data)
+        segment = _Segment(segment_path, size=len(whole), sealed=True)
+        segment.rows = whole.count(b"\n" + ROW_START) + whole.startswith(ROW_START)
+        directory.placed = max(directory.placed, last_commit(whole))
+        directory.segments.append(segment)
+    directory.unread = sum(s.rows for s in directory.segments if s.name >= directory.placed)
+    return directory
 
 
 def open_log(
     directory: str,
-    writer: BatchWriter[TrackingRow],
     *,
+    rows_per_segment: int,
     max_backlog_bytes: int,
     count_published: bool,
-    segment_seconds: float = 1.0,
-) -> Opened:
+) -> TrackingLog:
     """This process's log (`<directory>/<random boot id>`, locked while the process lives),
-    and the segments of every other log whose lock could be taken (its process is gone), to
-    replay first. A PID would not do as the name: after a container restart the service is
-    PID 1 again, and a directory named after a live PID would never be replayed."""
+    with every other log whose lock could be taken (its process is gone) to read first. A PID
+    would not do as the name: after a container restart the service is PID 1 again, and a
+    directory named after a live PID would never be taken over."""
     root = Path(directory).resolve()
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    own = root / uuid.uuid4().hex
-    own_lock = _lock(own)
+    own_path = root / uuid.uuid4().hex
+    own_lock = _lock(own_path)
     assert own_lock is not None  # a fresh random name: nobody else holds it
-    locks = [own_lock]
-    adopted: set[Path] = set()
-    leftovers: list[Path] = []
-    for other in sorted(p for p in root.iterdir() if p.is_dir() and p != own):
+    adopted: list[_Directory] = []
+    for other in sorted(p for p in root.iterdir() if p.is_dir() and p != own_path):
         lock = _lock(other)
-        if lock is None:
-            continue  # a live process's log
-        locks.append(lock)  # held until this process ends: nobody else replays it meanwhile
-        adopted.add(other)
-        segments = sorted(other.glob(f"*{SEGMENT}"))
-        if segments:
-            cut_torn_line(segments[-1])  # only the newest was being written
-        leftovers.extend(segments)
+        if lock is not None:  # held until it is done: nobody else takes it meanwhile
+            adopted.append(_take_over(other, lock))
     made = TrackingLog(
-        own,
-        writer,
+        _Directory(own_path, own_lock, own=True),
+        adopted,
+        rows_per_segment=rows_per_segment,
         max_backlog_bytes=max_backlog_bytes,
         count_published=count_published,
-        segment_seconds=segment_seconds,
-        locks=locks,
-        adopted=adopted,
     )
-    return Opened(made, leftovers)
+    if adopted:
+        log.info(
+            "tracking log: taking over %d stopped logs, %d events to place",
+            len(adopted),
+            made.unread_rows,
+        )
+    return made

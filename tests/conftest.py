@@ -32,6 +32,7 @@ from core.clickhouse import Warehouse
 from core.migrations import migrate
 from core.rows import TrackingRow
 from core.settings import Settings, load_settings
+from ingest.relay import Relay
 from tests.load import Load, LoadResult
 from workers.context import JobContext
 
@@ -143,7 +144,7 @@ def settings(
             "AMQP_EXCHANGE": exchange_name,
             "AMQP_QUEUE": f"{exchange_name}.q",
             "STORAGE_URL": f"file://{tmp_path / 'objects'}",
-            "SPOOL_DIR": str(tmp_path / "spool"),
+            "TRACKING_LOG_DIR": str(tmp_path / "tracking-log"),
             "FLUSH_INTERVAL_MS": "50",
             "RATE_LIMIT": "100000/minute",
             "RATE_LIMIT_EVENTS": "100000000/minute",
@@ -177,8 +178,8 @@ class Running:
         return app_services(self.app)
 
     async def drain(self) -> None:
-        """Write out whatever the batch writer holds, so assertions see every accepted row."""
-        await self.services.pipeline.writer.flush(force_retries=True)
+        """Place every event accepted so far, so assertions see every accepted row."""
+        await self.services.pipeline.writer.flush()
 
 
 @pytest.fixture
@@ -186,6 +187,7 @@ async def make_server(
     warehouse: Warehouse,
 ) -> AsyncIterator[Callable[[Settings], Any]]:
     started: list[tuple[Any, httpx.AsyncClient]] = []
+    relays: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
 
     async def start(settings: Settings) -> Running:
         app = create_app(settings, name=f"t{uuid.uuid4().hex[:10]}")
@@ -201,6 +203,13 @@ async def make_server(
         await server.after_start()
         http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}", timeout=10)
         started.append((server, http))
+        # The relay beside it, as `analytics relay` runs beside `analytics api` (serve's child
+        # process is tested in test_relay.py).
+        stop = asyncio.Event()
+        relay = Relay(
+            Path(settings.tracking_log_dir).resolve(), settings.amqp_url, settings.amqp_exchange
+        )
+        relays.append((stop, asyncio.create_task(relay.run(stop))))
         return Running(app, f"http://127.0.0.1:{settings.port}", http)
 
     yield start
@@ -210,6 +219,9 @@ async def make_server(
         server.close()
         await server.wait_closed()
         await server.after_stop()
+    for stop, task in relays:
+        stop.set()
+        await task
 
 
 @pytest.fixture
@@ -237,7 +249,7 @@ def event(**overrides: Any) -> dict[str, Any]:
 
 
 def tracking_rows(n: int, url: str = "https://www.lomashwood.co.uk/kitchens") -> list[TrackingRow]:
-    """`n` stored-shape tracking rows (what the spool, the outbox and the retry queue hold)."""
+    """`n` stored-shape tracking rows (what the tracking log and the retry queue hold)."""
     at = datetime(2026, 11, 27, 10, tzinfo=UTC)
     return [
         TrackingRow(

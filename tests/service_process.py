@@ -48,7 +48,7 @@ def env_for(data: Path, **extra: str) -> dict[str, str]:
         CLICKHOUSE_URL=f"chdb://{data / 'clickhouse'}",
         PORT=str(free_port()),
         REDIS_URL=TEST_REDIS_URL,
-        SPOOL_DIR=str(data / "spool"),
+        TRACKING_LOG_DIR=str(data / "tracking-log"),
         RATE_LIMIT="100000/minute",
         RATE_LIMIT_EVENTS="100000000/minute",
         STORAGE_URL=f"file://{data / 'objects'}",

@@ -46,7 +46,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "AUTH_JWT_SECRET": SECRET,
         "DOWNLOAD_SIGNING_KEY": DOWNLOAD_KEY,
         "STORAGE_URL": f"file://{data / 'objects'}",
-        "SPOOL_DIR": str(data / "spool"),
+        "TRACKING_LOG_DIR": str(data / "tracking-log"),
         "AMQP_EXCHANGE": "test.fuzz",
         "AMQP_QUEUE": "test.fuzz.q",
     }

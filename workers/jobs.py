@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import uuid
@@ -15,7 +14,7 @@ import msgspec
 
 from core import contracts, export_state, keys
 from core.best_effort import best_effort
-from core.clickhouse import Warehouse, WarehouseError
+from core.clickhouse import WarehouseError
 from core.contracts import (
     ALERT_RAISED,
     DASHBOARD_REFRESHED,
@@ -35,9 +34,8 @@ from core.metrics import (
     EXPORT_DURATION,
     EXPORT_FAILURES,
 )
-from core.retry_queue import RetryBatch
 from core.rows import TrackingRow
-from core.tracked import announce_stored
+from core.tracked import record_stored
 from materialized import (
     archive,
     counters,
@@ -48,79 +46,43 @@ from materialized import (
     snapshots,
     widgets,
 )
-from materialized.tracking import stored_event_ids
 from workers.context import JobContext, job_context
 
 log = logging.getLogger(__name__)
 
 _tracking_rows = msgspec.json.Decoder(TrackingRow)
-_tracking_encoder = msgspec.json.Encoder()
 
 
-async def _not_yet_stored(warehouse: Warehouse, data: bytes) -> bytes:
-    rows = _tracking_rows.decode_lines(data)
-    stored = await stored_event_ids(warehouse, rows) if rows else set()
-    missing = []
-    for row in rows:  # a batch queued twice (a crash between insert and done) is joined once
-        if row.event_id not in stored:
-            stored.add(row.event_id)
-            missing.append(row)
-    return _tracking_encoder.encode_lines(missing) if missing else b""
-
-
-RETRY_BATCHES_PER_INSERT = 20  # batches of up to FLUSH_MAX_ROWS rows each
+RETRY_BATCHES_PER_RUN = 20  # read from Redis at once; each is inserted with its own token
 RETRY_RUN_SECONDS = 60.0  # well inside arq's job timeout; the cron picks up the rest
 
 
-def _joined(batches: list[RetryBatch]) -> tuple[str, tuple[str, ...], bytes, str]:
-    first = batches[0]
-    # The same batches joined again give the same token, so ClickHouse drops a repeat.
-    token = hashlib.sha256("+".join(b.token for b in batches).encode()).hexdigest()
-    return first.table, first.columns, b"".join(b.data for b in batches), token
-
-
 async def retry_failed_batches(ctx: dict[str, Any]) -> str:
-    """Insert the batches waiting in the retry queue, oldest first, several per insert.
-
-    On the first refusal the claimed batches go back and the run ends. The next run comes from
-    the next hand-off (at most one is queued: `RETRY_JOB_ID`) or from the cron every 10 s, so
-    however long ClickHouse refuses, it sees about one attempt a second. Rows ClickHouse
-    already has (a spool replay, or an insert that landed before its batch was marked done)
-    are filtered out by eventId first.
-    """
+    """Insert the batches waiting in the retry queue, oldest first, each with the token of its
+    place in the tracking log (so a batch whose first insert did land is not stored again),
+    and take each off the queue once stored. The first refusal ends the run; the next comes
+    from the next hand-off (at most one is queued: `RETRY_JOB_ID`) or from the cron every 10 s.
+    The batches were announced (event.tracked) when the writer handed them here."""
     job = job_context(ctx)
     queue, warehouse = job.retry_queue, job.warehouse
     stored = 0
     deadline = time.monotonic() + RETRY_RUN_SECONDS
     while time.monotonic() < deadline:
-        claimed = await queue.claim(RETRY_BATCHES_PER_INSERT)
-        if not claimed:
+        waiting = await queue.oldest(RETRY_BATCHES_PER_RUN)
+        if not waiting:
             break
-        groups: dict[tuple[str, tuple[str, ...]], list[RetryBatch]] = {}
-        for _, batch in claimed:
-            groups.setdefault((batch.table, batch.columns), []).append(batch)
-        announced: list[TrackingRow] = []
-        try:
-            for batches in groups.values():
-                table, columns, data, token = _joined(batches)
-                if table == "tracking_events":
-                    data = await _not_yet_stored(warehouse, data)
-                if data:
-                    await warehouse.insert_lines(table, columns, data, dedup_token=token)
-                    stored += data.count(b"\n")
-                if table == "tracking_events" and data:
-                    announced.extend(_tracking_rows.decode_lines(data))
-        except WarehouseError as error:
-            await queue.give_back(claimed)
-            log.warning(
-                "retry of %d batches failed (oldest at attempt %d): %s",
-                len(claimed),
-                claimed[0][1].attempts,
-                error,
-            )
-            return f"stored {stored} rows; ClickHouse still refusing"
-        await queue.done([raw for raw, _ in claimed])
-        announce_stored(job.publisher, announced)
+        for raw, batch in waiting:
+            try:
+                await warehouse.insert_lines(
+                    batch.table, batch.columns, batch.data, dedup_token=batch.token
+                )
+            except WarehouseError as error:
+                log.warning("retry of a batch of %d rows failed: %s", batch.rows, error)
+                return f"stored {stored} rows; ClickHouse still refusing"
+            await queue.done(raw)
+            stored += batch.rows
+            if batch.table == "tracking_events":
+                record_stored(_tracking_rows.decode_lines(batch.data))
     return f"stored {stored} rows"
 
 

@@ -56,7 +56,6 @@ async def open_clients(ctx: dict[str, Any]) -> None:
     METRICS_PORT, `/metrics`, `/healthz` and `/readyz` on it."""
     settings = load_settings()
     runtime = await Runtime.open(settings, {Role.WORKER}, redis=ctx["redis"])
-    await runtime.retry_queue.recover()  # batches a dead retrier left in processing
     ctx["runtime"] = runtime
     ctx["job"] = JobContext.of(runtime)
     if settings.metrics_port:
