@@ -19,6 +19,7 @@ from core.metrics import (
     PUBLISH_BACKLOG,
     RATES,
     RETRY_QUEUE_DEPTH,
+    UNPLACED_ROWS,
     exposition,
 )
 from core.ops_server import bearer_matches
@@ -85,10 +86,9 @@ def refresh_gauges(svc: Services) -> None:
     seconds (`api/app.py`), so that with several API workers the ones not scraped are current."""
     RATES.refresh_gauges()
     tracking_log = svc.pipeline.log
-    # The relay's backlog (on disk) and this process's own publisher's (domain messages, and
-    # event.tracked when there is no spool).
-    relay_backlog = tracking_log.backlog if tracking_log is not None else 0
-    PUBLISH_BACKLOG.set(svc.runtime.publisher.backlog + relay_backlog)
+    # The relay's backlog (on disk) and this process's own publisher's (the other topics).
+    PUBLISH_BACKLOG.set(svc.runtime.publisher.backlog + tracking_log.backlog)
+    UNPLACED_ROWS.set(tracking_log.unread_rows)
 
 
 @bp.get("/metrics")

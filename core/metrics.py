@@ -85,7 +85,7 @@ LOG_DAMAGE = Counter(
     "tracking_log_damage",
     "Damage the tracking log's readers stepped over (torn tails, undecodable lines, a removed"
     " directory); nothing answered 202 is in a torn tail",
-    ["kind"],
+    ["reader", "kind"],
 )
 REDIS_FAILURES = Counter(
     "redis_unavailable", "Redis calls that failed; ingest went on without them", ["operation"]

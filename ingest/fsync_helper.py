@@ -1,4 +1,4 @@
-"""The fsync helper process (`ingest/fsyncer.py`), and the callbacks of the groups waiting for
+"""The tracking log's fsync helper process (`ingest/fsyncer.py`), and the callbacks of the groups waiting for
 its answers, in order (it answers in order)."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class FsyncHelper:
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._waiting: deque[Callable[[OSError | None], None]] = deque()
+        self._stopping = False
 
     async def start(self) -> None:
         self._process = await asyncio.create_subprocess_exec(
@@ -47,7 +48,8 @@ class FsyncHelper:
             done = self._waiting.popleft()
             done(None if answer == b"\n" else OSError(answer[1:].decode(errors="replace")))
         # The helper is gone: nothing waiting was confirmed durable; the loop fsyncs from now.
-        log.warning("tracking log: the fsync helper exited; fsyncing on the event loop")
+        if not self._stopping:
+            log.warning("tracking log: the fsync helper exited; fsyncing on the event loop")
         while self._waiting:
             self._waiting.popleft()(OSError("the tracking log's fsync helper exited"))
 
@@ -57,6 +59,7 @@ class FsyncHelper:
 
     async def stop(self) -> None:
         await self.idle()
+        self._stopping = True
         if self._process is not None:
             if self._process.stdin is not None:
                 self._process.stdin.close()

@@ -1,4 +1,4 @@
-"""The spool's fsync helper: a small child process that makes spool segments durable, so the
+"""The tracking log's fsync helper: a small child process that makes log segments durable, so the
 ingest loop never waits on the disk and no thread of the service needs its GIL back.
 
 Protocol, one line each way: the service writes a segment's path (`path\\n`) after appending a
@@ -6,7 +6,7 @@ group of rows to it with `write(2)`; the helper fsyncs that file and answers `\\
 every byte written to the file durable, through whichever descriptor, so the helper's own
 descriptor serves. Requests are answered in order; several may be in flight.
 
-Started by the spool as `python -S ingest/fsyncer.py` (by path: it imports nothing of ours).
+Started by the log as `python -S ingest/fsyncer.py` (by path: it imports nothing of ours).
 """
 
 from __future__ import annotations

@@ -189,7 +189,7 @@ class Relay:
             if not newest and start + len(data) == size and position < size:
                 # A newer segment exists, so this one is complete: what follows its last
                 # newline is a torn tail (a write cut short), never a line to wait for.
-                LOG_DAMAGE.labels("torn_tail").inc()
+                LOG_DAMAGE.labels("relay", "torn_tail").inc()
                 log.warning("relay: %s: stepping over a torn tail", path)
                 position = size
             if name != claim.offset.segment or position != claim.offset.offset:

@@ -113,6 +113,7 @@ class _Directory:
     own: bool
     segments: list[_Segment] = field(default_factory=list)  # oldest first; the last may be open
     placed: str = ""  # the writer's mark: every segment sorting before it is placed
+    taken: str = ""  # past the last segment handed to the writer (placed or in its hands)
     mark_written: str = ""  # the mark as last copied to `.writer-offset`
     unread: int = 0  # accepted rows not yet placed
     cache: dict[str, list[TrackingRow]] = field(default_factory=dict)  # segment -> its rows
@@ -363,16 +364,18 @@ class TrackingLog:
         """The oldest sealed, durable segment with rows past the writer's mark, or None."""
         for directory in self._directories:
             for segment in directory.segments:
-                if segment.name < directory.placed:
+                if segment.name < max(directory.placed, directory.taken):
                     continue
                 if not segment.sealed or segment.syncing:
                     break  # the rest of this directory waits for it
                 if not segment.rows:
-                    directory.placed = mark_past(segment.name)  # messages only: nothing to do
+                    if directory.taken <= directory.placed:  # nothing in the writer's hands
+                        directory.placed = mark_past(segment.name)  # messages only
                     continue
                 rows = directory.cache.pop(segment.name, None)
                 if rows is None:
                     rows = _read_rows(segment.path)
+                directory.taken = mark_past(segment.name)
                 return Batch(directory, segment, rows)
         return None
 
@@ -477,7 +480,7 @@ class TrackingLog:
         if (own.path / OWNER_LOCK).exists():
             return
         log.error("tracking log: %s was removed; making it again", own.path)
-        LOG_DAMAGE.labels("directory_removed").inc()
+        LOG_DAMAGE.labels("log", "directory_removed").inc()
         own.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.close(own.lock)
         own.lock = _lock(own.path) or -1
@@ -509,7 +512,7 @@ def _read_rows(path: Path) -> list[TrackingRow]:
     data = path.read_bytes()
     whole = complete(data)
     if len(whole) < len(data):
-        LOG_DAMAGE.labels("torn_tail").inc()
+        LOG_DAMAGE.labels("writer", "torn_tail").inc()
         log.warning("%s: stepping over a torn tail of %d bytes", path, len(data) - len(whole))
     rows = []
     for line in whole.split(b"\n"):
@@ -517,7 +520,7 @@ def _read_rows(path: Path) -> list[TrackingRow]:
             try:
                 rows.append(_decode_row(line))
             except msgspec.DecodeError:
-                LOG_DAMAGE.labels("undecodable").inc()
+                LOG_DAMAGE.labels("writer", "undecodable").inc()
                 log.error("%s: skipping a line that does not decode", path)
     return rows
 

@@ -182,6 +182,11 @@ class Running:
         await self.services.pipeline.writer.flush()
 
 
+def relay_for(settings: Settings) -> Relay:
+    root = Path(settings.tracking_log_dir).resolve()
+    return Relay(root, settings.amqp_url, settings.amqp_exchange)
+
+
 @pytest.fixture
 async def make_server(
     warehouse: Warehouse,
@@ -206,9 +211,7 @@ async def make_server(
         # The relay beside it, as `analytics relay` runs beside `analytics api` (serve's child
         # process is tested in test_relay.py).
         stop = asyncio.Event()
-        relay = Relay(
-            Path(settings.tracking_log_dir).resolve(), settings.amqp_url, settings.amqp_exchange
-        )
+        relay = relay_for(settings)
         relays.append((stop, asyncio.create_task(relay.run(stop))))
         return Running(app, f"http://127.0.0.1:{settings.port}", http)
 

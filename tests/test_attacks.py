@@ -2,7 +2,7 @@
 
 Replayed eventIds, forged X-Forwarded-For floods against the rate limit, hostile bodies,
 forged download links, a client's own X-Forwarded-For line, sessions with long URLs, long
-unique user agents, and a spool left under a live PID.
+unique user agents, and a tracking log left under a live PID.
 Each test checks what was stored and records its row for the table printed at the end."""
 
 from __future__ import annotations
@@ -297,22 +297,22 @@ async def test_long_unique_user_agents_are_cut_and_the_cache_stays_bounded(
     record_outcome(result)
 
 
-def spool_directories(root: Path, leftover: Path) -> tuple[list[str], set[int]]:
-    """The names of the spool directories besides `leftover`, and their segments' modes."""
+def log_directories(root: Path, leftover: Path) -> tuple[list[str], set[int]]:
+    """The names of the tracking-log directories besides `leftover`, and their segments' modes."""
     own = [p for p in root.iterdir() if p.is_dir() and p != leftover]
     modes = {stat.S_IMODE(f.stat().st_mode) for d in own for f in d.glob("*.jsonl")}
     return [p.name for p in own], modes
 
 
-async def test_a_spool_left_under_a_live_pid_is_replayed(
+async def test_a_log_left_under_a_live_pid_is_taken_over(
     make_server: Callable[[Settings], Any],
     settings: Settings,
     warehouse: Warehouse,
     record_outcome: Callable[[Outcome], None],
 ) -> None:
-    # A container restart: the stopped process was PID 1, and so is the new one. Its spool
+    # A container restart: the stopped process was PID 1, and so is the new one. Its log
     # directory's name is a PID that is alive: ours.
-    leftover = Path(settings.spool_dir) / str(os.getpid())
+    leftover = Path(settings.tracking_log_dir) / str(os.getpid())
     leftover.mkdir(parents=True)
     rows = enrich(
         [msgspec.json.decode(encode(event()), type=TrackingEvent) for _ in range(5)],
@@ -325,11 +325,11 @@ async def test_a_spool_left_under_a_live_pid_is_replayed(
     await server.drain()
     stored = await stored_ids(warehouse)
     assert {str(r.event_id) for r in rows} <= set(stored)
-    own, modes = spool_directories(Path(settings.spool_dir), leftover)
+    own, modes = log_directories(Path(settings.tracking_log_dir), leftover)
     assert len(own) == 1 and len(own[0]) == 32  # a random boot id, not a PID
     assert modes and modes <= {0o600}
     result = Outcome.of(
-        "spool left under a live PID", 0, answered(1, [answer.json()["eventId"]], 0), stored
+        "log left under a live PID", 0, answered(1, [answer.json()["eventId"]], 0), stored
     )
     result.note = f"{len(rows)} leftover events replayed"
     record_outcome(result)

@@ -302,7 +302,7 @@ async def test_metrics_expose_rates_and_drop_reasons(server: Running) -> None:
         "tracking_batch_rows_bucket",
         "tracking_flush_seconds_bucket",
         "tracking_retry_queue_depth 0.0",
-        "tracking_writer_held_batches 0.0",
+        "tracking_log_unplaced_rows 0.0",
         "analytics_publish_backlog",
     ):
         assert name in text, name

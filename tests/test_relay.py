@@ -1,6 +1,6 @@
 """The event.tracked relay: messages read from the tracking logs on disk (beside the accepted
 events, which it skips) and published once the broker confirms them, each directory relayed by
-one relay, an old outbox still relayed, a child relay gone with its parent."""
+one relay, torn tails and removed segments passed by, a child relay gone with its parent."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import msgspec
 import pytest
 
 from core.rows import TrackingRow
-from core.tracked import envelope, envelope_lines
-from ingest.log_files import read_relay_offset
+from core.tracked import envelope_lines
+from ingest.log_files import RelayOffset, read_relay_offset, write_relay_offset
 from ingest.relay import Relay
-from tests.conftest import AMQP_URL, free_port, take
+from tests.conftest import AMQP_URL, counter, free_port, take
 from tests.conftest import tracking_rows as rows
 from tests.service_process import ANALYTICS, ROOT, STARTED, env_for, start_service
 
@@ -131,26 +131,48 @@ async def test_the_log_of_a_process_gone_for_good_is_cleared_by_the_relay(
     assert await take(queue, 5, within=0.5) == []  # nothing sent twice
 
 
-async def test_an_outbox_written_before_the_tracking_log_is_still_relayed(
+async def test_a_torn_tail_with_a_newer_segment_after_it_is_stepped_over_and_counted(
     tmp_path: Path, exchange_name: str, listen: Listen
 ) -> None:
-    """Until 2026-11-28 messages went to outbox segments apart (`<ns>.tracked`), their lines
-    `<eventId> <envelope>` before that morning; an upgrade finds both on disk."""
+    """A write cut short (a full disk, a crash) leaves half a line at the end of a segment the
+    log then sealed: the relay passes it instead of waiting for its end for good."""
     queue = await listen(TRACKED)
-    oldest, old, new = rows(3), rows(2), rows(4)
-    directory = tmp_path / "upgraded"
-    directory.mkdir()
-    (directory / f"{1:020d}.tracked").write_bytes(
-        b"".join(b"%s %s\n" % (str(r.event_id).encode(), envelope(r)) for r in oldest)
-    )
-    (directory / f"{2:020d}.tracked").write_bytes(envelope_lines(old))
-    log_segment(directory, 3, new)
+    directory = tmp_path / "torn"
+    before, after = rows(3), rows(4)
+    torn = log_segment(directory, 1, before)
+    with torn.open("ab") as handle:
+        handle.write(envelope_lines(rows(1))[:40])  # half a message line
+    log_segment(directory, 2, after)
+    (directory / ".lock").touch()
+    stepped = counter("tracking_log_damage", reader="relay", kind="torn_tail")
     relay = Relay(tmp_path, AMQP_URL, exchange_name)
-    await relay_until(relay, lambda: relay.published >= 9)
-    got = await take(queue, 12, within=1)
-    assert [m.message_id for m in got] == [str(r.event_id) for r in oldest + old + new]
-    assert [msgspec.json.decode(m.body)["eventId"] for m in got] == [m.message_id for m in got]
-    assert not list(directory.glob("*.tracked")), "read outbox segments are deleted"
+    await relay_until(relay, lambda: relay.published >= 7)
+    got = await take(queue, 10, within=1)
+    assert sorted(m.message_id for m in got) == sorted(str(r.event_id) for r in before + after)
+    assert counter("tracking_log_damage", reader="relay", kind="torn_tail") == stepped + 1
+    assert read_relay_offset(directory).segment == f"{2:020d}"
+
+
+async def test_a_segment_removed_under_the_relay_is_passed_by(
+    tmp_path: Path, exchange_name: str, listen: Listen
+) -> None:
+    queue = await listen(TRACKED)
+    directory = tmp_path / "removed"
+    first, later = rows(5), rows(6)
+    log_segment(directory, 1, first)
+    (directory / ".lock").touch()
+    relay = Relay(tmp_path, AMQP_URL, exchange_name)
+    await relay_until(relay, lambda: relay.published >= 5)
+    # Read half-way into segment 2, then segment 2 vanishes; segment 3 still comes through.
+    second = log_segment(directory, 2, rows(4))
+    offset = read_relay_offset(directory)
+    write_relay_offset(directory, RelayOffset(f"{2:020d}", 10, offset.published))
+    second.unlink()
+    log_segment(directory, 3, later)
+    again = Relay(tmp_path, AMQP_URL, exchange_name)
+    await relay_until(again, lambda: again.published >= 6)
+    got = await take(queue, 20, within=1)
+    assert sorted(m.message_id for m in got) == sorted(str(r.event_id) for r in first + later)
 
 
 def _state(pid: int) -> str:
@@ -162,7 +184,8 @@ def _state(pid: int) -> str:
 
 
 def _children(pid: int) -> list[int]:
-    """The relay children of `pid` (serve also runs the spool's fsync helper)."""
+    """The relay children of `pid` (serve also runs the log's fsync helper and, for its spawned
+    relay, multiprocessing's resource tracker)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -172,7 +195,8 @@ def _children(pid: int) -> list[int]:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 with contextlib.suppress(OSError):
-                    if b"relay" in (entry / "cmdline").read_bytes():
+                    cmdline = (entry / "cmdline").read_bytes()
+                    if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
                         found.append(int(entry.name))
     return found
 
@@ -187,7 +211,6 @@ def test_serve_relays_from_a_child_process_that_goes_with_it(
         time.sleep(0.1)
     assert len(children) == 1
     relay = children[0]
-    assert b"relay" in Path(f"/proc/{relay}/cmdline").read_bytes()
     assert httpx.get(f"{base}/readyz").status_code == 200
     # A relay that dies is started again.
     os.kill(relay, signal.SIGKILL)
@@ -221,7 +244,7 @@ async def test_relay_command_publishes_the_logs_and_serves_metrics(
     queue = await channel.declare_queue("", exclusive=True)
     await queue.bind(exchange, TRACKED)
     written = rows(300)
-    log_segment(tmp_path / "spool" / "api-worker-1", 1, written)
+    log_segment(tmp_path / "tracking-log" / "api-worker-1", 1, written)
     proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
         [*ANALYTICS, "relay"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL
     )

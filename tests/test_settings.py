@@ -16,7 +16,7 @@ def test_defaults_match_the_design() -> None:
     assert settings.rate_limit_per_window == (100, "minute")
     assert settings.trusted_proxies == ()
     assert settings.embedded
-    assert settings.spool_dir == "./data/spool"
+    assert settings.tracking_log_dir == "./data/tracking-log"
     assert not settings.s3_create_bucket
 
 
@@ -24,13 +24,13 @@ def test_data_dir_moves_every_path_not_set_on_its_own() -> None:
     settings = load_settings({"DATA_DIR": "/var/lib/analytics/"})
     assert settings.clickhouse_url == "chdb:///var/lib/analytics/clickhouse"
     assert settings.storage_url == "file:///var/lib/analytics/objects"
-    assert settings.spool_dir == "/var/lib/analytics/spool"
+    assert settings.tracking_log_dir == "/var/lib/analytics/tracking-log"
     assert str(settings.metrics_dir) == "/var/lib/analytics/metrics"
     pinned = load_settings(
-        {"DATA_DIR": "srv", "STORAGE_URL": "s3://bucket/p", "SPOOL_DIR": "/fast/spool"}
+        {"DATA_DIR": "srv", "STORAGE_URL": "s3://bucket/p", "TRACKING_LOG_DIR": "/fast/log"}
     )
     assert pinned.clickhouse_url == "chdb://srv/clickhouse"
-    assert (pinned.storage_url, pinned.spool_dir) == ("s3://bucket/p", "/fast/spool")
+    assert (pinned.storage_url, pinned.tracking_log_dir) == ("s3://bucket/p", "/fast/log")
 
 
 def test_values_are_read_and_typed() -> None:
@@ -114,3 +114,12 @@ def test_the_download_key_is_never_derived_from_the_jwt_keys() -> None:
     a = load_settings({"DOWNLOAD_SIGNING_KEY": key, "AUTH_JWT_SECRET": "a" * 40})
     b = load_settings({"DOWNLOAD_SIGNING_KEY": key, "AUTH_JWT_SECRET": "b" * 40})
     assert a.require_download_key() == b.require_download_key() == key.encode()
+
+
+def test_the_old_spool_variable_fails_at_boot_by_name() -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"SPOOL_DIR": "/var/spool"})
+    assert "SPOOL_DIR" in str(raised.value) and "TRACKING_LOG_DIR" in str(raised.value)
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"TRACKING_LOG_DIR": ""})
+    assert "TRACKING_LOG_DIR" in str(raised.value)

@@ -1,73 +1,94 @@
-"""The tracking log: a group of appends written by the loop, fsynced by the helper process, then
-handed to the writer and answered (without the helper, the loop fsyncs); stored events'
-messages in the same segments; a segment deleted only once the writer and the relay are both
-past it; the backlog bounded; a stopped process's log replayed through the same writer and
-session step as live traffic, from its writer's committed offset."""
+"""The tracking log: groups of appends written by the loop and fsynced by the helper process
+(without it, by the loop); a segment sealed by size or by the writer's timer is one batch with
+a token from its place; a commit writes the batch's messages and the writer's mark in one
+durable write; a segment goes once the writer and the relay are both past it; the backlog is
+bounded; a stopped process's log is read from its last commit by the same writer as live
+traffic; a full disk, a read-only directory and a directory removed at run time lose nothing
+that got a 202."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from redis.asyncio import Redis
 
 from core import keys
 from core.clickhouse import Warehouse
+from core.retry_queue import RetryQueue
 from core.rows import TRACKING_COLUMNS, TrackingRow
 from core.settings import Settings
 from core.tracked import envelope_lines
 from ingest.enrich import Context, enrich
 from ingest.fsync_helper import FSYNCER
-from ingest.log_files import RELAY_FLOOR, WRITER_OFFSET, RelayOffset, read_mark, write_relay_offset
+from ingest.log_files import (
+    RELAY_FLOOR,
+    WRITER_OFFSET,
+    RelayOffset,
+    commit_line,
+    read_mark,
+    write_relay_offset,
+)
 from ingest.schema import TrackingEvent
+from ingest.sessions import SessionStore
 from ingest.tracking_log import TrackingLog, open_log
-from ingest.writer import BatchWriter
+from ingest.writer import LogWriter
 from tests.conftest import counter, encode, event, take
 from tests.conftest import tracking_rows as rows
 
-
-def writer_on(
-    warehouse: Warehouse, on_stored: Callable[[list[TrackingRow]], Any] | None = None
-) -> BatchWriter[TrackingRow]:
-    # Not started: it only buffers what the log hands it (and stores on `flush`).
-    return BatchWriter(
-        warehouse,
-        "tracking_events",
-        TrackingRow,
-        max_rows=10_000,
-        interval_ms=1000,
-        on_stored=on_stored,
-    )
+_encode_lines = msgspec.json.Encoder().encode_lines
 
 
-def log_in(root: Path, writer: BatchWriter[TrackingRow], **options: Any) -> TrackingLog:
+def log_in(root: Path, **options: Any) -> TrackingLog:
     options.setdefault("max_backlog_bytes", 1 << 30)
-    opened = open_log(str(root), writer, count_published=False, **options)
-    assert opened.leftovers == []
-    return opened.log
+    options.setdefault("rows_per_segment", 10_000)
+    return open_log(str(root), count_published=False, **options)
+
+
+def writer_of(tracking_log: TrackingLog, warehouse: Warehouse, redis: Redis) -> LogWriter:
+    # Not started: it places what the log holds on `flush`.
+    return LogWriter(
+        tracking_log,
+        warehouse,
+        interval_ms=60_000,
+        prepare=SessionStore(redis).enrich,
+        hand_off=RetryQueue(redis).push,
+    )
 
 
 def lines(directory: Path) -> list[bytes]:
     return [line for p in sorted(directory.glob("*.jsonl")) for line in p.read_bytes().splitlines()]
 
 
-async def test_appends_are_answered_once_fsynced_and_then_in_the_writer(
-    tmp_path: Path, warehouse: Warehouse
+def token_of(directory: Path, segment: str) -> str:
+    return hashlib.sha256(f"{directory.name}/{segment}".encode()).hexdigest()[:32]
+
+
+async def stored(warehouse: Warehouse) -> list[uuid.UUID]:
+    return [r[0] for r in await warehouse.rows("SELECT event_id FROM tracking_events")]
+
+
+async def test_appends_are_answered_once_fsynced_and_the_loop_fsyncs_without_the_helper(
+    tmp_path: Path,
 ) -> None:
-    writer = writer_on(warehouse)
-    tracking_log = log_in(tmp_path / "spool", writer)
+    tracking_log = log_in(tmp_path / "log")
     await tracking_log.start()
     assert tracking_log._helper.running
     await tracking_log.append(rows(3))
     await tracking_log.append(rows(2))
-    assert writer.pending_rows == 5
+    assert tracking_log.unread_rows == 5
     (segment,) = tracking_log.directory.glob("*.jsonl")
     assert len(segment.read_bytes().splitlines()) == 5
 
@@ -78,63 +99,78 @@ async def test_appends_are_answered_once_fsynced_and_then_in_the_writer(
     await process.wait()
     assert not tracking_log._helper.running
     await tracking_log.append(rows(4))
-    assert writer.pending_rows == 9
+    assert tracking_log.unread_rows == 9
     await tracking_log.close()
     tracking_log.release()
 
 
-async def test_a_segment_goes_once_the_writer_and_the_relay_are_both_past_it(
-    tmp_path: Path, warehouse: Warehouse
+async def test_a_segment_is_one_batch_sealed_by_size_or_by_the_timer(tmp_path: Path) -> None:
+    tracking_log = log_in(tmp_path / "log", rows_per_segment=10)
+    await tracking_log.start()
+    groups = [rows(3) for _ in range(4)]
+    for group in groups:
+        await tracking_log.append(group)
+    assert tracking_log.ready.is_set()  # 12 rows: sealed, a batch's worth
+    later = rows(2)
+    await tracking_log.append(later)
+    batch = tracking_log.next_batch()
+    assert batch is not None
+    assert [r.event_id for r in batch.rows] == [r.event_id for g in groups for r in g]
+    assert batch.token == token_of(tracking_log.directory, batch.segment.name)
+    assert tracking_log.next_batch() is None  # the writer commits one batch at a time
+    await tracking_log.commit(batch, batch.rows)
+    assert tracking_log.next_batch() is None  # the open segment waits for the timer
+    tracking_log.seal()
+    await tracking_log.durable()
+    second = tracking_log.next_batch()
+    assert second is not None and [r.event_id for r in second.rows] == [r.event_id for r in later]
+    assert tracking_log.unread_rows == 2
+    await tracking_log.close()
+    tracking_log.release()
+
+
+async def test_a_commit_announces_and_a_segment_goes_once_both_readers_are_past_it(
+    tmp_path: Path, warehouse: Warehouse, redis: Redis
 ) -> None:
-    logs: list[TrackingLog] = []
-    writer = writer_on(warehouse, lambda stored: logs[0].announce(stored))
-    tracking_log = log_in(tmp_path / "spool", writer, segment_seconds=3600)
-    logs.append(tracking_log)
+    tracking_log = log_in(tmp_path / "log")
     directory = tracking_log.directory
     await tracking_log.start()
+    writer = writer_of(tracking_log, warehouse, redis)
     accepted = rows(4)
     await tracking_log.append(accepted)
-    await writer.flush()  # stored: the writer announces them in the same log
+    await writer.flush()
     assert await warehouse.scalar("SELECT count() FROM tracking_events") == 4
-    for _ in range(100):
-        if writer.done_through == 4:  # their messages are durable
-            break
-        await asyncio.sleep(0.01)
-    assert writer.done_through == 4
-    kinds = [line[:1] for line in lines(directory)]
-    assert kinds == [b"["] * 4 + [b"{"] * 4  # the accepted rows, then their messages
-    (segment,) = directory.glob("*.jsonl")
-    segment_name = segment.name.split(".")[0]
-    tracking_log._segments[-1].seal()
+    assert tracking_log.unread_rows == 0
+    first, second = sorted(directory.glob("*.jsonl"))
+    assert [line[:1] for line in first.read_bytes().splitlines()] == [b"["] * 4
+    # The batch's messages and the writer's commit, in one write in the next segment.
+    assert second.read_bytes().splitlines()[:4] == envelope_lines(accepted).splitlines()
+    assert second.read_bytes().endswith(commit_line(first.name.split(".")[0] + "~"))
     tracking_log.maintain()
-    assert segment.exists(), "deleted before the relay read it"
-    # The writer's committed offset is past the segment: a restart would not replay it.
-    assert read_mark(directory / WRITER_OFFSET) > segment_name
-    write_relay_offset(directory, RelayOffset(segment_name, segment.stat().st_size - 1, 3))
+    assert read_mark(directory / WRITER_OFFSET) > first.name.split(".")[0]
+    assert first.exists(), "deleted before the relay read it"
+    write_relay_offset(directory, RelayOffset(first.name.split(".")[0], first.stat().st_size, 0))
     tracking_log.maintain()
-    assert segment.exists(), "deleted before the relay read its last line"
-    assert tracking_log.backlog == 1
-    write_relay_offset(directory, RelayOffset(segment_name, segment.stat().st_size, 4))
-    tracking_log.maintain()
-    assert not segment.exists()
-    assert tracking_log.backlog == 0
+    assert not first.exists()
+    assert tracking_log.backlog == 4
     await tracking_log.close()
     tracking_log.release()
 
 
 async def test_past_its_bound_the_relay_skips_the_oldest_messages_and_they_are_counted(
-    tmp_path: Path, warehouse: Warehouse
+    tmp_path: Path,
 ) -> None:
-    writer = writer_on(warehouse)
-    # segment_seconds=0: every group write opens a segment of its own
-    tracking_log = log_in(tmp_path / "spool", writer, segment_seconds=0, max_backlog_bytes=200_000)
+    tracking_log = log_in(tmp_path / "log", rows_per_segment=100, max_backlog_bytes=200_000)
     directory = tracking_log.directory
+    await tracking_log.start()
     lost = counter("analytics_publish_lost", routing_key="lomash.analytics.event.tracked")
     lost_events = counter("analytics_events_lost", reason="publish_lost")
     batches = [rows(100) for _ in range(10)]
-    for batch in batches:
-        tracking_log.announce(batch)
-        await asyncio.sleep(0)  # each its own group, so its own segment
+    for accepted in batches:
+        await tracking_log.append(accepted)  # a segment of its own: a batch's worth
+        batch = tracking_log.next_batch()
+        assert batch is not None
+        await tracking_log.commit(batch, batch.rows)  # its messages go into the next one
     tracking_log.maintain()  # nobody relays: the backlog only grows
     dropped = counter("analytics_publish_lost", routing_key="lomash.analytics.event.tracked") - lost
     assert dropped > 0 and dropped % 100 == 0  # whole segments, oldest first
@@ -142,8 +178,9 @@ async def test_past_its_bound_the_relay_skips_the_oldest_messages_and_they_are_c
     assert tracking_log.backlog == 1000 - dropped
     floor = read_mark(directory / RELAY_FLOOR)
     kept = [p for p in sorted(directory.glob("*.jsonl")) if p.name > floor]
-    assert sum(p.stat().st_size for p in kept) <= 200_000
-    first_kept = msgspec.json.decode(kept[0].read_bytes().splitlines()[0])["eventId"]
+    kept_messages = [line for p in kept for line in p.read_bytes().splitlines() if line[:1] == b"{"]
+    assert sum(len(line) + 1 for line in kept_messages) <= 200_000
+    first_kept = msgspec.json.decode(kept_messages[0])["eventId"]
     assert first_kept == str(batches[int(dropped) // 100][0].event_id)
     # Once the relay has moved to the floor, the skipped segments go.
     write_relay_offset(directory, RelayOffset(floor, 0, 0))
@@ -167,105 +204,238 @@ def test_the_helper_answers_each_path_in_order_and_names_a_failure(tmp_path: Pat
     assert answers[1].startswith(b"!") and b"No such file" in answers[1]
 
 
-async def test_a_stopped_process_s_events_are_replayed_through_the_session_step(
+def accepted_rows(n: int, session: uuid.UUID) -> list[TrackingRow]:
+    """`n` rows of one session as the request path makes them (before the session step)."""
+    made = enrich(
+        [
+            msgspec.json.decode(encode(event(sessionId=str(session))), type=TrackingEvent)
+            for _ in range(n)
+        ],
+        Context(received_at=datetime.now(UTC)),
+    )
+    for number, row in enumerate(made):  # in the order they were accepted
+        row.received_at = datetime(2026, 11, 27, 10, 0, number, tzinfo=UTC)
+    return made
+
+
+async def test_a_stopped_process_s_events_are_read_through_the_session_step_once(
     make_server: Callable[[Settings], Any], settings: Settings, warehouse: Warehouse, redis: Redis
 ) -> None:
-    """Its spool holds one session's events before enrichment: one sent twice, one its writer
-    had marked seen in Redis before it died, one already in ClickHouse. Each is stored once,
-    with the session's data and numbered as live traffic is."""
+    """Its log holds one session's events: one sent twice, one whose id its writer had claimed
+    for this very line before it died, one claimed by another line (a duplicate). Each is
+    stored once, numbered as live traffic is, and the log is cleared once read and relayed."""
     landing = (
         "https://www.lomashwood.co.uk/kitchens?utm_source=news&utm_medium=email&utm_campaign=may"
     )
     session = uuid.uuid4()
-    spooled = enrich(
-        [
-            msgspec.json.decode(encode(event(sessionId=str(session))), type=TrackingEvent)
-            for _ in range(4)
-        ],
-        Context(received_at=datetime.now(UTC)),
-    )
-    spooled[0].url = landing
-    for n, row in enumerate(spooled):  # in the order they were accepted
-        row.received_at = datetime(2026, 11, 27, 10, 0, n, tzinfo=UTC)
-    already = spooled[3]
-    await warehouse.insert_lines(
-        "tracking_events",
-        TRACKING_COLUMNS,
-        msgspec.json.Encoder().encode_lines([already]),
-        dedup_token="test",
-    )
-    await redis.set(keys.accepted_event(spooled[1].event_id.bytes), "1")
-    stopped = Path(settings.spool_dir) / uuid.uuid4().hex
+    accepted = accepted_rows(4, session)
+    accepted[0].url = landing
+    stopped = Path(settings.tracking_log_dir) / uuid.uuid4().hex
     stopped.mkdir(parents=True)
-    (stopped / "00000000000000000001.jsonl").write_bytes(
-        msgspec.json.Encoder().encode_lines([spooled[0], spooled[1], spooled[1], *spooled[2:]])
-    )
+    segment = f"{1:020d}"
+    on_disk = [accepted[0], accepted[1], accepted[1], accepted[2], accepted[3]]
+    (stopped / f"{segment}.jsonl").write_bytes(_encode_lines(on_disk))
+    owner = bytes.fromhex(token_of(stopped, segment))[:12]
+    await redis.set(keys.accepted_event(accepted[1].event_id.bytes), owner + b"2")  # this line
+    await redis.set(keys.accepted_event(accepted[3].event_id.bytes), b"another line")
 
     server = await make_server(settings)
     await server.drain()
 
-    rows = await warehouse.dicts(
+    found = await warehouse.dicts(
         "SELECT * FROM tracking_events WHERE session_id = {s:UUID} ORDER BY received_at",
         {"s": session},
     )
-    assert [r["event_id"] for r in rows] == [row.event_id for row in spooled]
-    replayed = rows[:3]
-    assert [r["session_seq"] for r in replayed] == [1, 2, 3]
-    assert {r["landing_page"] for r in replayed} == {landing}
-    assert {(r["utm_source"], r["utm_medium"], r["utm_campaign"]) for r in replayed} == {
+    assert [r["event_id"] for r in found] == [row.event_id for row in accepted[:3]]
+    assert [r["session_seq"] for r in found] == [1, 2, 3]
+    assert {r["landing_page"] for r in found} == {landing}
+    assert {(r["utm_source"], r["utm_medium"], r["utm_campaign"]) for r in found} == {
         ("news", "email", "may")
     }
-    assert {r["session_started_at"] for r in replayed} == {replayed[0]["received_at"]}
-    for _ in range(50):  # taken over, stored, then deleted by the spool's trim (every 0.5 s)
-        if not list(stopped.glob("*.jsonl")):
+    assert {r["session_started_at"] for r in found} == {found[0]["received_at"]}
+    for _ in range(100):  # placed, relayed, then cleared with its directory
+        if not stopped.exists():
             break
         await asyncio.sleep(0.1)
-    assert not list(stopped.glob("*.jsonl"))
+    assert not stopped.exists()
 
 
-async def test_replay_starts_at_the_stopped_writer_s_offset_and_announces_what_lacks_a_message(
+async def test_a_stopped_log_is_read_from_its_last_commit_and_a_landed_batch_is_stored_once(
     make_server: Callable[[Settings], Any],
     settings: Settings,
     warehouse: Warehouse,
     listen: Callable[..., Any],
 ) -> None:
-    """A stopped process's log: a segment before its writer's committed offset (done: not
-    replayed), then one holding a stored event with its message, a stored event whose message
-    never made it to the log, and an event never stored, then a torn last line. The first
-    is published as it is, the second is not announced twice, the third is announced once,
-    the fourth is stored and announced."""
+    """Segment 1: committed (its messages and the commit line are in segment 2). Segment 2 also
+    holds rows its writer inserted just before it was killed, with no commit. Segment 3: rows
+    never stored, then a torn last line. Nothing is stored twice, each event is announced
+    once, the torn tail is stepped over and counted."""
     queue = await listen("lomash.analytics.event.tracked")
-    done, with_message, without_message, unstored = (rows(1)[0] for _ in range(4))
-    # One session each, so the session step numbers each 1.
+    done, landed, unstored = rows(2), rows(3), rows(2)
+    stopped = Path(settings.tracking_log_dir) / uuid.uuid4().hex
+    stopped.mkdir(parents=True)
+    names = [f"{n:020d}" for n in (1, 2, 3)]
+    (stopped / f"{names[0]}.jsonl").write_bytes(_encode_lines(done))
+    (stopped / f"{names[1]}.jsonl").write_bytes(
+        envelope_lines(done) + commit_line(names[0] + "~") + _encode_lines(landed)
+    )
+    (stopped / f"{names[2]}.jsonl").write_bytes(_encode_lines(unstored) + b'["torn')
     await warehouse.insert_lines(
+        "tracking_events", TRACKING_COLUMNS, _encode_lines(done), dedup_token="committed"
+    )
+    await warehouse.insert_lines(  # the insert that landed before the kill, with its token
         "tracking_events",
         TRACKING_COLUMNS,
-        msgspec.json.Encoder().encode_lines([done, with_message, without_message]),
-        dedup_token="test-replay",
+        _encode_lines(landed),
+        dedup_token=token_of(stopped, names[1]),
     )
-    encode_lines = msgspec.json.Encoder().encode_lines
-    stopped = Path(settings.spool_dir) / uuid.uuid4().hex
-    stopped.mkdir(parents=True)
-    (stopped / f"{1:020d}.jsonl").write_bytes(encode_lines([done]) + envelope_lines([done]))
-    (stopped / f"{2:020d}.jsonl").write_bytes(
-        encode_lines([with_message, without_message, unstored])
-        + envelope_lines([with_message])
-        + b'["torn'
-    )
-    (stopped / WRITER_OFFSET).write_text(f"{2:020d}")
+    torn = counter("tracking_log_damage", reader="writer", kind="torn_tail")
 
     server = await make_server(settings)
     await server.drain()
 
-    expected = [done, with_message, without_message, unstored]
+    expected = sorted(r.event_id for r in done + landed + unstored)
+    assert sorted(await stored(warehouse)) == expected
     messages = await take(queue, len(expected), within=10)
     messages += await take(queue, 10, within=1)  # and nothing more
-    ids = sorted(m.message_id for m in messages)
-    assert ids == sorted(str(r.event_id) for r in expected)  # each once
-    stored = await warehouse.rows("SELECT event_id FROM tracking_events")
-    assert sorted(r[0] for r in stored) == sorted(r.event_id for r in expected)
-    for _ in range(50):  # both consumers past them: the stopped log's segments go
-        if not list(stopped.glob("*.jsonl")):
+    assert sorted(uuid.UUID(m.message_id) for m in messages) == expected
+    assert counter("tracking_log_damage", reader="writer", kind="torn_tail") == torn + 1
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs of the test's own (CI runs as root; elsewhere the test is skipped)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Fill the disk to its last byte; returns the file to delete to free it."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.fixture
+async def on_small_disk(small_disk: Path) -> AsyncIterator[TrackingLog]:
+    tracking_log = log_in(small_disk / "log")
+    await tracking_log.start()
+    yield tracking_log
+    await tracking_log.close()
+    tracking_log.release()
+
+
+async def test_a_full_disk_refuses_the_group_whole_and_the_log_goes_on_once_freed(
+    small_disk: Path, on_small_disk: TrackingLog, warehouse: Warehouse, redis: Redis
+) -> None:
+    tracking_log = on_small_disk
+    accepted = rows(20)
+    await tracking_log.append(accepted)
+    filler = fill(small_disk)
+    refused = rows(20)
+    with pytest.raises(OSError) as raised:
+        await tracking_log.append(refused)
+    assert raised.value.errno == 28  # ENOSPC
+    (segment,) = tracking_log.directory.glob("*.jsonl")
+    data = segment.read_bytes()
+    assert data.endswith(b"\n") and len(data.splitlines()) == 20  # nothing of the group
+    filler.unlink()
+    again = rows(20)
+    await tracking_log.append(again)
+    writer = writer_of(tracking_log, warehouse, redis)
+    await writer.flush()
+    assert sorted(await stored(warehouse)) == sorted(r.event_id for r in accepted + again)
+    assert tracking_log.unread_rows == 0
+
+
+async def test_a_commit_the_full_disk_refuses_is_retried_and_lands_once_freed(
+    small_disk: Path, on_small_disk: TrackingLog, warehouse: Warehouse, redis: Redis
+) -> None:
+    tracking_log = on_small_disk
+    accepted = rows(30)
+    await tracking_log.append(accepted)
+    tracking_log.seal()
+    await tracking_log.durable()
+    filler = fill(small_disk)
+    writer = writer_of(tracking_log, warehouse, redis)
+    flushing = asyncio.create_task(writer.flush())
+    for _ in range(100):  # stored, then its commit refused: the writer waits to try again
+        if await warehouse.scalar("SELECT count() FROM tracking_events") == 30:
             break
-        await asyncio.sleep(0.1)
-    assert not list(stopped.glob("*.jsonl"))
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    assert not flushing.done() and tracking_log.unread_rows == 30
+    filler.unlink()
+    await asyncio.wait_for(flushing, 10)
+    assert tracking_log.unread_rows == 0
+    assert sorted(await stored(warehouse)) == sorted(r.event_id for r in accepted)
+    message_lines = [line for line in lines(tracking_log.directory) if line[:1] == b"{"]
+    assert len(message_lines) == 30  # announced once
+
+
+async def test_a_read_only_log_directory_answers_errors_and_recovers(
+    tmp_path: Path, warehouse: Warehouse, redis: Redis
+) -> None:
+    """Made read-only under the running process (a remount): the open segment takes writes,
+    no new one can be made, so groups are refused until it is writable again."""
+    tracking_log = log_in(tmp_path / "log")
+    await tracking_log.start()
+    directory = str(tracking_log.directory)
+    first = rows(5)
+    await tracking_log.append(first)
+    tracking_log.seal()  # the next group needs a new segment
+    await tracking_log.durable()
+    bound = subprocess.run(["mount", "--bind", directory, directory], capture_output=True)
+    if bound.returncode != 0:
+        await tracking_log.close()
+        tracking_log.release()
+        pytest.skip(f"cannot bind-mount here: {bound.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", directory], check=True)
+        with pytest.raises(OSError) as raised:
+            await tracking_log.append(rows(5))
+        assert raised.value.errno == 30  # EROFS
+    finally:
+        subprocess.run(["umount", directory], check=True)
+    later = rows(5)
+    await tracking_log.append(later)
+    await writer_of(tracking_log, warehouse, redis).flush()
+    assert sorted(await stored(warehouse)) == sorted(r.event_id for r in first + later)
+    await tracking_log.close()
+    tracking_log.release()
+
+
+async def test_a_log_directory_removed_at_run_time_is_made_again_with_what_it_held(
+    tmp_path: Path, warehouse: Warehouse, redis: Redis
+) -> None:
+    tracking_log = log_in(tmp_path / "log")
+    await tracking_log.start()
+    held = rows(7)
+    await tracking_log.append(held)
+    removed = counter("tracking_log_damage", reader="log", kind="directory_removed")
+    shutil.rmtree(tracking_log.directory)
+    tracking_log.maintain()
+    assert counter("tracking_log_damage", reader="log", kind="directory_removed") == removed + 1
+    await tracking_log.durable()
+    assert len(lines(tracking_log.directory)) == 7  # written back from memory, durable again
+    later = rows(3)
+    await tracking_log.append(later)
+    await writer_of(tracking_log, warehouse, redis).flush()
+    assert sorted(await stored(warehouse)) == sorted(r.event_id for r in held + later)
+    assert os.path.exists(tracking_log.directory / ".lock")
+    await tracking_log.close()
+    tracking_log.release()
