@@ -1,5 +1,5 @@
-"""The tracking log's fsync helper process (`ingest/fsyncer.py`), and the callbacks of the groups waiting for
-its answers, in order (it answers in order)."""
+"""The tracking log's fsync helper process (`ingest/fsyncer.py`), and the callbacks of the
+groups waiting for its answers, in order (it answers in order)."""
 
 from __future__ import annotations
 

@@ -387,6 +387,10 @@ async def test_a_commit_the_full_disk_refuses_is_retried_and_lands_once_freed(
     assert len(message_lines) == 30  # announced once
 
 
+def mount(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["mount", *args], capture_output=True, timeout=30)
+
+
 async def test_a_read_only_log_directory_answers_errors_and_recovers(
     tmp_path: Path, warehouse: Warehouse, redis: Redis
 ) -> None:
@@ -399,18 +403,18 @@ async def test_a_read_only_log_directory_answers_errors_and_recovers(
     await tracking_log.append(first)
     tracking_log.seal()  # the next group needs a new segment
     await tracking_log.durable()
-    bound = subprocess.run(["mount", "--bind", directory, directory], capture_output=True)
+    bound = mount("--bind", directory, directory)
     if bound.returncode != 0:
         await tracking_log.close()
         tracking_log.release()
         pytest.skip(f"cannot bind-mount here: {bound.stderr.decode().strip()}")
     try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", directory], check=True)
+        assert mount("-o", "remount,ro,bind", directory).returncode == 0
         with pytest.raises(OSError) as raised:
             await tracking_log.append(rows(5))
         assert raised.value.errno == 30  # EROFS
     finally:
-        subprocess.run(["umount", directory], check=True)
+        subprocess.run(["umount", directory], check=True)  # noqa: ASYNC221 - immediate
     later = rows(5)
     await tracking_log.append(later)
     await writer_of(tracking_log, warehouse, redis).flush()
@@ -436,6 +440,6 @@ async def test_a_log_directory_removed_at_run_time_is_made_again_with_what_it_he
     await tracking_log.append(later)
     await writer_of(tracking_log, warehouse, redis).flush()
     assert sorted(await stored(warehouse)) == sorted(r.event_id for r in held + later)
-    assert os.path.exists(tracking_log.directory / ".lock")
+    assert (tracking_log.directory / ".lock").exists()
     await tracking_log.close()
     tracking_log.release()
