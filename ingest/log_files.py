@@ -16,7 +16,10 @@ Only the newest segment of a directory is ever written to, so a segment with a n
 beside it is complete: bytes after its last newline are a torn tail (a write cut short by a
 full disk or a crash), which every reader steps over and counts.
 
-Marks beside the segments (each written whole, by rename):
+Marks beside the segments, each a file of two fixed-size slots overwritten in place, in turn,
+each slot with a sequence number and a checksum: a reader takes the newest whole one. Being
+written in place, a mark needs no new space once it exists, so both readers keep committing
+(and the log keeps trimming) on a full disk; a write cut by a crash leaves the other slot.
 - `.writer-offset`: the writer's mark as of its last commit, a copy of the commit lines kept
   for the relay (which deletes what both readers are past) and for a quick start;
 - `.relay-offset`: the relay's segment, bytes of it read, and messages confirmed all time;
@@ -28,6 +31,7 @@ A segment is deleted once both readers are past it.
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import msgspec
@@ -98,32 +102,65 @@ class RelayOffset(msgspec.Struct, frozen=True):
 
 
 _relay_offset = msgspec.json.Decoder(RelayOffset)
+_SLOT = 128  # bytes per slot: `<seq> <value>`, padded, then `<crc32 hex>\n`
 
 
 def read_relay_offset(directory: Path) -> RelayOffset:
+    value = _read_slots(directory / RELAY_OFFSET)
+    if value is None:
+        return RelayOffset()
     try:
-        return _relay_offset.decode((directory / RELAY_OFFSET).read_bytes())
-    except (FileNotFoundError, msgspec.DecodeError):
+        return _relay_offset.decode(value)
+    except msgspec.DecodeError:
         return RelayOffset()
 
 
 def write_relay_offset(directory: Path, offset: RelayOffset) -> None:
-    _replace(directory / RELAY_OFFSET, msgspec.json.encode(offset))
+    _write_slots(directory / RELAY_OFFSET, msgspec.json.encode(offset))
 
 
 def read_mark(path: Path) -> str:
     """A mark kept in a file (`.writer-offset`, `.relay-floor`), or "" when none."""
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        return ""
+    value = _read_slots(path)
+    return "" if value is None else value.decode()
 
 
 def write_mark(path: Path, name: str) -> None:
-    _replace(path, name.encode())
+    _write_slots(path, name.encode())
 
 
-def _replace(path: Path, data: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+def _slots(data: bytes) -> list[tuple[int, bytes]]:
+    found = []
+    for at in (0, _SLOT):
+        slot = data[at : at + _SLOT]
+        if len(slot) < _SLOT:
+            continue
+        body, crc = slot[:-9], slot[-9:-1]
+        if f"{zlib.crc32(body):08x}".encode() != crc:
+            continue  # never written, or cut by a crash
+        seq, _, value = body.rstrip(b" ").partition(b" ")
+        found.append((int(seq), value))
+    return found
+
+
+def _read_slots(path: Path) -> bytes | None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    found = _slots(data)
+    return max(found)[1] if found else None
+
+
+def _write_slots(path: Path, value: bytes) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        found = _slots(os.pread(fd, 2 * _SLOT, 0))
+        seq = max(found)[0] + 1 if found else 1
+        body = b"%d %s" % (seq, value)
+        if len(body) > _SLOT - 9:
+            raise ValueError(f"a mark of {len(body)} bytes does not fit its slot")
+        body = body.ljust(_SLOT - 9)
+        os.pwrite(fd, body + f"{zlib.crc32(body):08x}\n".encode(), (seq % 2) * _SLOT)
+    finally:
+        os.close(fd)

@@ -41,6 +41,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,6 +183,7 @@ class TrackingLog:
         self._task: asyncio.Task[None] | None = None
         self._helper = FsyncHelper()
         self._published_seen = 0
+        self._last_failure = ""
         self.ready = asyncio.Event()  # set when a sealed segment with rows is durable
         self.backlog = 0  # messages the relay has not published, as of the last `maintain`
         if any(d.unread for d in adopted):
@@ -384,36 +386,45 @@ class TrackingLog:
     async def _maintain_loop(self) -> None:
         while True:
             await asyncio.sleep(0.25)
-            try:
-                self.maintain()
-            except OSError:
-                log.exception("tracking log maintenance failed")
+            self.maintain()
 
     def maintain(self) -> None:
-        """Copy the writer's mark for the relay, bound the relay's backlog, delete what both
-        readers are past, and let go of stopped processes' directories once they are done."""
-        self._check_own()
-        for directory in self._directories:
-            if directory.placed != directory.mark_written:
-                write_mark(directory.path / WRITER_OFFSET, directory.placed)
-                directory.mark_written = directory.placed
+        """Bound the relay's backlog, delete what both readers are past, copy the writer's
+        marks for the relay, and let go of stopped processes' directories once they are done.
+        Each step on its own: a full disk must not stop the trimming that frees it."""
+        with self._step("directory check"):
+            self._check_own()
         relay = read_relay_offset(self.directory)
-        self._bound_backlog(relay)
-        self.trim({self.directory: (relay, self._own.floor)})
+        with self._step("backlog bound"):
+            self._bound_backlog(relay)
+        with self._step("trim"):
+            self.trim({self.directory: (relay, self._own.floor)})
         for directory in list(self._directories):
+            with self._step("writer mark"):
+                if directory.placed != directory.mark_written:
+                    write_mark(directory.path / WRITER_OFFSET, directory.placed)
+                    directory.mark_written = directory.placed
             if directory.own or directory.unread or self._pending:
                 continue
+            # A stopped process's log whose rows are all placed: what is left is messages.
             for segment in directory.segments:
                 segment.seal()
-            if directory.segments and not all(
-                s.name < directory.placed and not s.syncing for s in directory.segments
-            ):
-                if not any(s.rows and s.name >= directory.placed for s in directory.segments):
-                    directory.placed = mark_past(directory.segments[-1].name)
-                continue
-            write_mark(directory.path / WRITER_OFFSET, directory.placed or mark_past(""))
-            self._let_go(directory)  # the relay finishes it and removes the directory
-            self._directories.remove(directory)
+            if directory.segments:
+                directory.placed = max(directory.placed, mark_past(directory.segments[-1].name))
+            elif directory.mark_written == directory.placed:  # and the relay read them all
+                self._let_go(directory)  # the relay removes the empty directory
+                self._directories.remove(directory)
+
+    @contextlib.contextmanager
+    def _step(self, name: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as error:
+            if str(error) != self._last_failure:  # once per kind of failure, not every pass
+                log.error("tracking log: %s failed: %s", name, error)
+            self._last_failure = str(error)
+        else:
+            self._last_failure = ""
 
     def trim(self, known: dict[Path, tuple[RelayOffset, str]] | None = None) -> int:
         """Delete sealed segments both readers are past; returns how many. `known`: relay

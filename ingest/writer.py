@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 TABLE = "tracking_events"
 _encode_lines = msgspec.json.Encoder().encode_lines
 
+COMMIT_RETRY_S = 0.5
+
 Prepare = Callable[[list[TrackingRow], bytes], Awaitable[list[TrackingRow]]]
 
 
@@ -120,11 +122,11 @@ class LogWriter:
                 await self._log.commit(batch, rows)
                 return True
             except OSError as error:  # the disk: the batch stays placed, its commit waits
-                log.warning("tracking log: cannot commit a batch (%s); trying again", error)
                 if self._closing:
                     return False
-                await asyncio.sleep(backoff)
-                backoff = min(self._max_backoff, backoff * 2)
+                log.warning("tracking log: cannot commit a batch (%s); trying again", error)
+                # Within a second of the space coming back: the relay waits for these.
+                await asyncio.sleep(COMMIT_RETRY_S)
 
     async def _store(self, token: str, rows: list[TrackingRow]) -> bool:
         """True once ClickHouse or the retry queue holds `rows` (under `token`)."""

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -323,12 +324,23 @@ class Outcome(msgspec.Struct):
     stored: int
     duplicated: int
     lost: int  # answered 202 but not stored
+    announced: int = -1  # distinct stored events published on event.tracked (-1: not checked)
+    unannounced: int = 0  # stored but never published
+    announced_twice: int = 0  # messages sent again (at least once: consumers drop them by id)
     note: str = ""
 
     @classmethod
-    def of(cls, case: str, seconds: float, load: LoadResult, stored: list[str]) -> Outcome:
-        """The row for `load`, given every event id `tracking_events` holds afterwards."""
-        return cls(
+    def of(
+        cls,
+        case: str,
+        seconds: float,
+        load: LoadResult,
+        stored: list[str],
+        published: list[str] | None = None,
+    ) -> Outcome:
+        """The row for `load`, given every event id `tracking_events` holds afterwards and,
+        when checked, every trackingEventId published on event.tracked."""
+        outcome = cls(
             case=case,
             seconds=seconds,
             sent=load.sent,
@@ -340,6 +352,11 @@ class Outcome(msgspec.Struct):
             duplicated=len(stored) - len(set(stored)),
             lost=len(set(load.accepted) - set(stored)),
         )
+        if published is not None:
+            outcome.announced = len(set(published) & set(stored))
+            outcome.unannounced = len(set(stored) - set(published))
+            outcome.announced_twice = len(published) - len(set(published))
+        return outcome
 
 
 async def stored_ids(warehouse: Warehouse) -> list[str]:
@@ -359,14 +376,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     terminalreporter.section("faults and attacks: what happened to the events")
     head = ("case", "seconds", "sent", "accepted", "refused", "unreached", "unanswered")
-    head += ("stored", "duplicated", "lost")
+    head += ("stored", "announced", "duplicated", "lost", "sent twice")
     terminalreporter.write_line(f"{head[0]:<42}" + "".join(f"{h:>11}" for h in head[1:]))
     for o in OUTCOMES:
-        figures = (o.sent, o.accepted, o.refused, o.unreached, o.unanswered)
-        figures += (o.stored, o.duplicated, o.lost)
-        terminalreporter.write_line(
-            f"{o.case:<42}{o.seconds:>11.0f}" + "".join(f"{f:>11,}" for f in figures)
-        )
+        figures = (o.sent, o.accepted, o.refused, o.unreached, o.unanswered, o.stored)
+        cells = "".join(f"{f:>11,}" for f in figures)
+        cells += f"{o.announced:>11,}" if o.announced >= 0 else f"{'-':>11}"
+        cells += "".join(f"{f:>11,}" for f in (o.duplicated, o.lost + o.unannounced))
+        cells += f"{o.announced_twice:>11,}" if o.announced >= 0 else f"{'-':>11}"
+        terminalreporter.write_line(f"{o.case:<42}{o.seconds:>11.0f}" + cells)
     for o in OUTCOMES:
         if o.note:
             terminalreporter.write_line(f"{o.case}: {o.note}")
@@ -455,3 +473,33 @@ def consumer_of(server: Running) -> DomainEventConsumer:
 def job_of(server: Running, warehouse: Warehouse) -> JobContext:
     """A job context on the server's clients, with the test's database."""
     return dataclasses.replace(JobContext.of(server.services.runtime), warehouse=warehouse)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB tmpfs of the test's own, to fill (CI runs as root; elsewhere: skipped)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        timeout=30,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True, timeout=30)
+
+
+def fill(disk: Path) -> Path:
+    """Fill the disk to its last byte; returns the file to delete to free it."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    return filler

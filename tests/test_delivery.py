@@ -63,7 +63,7 @@ async def test_clickhouse_refusing_writes_under_load_loses_nothing_and_doubles_n
     queue = RetryQueue(redis)
 
     async def handed_off() -> bool:
-        return server.services.pipeline.writer.pending_rows == 0 and await queue.depth() > 0
+        return server.services.pipeline.log.unread_rows == 0 and await queue.depth() > 0
 
     await wait_for(handed_off)
     await asyncio.sleep(1.5)  # let the arq job fail at least once against the missing table

@@ -20,7 +20,7 @@ import pytest
 
 from core.rows import TrackingRow
 from core.tracked import envelope_lines
-from ingest.log_files import RelayOffset, read_relay_offset, write_relay_offset
+from ingest.log_files import RelayOffset, read_relay_offset, write_mark, write_relay_offset
 from ingest.relay import Relay
 from tests.conftest import AMQP_URL, counter, free_port, take
 from tests.conftest import tracking_rows as rows
@@ -116,7 +116,7 @@ async def test_the_log_of_a_process_gone_for_good_is_cleared_by_the_relay(
     sent = rows(20)
     for number in range(4):
         log_segment(directory, number + 1, sent[number * 5 : number * 5 + 5])
-    (directory / ".writer-offset").write_text(f"{4:020d}")  # segment 4 still has work
+    write_mark(directory / ".writer-offset", f"{4:020d}")  # segment 4 still has work
     relay = Relay(tmp_path, AMQP_URL, exchange_name)
     await relay_until(relay, lambda: relay.published >= 20)
     assert sorted(m.message_id for m in await take(queue, 30, within=1)) == sorted(
@@ -124,7 +124,7 @@ async def test_the_log_of_a_process_gone_for_good_is_cleared_by_the_relay(
     )
     assert [p.name for p in directory.glob("*.jsonl")] == [f"{4:020d}.jsonl"]
     # The writer done with it too (its owner's last mark): the directory goes.
-    (directory / ".writer-offset").write_text(f"{4:020d}~")
+    write_mark(directory / ".writer-offset", f"{4:020d}~")
     again = Relay(tmp_path, AMQP_URL, exchange_name)
     await relay_until(again, lambda: not directory.exists(), within=5)
     assert not directory.exists()

@@ -9,14 +9,12 @@ that got a 202."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,7 +43,7 @@ from ingest.schema import TrackingEvent
 from ingest.sessions import SessionStore
 from ingest.tracking_log import TrackingLog, open_log
 from ingest.writer import LogWriter
-from tests.conftest import counter, encode, event, take
+from tests.conftest import counter, encode, event, fill, take
 from tests.conftest import tracking_rows as rows
 
 _encode_lines = msgspec.json.Encoder().encode_lines
@@ -300,34 +298,6 @@ async def test_a_stopped_log_is_read_from_its_last_commit_and_a_landed_batch_is_
     messages += await take(queue, 10, within=1)  # and nothing more
     assert sorted(uuid.UUID(m.message_id) for m in messages) == expected
     assert counter("tracking_log_damage", reader="writer", kind="torn_tail") == torn + 1
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs of the test's own (CI runs as root; elsewhere the test is skipped)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def fill(disk: Path) -> Path:
-    """Fill the disk to its last byte; returns the file to delete to free it."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        for size in (65536, 4096, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\0" * size)
-    finally:
-        os.close(fd)
-    return filler
 
 
 @pytest.fixture

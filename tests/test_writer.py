@@ -1,33 +1,64 @@
+"""The batch writer, a reader of the tracking log: a batch on size or on the timer, the session
+step once per batch, the insert with the batch's token, the retry queue when ClickHouse
+refuses, the batch kept in the log when the retry queue refuses too, everything placed at
+shutdown."""
+
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from core.clickhouse import Warehouse
-from ingest.writer import BatchWriter
+from core.retry_queue import RetryBatch, RetryQueue
+from core.rows import TRACKING_COLUMNS, TrackingRow
+from ingest.tracking_log import TrackingLog, open_log
+from ingest.writer import LogWriter, Prepare
+from tests.conftest import counter
+from tests.conftest import tracking_rows as rows
 
 
-class SinkRow(msgspec.Struct, array_like=True):
-    id: int
-    note: str
+@pytest.fixture
+async def tracking_log(tmp_path: Path) -> AsyncIterator[TrackingLog]:
+    made = open_log(
+        str(tmp_path / "log"), rows_per_segment=10, max_backlog_bytes=1 << 30, count_published=False
+    )
+    await made.start()
+    yield made
+    await made.close()
+    made.release()
 
 
-COLUMNS = SinkRow.__struct_fields__
+def keep_all() -> Prepare:
+    async def prepare(batch: list[TrackingRow], owner: bytes) -> list[TrackingRow]:
+        return batch
+
+    return prepare
 
 
-def rows(ids: range, note: str = "a") -> list[SinkRow]:
-    return [SinkRow(i, note) for i in ids]
-
-
-async def make_table(warehouse: Warehouse, name: str = "sink") -> None:
-    await warehouse.command(
-        f"CREATE TABLE {name} (id UInt32, note String) ENGINE = MergeTree ORDER BY id "
-        "SETTINGS non_replicated_deduplication_window = 100"
+def writer(
+    tracking_log: TrackingLog,
+    warehouse: Warehouse,
+    redis: Redis,
+    *,
+    interval_ms: int = 600_000,
+    prepare: Prepare | None = None,
+) -> LogWriter:
+    return LogWriter(
+        tracking_log,
+        warehouse,
+        interval_ms=interval_ms,
+        prepare=prepare or keep_all(),
+        hand_off=RetryQueue(redis).push,
     )
 
 
-async def count(warehouse: Warehouse, table: str = "sink") -> int:
-    return int(await warehouse.scalar(f"SELECT count() FROM {table}"))
+async def count(warehouse: Warehouse) -> int:
+    return int(await warehouse.scalar("SELECT count() FROM tracking_events"))
 
 
 async def wait_count(warehouse: Warehouse, at_least: int) -> int:
@@ -38,149 +69,150 @@ async def wait_count(warehouse: Warehouse, at_least: int) -> int:
     return await count(warehouse)
 
 
-async def test_flushes_whole_batches_when_the_buffer_reaches_max_rows(
-    warehouse: Warehouse,
+async def test_a_batch_is_written_once_a_segment_holds_a_batch_s_worth(
+    tracking_log: TrackingLog, warehouse: Warehouse, redis: Redis
 ) -> None:
-    await make_table(warehouse)
-    writer = BatchWriter(warehouse, "sink", SinkRow, max_rows=10, interval_ms=60_000)
-    writer.start()
-    writer.add(rows(range(9)))
+    running = writer(tracking_log, warehouse, redis, interval_ms=60_000)
+    running.start()
+    await tracking_log.append(rows(9))
     await asyncio.sleep(0.3)
     assert await count(warehouse) == 0  # under the size, long before the timer
-    writer.add(rows(range(9, 11)))
-    assert await wait_count(warehouse, 10) == 10  # one full batch; the 11th waits
-    await writer.close()
-    assert await count(warehouse) == 11
+    await tracking_log.append(rows(3))
+    assert await wait_count(warehouse, 12) == 12  # the segment whole, at once
+    await running.close()
 
 
-async def test_flushes_on_the_timer(warehouse: Warehouse) -> None:
-    await make_table(warehouse)
-    writer = BatchWriter(warehouse, "sink", SinkRow, max_rows=1000, interval_ms=100)
-    writer.start()
-    writer.add(rows(range(1)))
+async def test_a_batch_is_written_on_the_timer(
+    tracking_log: TrackingLog, warehouse: Warehouse, redis: Redis
+) -> None:
+    running = writer(tracking_log, warehouse, redis, interval_ms=100)
+    running.start()
+    await tracking_log.append(rows(1))
     assert await wait_count(warehouse, 1) == 1
-    await writer.close()
+    await running.close()
 
 
-async def test_a_timer_flush_writes_what_was_buffered_not_what_arrives_meanwhile(
-    warehouse: Warehouse,
+async def test_a_timer_flush_takes_what_the_log_held_not_what_arrives_meanwhile(
+    tracking_log: TrackingLog, warehouse: Warehouse, redis: Redis
 ) -> None:
     # Under steady traffic rows arrive during every insert; a flush that drained them too
     # would chain one small insert after another and pay an insert's fixed cost each time.
-    await make_table(warehouse)
     batches: list[int] = []
-    writer: BatchWriter[SinkRow]
 
-    async def arrivals_meanwhile(batch: list[SinkRow]) -> list[SinkRow]:
+    async def arrivals_meanwhile(batch: list[TrackingRow], owner: bytes) -> list[TrackingRow]:
         batches.append(len(batch))
-        if len(batches) <= 3:
-            writer.add(rows(range(1000 + len(batches) * 10, 1000 + len(batches) * 10 + 3)))
+        if len(batches) <= 2:
+            await tracking_log.append(rows(3))
         return batch
 
-    writer = BatchWriter(
-        warehouse, "sink", SinkRow, max_rows=1000, interval_ms=600_000, prepare=arrivals_meanwhile
-    )
-    writer.add(rows(range(5)))
-    await writer.flush()
+    placing = writer(tracking_log, warehouse, redis, prepare=arrivals_meanwhile)
+    await tracking_log.append(rows(5))
+    await placing.flush()
     assert batches == [5] and await count(warehouse) == 5
-    assert writer.pending_rows == 3  # they wait for the next tick
-    await writer.flush()
+    assert tracking_log.unread_rows == 3  # they wait for the next tick
+    await placing.flush()
     assert batches == [5, 3] and await count(warehouse) == 8
-    await writer.close()  # and shutdown writes out what arrived while it was writing
-    assert batches == [5, 3, 3, 3] and writer.pending_rows == 0
-    assert await count(warehouse) == 14
+    await placing.close()  # shutdown places what arrived meanwhile
+    assert batches == [5, 3, 3] and tracking_log.unread_rows == 0
+    assert await count(warehouse) == 11
 
 
-async def test_close_writes_out_everything_held(warehouse: Warehouse) -> None:
-    await make_table(warehouse)
-    writer = BatchWriter(warehouse, "sink", SinkRow, max_rows=1_000_000, interval_ms=600_000)
-    writer.start()
-    writer.add(rows(range(2500)))
-    await writer.close()
+async def test_close_places_everything_the_log_holds(
+    tracking_log: TrackingLog, warehouse: Warehouse, redis: Redis
+) -> None:
+    running = writer(tracking_log, warehouse, redis)
+    running.start()
+    for _ in range(25):
+        await tracking_log.append(rows(100))
+    await running.close()
     assert await count(warehouse) == 2500
-    assert writer.pending_rows == 0
+    assert tracking_log.unread_rows == 0
 
 
-async def test_prepare_runs_once_per_batch_and_on_stored_sees_what_landed(
-    warehouse: Warehouse,
+async def test_what_the_session_step_keeps_is_stored_and_announced(
+    tracking_log: TrackingLog, warehouse: Warehouse, redis: Redis
 ) -> None:
-    await make_table(warehouse)
-    prepared: list[int] = []
-    stored: list[int] = []
+    accepted = rows(8)
+    dropped = {row.event_id for row in accepted[::2]}
 
-    async def keep_even(batch: list[SinkRow]) -> list[SinkRow]:
-        prepared.append(len(batch))
-        return [r for r in batch if r.id % 2 == 0]
+    async def drop_some(batch: list[TrackingRow], owner: bytes) -> list[TrackingRow]:
+        return [row for row in batch if row.event_id not in dropped]
 
-    writer = BatchWriter(
-        warehouse,
-        "sink",
-        SinkRow,
-        max_rows=50,
-        interval_ms=600_000,
-        prepare=keep_even,
-        on_stored=lambda batch: stored.extend(r.id for r in batch),
-    )
-    writer.add(rows(range(120)))
-    await writer.flush()
-    assert prepared == [50, 50, 20]
-    assert sorted(stored) == list(range(0, 120, 2))
-    assert await count(warehouse) == 60
+    await tracking_log.append(accepted)
+    await writer(tracking_log, warehouse, redis, prepare=drop_some).flush()
+    assert await count(warehouse) == 4
+    announced = [
+        msgspec.json.decode(line)["eventId"]
+        for path in sorted(tracking_log.directory.glob("*.jsonl"))
+        for line in path.read_bytes().splitlines()
+        if line.startswith(b"{")
+    ]
+    assert sorted(announced) == sorted(str(r.event_id) for r in accepted[1::2])
 
 
-async def test_refused_batch_is_held_and_lands_once_when_clickhouse_takes_it(
-    warehouse: Warehouse,
+async def test_a_refused_batch_goes_to_the_retry_queue_with_its_token_and_lands_once(
+    tracking_log: TrackingLog, warehouse: Warehouse, redis: Redis
 ) -> None:
-    # The table does not exist yet: every insert fails, as when ClickHouse refuses writes.
-    stored: list[int] = []
-    writer = BatchWriter(
-        warehouse,
-        "sink",
-        SinkRow,
-        max_rows=100,
-        interval_ms=600_000,
-        on_stored=lambda batch: stored.extend(r.id for r in batch),
-    )
-    writer.add(rows(range(250)))
-    await writer.flush()
-    assert writer.pending_rows == 250
-    assert stored == []
-    await make_table(warehouse)
-    await writer.flush(force_retries=True)
-    assert writer.pending_rows == 0
-    assert await count(warehouse) == 250
-    assert await warehouse.scalar("SELECT uniqExact(id) FROM sink") == 250
-    assert sorted(stored) == list(range(250))
+    await warehouse.command("DETACH TABLE tracking_events")  # a real refusal
+    accepted = rows(15)
+    await tracking_log.append(accepted)
+    await writer(tracking_log, warehouse, redis).flush()
+    assert tracking_log.unread_rows == 0  # placed: the retry queue holds it
+    (_, batch), *rest = await RetryQueue(redis).oldest(10)
+    assert rest == [] and batch.rows == 15
+    await warehouse.command("ATTACH TABLE tracking_events")
+    for _ in range(2):  # a retrier that retries twice stores the batch once
+        await warehouse.insert_lines(
+            "tracking_events", batch.columns, batch.data, dedup_token=batch.token
+        )
+    assert await count(warehouse) == 15
 
 
-async def test_refused_batch_is_handed_off_with_its_token(warehouse: Warehouse) -> None:
-    handed = []
+async def test_with_clickhouse_and_the_retry_queue_refusing_the_log_keeps_the_batch(
+    tracking_log: TrackingLog, warehouse: Warehouse
+) -> None:
+    handed: list[RetryBatch] = []
+    refusing = True
 
-    async def hand_off(batch):  # type: ignore[no-untyped-def]
+    async def hand_off(batch: RetryBatch) -> None:
+        if refusing:
+            raise RedisConnectionError("Redis is down")
         handed.append(batch)
 
-    writer = BatchWriter(
-        warehouse, "sink", SinkRow, max_rows=100, interval_ms=600_000, hand_off=hand_off
+    stalls = counter("tracking_writer_stalls")
+    running = LogWriter(
+        tracking_log,
+        warehouse,
+        interval_ms=50,
+        prepare=keep_all(),
+        hand_off=hand_off,
+        max_backoff_s=0.2,
     )
-    writer.add(rows(range(150)))
-    await writer.flush()
-    assert [b.rows for b in handed] == [100, 50]
-    assert writer.pending_rows == 0
-    await make_table(warehouse)
-    for batch in handed * 2:  # a retrier that retries twice stores each batch once
-        await warehouse.insert_lines("sink", batch.columns, batch.data, dedup_token=batch.token)
-    assert await count(warehouse) == 150
+    running.start()
+    await warehouse.command("DETACH TABLE tracking_events")
+    accepted = rows(6)
+    await tracking_log.append(accepted)
+    await asyncio.sleep(1.0)
+    assert counter("tracking_writer_stalls") > stalls
+    assert tracking_log.unread_rows == 6 and handed == []
+    await warehouse.command("ATTACH TABLE tracking_events")
+    assert await wait_count(warehouse, 6) == 6
+    refusing = False
+    await running.close()
+    assert tracking_log.unread_rows == 0 and handed == []
+    assert await count(warehouse) == 6
 
 
 async def test_same_dedup_token_is_stored_once(warehouse: Warehouse) -> None:
-    await make_table(warehouse)
-    data = msgspec.json.Encoder().encode_lines(rows(range(5)))
+    data = msgspec.json.Encoder().encode_lines(rows(5))
     token = uuid.uuid4().hex
-    await warehouse.insert_lines("sink", COLUMNS, data, dedup_token=token)
+    await warehouse.insert_lines("tracking_events", TRACKING_COLUMNS, data, dedup_token=token)
     # A retry after a timeout whose first attempt did land: same token, stored once.
-    await warehouse.insert_lines("sink", COLUMNS, data, dedup_token=token)
+    await warehouse.insert_lines("tracking_events", TRACKING_COLUMNS, data, dedup_token=token)
     assert await count(warehouse) == 5
-    await warehouse.insert_lines("sink", COLUMNS, data, dedup_token=uuid.uuid4().hex)
+    await warehouse.insert_lines(
+        "tracking_events", TRACKING_COLUMNS, data, dedup_token=uuid.uuid4().hex
+    )
     assert await count(warehouse) == 10
 
 
@@ -199,19 +231,21 @@ async def test_clickhouse_calls_do_not_block_the_event_loop(warehouse: Warehouse
     assert ticks >= 50  # the loop kept running for most of the one-second query
 
 
-async def test_close_during_a_flush_loses_nothing(warehouse: Warehouse) -> None:
-    await make_table(warehouse)
+async def test_close_during_a_flush_loses_nothing(
+    tracking_log: TrackingLog, warehouse: Warehouse, redis: Redis
+) -> None:
     entered = asyncio.Event()
 
-    async def slow(batch: list[SinkRow]) -> list[SinkRow]:
+    async def slow(batch: list[TrackingRow], owner: bytes) -> list[TrackingRow]:
         entered.set()
-        await asyncio.sleep(0.3)  # close() arrives while this batch is cut and in flight
+        await asyncio.sleep(0.3)  # close() arrives while this batch is in flight
         return batch
 
-    writer = BatchWriter(warehouse, "sink", SinkRow, max_rows=100, interval_ms=20, prepare=slow)
-    writer.start()
-    writer.add(rows(range(1000)))
+    running = writer(tracking_log, warehouse, redis, interval_ms=20, prepare=slow)
+    running.start()
+    for _ in range(10):
+        await tracking_log.append(rows(100))
     await entered.wait()
-    await writer.close()
+    await running.close()
     assert await count(warehouse) == 1000
-    assert await warehouse.scalar("SELECT uniqExact(id) FROM sink") == 1000
+    assert await warehouse.scalar("SELECT uniqExact(event_id) FROM tracking_events") == 1000
