@@ -43,6 +43,10 @@ EVENTS_STORED = Counter("tracking_events_stored", "Tracking events confirmed sto
 EVENTS_DROPPED = Counter(
     "tracking_events_dropped", "Tracking events not stored, by reason", ["reason"]
 )
+LONE_SURROGATES = Counter(
+    "tracking_lone_surrogates_replaced",
+    "Lone UTF-16 surrogate escapes (a string cut mid-emoji) replaced by U+FFFD in beacons",
+)
 BOT_EVENTS = Counter(
     "tracking_bot_events", "Events accepted and flagged is_bot = true (kept out of reports)"
 )

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from core.metrics import LONE_SURROGATES
+
 MAX_EVENTS_PER_REQUEST = 100
 MAX_PROPERTIES_BYTES = 8 * 1024
 MAX_PROPERTIES_DEPTH = 5  # {"a": {"b": [1]}} is depth 3
@@ -81,9 +83,42 @@ class BodyError(Exception):
 
 _event_decoder = msgspec.json.Decoder(TrackingEvent)
 _events_decoder = msgspec.json.Decoder(list[TrackingEvent])
-_array_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _any_decoder = msgspec.json.Decoder()
 _AT_PATH = re.compile(r" - at `(\$[^`]*)`$")
+# What can go wrong decoding one element: msgspec's errors, bytes that are not UTF-8 (a
+# UnicodeDecodeError, which is a ValueError) and nesting past msgspec's own depth limit.
+_UNDECODABLE = (msgspec.MsgspecError, ValueError, RecursionError)
+
+# Any escape, left to right, so that `\\ud83d` (an escaped backslash, then text) is not read
+# as a surrogate: a pair is kept, a lone half becomes U+FFFD, every other escape is kept.
+_ESCAPE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"  # a surrogate pair
+    rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"  # half of one
+    rb"|\\."
+)
+_REPLACEMENT = rb"\ufffd"
+
+
+def _mend(match: re.Match[bytes]) -> bytes:
+    escape = match.group()
+    return _REPLACEMENT if len(escape) == 6 and escape[2:3] in b"dD" else escape
+
+
+def mend_lone_surrogates(body: bytes) -> tuple[bytes, int]:
+    """`JSON.stringify` of a string cut in the middle of an emoji (a UTF-16 pair) writes the
+    lone half as `\\ud83d`, which is no character. Each becomes U+FFFD; returns the body and
+    how many were replaced."""
+    if b"\\u" not in body:  # the usual case, C-fast
+        return body, 0
+    mended = 0
+
+    def mend(match: re.Match[bytes]) -> bytes:
+        nonlocal mended
+        replaced = _mend(match)
+        mended += replaced is _REPLACEMENT
+        return replaced
+
+    return _ESCAPE.sub(mend, body), mended
 
 
 def _explain(error: msgspec.ValidationError, prefix: str) -> tuple[str, str]:
@@ -95,16 +130,22 @@ def _explain(error: msgspec.ValidationError, prefix: str) -> tuple[str, str]:
     return message[: match.start()], prefix + match.group(1)[1:]
 
 
+def _undecodable(error: BaseException, path: str) -> BodyError:
+    if isinstance(error, msgspec.ValidationError):
+        message, where = _explain(error, path)
+        return BodyError(message, path=where)
+    if isinstance(error, RecursionError):
+        return BodyError(TOO_DEEP, path=path)
+    if isinstance(error, UnicodeDecodeError):
+        return BodyError(f"not valid UTF-8 (byte {error.start})", path=path)
+    return BodyError(f"malformed JSON: {error}", path=path)
+
+
 def decode_event(raw: bytes | msgspec.Raw, path: str = "$") -> TrackingEvent:
     try:
         event = _event_decoder.decode(raw)
-    except msgspec.ValidationError as error:
-        message, where = _explain(error, path)
-        raise BodyError(message, path=where) from None
-    except msgspec.DecodeError as error:
-        raise BodyError(f"malformed JSON: {error}", path=path) from None
-    except RecursionError:
-        raise BodyError(TOO_DEEP, path=path) from None
+    except _UNDECODABLE as error:
+        raise _undecodable(error, path) from None
     check_properties(event.properties, f"{path}.properties")
     return event
 
@@ -118,22 +159,23 @@ def _depth(value: object) -> int:
 
 
 def check_properties(raw: msgspec.Raw, path: str) -> None:
+    """An object of at most MAX_PROPERTIES_BYTES and MAX_PROPERTIES_DEPTH levels, whose every
+    string is text and every number finite (`1e309` is refused): kept as the client's bytes,
+    so it must read back as it was sent."""
     data = bytes(raw)
     if not data.startswith(b"{"):
         raise BodyError("Expected `object`", path=path)
     if len(data) > MAX_PROPERTIES_BYTES:
         raise BodyError(f"{len(data)} bytes; at most {MAX_PROPERTIES_BYTES}", path=path)
-    # Counting brackets is C-fast and over-counts (brackets in strings), so the exact walk
-    # only runs when the count says the nesting could be too deep.
-    if data.count(b"{") + data.count(b"[") > MAX_PROPERTIES_DEPTH:
-        try:
-            depth = _depth(_any_decoder.decode(data))
-        except RecursionError:
-            raise BodyError(TOO_DEEP, path=path) from None
-        if depth > MAX_PROPERTIES_DEPTH:
-            raise BodyError(
-                f"nested {depth} levels deep; at most {MAX_PROPERTIES_DEPTH}", path=path
-            )
+    try:
+        value = _any_decoder.decode(data)  # a number out of range, bytes that are not UTF-8
+        # Counting brackets is C-fast and over-counts (brackets in strings), so the exact
+        # walk only runs when the count says the nesting could be too deep.
+        depth = _depth(value) if data.count(b"{") + data.count(b"[") > MAX_PROPERTIES_DEPTH else 1
+    except _UNDECODABLE as error:
+        raise _undecodable(error, path) from None
+    if depth > MAX_PROPERTIES_DEPTH:
+        raise BodyError(f"nested {depth} levels deep; at most {MAX_PROPERTIES_DEPTH}", path=path)
 
 
 def _first_byte(body: bytes) -> bytes:
@@ -141,8 +183,42 @@ def _first_byte(body: bytes) -> bytes:
     return stripped[:1]
 
 
+# The tokens that shape a JSON array: strings (any bytes, escapes included), brackets, commas.
+_SHAPE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]')
+
+
+def split_array(body: bytes) -> list[bytes]:
+    """The elements of a JSON array, found by its brackets and commas alone, so that one
+    element that does not decode (a string that is not UTF-8, a number out of range, nesting
+    past any limit) is judged on its own and never hides its neighbours."""
+    start = body.index(b"[") + 1
+    depth, element, items = 0, start, []
+    for token in _SHAPE.finditer(body, start):
+        mark = token.group()
+        if mark in (b"[", b"{"):
+            depth += 1
+        elif mark in (b"]", b"}"):
+            if depth == 0:
+                if mark == b"]":
+                    last = body[element : token.start()].strip()
+                    if last or items:
+                        items.append(last)
+                    if body[token.end() :].strip():
+                        raise BodyError("malformed JSON: text after the array")
+                    return items
+                raise BodyError("malformed JSON: unbalanced brackets")
+            depth -= 1
+        elif mark == b"," and depth == 0:
+            items.append(body[element : token.start()].strip())
+            element = token.end()
+    raise BodyError("malformed JSON: the array is not closed")
+
+
 def decode_body(body: bytes) -> Decoded:
     """One event object, or an array of up to MAX_EVENTS_PER_REQUEST judged one by one."""
+    body, mended = mend_lone_surrogates(body)
+    if mended:
+        LONE_SURROGATES.inc(mended)
     first = _first_byte(body)
     if not first:
         raise BodyError("empty body: send one event object or an array of events")
@@ -151,17 +227,12 @@ def decode_body(body: bytes) -> Decoded:
     try:
         # Fast path: the whole array valid in one pass (then only the properties checks).
         all_events = _events_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+    except _UNDECODABLE:
         pass
     else:
         if 0 < len(all_events) <= MAX_EVENTS_PER_REQUEST:
             return _checked(all_events)
-    try:
-        items = _array_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as error:
-        raise BodyError(f"malformed JSON: {error}") from None
-    except RecursionError:
-        raise BodyError(TOO_DEEP) from None
+    items = split_array(body)
     if not items:
         raise BodyError("empty array: send at least one event")
     if len(items) > MAX_EVENTS_PER_REQUEST:
@@ -171,8 +242,11 @@ def decode_body(body: bytes) -> Decoded:
     events: list[tuple[int, TrackingEvent]] = []
     rejected: list[Rejection] = []
     for index, item in enumerate(items):
+        path = f"$[{index}]"
         try:
-            events.append((index, decode_event(item, path=f"$[{index}]")))
+            if not item:
+                raise BodyError("malformed JSON: an empty element", path=path)
+            events.append((index, decode_event(item, path=path)))
         except BodyError as error:
             rejected.append(Rejection(index=index, error=str(error), path=error.path))
     return Decoded(is_array=True, events=events, rejected=rejected)

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 from playwright.async_api import async_playwright
 
@@ -109,3 +111,69 @@ async def test_tracker_sends_pageviews_custom_events_and_flushes_on_leaving(
     assert {r["landing_page"] for r in rows} == {f"{site}/kitchens.html"}
     assert all(r["client_timestamp"] is not None for r in rows)
     assert len({r["event_id"] for r in rows}) == 5
+
+
+async def launch(pw: Any, chromium: str) -> Any:
+    return await pw.chromium.launch(
+        executable_path=chromium,
+        headless=True,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+        ],
+    )
+
+
+@pytest.mark.timeout(90)
+async def test_strings_cut_mid_emoji_never_sink_a_batch(
+    server: Running, warehouse: Warehouse, site: str, tmp_path: Path
+) -> None:
+    """A page's string cut in the middle of an emoji, and a URL longer than the server takes:
+    the tracker sends well-formed text and cuts what is too long (on code points), so the
+    events are stored, not refused.
+    A batch that another client stringified with the lone half in it (`"\\ud83d"`) is stored
+    whole too, the half replaced by U+FFFD."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is missing: scripts/test installs it (apt-get install chromium)")
+    (tmp_path / "long.html").write_text(page(server.base_url, None))
+    long_query = "q=" + "a" * 4093 + "\U0001f600" + "b" * 100  # percent-encoded by the browser
+    async with async_playwright() as pw:
+        browser = await launch(pw, chromium)
+        tab = await (await browser.new_context(user_agent=CHROME_UA)).new_page()
+        await tab.goto(f"{site}/long.html?{long_query}")
+        for n in range(4):
+            await tab.evaluate(f'lomash.track("CLICK", {{n: {n}, note: "ok"}})')
+        await tab.evaluate('lomash.track("CLICK", {n: 4, note: "cut \\ud83d".slice(0, 5)})')
+        await tab.evaluate("lomash.flush()")
+        # Another client's batch, stringified by the browser with a lone half in it.
+        answer = await tab.evaluate(
+            """async ([endpoint, session]) => {
+              const events = [0, 1, 2, 3, 4].map((n) => ({
+                eventType: "CLICK", sessionId: session, metadata: {url: "https://x.test/" + n},
+                properties: {n: n, note: n === 2 ? "\\ud83d".slice(0, 1) + "!" : "fine"}}));
+              const r = await fetch(endpoint, {method: "POST", body: JSON.stringify(events),
+                headers: {"Content-Type": "text/plain"}});
+              return [r.status, await r.json()];
+            }""",
+            [f"{server.base_url}/v1/analytics/track", str(uuid.uuid4())],
+        )
+        await browser.close()
+    status, body = answer
+    assert status == 202 and body["accepted"] == 5 and body["rejected"] == []
+
+    async def arrived() -> bool:
+        await server.drain()
+        return bool(await warehouse.scalar("SELECT count() FROM tracking_events") >= 11)
+
+    await wait_for(arrived, within=20)
+    rows = await warehouse.dicts("SELECT url, properties FROM tracking_events")
+    assert len(rows) == 11  # the pageview, the tracker's 5, the other client's 5
+    urls = [r["url"] for r in rows if "long.html" in r["url"]]
+    assert urls and all(len(u) <= 4096 and "\ufffd" not in u for u in urls)
+    notes = sorted(msgspec.json.decode(r["properties"]).get("note", "") for r in rows)
+    assert "cut \ufffd" in notes and "\ufffd!" in notes
+    assert all("\ud83d" not in note for note in notes)

@@ -8,8 +8,38 @@
   var script = d.currentScript;
   var endpoint = (script && script.getAttribute("data-endpoint")) ||
     (script && script.src ? new URL(script.src).origin : "") + "/v1/analytics/track";
-  var MAX_BATCH = 20, DELAY_MS = 1000, MAX_TRIES = 3;
+  var MAX_BATCH = 20, DELAY_MS = 1000, MAX_TRIES = 3, MAX_TEXT = 4096;
   var queue = [], timer = 0, userId = null, lastUrl = null;
+
+  // A string cut in the middle of an emoji (by the page, or by us) holds half a UTF-16 pair,
+  // which JSON.stringify writes as a lone \ud83d: replace each half by U+FFFD first.
+  var LONE = /[\ud800-\udbff](?![\udc00-\udfff])|(^|[^\ud800-\udbff])[\udc00-\udfff]/g;
+  function wellFormed(s) {
+    return s.toWellFormed ? s.toWellFormed() : s.replace(LONE, "$1\ufffd");
+  }
+
+  // At most MAX_TEXT code units (what the server takes), never half a pair.
+  function cut(s) {
+    if (s == null) return s;
+    s = String(s);
+    if (s.length > MAX_TEXT) {
+      var end = MAX_TEXT, last = s.charCodeAt(end - 1);
+      if (last >= 0xd800 && last <= 0xdbff) end -= 1;  // the first half of a pair: leave both
+      s = s.slice(0, end);
+    }
+    return wellFormed(s);
+  }
+
+  function clean(value) {
+    if (typeof value === "string") return wellFormed(value);
+    if (Array.isArray(value)) return value.map(clean);
+    if (value && typeof value === "object") {
+      var copy = {};
+      for (var k in value) if (Object.prototype.hasOwnProperty.call(value, k)) copy[wellFormed(k)] = clean(value[k]);
+      return copy;
+    }
+    return value;
+  }
 
   function uuid() {
     if (w.crypto && crypto.randomUUID) return crypto.randomUUID();
@@ -79,12 +109,12 @@
       userId: userId,
       timestamp: new Date().toISOString(),
       metadata: {
-        url: location.href,
-        referrer: lastUrl || d.referrer || null,
-        userAgent: navigator.userAgent,
+        url: cut(location.href),
+        referrer: cut(lastUrl || d.referrer || null),
+        userAgent: cut(navigator.userAgent),
         deviceType: deviceType()
       },
-      properties: properties || {}
+      properties: clean(properties || {})
     });
     schedule();
   }
