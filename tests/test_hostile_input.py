@@ -23,6 +23,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from ingest.schema import BodyError, decode_body
 from tests.conftest import DOWNLOAD_KEY, TEST_REDIS_URL, free_port
 from tests.hostile import HOSTILE
+from tests.service_process import query, start_service, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "fuzz-secret-0123456789-abcdefghijklmnop"
@@ -158,3 +159,112 @@ def test_the_decoder_answers_every_input_with_events_or_a_client_error(body: byt
     for _, parsed in decoded.events:
         # What is accepted is stored as is: the properties must be a JSON object.
         assert isinstance(msgspec.json.decode(bytes(parsed.properties)), dict)
+
+
+TYPES = ["PAGEVIEW", "CLICK", "FILTER_APPLY", "PRODUCT_VIEW", "BROCHURE_REQUEST"]
+SCALAR = (
+    st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30)
+    | st.booleans()
+    | st.none()
+)
+
+
+@st.composite
+def good_event(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A valid event (its eventId, its bytes), sometimes with a string cut mid-emoji as
+    JSON.stringify writes it: mended to U+FFFD, still valid."""
+    event_id = str(draw(st.uuids()))
+    body = {
+        "eventId": event_id,
+        "eventType": draw(st.sampled_from(TYPES)),
+        "sessionId": str(draw(st.uuids())),
+        "metadata": {"url": "https://www.lomashwood.co.uk/" + draw(st.text(max_size=40))},
+        # At least one key, so that a corruption inserted first still leaves valid JSON.
+        "properties": draw(st.dictionaries(st.text(max_size=10), SCALAR, min_size=1, max_size=5)),
+    }
+    encoded = msgspec.json.encode(body)
+    if draw(st.booleans()):
+        encoded = encoded.replace(b'"properties":{', b'"properties":{"cut":"ab\\ud83d",', 1)
+    return event_id, encoded
+
+
+CORRUPTIONS: list[tuple[bytes, bytes]] = [
+    (b'"eventType":"', b'"eventType":"NOT_'),  # not a tracking type
+    (b'"url":"https://', b'"url":"https://\xff\xfe'),  # bytes that are not UTF-8
+    (b'"properties":{', b'"properties":{"big":1e309,'),  # a number out of range
+    (b'"properties":{', b'"properties":{"deep":[[[[[[[1]]]]]]],'),  # nested past the limit
+    (b'"sessionId":"', b'"sessionId":"x'),  # not a uuid
+    (b'"properties":{', b'"properties":[{'),  # not an object (and then unbalanced: fixed below)
+]
+
+
+@st.composite
+def bad_event(draw: st.DrawFn) -> bytes:
+    _, encoded = draw(good_event())
+    old, new = draw(st.sampled_from(CORRUPTIONS))
+    corrupted = encoded.replace(old, new, 1)
+    if new.endswith(b"[{"):
+        corrupted = corrupted[:-1] + b"]}"  # `"properties":[{...}]` closes as an array
+    return corrupted
+
+
+MIXED = st.lists(
+    st.one_of(
+        good_event().map(lambda g: (True, g[0], g[1])), bad_event().map(lambda b: (False, "", b))
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+def mixed_body(elements: list[tuple[bool, str, bytes]]) -> bytes:
+    return b"[" + b",".join(raw for _, _, raw in elements) + b"]"
+
+
+@given(MIXED)
+@hsettings(max_examples=300, deadline=None)
+def test_in_a_mixed_array_each_element_is_judged_alone(
+    elements: list[tuple[bool, str, bytes]],
+) -> None:
+    body = mixed_body(elements)
+    good = [i for i, (ok, _, _) in enumerate(elements) if ok]
+    decoded = decode_body(body)  # with nothing valid, the 400 names each element
+    assert [i for i, _ in decoded.events] == good
+    assert [r.index for r in decoded.rejected] == [i for i in range(len(elements)) if i not in good]
+    assert all(r.path.startswith(f"$[{r.index}]") for r in decoded.rejected)
+    for _, event in decoded.events:
+        assert b"\\ud83d" not in bytes(event.properties)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.usefixtures("isolated_processes")
+def test_mixed_arrays_store_every_good_event_once(tmp_path: Path) -> None:
+    """Through the real service: whatever bad elements sit beside them, the good events of
+    every array are answered 202 and stored, each once, and nothing answers a 5xx."""
+    sent: list[str] = []
+    proc, base = start_service(tmp_path)
+    with httpx.Client(base_url=base, timeout=30) as http:
+
+        @given(MIXED)
+        @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        def post(elements: list[tuple[bool, str, bytes]]) -> None:
+            answer = http.post(
+                "/v1/analytics/track",
+                content=mixed_body(elements),
+                headers={"content-type": "text/plain"},
+            )
+            good = [event_id for ok, event_id, _ in elements if ok]
+            if not good:
+                assert answer.status_code == 400, answer.text
+                return
+            assert answer.status_code == 202, (answer.text, mixed_body(elements))
+            assert answer.json()["eventIds"] == good
+            sent.extend(good)
+
+        post()
+    assert stop(proc) == 0
+    assert b"unhandled error" not in (tmp_path / "service.log").read_bytes()
+    stored = query(tmp_path, "SELECT toString(event_id) FROM tracking_events")
+    assert sorted(r[0] for r in stored) == sorted(set(sent))
