@@ -1,6 +1,6 @@
 # The service image: one image, four roles (api, consumer, worker, migrate) chosen by the command.
 # The code is root-owned and read-only to the service, which runs as `analytics` and writes only
-# DATA_DIR (/var/lib/analytics: the spool behind every 202, the metrics of the API's workers, file
+# DATA_DIR (/var/lib/analytics: the tracking log behind every 202, the metrics of the API's workers, file
 # storage when STORAGE_URL is file://). Mount a volume there, one per container.
 FROM python:3.11-slim
 ENV UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=/app/.venv UV_COMPILE_BYTECODE=1 \

@@ -33,6 +33,7 @@ class Drop(enum.StrEnum):
     RATE_LIMITED = "rate_limited"  # 429 (counted per request)
     DUPLICATE = "duplicate"  # eventId already accepted: acknowledged, not stored again
     OVERLOADED = "overloaded"  # 503: more rows wait to be stored than INGEST_MAX_PENDING_ROWS
+    UNWRITABLE = "unwritable"  # 503: the tracking log could not take them (disk full or failing)
 
 
 EVENTS_RECEIVED = Counter(

@@ -122,6 +122,7 @@ async def track(request: Request) -> HTTPResponse:
         # On disk before the 202: a crash after this point cannot lose these events.
         await svc.log.append(rows)
     except OSError as error:  # a full or failing disk: nothing of these rows is kept
+        drop(Drop.UNWRITABLE, len(rows))
         problem = f"could not make the events durable ({error.strerror or error})"
         return json(
             {"error": f"{problem}; retry in 1s", "path": "$"},

@@ -374,6 +374,7 @@ async def test_the_log_s_disk_full_under_load(
     server: Running = await make_server(
         msgspec.structs.replace(settings, tracking_log_dir=str(log_dir))
     )
+    unwritable = counter("tracking_events_dropped", reason="unwritable")
     load = start_load(server.base_url, fault_seconds + 2 * LEAD_SECONDS)
     await asyncio.sleep(LEAD_SECONDS)
     filler = await asyncio.to_thread(fill, small_disk)
@@ -384,6 +385,7 @@ async def test_the_log_s_disk_full_under_load(
     assert sent.statuses.get("503", 0) > 0, f"the disk never refused: {sent.statuses}"
     assert sent.statuses.get("202", 0) > 0
     assert set(sent.statuses) <= {"202", "503"}, sent.statuses
+    assert counter("tracking_events_dropped", reason="unwritable") > unwritable
     await settle(server, warehouse, redis, len(sent.accepted))
 
     async def caught_up() -> bool:
