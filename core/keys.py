@@ -10,6 +10,7 @@ from datetime import date
 
 # The retry queue of batches ClickHouse refused, and the batches a retrier is working on.
 RETRY_QUEUE = "lw:retry:batches"
+REFUSED_ROWS = "lw:retry:refused"  # rows ClickHouse refuses for their data, with the reason
 
 # Live counters of domain events per local day; days whose increments Redis missed.
 COUNTERS_STALE = "lw:counters:stale"

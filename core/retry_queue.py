@@ -9,12 +9,15 @@ retrier that dies mid-way leaves nothing to recover.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
 
 from core import keys
+from core.best_effort import best_effort
+from core.metrics import lose
 
 
 class RetryBatch(msgspec.Struct, kw_only=True):
@@ -25,8 +28,17 @@ class RetryBatch(msgspec.Struct, kw_only=True):
     rows: int
 
 
+class Refused(msgspec.Struct, array_like=True):
+    table: str
+    reason: str
+    line: str  # the JSONCompactEachRow line as ClickHouse was given it
+
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(RetryBatch)
+_refused = msgspec.json.Encoder()
+REFUSED_KEPT = 10_000
+log = logging.getLogger(__name__)
 
 
 class RetryQueue:
@@ -45,6 +57,22 @@ class RetryQueue:
     async def done(self, raw: bytes) -> None:
         """Take a stored batch off the queue (one copy of it, from the oldest end)."""
         await self._redis.lrem(keys.RETRY_QUEUE, -1, raw)
+
+    async def dead_letter(self, table: str, refused: list[tuple[bytes, str]]) -> None:
+        """Keep rows ClickHouse refuses for their data (never retried: they cannot succeed)
+        for an operator to read, the newest REFUSED_KEPT of them; they are counted lost."""
+        lose("refused", len(refused))
+        for line, reason in refused:
+            log.error("ClickHouse refused a row of %s for good: %s: %.300r", table, reason, line)
+        async with best_effort("dead_letter"):
+            entries = [
+                _refused.encode(Refused(table, reason, line.decode(errors="replace")))
+                for line, reason in refused
+            ]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.lpush(keys.REFUSED_ROWS, *entries)
+                pipe.ltrim(keys.REFUSED_ROWS, 0, REFUSED_KEPT - 1)
+                await pipe.execute()
 
     async def depth(self) -> int:
         return int(await self._redis.llen(keys.RETRY_QUEUE))

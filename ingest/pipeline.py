@@ -9,6 +9,7 @@ reads it into RabbitMQ, in another process: the ingest loop never publishes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from sanic import Request
 
@@ -59,6 +60,7 @@ class Pipeline:
             interval_ms=settings.flush_interval_ms,
             prepare=SessionStore(redis).enrich,
             hand_off=hand_off,
+            dead_letter=partial(runtime.retry_queue.dead_letter, "tracking_events"),
         )
         writer.start()
         return cls(

@@ -192,7 +192,8 @@ def split_array(body: bytes) -> list[bytes]:
     element that does not decode (a string that is not UTF-8, a number out of range, nesting
     past any limit) is judged on its own and never hides its neighbours."""
     start = body.index(b"[") + 1
-    depth, element, items = 0, start, []
+    depth, element = 0, start
+    items: list[bytes] = []
     for token in _SHAPE.finditer(body, start):
         mark = token.group()
         if mark in (b"[", b"{"):

@@ -54,6 +54,7 @@ class LogWriter:
         interval_ms: int,
         prepare: Prepare,
         hand_off: Callable[[RetryBatch], Awaitable[None]],
+        dead_letter: Callable[[list[tuple[bytes, str]]], Awaitable[None]],
         max_backoff_s: float = 30.0,
     ) -> None:
         self._log = tracking_log
@@ -61,6 +62,7 @@ class LogWriter:
         self._interval = interval_ms / 1000
         self._prepare = prepare
         self._hand_off = hand_off
+        self._dead_letter = dead_letter
         self._max_backoff = max_backoff_s
         self._lock = asyncio.Lock()  # one batch at a time, in the log's order
         self._task: asyncio.Task[None] | None = None
@@ -111,7 +113,7 @@ class LogWriter:
         """Store or hand off the batch, then commit it; False when shutdown comes first."""
         rows = await self._prepare(batch.rows, bytes.fromhex(batch.token)[:12])
         backoff = 0.5
-        while not await self._store(batch.token, rows):
+        while (placed := await self._store(batch.token, rows)) is None:
             WRITER_STALLED.inc()
             if self._closing:
                 return False
@@ -119,7 +121,7 @@ class LogWriter:
             backoff = min(self._max_backoff, backoff * 2)
         while True:
             try:
-                await self._log.commit(batch, rows)
+                await self._log.commit(batch, placed)
                 return True
             except OSError as error:  # the disk: the batch stays placed, its commit waits
                 if self._closing:
@@ -128,10 +130,11 @@ class LogWriter:
                 # Within a second of the space coming back: the relay waits for these.
                 await asyncio.sleep(COMMIT_RETRY_S)
 
-    async def _store(self, token: str, rows: list[TrackingRow]) -> bool:
-        """True once ClickHouse or the retry queue holds `rows` (under `token`)."""
+    async def _store(self, token: str, rows: list[TrackingRow]) -> list[TrackingRow] | None:
+        """The rows ClickHouse or the retry queue now holds (under `token`); None when neither
+        took them. Rows ClickHouse refuses for their data are isolated and dead-lettered."""
         if not rows:
-            return True
+            return rows
         data = _encode_lines(rows)
         started = time.perf_counter()
         try:
@@ -139,18 +142,37 @@ class LogWriter:
         except WarehouseError as error:
             INSERT_FAILURES.labels(TABLE).inc()
             log.warning("insert of %d rows into %s failed: %s", len(rows), TABLE, error)
+            if error.permanent:
+                return await self._isolate(token, rows, data)
         else:
             FLUSH_SECONDS.observe(time.perf_counter() - started)
             BATCH_ROWS.observe(len(rows))
             record_stored(rows)
-            return True
+            return rows
         batch = RetryBatch(
             table=TABLE, columns=TRACKING_COLUMNS, token=token, data=data, rows=len(rows)
         )
         try:
             await self._hand_off(batch)
-            return True
+            return rows
         except (RedisError, OSError) as error:
             REDIS_FAILURES.labels("retry_hand_off").inc()
             log.warning("retry queue unavailable; the log keeps %d rows: %s", len(rows), error)
-            return False
+            return None
+
+    async def _isolate(
+        self, token: str, rows: list[TrackingRow], data: bytes
+    ) -> list[TrackingRow] | None:
+        """A refusal for the data: store the rows ClickHouse takes, dead-letter the others."""
+        lines = data.splitlines(keepends=True)
+        try:
+            refused = await self._warehouse.insert_isolating(
+                TABLE, TRACKING_COLUMNS, lines, dedup_token=token
+            )
+        except WarehouseError:
+            return None  # unavailable mid-way: the whole batch again, later (same tokens)
+        await self._dead_letter([(lines[at], reason) for at, reason in refused])
+        dropped = {at for at, _ in refused}
+        stored = [row for at, row in enumerate(rows) if at not in dropped]
+        record_stored(stored)
+        return stored

@@ -18,7 +18,8 @@ from core.clickhouse import Warehouse
 from core.retry_queue import RetryBatch, RetryQueue
 from core.rows import TrackingRow
 from core.settings import Settings
-from tests.conftest import Running, event, free_port, take, tracking_rows, wait_for
+from tests.conftest import Running, event, free_port, job_of, take, tracking_rows, wait_for
+from workers.jobs import retry_failed_batches
 
 TRACK = "/v1/analytics/track"
 
@@ -176,3 +177,28 @@ async def test_standalone_worker_retries_a_queued_batch_once(
     await worker.close()
     assert await warehouse.scalar("SELECT count() FROM tracking_events") == 1
     assert await queue.depth() == 0
+
+
+async def test_the_retry_job_isolates_rows_clickhouse_refuses_and_stores_the_rest_once(
+    server: Running, warehouse: Warehouse, redis: Redis
+) -> None:
+    good, bad = tracking_rows(2), tracking_rows(1)
+    bad[0].session_seq = "x"  # type: ignore[assignment]  # what its UInt32 column cannot hold
+    lines = msgspec.json.Encoder().encode_lines(good[:1] + bad + good[1:])
+    queue = RetryQueue(redis)
+    await queue.push(
+        RetryBatch(
+            table="tracking_events",
+            columns=TrackingRow.__struct_fields__,
+            token=uuid.uuid4().hex,
+            data=lines,
+            rows=3,
+        )
+    )
+    result = await retry_failed_batches({"job": job_of(server, warehouse)})
+    assert result == "stored 2 rows"
+    stored = {r[0] for r in await warehouse.rows("SELECT event_id FROM tracking_events")}
+    assert stored == {r.event_id for r in good}
+    assert await queue.depth() == 0
+    (entry,) = await redis.lrange("lw:retry:refused", 0, -1)
+    assert str(bad[0].event_id) in msgspec.json.decode(entry)[2]

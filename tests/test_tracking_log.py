@@ -16,6 +16,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ def writer_of(tracking_log: TrackingLog, warehouse: Warehouse, redis: Redis) -> 
         interval_ms=60_000,
         prepare=SessionStore(redis).enrich,
         hand_off=RetryQueue(redis).push,
+        dead_letter=partial(RetryQueue(redis).dead_letter, "tracking_events"),
     )
 
 

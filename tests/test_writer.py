@@ -6,6 +6,7 @@ shutdown."""
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -54,6 +55,7 @@ def writer(
         interval_ms=interval_ms,
         prepare=prepare or keep_all(),
         hand_off=RetryQueue(redis).push,
+        dead_letter=partial(RetryQueue(redis).dead_letter, "tracking_events"),
     )
 
 
@@ -169,7 +171,7 @@ async def test_a_refused_batch_goes_to_the_retry_queue_with_its_token_and_lands_
 
 
 async def test_with_clickhouse_and_the_retry_queue_refusing_the_log_keeps_the_batch(
-    tracking_log: TrackingLog, warehouse: Warehouse
+    tracking_log: TrackingLog, warehouse: Warehouse, redis: Redis
 ) -> None:
     handed: list[RetryBatch] = []
     refusing = True
@@ -186,6 +188,7 @@ async def test_with_clickhouse_and_the_retry_queue_refusing_the_log_keeps_the_ba
         interval_ms=50,
         prepare=keep_all(),
         hand_off=hand_off,
+        dead_letter=partial(RetryQueue(redis).dead_letter, "tracking_events"),
         max_backoff_s=0.2,
     )
     running.start()
@@ -249,3 +252,36 @@ async def test_close_during_a_flush_loses_nothing(
     await running.close()
     assert await count(warehouse) == 1000
     assert await warehouse.scalar("SELECT uniqExact(event_id) FROM tracking_events") == 1000
+
+
+async def test_rows_clickhouse_refuses_for_their_data_are_isolated_and_kept_apart(
+    tracking_log: TrackingLog, warehouse: Warehouse, redis: Redis
+) -> None:
+    """A value the schema let through that a column cannot hold: that row alone is refused
+    (dead-lettered, counted lost), its neighbours are stored and announced."""
+    accepted = rows(9)
+    poisoned = accepted[4].event_id
+
+    async def out_of_range(batch: list[TrackingRow], owner: bytes) -> list[TrackingRow]:
+        for row in batch:
+            if row.event_id == poisoned:
+                row.session_seq = "twelve"  # type: ignore[assignment]  # a UInt32 column
+        return batch
+
+    lost = counter("analytics_events_lost", reason="refused")
+    await tracking_log.append(accepted)
+    await writer(tracking_log, warehouse, redis, prepare=out_of_range).flush()
+    stored = {r[0] for r in await warehouse.rows("SELECT event_id FROM tracking_events")}
+    assert stored == {r.event_id for r in accepted} - {poisoned}
+    assert counter("analytics_events_lost", reason="refused") == lost + 1
+    (entry,) = await redis.lrange("lw:retry:refused", 0, -1)
+    table, reason, line = msgspec.json.decode(entry)
+    assert table == "tracking_events" and str(poisoned) in line and reason
+    announced = [
+        msgspec.json.decode(line)["eventId"]
+        for path in sorted(tracking_log.directory.glob("*.jsonl"))
+        for line in path.read_bytes().splitlines()
+        if line.startswith(b"{")
+    ]
+    assert sorted(announced) == sorted(str(r.event_id) for r in accepted if r.event_id != poisoned)
+    assert tracking_log.unread_rows == 0

@@ -72,17 +72,23 @@ async def retry_failed_batches(ctx: dict[str, Any]) -> str:
         if not waiting:
             break
         for raw, batch in waiting:
+            lines = batch.data.splitlines(keepends=True)
             try:
-                await warehouse.insert_lines(
-                    batch.table, batch.columns, batch.data, dedup_token=batch.token
+                # A refusal for the data isolates the refused rows; they are kept apart.
+                refused = await warehouse.insert_isolating(
+                    batch.table, batch.columns, lines, dedup_token=batch.token
                 )
             except WarehouseError as error:
                 log.warning("retry of a batch of %d rows failed: %s", batch.rows, error)
                 return f"stored {stored} rows; ClickHouse still refusing"
+            if refused:
+                await queue.dead_letter(batch.table, [(lines[at], why) for at, why in refused])
             await queue.done(raw)
-            stored += batch.rows
+            dropped = {at for at, _ in refused}
+            kept = [line for at, line in enumerate(lines) if at not in dropped]
+            stored += len(kept)
             if batch.table == "tracking_events":
-                record_stored(_tracking_rows.decode_lines(batch.data))
+                record_stored(_tracking_rows.decode_lines(b"".join(kept)))
     return f"stored {stored} rows"
 
 
