@@ -6,9 +6,8 @@ is not confirmed goes back to the front and is sent again after a reconnect. Mes
 envelope's eventId as message_id, so consumers can drop the rare re-send. The backlog is
 bounded: past `max_backlog` the oldest messages are discarded and counted, never silently.
 
-A caller that must know when a group of messages is out (the spool keeps a tracked event's row
-until its message is confirmed) passes a `Receipt`; it is settled once every message in the
-group has been confirmed by the broker.
+`event.tracked` is not published here: the relay publishes it from the tracking log
+(`ingest/relay.py`).
 """
 
 from __future__ import annotations
@@ -33,26 +32,12 @@ from core.metrics import (
 log = logging.getLogger(__name__)
 
 
-class Receipt:
-    """Counts the confirms still missing for a group of messages."""
-
-    __slots__ = ("missing",)
-
-    def __init__(self, size: int) -> None:
-        self.missing = size
-
-    @property
-    def settled(self) -> bool:
-        return self.missing <= 0
-
-
 class Outgoing(msgspec.Struct, frozen=True, gc=False):
     """A message waiting in the backlog; gc=False keeps a large backlog cheap for the GC."""
 
     routing_key: str
     message_id: str
     body: bytes
-    receipt: Receipt | None = None
 
 
 class EventPublisher:
@@ -81,14 +66,12 @@ class EventPublisher:
         connection = self._connection
         return self.connected.is_set() and connection is not None and not connection.is_closed
 
-    def publish(
-        self, routing_key: str, message_id: str, body: bytes, receipt: Receipt | None = None
-    ) -> None:
+    def publish(self, routing_key: str, message_id: str, body: bytes) -> None:
         if len(self._backlog) >= self._max_backlog:
             lost = self._backlog.popleft()
             PUBLISH_LOST.labels(lost.routing_key).inc()
             lose("publish_lost")
-        self._backlog.append(Outgoing(routing_key, message_id, body, receipt))
+        self._backlog.append(Outgoing(routing_key, message_id, body))
         self._wake.set()
 
     def start(self) -> None:
@@ -170,8 +153,6 @@ class EventPublisher:
             for m, r in zip(chunk, results, strict=True):
                 if not isinstance(r, BaseException):
                     confirmed[m.routing_key] += 1
-                    if m.receipt is not None:
-                        m.receipt.missing -= 1
             for routing_key, count in confirmed.items():
                 PUBLISHED.labels(routing_key).inc(count)
             if failed:

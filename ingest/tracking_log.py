@@ -33,16 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import errno
-import fcntl
-import hashlib
 import logging
 import os
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -51,108 +46,36 @@ from core.metrics import LOG_DAMAGE, PUBLISH_LOST, PUBLISHED, lose
 from core.rows import TrackingRow
 from core.tracked import ROUTING_KEY, envelope_lines
 from ingest.fsync_helper import FsyncHelper
+from ingest.log_directory import (
+    Batch,
+    Directory,
+    Segment,
+    lock_directory,
+    read_rows,
+    reserve,
+    take_over,
+    write_all,
+)
 from ingest.log_files import (
     OWNER_LOCK,
     RELAY_FLOOR,
-    ROW_START,
-    SEGMENT,
     WRITER_OFFSET,
     RelayOffset,
     commit_line,
-    complete,
-    last_commit,
     mark_past,
     read_mark,
     read_relay_offset,
-    segments,
     stem,
     write_mark,
 )
 
 log = logging.getLogger(__name__)
 _encode_lines = msgspec.json.Encoder().encode_lines
-_decode_row = msgspec.json.Decoder(TrackingRow).decode
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_FALLOC_FL_KEEP_SIZE = 1
-
-
-def _reserve(fd: int, offset: int, length: int) -> None:
-    """Allocate the blocks a write will need, or raise ENOSPC before anything is written."""
-    if _libc.fallocate(fd, _FALLOC_FL_KEEP_SIZE, ctypes.c_int64(offset), ctypes.c_int64(length)):
-        code = ctypes.get_errno()
-        if code not in (errno.EOPNOTSUPP, errno.ENOSYS):  # then the write itself finds out
-            raise OSError(code, os.strerror(code))
-
-
-@dataclass
-class _Segment:
-    path: Path
-    fd: int = -1
-    size: int = 0  # bytes of whole lines
-    rows: int = 0  # accepted events in it
-    syncing: int = 0  # groups written here whose fsync has not been confirmed yet
-    sealed: bool = False
-    messages: int = 0  # event.tracked lines this process wrote here
-    message_bytes: int = 0
-
-    @property
-    def name(self) -> str:
-        return stem(self.path)
-
-    def seal(self) -> None:
-        self.sealed = True
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-@dataclass
-class _Directory:
-    path: Path
-    lock: int
-    own: bool
-    segments: list[_Segment] = field(default_factory=list)  # oldest first; the last may be open
-    placed: str = ""  # the writer's mark: every segment sorting before it is placed
-    taken: str = ""  # past the last segment handed to the writer (placed or in its hands)
-    mark_written: str = ""  # the mark as last copied to `.writer-offset`
-    unread: int = 0  # accepted rows not yet placed
-    cache: dict[str, list[TrackingRow]] = field(default_factory=dict)  # segment -> its rows
-    floor: str = ""  # the relay's floor (the backlog bound), own directory only
-    announced: int = 0  # messages written here by this process
-    lost: int = 0  # of those, skipped past the backlog bound
-
-    def open_segment(self) -> _Segment:
-        if self.segments and not self.segments[-1].sealed:
-            return self.segments[-1]
-        path = self.path / f"{time.time_ns():020d}{SEGMENT}"
-        if self.segments and stem(path) <= self.segments[-1].name:  # a clock stepped back
-            path = self.path / f"{int(self.segments[-1].name) + 1:020d}{SEGMENT}"
-        # Owner-only: accepted events hold what visitors did on the site.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        segment = _Segment(path, fd)
-        self.segments.append(segment)
-        return segment
-
-
-@dataclass(slots=True)
-class Batch:
-    """One sealed segment's rows, as the writer reads them."""
-
-    directory: _Directory
-    segment: _Segment
-    rows: list[TrackingRow]
-
-    @property
-    def token(self) -> str:
-        """The insert token: the same segment gives the same token in any process."""
-        name = f"{self.directory.path.name}/{self.segment.name}"
-        return hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
 @dataclass
 class _Pending:
-    directory: _Directory
+    directory: Directory
     data: bytes
     done: asyncio.Future[None]
     rows: list[TrackingRow] | None = None  # accepted rows (None: a commit)
@@ -163,8 +86,8 @@ class _Pending:
 class TrackingLog:
     def __init__(
         self,
-        own: _Directory,
-        adopted: list[_Directory],
+        own: Directory,
+        adopted: list[Directory],
         *,
         rows_per_segment: int,
         max_backlog_bytes: int,
@@ -211,19 +134,30 @@ class TrackingLog:
         self.maintain()
 
     async def relayed(self, within: float) -> bool:
-        """Wait up to `within` seconds for the relay to read past every placed segment (and
-        trim them); True if it did. Unplaced segments stay for the next start anyway."""
+        """Wait up to `within` seconds for the relay to read every message in the log (and
+        trim what both readers are past); True if it did. Unplaced rows stay for the next
+        start anyway."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while True:
             self.trim()
-            if not any(
-                s.sealed and s.name < d.placed for d in self._directories for s in d.segments
-            ):
+            if not self._unrelayed():
                 return True
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(0.05)
+
+    def _unrelayed(self) -> bool:
+        for directory in self._directories:
+            relay = read_relay_offset(directory.path)
+            floor = read_mark(directory.path / RELAY_FLOOR)
+            for segment in directory.segments:
+                # A stopped process's segments may hold messages it wrote: all of them count.
+                if (segment.messages or not directory.own) and not _relay_past(
+                    segment.path, relay, floor
+                ):
+                    return True
+        return False
 
     def release(self) -> None:
         """Let go of the directories' locks: the last step of shutdown. What is left is the
@@ -233,7 +167,7 @@ class TrackingLog:
             self._let_go(directory)
 
     @staticmethod
-    def _let_go(directory: _Directory) -> None:
+    def _let_go(directory: Directory) -> None:
         if directory.lock >= 0:
             (directory.path / OWNER_LOCK).unlink(missing_ok=True)
             os.close(directory.lock)
@@ -276,7 +210,7 @@ class TrackingLog:
         for pendings in by_directory.values():
             self._write(pendings[0].directory, pendings)
 
-    def _write(self, directory: _Directory, group: list[_Pending]) -> None:
+    def _write(self, directory: Directory, group: list[_Pending]) -> None:
         data = b"".join(p.data for p in group)
         try:
             segment = directory.open_segment()
@@ -284,8 +218,8 @@ class TrackingLog:
             self._fail(group, error)
             return
         try:
-            _reserve(segment.fd, segment.size, len(data))
-            _write_all(segment.fd, data)
+            reserve(segment.fd, segment.size, len(data))
+            write_all(segment.fd, data)
             if not self._helper.running:
                 os.fsync(segment.fd)  # no helper: on the loop (about 0.2 ms here)
         except OSError as error:
@@ -320,7 +254,7 @@ class TrackingLog:
 
         self._helper.sync(segment.path, synced)
 
-    def _settle(self, group: list[_Pending], segment: _Segment) -> None:
+    def _settle(self, group: list[_Pending], segment: Segment) -> None:
         directory = group[0].directory
         for pending in group:
             if pending.rows is not None:
@@ -339,7 +273,7 @@ class TrackingLog:
         directory.placed = max(directory.placed, mark_past(batch.segment.name))
         directory.unread -= batch.segment.rows
 
-    def _wake(self, segment: _Segment) -> None:
+    def _wake(self, segment: Segment) -> None:
         if segment.sealed and not segment.syncing and segment.rows:
             self.ready.set()
 
@@ -376,7 +310,7 @@ class TrackingLog:
                     continue
                 rows = directory.cache.pop(segment.name, None)
                 if rows is None:
-                    rows = _read_rows(segment.path)
+                    rows = read_rows(segment.path)
                 directory.taken = mark_past(segment.name)
                 return Batch(directory, segment, rows)
         return None
@@ -494,7 +428,7 @@ class TrackingLog:
         LOG_DAMAGE.labels("log", "directory_removed").inc()
         own.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.close(own.lock)
-        own.lock = _lock(own.path) or -1
+        own.lock = lock_directory(own.path) or -1
         # The relay starts the new directory from scratch; what it had not published is gone.
         lost = self.backlog
         PUBLISH_LOST.labels(ROUTING_KEY).inc(lost)
@@ -518,24 +452,6 @@ def _log_failure(done: asyncio.Future[None]) -> None:
         log.error("tracking log: rows could not be written back: %s", done.exception())
 
 
-def _read_rows(path: Path) -> list[TrackingRow]:
-    """The accepted rows of a sealed segment on disk; a torn tail is stepped over, counted."""
-    data = path.read_bytes()
-    whole = complete(data)
-    if len(whole) < len(data):
-        LOG_DAMAGE.labels("writer", "torn_tail").inc()
-        log.warning("%s: stepping over a torn tail of %d bytes", path, len(data) - len(whole))
-    rows = []
-    for line in whole.split(b"\n"):
-        if line.startswith(ROW_START):
-            try:
-                rows.append(_decode_row(line))
-            except msgspec.DecodeError:
-                LOG_DAMAGE.labels("writer", "undecodable").inc()
-                log.error("%s: skipping a line that does not decode", path)
-    return rows
-
-
 def _relay_past(path: Path, relay: RelayOffset, floor: str) -> bool:
     name = stem(path)
     if name < floor or name < relay.segment:
@@ -545,41 +461,6 @@ def _relay_past(path: Path, relay: RelayOffset, floor: str) -> bool:
             return relay.offset >= path.stat().st_size
         return True
     return False
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _lock(directory: Path) -> int | None:
-    """An exclusive flock on `directory`'s lock file, or None when a live process holds it.
-    The kernel drops the lock when its holder dies, however it dies."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(directory / OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _take_over(path: Path, lock: int) -> _Directory:
-    """A stopped process's directory: its writer's mark is its last commit line (or its
-    `.writer-offset`, whichever is further), and every segment in it is complete."""
-    directory = _Directory(path, lock, own=False)
-    directory.placed = directory.mark_written = read_mark(path / WRITER_OFFSET)
-    for segment_path in segments(path):
-        data = segment_path.read_bytes()
-        whole = complete(data)
-        segment = _Segment(segment_path, size=len(whole), sealed=True)
-        segment.rows = whole.count(b"\n" + ROW_START) + whole.startswith(ROW_START)
-        directory.placed = max(directory.placed, last_commit(whole))
-        directory.segments.append(segment)
-    directory.unread = sum(s.rows for s in directory.segments if s.name >= directory.placed)
-    return directory
 
 
 def open_log(
@@ -596,15 +477,15 @@ def open_log(
     root = Path(directory).resolve()
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     own_path = root / uuid.uuid4().hex
-    own_lock = _lock(own_path)
+    own_lock = lock_directory(own_path)
     assert own_lock is not None  # a fresh random name: nobody else holds it
-    adopted: list[_Directory] = []
+    adopted: list[Directory] = []
     for other in sorted(p for p in root.iterdir() if p.is_dir() and p != own_path):
-        lock = _lock(other)
+        lock = lock_directory(other)
         if lock is not None:  # held until it is done: nobody else takes it meanwhile
-            adopted.append(_take_over(other, lock))
+            adopted.append(take_over(other, lock))
     made = TrackingLog(
-        _Directory(own_path, own_lock, own=True),
+        Directory(own_path, own_lock, own=True),
         adopted,
         rows_per_segment=rows_per_segment,
         max_backlog_bytes=max_backlog_bytes,

@@ -33,7 +33,8 @@ from core.metrics import (
 from core.retry_queue import RetryBatch
 from core.rows import TRACKING_COLUMNS, TrackingRow
 from core.tracked import record_stored
-from ingest.tracking_log import Batch, TrackingLog
+from ingest.log_directory import Batch
+from ingest.tracking_log import TrackingLog
 
 log = logging.getLogger(__name__)
 

@@ -74,7 +74,7 @@ def test_compose_runs_the_whole_stack_with_health_checks() -> None:
         env = services[role]["environment"]
         assert env["CLICKHOUSE_URL"].startswith("http://")
         assert env["S3_CREATE_BUCKET"] == "true"  # a fresh MinIO has no bucket
-        # The only writable place, on a volume of its own: the spool outlives the container.
+        # The only writable place, on a volume of its own: the tracking log outlives the container.
         assert [v.split(":")[1] for v in services[role]["volumes"]] == [env["DATA_DIR"]]
         assert "healthcheck" in services[role], role
     assert services["consumer"]["environment"]["METRICS_PORT"]

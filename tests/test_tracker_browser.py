@@ -49,6 +49,20 @@ def page(service: str, user: str | None) -> str:
     )
 
 
+async def launch(pw: Any, chromium: str) -> Any:
+    return await pw.chromium.launch(
+        executable_path=chromium,
+        headless=True,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+        ],
+    )
+
+
 @pytest.mark.timeout(90)
 async def test_tracker_sends_pageviews_custom_events_and_flushes_on_leaving(
     server: Running, warehouse: Warehouse, site: str, tmp_path: Path
@@ -62,17 +76,7 @@ async def test_tracker_sends_pageviews_custom_events_and_flushes_on_leaving(
     (tmp_path / "away.html").write_text("<!doctype html><p>elsewhere</p>")
 
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=chromium,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-            ],
-        )
+        browser = await launch(pw, chromium)
         context = await browser.new_context(user_agent=CHROME_UA)
         tab = await context.new_page()
         await tab.goto(f"{site}/kitchens.html")
@@ -111,20 +115,6 @@ async def test_tracker_sends_pageviews_custom_events_and_flushes_on_leaving(
     assert {r["landing_page"] for r in rows} == {f"{site}/kitchens.html"}
     assert all(r["client_timestamp"] is not None for r in rows)
     assert len({r["event_id"] for r in rows}) == 5
-
-
-async def launch(pw: Any, chromium: str) -> Any:
-    return await pw.chromium.launch(
-        executable_path=chromium,
-        headless=True,
-        args=[
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-        ],
-    )
 
 
 @pytest.mark.timeout(90)

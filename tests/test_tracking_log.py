@@ -149,10 +149,15 @@ async def test_a_commit_announces_and_a_segment_goes_once_both_readers_are_past_
     tracking_log.maintain()
     assert read_mark(directory / WRITER_OFFSET) > first.name.split(".")[0]
     assert first.exists(), "deleted before the relay read it"
-    write_relay_offset(directory, RelayOffset(first.name.split(".")[0], first.stat().st_size, 0))
+    # Shutdown waits for the relay to read the messages, which sit in the segment after.
+    assert not await tracking_log.relayed(within=0.2)
+    tracking_log.seal()
+    second_name = second.name.split(".")[0]
+    write_relay_offset(directory, RelayOffset(second_name, second.stat().st_size, 4))
+    assert await tracking_log.relayed(within=0.2)
     tracking_log.maintain()
     assert not first.exists()
-    assert tracking_log.backlog == 4
+    assert tracking_log.backlog == 0
     await tracking_log.close()
     tracking_log.release()
 

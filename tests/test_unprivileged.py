@@ -95,8 +95,9 @@ async def test_serve_runs_unprivileged_from_a_read_only_checkout(
     queue = await channel.declare_queue("", exclusive=True)
     await queue.bind(exchange, "lomash.analytics.event.tracked")
     event_id = await asyncio.to_thread(_serve_one_beacon, stage, env)
-    # Published by serve's relay child, as the same user, from DATA_DIR's spool.
-    assert [m.message_id for m in await take(queue, 1, within=15)] == [event_id]
+    # Published by serve's relay child, as the same user, from DATA_DIR's tracking log.
+    published = [m.message_id for m in await take(queue, 1, within=15)]
+    assert published == [event_id], (stage / "service.log").read_text()[-3000:]
     await connection.close()
 
 
@@ -105,7 +106,7 @@ def _serve_one_beacon(stage: Path, env: dict[str, str]) -> str:
     prefix = copied if copied.is_dir() else Path(sys.base_prefix)
     python = prefix / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
     data = stage / "data"
-    for derived in ("CLICKHOUSE_URL", "SPOOL_DIR", "STORAGE_URL"):
+    for derived in ("CLICKHOUSE_URL", "TRACKING_LOG_DIR", "STORAGE_URL"):
         del env[derived]  # all three follow DATA_DIR
     # The checkout first, then the packages (its relay child inherits both).
     path = f"{stage / 'checkout'}:{stage / 'site-packages'}"
@@ -151,7 +152,7 @@ def _serve_one_beacon(stage: Path, env: dict[str, str]) -> str:
         ["1"]
     ]
     written = {p.relative_to(data).parts[0] for p in data.iterdir()}
-    assert {"clickhouse", "spool"} <= written, written
+    assert {"clickhouse", "tracking-log"} <= written, written
     if os.geteuid() == 0:
         assert (data / "clickhouse").stat().st_uid == NOBODY
     assert not list((stage / "checkout").rglob("__pycache__"))
