@@ -48,6 +48,7 @@ def reserve(fd: int, offset: int, length: int) -> None:
 @dataclass
 class Segment:
     path: Path
+    name: str = field(init=False)  # the stem: where it sorts in the log
     fd: int = -1
     size: int = 0  # bytes of whole lines
     rows: int = 0  # accepted events in it
@@ -56,9 +57,8 @@ class Segment:
     messages: int = 0  # event.tracked lines this process wrote here
     message_bytes: int = 0
 
-    @property
-    def name(self) -> str:
-        return stem(self.path)
+    def __post_init__(self) -> None:
+        self.name = stem(self.path)
 
     def seal(self) -> None:
         self.sealed = True
@@ -108,6 +108,11 @@ class Batch:
         """The insert token: the same segment gives the same token in any process."""
         name = f"{self.directory.path.name}/{self.segment.name}"
         return hashlib.sha256(name.encode()).hexdigest()[:32]
+
+    @property
+    def owner(self) -> int:
+        """The batch's id in its rows' claims on their event ids (32 bits of the token)."""
+        return int(self.token[:8], 16)
 
 
 def read_rows(path: Path) -> list[TrackingRow]:

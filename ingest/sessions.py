@@ -39,17 +39,20 @@ SESSION_VALUE_CHARS = 256
 # KEYS: n event-id keys, then m session keys, then m visitor keys (a group without a user
 # has its session key there too, unused). ARGV: ttls, the batch's owner id, n; n group
 # numbers; m; m groups as (session, has user, first-seen ms, landing url, referrer, utm source,
-# medium, campaign). Each event id is claimed for its place in the log (owner id and index):
-# the same line read again (a batch replayed after a crash) finds its own claim and is no
-# duplicate; any other line with that id is one. Returns per row 1 when it is a duplicate,
-# and per group its session data with the last sequence number handed out before this batch.
+# medium, campaign). Each event id is claimed for its place in the log, `claim_of(owner,
+# index)`: the same line read again (a batch replayed after a crash) finds its own claim and is
+# no duplicate; any other line with that id is one. A claim is an integer below 2^52 (exact
+# in Lua's doubles), which Redis keeps inside the key's object: it costs no more than "1".
+# Returns per row 1 when it is a duplicate, and per group its session data with the last
+# sequence number handed out before this batch.
 _SCRIPT = """
-local dedup_ttl, session_ttl, visitor_ttl, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local dedup_ttl, session_ttl, visitor_ttl = ARGV[1], ARGV[2], ARGV[3]
+local base = tonumber(ARGV[4]) * 1048576
 local n = tonumber(ARGV[5])
 local duplicates, counts = {}, {}
 for k = 1, n do
   local group = tonumber(ARGV[5 + k])
-  local claim = owner .. k
+  local claim = string.format('%.0f', base + k)
   duplicates[k] = 0
   if redis.call('SET', KEYS[k], claim, 'NX', 'EX', dedup_ttl)
      or redis.call('GET', KEYS[k]) == claim then
@@ -117,13 +120,18 @@ def _utm(url: str) -> tuple[str, str, str]:
     return first("utm_source"), first("utm_medium"), first("utm_campaign")
 
 
+def claim_of(owner: int, index: int) -> int:
+    """The claim on an event id of the `index`-th row (from 1) of batch `owner`."""
+    return owner * 1048576 + index
+
+
 class SessionStore:
     def __init__(self, redis: Redis) -> None:
         self._script = redis.register_script(_SCRIPT)
 
-    async def enrich(self, rows: list[TrackingRow], owner: bytes) -> list[TrackingRow]:
+    async def enrich(self, rows: list[TrackingRow], owner: int) -> list[TrackingRow]:
         """The rows minus those whose eventId another line of the log claimed, with their
-        session data. `owner`: the batch's id, the same whenever the batch is read."""
+        session data. `owner`: the batch's id (32 bits), the same whenever it is read."""
         groups: dict[tuple[uuid.UUID, uuid.UUID | None], int] = {}
         row_group: list[int] = []
         group_first: list[TrackingRow] = []

@@ -204,6 +204,12 @@ class TrackingLog:
     def _commit_now(self) -> None:
         self._scheduled = False
         group, self._pending = self._pending, []
+        if not group:
+            return
+        own = self._own
+        if all(pending.directory is own for pending in group):  # the usual case
+            self._write(own, group)
+            return
         by_directory: dict[int, list[_Pending]] = {}
         for pending in group:
             by_directory.setdefault(id(pending.directory), []).append(pending)

@@ -43,7 +43,7 @@ _encode_lines = msgspec.json.Encoder().encode_lines
 
 COMMIT_RETRY_S = 0.5
 
-Prepare = Callable[[list[TrackingRow], bytes], Awaitable[list[TrackingRow]]]
+Prepare = Callable[[list[TrackingRow], int], Awaitable[list[TrackingRow]]]
 
 
 class LogWriter:
@@ -112,7 +112,7 @@ class LogWriter:
 
     async def _place(self, batch: Batch) -> bool:
         """Store or hand off the batch, then commit it; False when shutdown comes first."""
-        rows = await self._prepare(batch.rows, bytes.fromhex(batch.token)[:12])
+        rows = await self._prepare(batch.rows, batch.owner)
         backoff = 0.5
         while (placed := await self._store(batch.token, rows)) is None:
             WRITER_STALLED.inc()

@@ -41,7 +41,7 @@ from ingest.log_files import (
     write_relay_offset,
 )
 from ingest.schema import TrackingEvent
-from ingest.sessions import SessionStore
+from ingest.sessions import SessionStore, claim_of
 from ingest.tracking_log import TrackingLog, open_log
 from ingest.writer import LogWriter
 from tests.conftest import counter, encode, event, fill, take
@@ -240,8 +240,9 @@ async def test_a_stopped_process_s_events_are_read_through_the_session_step_once
     segment = f"{1:020d}"
     on_disk = [accepted[0], accepted[1], accepted[1], accepted[2], accepted[3]]
     (stopped / f"{segment}.jsonl").write_bytes(_encode_lines(on_disk))
-    owner = bytes.fromhex(token_of(stopped, segment))[:12]
-    await redis.set(keys.accepted_event(accepted[1].event_id.bytes), owner + b"2")  # this line
+    owner = int(token_of(stopped, segment)[:8], 16)
+    this_line = claim_of(owner, 2)  # the second row of the batch: claimed by its own line
+    await redis.set(keys.accepted_event(accepted[1].event_id.bytes), this_line)
     await redis.set(keys.accepted_event(accepted[3].event_id.bytes), b"another line")
 
     server = await make_server(settings)

@@ -35,7 +35,7 @@ async def tracking_log(tmp_path: Path) -> AsyncIterator[TrackingLog]:
 
 
 def keep_all() -> Prepare:
-    async def prepare(batch: list[TrackingRow], owner: bytes) -> list[TrackingRow]:
+    async def prepare(batch: list[TrackingRow], owner: int) -> list[TrackingRow]:
         return batch
 
     return prepare
@@ -101,7 +101,7 @@ async def test_a_timer_flush_takes_what_the_log_held_not_what_arrives_meanwhile(
     # would chain one small insert after another and pay an insert's fixed cost each time.
     batches: list[int] = []
 
-    async def arrivals_meanwhile(batch: list[TrackingRow], owner: bytes) -> list[TrackingRow]:
+    async def arrivals_meanwhile(batch: list[TrackingRow], owner: int) -> list[TrackingRow]:
         batches.append(len(batch))
         if len(batches) <= 2:
             await tracking_log.append(rows(3))
@@ -137,7 +137,7 @@ async def test_what_the_session_step_keeps_is_stored_and_announced(
     accepted = rows(8)
     dropped = {row.event_id for row in accepted[::2]}
 
-    async def drop_some(batch: list[TrackingRow], owner: bytes) -> list[TrackingRow]:
+    async def drop_some(batch: list[TrackingRow], owner: int) -> list[TrackingRow]:
         return [row for row in batch if row.event_id not in dropped]
 
     await tracking_log.append(accepted)
@@ -239,7 +239,7 @@ async def test_close_during_a_flush_loses_nothing(
 ) -> None:
     entered = asyncio.Event()
 
-    async def slow(batch: list[TrackingRow], owner: bytes) -> list[TrackingRow]:
+    async def slow(batch: list[TrackingRow], owner: int) -> list[TrackingRow]:
         entered.set()
         await asyncio.sleep(0.3)  # close() arrives while this batch is in flight
         return batch
@@ -262,7 +262,7 @@ async def test_rows_clickhouse_refuses_for_their_data_are_isolated_and_kept_apar
     accepted = rows(9)
     poisoned = accepted[4].event_id
 
-    async def out_of_range(batch: list[TrackingRow], owner: bytes) -> list[TrackingRow]:
+    async def out_of_range(batch: list[TrackingRow], owner: int) -> list[TrackingRow]:
         for row in batch:
             if row.event_id == poisoned:
                 row.session_seq = "twelve"  # type: ignore[assignment]  # a UInt32 column
