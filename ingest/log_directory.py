@@ -4,6 +4,7 @@ has the format; `ingest/tracking_log.py` the group writes, reads and maintenance
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -35,6 +36,7 @@ _decode_row = msgspec.json.Decoder(TrackingRow).decode
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _FALLOC_FL_KEEP_SIZE = 1
+RESERVE_BYTES = 256 * 1024
 
 
 def reserve(fd: int, offset: int, length: int) -> None:
@@ -51,6 +53,7 @@ class Segment:
     name: str = field(init=False)  # the stem: where it sorts in the log
     fd: int = -1
     size: int = 0  # bytes of whole lines
+    reserved: int = 0  # bytes allocated ahead of the writes (fallocate), up to here
     rows: int = 0  # accepted events in it
     syncing: int = 0  # groups written here whose fsync has not been confirmed yet
     sealed: bool = False
@@ -60,9 +63,21 @@ class Segment:
     def __post_init__(self) -> None:
         self.name = stem(self.path)
 
+    def reserve(self, length: int) -> None:
+        """Make sure the next `length` bytes have their blocks, RESERVE_BYTES at a time (one
+        call per chunk, not per group), or raise ENOSPC before anything is written."""
+        end = self.size + length
+        if end > self.reserved:
+            ahead = max(length, RESERVE_BYTES)
+            reserve(self.fd, self.size, ahead)
+            self.reserved = self.size + ahead
+
     def seal(self) -> None:
         self.sealed = True
         if self.fd >= 0:
+            if self.reserved > self.size:
+                with contextlib.suppress(OSError):  # give back the blocks reserved ahead
+                    os.ftruncate(self.fd, self.size)
             os.close(self.fd)
             self.fd = -1
 

@@ -5,10 +5,10 @@ Data flows one way: request → log → {writer → ClickHouse, relay → Rabbit
 - `append`: a request's rows, on disk before its 202. Every request that arrives in one turn of
   the event loop shares one write (on the loop: it only copies into the page cache) and one
   fsync, made by a helper process (`ingest/fsync_helper.py`) so that the loop never waits on
-  the disk. Space for the group is reserved first (`fallocate`), so a full disk refuses the
-  group before a byte of it is written; a write that still fails part-way is cut back to the
-  segment's last whole line, and the segment is sealed if even that fails. The group answers
-  503 and nothing of it is ever read.
+  the disk. Space is reserved ahead of the writes (`fallocate`, 256 KiB at a time), so a full
+  disk refuses a group before a byte of it is written; a write that still fails part-way is
+  cut back to the segment's last whole line, and the segment is sealed if even that fails.
+  The group answers 503 and nothing of it is ever read.
 - A segment is sealed when it holds a batch's worth of rows or when the writer's timer asks,
   and is then one batch: read again after a crash it is the same batch, so its insert token
   (from the directory and segment names) makes ClickHouse store it once however often it is
@@ -52,7 +52,6 @@ from ingest.log_directory import (
     Segment,
     lock_directory,
     read_rows,
-    reserve,
     take_over,
     write_all,
 )
@@ -73,7 +72,7 @@ log = logging.getLogger(__name__)
 _encode_lines = msgspec.json.Encoder().encode_lines
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     directory: Directory
     data: bytes
@@ -178,6 +177,8 @@ class TrackingLog:
     @property
     def unread_rows(self) -> int:
         """Accepted rows the writer has not placed yet (ClickHouse or the retry queue)."""
+        if len(self._directories) == 1:  # asked per request: no stopped logs is the usual case
+            return self._own.unread
         return sum(d.unread for d in self._directories)
 
     async def append(self, rows: list[TrackingRow]) -> None:
@@ -224,13 +225,14 @@ class TrackingLog:
             self._fail(group, error)
             return
         try:
-            reserve(segment.fd, segment.size, len(data))
+            segment.reserve(len(data))
             write_all(segment.fd, data)
             if not self._helper.running:
                 os.fsync(segment.fd)  # no helper: on the loop (about 0.2 ms here)
         except OSError as error:
             try:  # back to the last whole line: nothing of this group is ever read
                 os.ftruncate(segment.fd, segment.size)
+                segment.reserved = segment.size
             except OSError:
                 segment.seal()  # its torn tail is stepped over: a newer segment follows
             self._fail(group, error)
@@ -433,7 +435,9 @@ class TrackingLog:
         log.error("tracking log: %s was removed; making it again", own.path)
         LOG_DAMAGE.labels("log", "directory_removed").inc()
         own.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(own.lock)
+        if own.lock >= 0:
+            os.close(own.lock)  # its file is gone with the directory
+        own.lock = -1
         own.lock = lock_directory(own.path) or -1
         # The relay starts the new directory from scratch; what it had not published is gone.
         lost = self.backlog
