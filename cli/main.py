@@ -12,7 +12,8 @@ import sys
 from functools import partial
 from typing import Any
 
-from core.settings import Settings, SettingsError, load_settings, redact
+from core.redaction import redact, redact_logs
+from core.settings import Settings, SettingsError, load_settings
 
 
 def _migrate(settings: Settings) -> int:
@@ -221,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    redact_logs()
     try:
         settings = load_settings()
     except SettingsError as error:

@@ -12,7 +12,15 @@ from typing import Annotated, Any
 
 import msgspec
 
+from core.redaction import redact
+
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
+
+
+# Their values are never echoed, not even redacted.
+SECRET_VARIABLES = frozenset(
+    {"AUTH_JWT_SECRET", "DOWNLOAD_SIGNING_KEY", "METRICS_TOKEN", "AUTH_JWT_PUBLIC_KEY"}
+)
 
 
 class SettingsError(SystemExit):
@@ -22,14 +30,6 @@ class SettingsError(SystemExit):
         self.variable = variable
         self.problem = problem
         super().__init__(f"bad setting {variable}: {redact(problem)}")
-
-
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):[^@/\s]*@", re.I)
-
-
-def redact(text: str) -> str:
-    """URLs in `text` with their passwords replaced: `amqp://guest:***@host/`."""
-    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
 def _url_pattern(*schemes: str) -> msgspec.Meta:
@@ -188,8 +188,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as error:
         variable, problem = _variable_of(error)
-        if variable in env:
-            problem = f"{problem} (got {env[variable]!r})"
+        if variable in env and variable not in SECRET_VARIABLES:
+            problem = f"{problem} (got {env[variable]!r})"  # redacted by SettingsError
         raise SettingsError(variable, problem) from None
     _check(settings)
     return settings

@@ -37,6 +37,7 @@ from typing import Any
 
 from core.metrics import LOG_DAMAGE, PUBLISH_FAILURES, PUBLISHED, RESTARTS
 from core.ops_server import OpsServer
+from core.redaction import redact_logs
 from core.settings import Settings
 from core.tracked import ROUTING_KEY
 from ingest.amqp_frames import ConfirmingPublisher, PublishError
@@ -246,6 +247,7 @@ def run_relay(settings: Settings, parent: int = 0) -> None:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
         )
+        redact_logs()
 
     root = Path(settings.tracking_log_dir).resolve()
 

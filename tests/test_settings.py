@@ -1,5 +1,9 @@
+import io
+import logging
+
 import pytest
 
+from core.redaction import RedactingFilter, redact
 from core.settings import SettingsError, load_settings
 
 
@@ -123,3 +127,39 @@ def test_the_old_spool_variable_fails_at_boot_by_name() -> None:
     with pytest.raises(SettingsError) as raised:
         load_settings({"TRACKING_LOG_DIR": ""})
     assert "TRACKING_LOG_DIR" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("REDIS_URL", "redis:/user:s3cret-pw@host:6379/0"),
+        ("AMQP_URL", "amqp//guest:s3cret-pw@host:5672/"),
+        ("REDIS_URL", "redis//:s3cret-pw@host:6379/0"),
+        ("CLICKHOUSE_URL", "htp://default:s3cret-pw@ch:8123/analytics"),
+    ],
+)
+def test_a_malformed_url_fails_by_name_without_its_password(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings({variable: value})
+    message = str(raised.value)
+    assert variable in message and "s3cret-pw" not in message and ":***@" in message
+
+
+def test_log_lines_are_redacted_whoever_logs_them() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("a.library")
+    logger.addHandler(handler)
+    try:
+        logger.error("cannot connect to %s", "amqp://guest:s3cret-pw@rabbit:5672/")
+        try:
+            raise ConnectionError("Error connecting to redis:/user:s3cret-pw@host:6379/0")
+        except ConnectionError:
+            logger.exception("reconnecting")
+    finally:
+        logger.removeHandler(handler)
+    written = stream.getvalue()
+    assert "s3cret-pw" not in written
+    assert "amqp://guest:***@rabbit:5672/" in written and ":***@host:6379/0" in written
+    assert redact("no credentials: a:b c@d") == "no credentials: a:b c@d"
