@@ -13,6 +13,11 @@ REVENUE   day (REPORT_TIMEZONE), currency, orders, order_value, payments, revenu
           average_order_value
 PRODUCTS  product_id, views (PRODUCT_VIEW, bots excluded)
 FUNNELS   funnel, step_number, step, visitors, conversion_rate (windowFunnel, see funnels.py)
+
+CSV cells of free-text columns (those whose values come from beacons or publishers) that begin
+with `=`, `+`, `-`, `@`, a tab or a carriage return get a leading `'`, as OWASP recommends, so
+that a spreadsheet shows them instead of running them; numeric columns are left as they are.
+JSON and NDJSON carry every value unchanged.
 """
 
 from __future__ import annotations
@@ -38,6 +43,42 @@ MEDIA_TYPES: dict[str, str] = {
     "ndjson": "application/x-ndjson",
 }
 PAGE_ROWS = 25_000
+
+# Per report, the columns whose text a client or a publisher chose (ids are UUIDs, amounts
+# and counts numbers, days and times dates: none of those can start a formula).
+_FREE_TEXT = {
+    "BOOKINGS": ("event_type", "appointment_type"),
+    "ORDERS": ("currency",),
+    "REVENUE": ("currency",),
+    "PRODUCTS": ("product_id",),
+}
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# The same first characters as ClickHouse string literals ('\t' and '\r' are its escapes).
+_FORMULA_STARTS_SQL = "'=', '+', '-', '@', '\\t', '\\r'"
+
+
+def _cell(column: str) -> str:
+    text = f"toString({column})"
+    return (
+        f"if(substring({text}, 1, 1) IN ({_FORMULA_STARTS_SQL}),"
+        f" concat('\\'', {text}), {text}) AS {column}"
+    )
+
+
+def _for_format(report: str, select: str, fmt: Format) -> str:
+    """`select`, with its free-text columns neutralised when the format is CSV."""
+    if fmt != "CSV":
+        return select
+    replaced = ", ".join(_cell(column) for column in _FREE_TEXT[report])
+    return f"SELECT * REPLACE ({replaced}) FROM ({select})"
+
+
+def neutralised(value: object) -> object:
+    """A CSV cell written by Python: text that a spreadsheet would run gets a leading `'`."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
 
 _ROW_REPORTS = {
     "BOOKINGS": (
@@ -161,15 +202,18 @@ async def write_report(
         ):
             await out.page(
                 await warehouse.formatted(
-                    select + _PAGE,
+                    _for_format(report, select + _PAGE, fmt),
                     {"start": page_start, "end": page_end},
                     _clickhouse_format(fmt, number == 0),
                 )
             )
-    elif report == "REVENUE":
-        await out.page(await warehouse.formatted(_REVENUE, params, _clickhouse_format(fmt, True)))
-    elif report == "PRODUCTS":
-        await out.page(await warehouse.formatted(_PRODUCTS, params, _clickhouse_format(fmt, True)))
+    elif report in ("REVENUE", "PRODUCTS"):
+        select = _REVENUE if report == "REVENUE" else _PRODUCTS
+        await out.page(
+            await warehouse.formatted(
+                _for_format(report, select, fmt), params, _clickhouse_format(fmt, True)
+            )
+        )
     else:
         await out.page(await _funnel_report(warehouse, fmt, start, end, funnel_window_seconds))
     await out.close()
@@ -197,7 +241,7 @@ async def _funnel_report(
     out = io.StringIO()
     table = csv.DictWriter(out, fieldnames=_FUNNEL_COLUMNS, lineterminator="\n")
     table.writeheader()
-    table.writerows(rows)
+    table.writerows({key: neutralised(value) for key, value in row.items()} for row in rows)
     return out.getvalue().encode()
 
 

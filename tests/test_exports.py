@@ -25,7 +25,7 @@ from cli.demo_traffic import default_start, generate, load
 from core.clickhouse import Warehouse
 from core.settings import Settings
 from materialized import reports
-from tests.conftest import Running, free_port, job_of
+from tests.conftest import Running, event, free_port, job_of
 from tests.test_dashboard_api import bearer, token
 from workers import jobs
 
@@ -342,3 +342,40 @@ async def test_s3_create_bucket_that_cannot_be_made_stops_the_start(
     )
     with pytest.raises(StorageError, match="S3_CREATE_BUCKET: cannot create bucket"):
         await prepare_storage(bad, storage_for(bad))
+
+
+FORMULAS = ['=HYPERLINK("http://evil.test","x")', "+1+1", "-2+3", "@SUM(A1)", "\tindent", "\rback"]
+
+
+async def test_csv_cells_a_spreadsheet_would_run_are_neutralised_and_json_is_unchanged(
+    server: Running, warehouse: Warehouse
+) -> None:
+    products = [*FORMULAS, "kit-shaker-oak", "-"]
+    beacons = [
+        {**event(eventType="PRODUCT_VIEW"), "properties": {"productId": product}}
+        for product in products
+    ]
+    assert (await server.http.post("/v1/analytics/track", json=beacons)).status_code == 202
+    await server.drain()
+    start = datetime.now(UTC) - timedelta(days=1)
+    end = datetime.now(UTC) + timedelta(days=1)
+
+    async def export(fmt: reports.Format) -> str:
+        chunks: list[bytes] = []
+
+        async def write(data: bytes) -> None:
+            chunks.append(data)
+
+        zone = zoneinfo.ZoneInfo("Europe/London")
+        await reports.write_report(warehouse, "PRODUCTS", fmt, start, end, zone, write)
+        return b"".join(chunks).decode()
+
+    cells = {
+        row["product_id"]: row["views"]
+        for row in csv.DictReader(io.StringIO(await export("CSV"), newline=""))
+    }
+    assert set(cells) == {"'" + f for f in FORMULAS} | {"kit-shaker-oak", "'-"}
+    assert set(cells.values()) == {"1"}  # numbers stay numbers
+    unchanged = {row["product_id"]: row["views"] for row in json.loads(await export("JSON"))}
+    assert unchanged == dict.fromkeys(products, 1)
+    assert reports.neutralised("=1") == "'=1" and reports.neutralised(-2) == -2
