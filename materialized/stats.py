@@ -1,4 +1,4 @@
-"""Web analytics over the browser events: overview, breakdowns, time series, realtime.
+r"""Web analytics over the browser events: overview, breakdowns, time series, realtime.
 
 Definitions (../shared/DESIGN.md, "Stats definitions"): a visitor is the userId when known, else
 the sessionId; bots never count; duplicate beacons were dropped at ingest. Visitors and
@@ -18,14 +18,16 @@ Where the numbers come from:
   a filter exactly when its events do. Past that many events, unfiltered answers merge
   `uniqCombined64(12)` sketches from `stats_daily` (whole UTC days) and `stats_hourly` (the
   hours at both ends), whose standard error is about 1.6% (`visitorsExact` says which).
-A filter is `dimension:value` pairs joined by `;`; an event matches when every pair does, and a
-session counts when one of its events matches.
+A filter is `dimension:value` pairs joined by `;` (in a value `\;`, `\:` and `\\` stand for
+`;`, `:` and `\`); an event matches when every pair does, and a session counts when one of its
+events matches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import re
 import zoneinfo
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -74,22 +76,52 @@ class FilterError(ValueError):
     """A `filter` that cannot be read; the message says which part."""
 
 
+_ESCAPED = re.compile(r"\\([\\;:])")
+
+
+def _pairs(raw: str) -> list[str]:
+    r"""`raw` cut at every `;` that is not escaped (`\;`); escapes are kept for `_unescape`."""
+    parts, start, at = [], 0, 0
+    while at < len(raw):
+        if raw[at] == "\\" and raw[at + 1 : at + 2] in ("\\", ";", ":"):
+            at += 2
+            continue
+        if raw[at] == ";":
+            parts.append(raw[start:at])
+            start = at + 1
+        at += 1
+    parts.append(raw[start:])
+    return parts
+
+
+def _unescape(value: str) -> str:
+    return _ESCAPED.sub(r"\1", value)
+
+
+def escape_filter_value(value: str) -> str:
+    r"""A value as it goes into a filter: `\`, `;` and `:` escaped with a backslash."""
+    return re.sub(r"([\\;:])", r"\\\1", value)
+
+
 def parse_filter(raw: str | None) -> dict[str, str]:
-    """`country:GB;device:mobile` -> {"country": "GB", "device": "mobile"}."""
+    r"""`country:GB;device:mobile` -> {"country": "GB", "device": "mobile"}. In a value, `\;`
+    is a `;`, `\:` a `:` and `\\` a `\` (any other backslash stands for itself), so any value
+    a breakdown row shows can be filtered on: `page:/a\;country\:ZZ` is one page."""
     if raw is None or raw == "":
         return {}
     pairs: dict[str, str] = {}
-    parts = raw.split(";")
+    parts = _pairs(raw)
     if len(parts) > MAX_FILTERS:
         raise FilterError(f"at most {MAX_FILTERS} `dimension:value` pairs")
     for part in parts:
-        dimension, colon, value = part.partition(":")
+        dimension, colon, escaped = part.partition(":")
         if not colon:
             raise FilterError(f"{part!r} is not `dimension:value`")
         if dimension not in DIMENSIONS:
             raise FilterError(f"unknown dimension {dimension!r}; one of {' '.join(DIMENSIONS)}")
         if dimension in pairs:
             raise FilterError(f"dimension {dimension!r} is given twice")
+        value = _unescape(escaped)
         if len(value) > MAX_FILTER_VALUE_CHARS:
             raise FilterError(f"the value of {dimension!r} is over {MAX_FILTER_VALUE_CHARS} chars")
         pairs[dimension] = value

@@ -63,8 +63,14 @@
     return { from: addDays(today, 1 - days), to: addDays(today, 1), hourly: days === 1 };
   }
 
+  // A value may hold anything a beacon sent: `\`, `;` and `:` are escaped so that it stays
+  // one value (the API reads `\;` as `;`), never a second filter.
+  function filterValue(v) {
+    return v.replace(/[\\;:]/g, (c) => "\\" + c);
+  }
+
   function filterParam() {
-    return Object.entries(state.filters).map(([d, v]) => `${d}:${v}`).join(";");
+    return Object.entries(state.filters).map(([d, v]) => `${d}:${filterValue(v)}`).join(";");
   }
 
   class Unauthorised extends Error {}
