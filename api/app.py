@@ -14,6 +14,7 @@ from sanic.response import HTTPResponse, json
 
 from api import admin_jobs, admin_page, assets, dashboard, exports, openapi, ops, stats
 from api.auth import AdminAuth
+from api.connections import ConnectionLimits, raise_descriptor_limit
 from api.services import Services, app_services
 from consumers.consumer import DomainEventConsumer
 from core.clickhouse import WarehouseError
@@ -97,6 +98,12 @@ def create_app(
     app.blueprint(assets.bp)
     app.blueprint(admin_page.bp)
     app.ctx.admin_auth = AdminAuth(settings)
+    app.ctx.connection_limits = ConnectionLimits(
+        total=min(settings.max_connections, max(16, raise_descriptor_limit() - 512)),
+        per_address=settings.max_connections_per_client,
+        deadline_s=settings.request_deadline_seconds,
+        trusted=settings.trusted_networks,
+    )
     app.ctx.stopping = False
 
     @app.before_server_stop

@@ -60,6 +60,7 @@ def _serve(settings: Settings, *, embedded: bool) -> int:
     from sanic.worker.loader import AppLoader
 
     from api.app import create_app
+    from api.connections import GuardedProtocol
 
     _tune_gc()
     # Embedded, the event.tracked relay is a child process; in server mode, `analytics relay`.
@@ -73,6 +74,7 @@ def _serve(settings: Settings, *, embedded: bool) -> int:
         workers=1 if embedded else settings.api_workers,
         motd=False,
         access_log=False,
+        protocol=GuardedProtocol,
     )
     if embedded:
         Sanic.serve_single(app)

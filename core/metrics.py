@@ -95,6 +95,12 @@ LOG_DAMAGE = Counter(
 REDIS_FAILURES = Counter(
     "redis_unavailable", "Redis calls that failed; ingest went on without them", ["operation"]
 )
+CONNECTIONS_REFUSED = Counter(
+    "http_connections_refused",
+    "Connections answered 503 and closed past a cap (total, per_address), or closed when a"
+    " request did not arrive whole in time (deadline)",
+    ["reason"],
+)
 RATE_LIMIT_FAIL_OPEN = Counter(
     "rate_limit_fail_open", "Requests let through because Redis could not be asked"
 )

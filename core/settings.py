@@ -100,6 +100,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     # When set, /metrics answers only `Authorization: Bearer <token>`.
     metrics_token: str = ""
+    # Open HTTP connections one API process keeps, in all and per client address (IPv6: per
+    # /64; a trusted proxy's own address is not capped); past them a connection is answered
+    # 503 and closed. The total is held under the descriptor limit at start.
+    max_connections: Annotated[int, msgspec.Meta(ge=16, le=1_000_000)] = 4096
+    max_connections_per_client: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 64
+    # A request must arrive whole (headers and body) this soon after its first byte.
+    request_deadline_seconds: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
 
     @property
     def base_url(self) -> str:

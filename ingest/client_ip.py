@@ -32,6 +32,12 @@ def _trusted(address: Address, trusted: Sequence[Network]) -> bool:
     return any(address in net for net in trusted)
 
 
+def is_trusted(address: str, trusted: Sequence[Network]) -> bool:
+    """Whether the socket peer `address` is one of our proxies."""
+    parsed = _parse(address)
+    return parsed is not None and _trusted(parsed, trusted)
+
+
 def client_ip(peer: str, forwarded_for: Sequence[str], trusted: Sequence[Network]) -> str:
     """The socket peer, unless it is a trusted proxy: then the right-most untrusted hop.
 

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from sanic import Sanic
 
 from api.app import create_app
+from api.connections import GuardedProtocol
 from api.services import Services, app_services
 from consumers.consumer import DomainEventConsumer
 from core.clickhouse import Warehouse
@@ -198,6 +199,7 @@ async def make_server(
     async def start(settings: Settings) -> Running:
         app = create_app(settings, name=f"t{uuid.uuid4().hex[:10]}")
         server = await app.create_server(
+            protocol=GuardedProtocol,
             host="127.0.0.1",
             port=settings.port,
             return_asyncio_server=True,
