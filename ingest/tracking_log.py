@@ -323,6 +323,15 @@ class TrackingLog:
                 return Batch(directory, segment, rows)
         return None
 
+    def unread(self, batch: Batch) -> None:
+        """A batch the writer did not place (shutdown came, or it failed): read it again."""
+        directory = batch.directory
+        if directory.taken == mark_past(batch.segment.name):
+            directory.taken = directory.placed
+        if directory.own:
+            directory.cache.setdefault(batch.segment.name, batch.rows)
+        self.ready.set()
+
     # -- both readers' marks: trimming, the backlog
 
     async def _maintain_loop(self) -> None:

@@ -28,6 +28,7 @@ from core.metrics import (
     FLUSH_SECONDS,
     INSERT_FAILURES,
     REDIS_FAILURES,
+    RESTARTS,
     WRITER_STALLED,
 )
 from core.retry_queue import RetryBatch
@@ -96,7 +97,13 @@ class LogWriter:
             except TimeoutError:
                 self._log.seal()  # the timer: what the open segment holds is a batch now
             self._log.ready.clear()
-            await self._write_ready()
+            try:
+                await self._write_ready()
+            except Exception:  # a bug or the unforeseen: the batch is read again, later
+                RESTARTS.labels("writer").inc()
+                log.exception("writer: placing a batch failed; it is read again in 1 s")
+                await asyncio.sleep(1.0)
+                self._log.ready.set()
 
     async def flush(self) -> None:
         """Place every event accepted so far (tests, shutdown)."""
@@ -107,7 +114,13 @@ class LogWriter:
     async def _write_ready(self) -> None:
         async with self._lock:
             while (batch := self._log.next_batch()) is not None:
-                if not await self._place(batch):
+                try:
+                    placed = await self._place(batch)
+                except BaseException:
+                    self._log.unread(batch)  # not placed: the next read takes it again
+                    raise
+                if not placed:
+                    self._log.unread(batch)
                     return
 
     async def _place(self, batch: Batch) -> bool:

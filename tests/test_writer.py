@@ -285,3 +285,26 @@ async def test_rows_clickhouse_refuses_for_their_data_are_isolated_and_kept_apar
     ]
     assert sorted(announced) == sorted(str(r.event_id) for r in accepted if r.event_id != poisoned)
     assert tracking_log.unread_rows == 0
+
+
+async def test_a_failure_no_one_foresaw_leaves_the_batch_to_be_read_again(
+    tracking_log: TrackingLog, warehouse: Warehouse, redis: Redis
+) -> None:
+    calls = 0
+
+    async def fails_once(batch: list[TrackingRow], owner: int) -> list[TrackingRow]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return batch
+
+    restarts = counter("component_restarts", component="writer")
+    running = writer(tracking_log, warehouse, redis, interval_ms=50, prepare=fails_once)
+    running.start()
+    accepted = rows(7)
+    await tracking_log.append(accepted)
+    assert await wait_count(warehouse, 7) == 7
+    assert counter("component_restarts", component="writer") == restarts + 1
+    await running.close()
+    assert tracking_log.unread_rows == 0 and await count(warehouse) == 7
