@@ -130,6 +130,9 @@ class TrackingLog:
         for directory in self._directories:
             for segment in directory.segments:
                 segment.seal()
+            if directory.segments and not directory.unread:
+                # Every row is placed: what is left is messages, the relay's to finish.
+                directory.placed = max(directory.placed, mark_past(directory.segments[-1].name))
         self.maintain()
 
     async def relayed(self, within: float) -> bool:
