@@ -6,13 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
 import signal
 import sys
 from functools import partial
 from typing import Any
 
-from core.redaction import redact, redact_logs
+from core.redaction import configure_logging, redact
 from core.settings import Settings, SettingsError, load_settings
 
 
@@ -223,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--ttl", type=int, default=3600, help="seconds")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    redact_logs()
+    configure_logging()
     try:
         settings = load_settings()
     except SettingsError as error:

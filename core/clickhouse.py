@@ -220,29 +220,30 @@ class Warehouse:
         await self._run(insert)
 
     async def insert_isolating(
-        self, table: str, columns: Sequence[str], lines: list[bytes], *, dedup_token: str
-    ) -> list[tuple[int, str]]:
-        """Insert JSONCompactEachRow `lines` (each ending in a newline). When ClickHouse
-        refuses them for their data, halve until each refused line is alone, and return those
-        lines' indexes with the reason; the rest are stored. The halves' tokens follow from
-        the whole's, so the same lines split again store nothing twice. A temporary refusal
-        raises WarehouseError as `insert_lines` does."""
+        self, table: str, columns: Sequence[str], data: bytes, *, dedup_token: str
+    ) -> list[tuple[int, bytes, str]]:
+        """`insert_lines`, except that when ClickHouse refuses the lines for their data they
+        are halved until each refused line is alone: returns those lines (index, line,
+        ClickHouse's reason); the rest are stored. The halves' tokens follow from the whole's,
+        so the same lines split again store nothing twice. A temporary refusal raises
+        WarehouseError as `insert_lines` does (then nothing is known to be stored)."""
         try:
-            await self.insert_lines(table, columns, b"".join(lines), dedup_token=dedup_token)
+            await self.insert_lines(table, columns, data, dedup_token=dedup_token)
             return []
         except WarehouseError as error:
             if not error.permanent:
                 raise
+            lines = data.splitlines(keepends=True)
             if len(lines) == 1:
-                return [(0, str(error))]
+                return [(0, data, str(error))]
         middle = len(lines) // 2
         first = await self.insert_isolating(
-            table, columns, lines[:middle], dedup_token=f"{dedup_token}.0"
+            table, columns, b"".join(lines[:middle]), dedup_token=f"{dedup_token}.0"
         )
         second = await self.insert_isolating(
-            table, columns, lines[middle:], dedup_token=f"{dedup_token}.1"
+            table, columns, b"".join(lines[middle:]), dedup_token=f"{dedup_token}.1"
         )
-        return first + [(middle + index, reason) for index, reason in second]
+        return first + [(middle + at, line, reason) for at, line, reason in second]
 
     async def insert_raw(self, table: str, columns: Sequence[str], data: bytes, fmt: str) -> None:
         """Insert a file ClickHouse reads itself (Parquet, CSV...)."""

@@ -36,7 +36,8 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def redact_logs() -> None:
-    """Put the filter on every handler of the root logger (call after configuring it)."""
+def configure_logging() -> None:
+    """Every process's logging: INFO and up to stderr, each line redacted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())

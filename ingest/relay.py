@@ -37,7 +37,7 @@ from typing import Any
 
 from core.metrics import LOG_DAMAGE, PUBLISH_FAILURES, PUBLISHED, RESTARTS
 from core.ops_server import OpsServer
-from core.redaction import redact_logs
+from core.redaction import configure_logging
 from core.settings import Settings
 from core.tracked import ROUTING_KEY
 from ingest.amqp_frames import ConfirmingPublisher, PublishError
@@ -55,6 +55,7 @@ from ingest.log_files import (
     stem,
     write_relay_offset,
 )
+from ingest.log_files import segments as log_segments
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +149,6 @@ class Relay:
                 continue
             self._claims[directory] = _Claim(directory, fd, read_relay_offset(directory))
 
-    def _segments(self, directory: Path, after: str) -> list[Path]:
-        return sorted(p for p in directory.iterdir() if is_segment(p) and stem(p) >= after)
-
     async def _drain(self, claim: _Claim, publisher: ConfirmingPublisher) -> int:
         directory = claim.directory
         floor = read_mark(directory / RELAY_FLOOR)
@@ -158,7 +156,7 @@ class Relay:
             claim.offset = RelayOffset(floor, 0, claim.offset.published)
             write_relay_offset(directory, claim.offset)
         try:
-            segments = self._segments(directory, claim.offset.segment)
+            segments = [p for p in log_segments(directory) if stem(p) >= claim.offset.segment]
         except FileNotFoundError:
             self._forget(claim)
             return 0
@@ -244,10 +242,7 @@ def run_relay(settings: Settings, parent: int = 0) -> None:
     """A relay process: `analytics relay`, or (with `parent`) `analytics serve`'s child, which
     stops when its parent is gone however the parent went. SIGTERM or SIGINT stop it."""
     if not logging.getLogger().handlers:  # a spawned child starts with no logging set up
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-        )
-        redact_logs()
+        configure_logging()
 
     root = Path(settings.tracking_log_dir).resolve()
 

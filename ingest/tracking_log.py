@@ -106,6 +106,7 @@ class TrackingLog:
         self._helper = FsyncHelper()
         self._published_seen = 0
         self._last_failure = ""
+        self._closed = False
         self.ready = asyncio.Event()  # set when a sealed segment with rows is durable
         self.backlog = 0  # messages the relay has not published, as of the last `maintain`
         if any(d.unread for d in adopted):
@@ -121,7 +122,11 @@ class TrackingLog:
         self._task = asyncio.create_task(self._maintain_loop(), name="tracking-log")
 
     async def close(self) -> None:
-        """Write what is waiting and seal; segments stay until both readers are past them."""
+        """Write what is waiting and seal; segments stay until both readers are past them.
+        A second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

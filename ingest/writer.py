@@ -152,15 +152,20 @@ class LogWriter:
         data = _encode_lines(rows)
         started = time.perf_counter()
         try:
-            await self._warehouse.insert_lines(TABLE, TRACKING_COLUMNS, data, dedup_token=token)
+            refused = await self._warehouse.insert_isolating(
+                TABLE, TRACKING_COLUMNS, data, dedup_token=token
+            )
         except WarehouseError as error:
             INSERT_FAILURES.labels(TABLE).inc()
             log.warning("insert of %d rows into %s failed: %s", len(rows), TABLE, error)
-            if error.permanent:
-                return await self._isolate(token, rows, data)
         else:
             FLUSH_SECONDS.observe(time.perf_counter() - started)
             BATCH_ROWS.observe(len(rows))
+            if refused:  # refused for their data: never retried, kept apart
+                INSERT_FAILURES.labels(TABLE).inc()
+                await self._dead_letter([(line, reason) for _, line, reason in refused])
+                dropped = {at for at, _, _ in refused}
+                rows = [row for at, row in enumerate(rows) if at not in dropped]
             record_stored(rows)
             return rows
         batch = RetryBatch(
@@ -173,20 +178,3 @@ class LogWriter:
             REDIS_FAILURES.labels("retry_hand_off").inc()
             log.warning("retry queue unavailable; the log keeps %d rows: %s", len(rows), error)
             return None
-
-    async def _isolate(
-        self, token: str, rows: list[TrackingRow], data: bytes
-    ) -> list[TrackingRow] | None:
-        """A refusal for the data: store the rows ClickHouse takes, dead-letter the others."""
-        lines = data.splitlines(keepends=True)
-        try:
-            refused = await self._warehouse.insert_isolating(
-                TABLE, TRACKING_COLUMNS, lines, dedup_token=token
-            )
-        except WarehouseError:
-            return None  # unavailable mid-way: the whole batch again, later (same tokens)
-        await self._dead_letter([(lines[at], reason) for at, reason in refused])
-        dropped = {at for at, _ in refused}
-        stored = [row for at, row in enumerate(rows) if at not in dropped]
-        record_stored(stored)
-        return stored

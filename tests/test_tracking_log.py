@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -56,6 +56,27 @@ def log_in(root: Path, **options: Any) -> TrackingLog:
     return open_log(str(root), count_published=False, **options)
 
 
+Started = Callable[..., Awaitable[TrackingLog]]
+
+
+@pytest.fixture
+async def started(tmp_path: Path) -> AsyncIterator[Started]:
+    """`await started(**options)`: a running log under the test's directory (or `root=`),
+    closed and let go of after the test."""
+    opened: list[TrackingLog] = []
+
+    async def start(root: Path | None = None, **options: Any) -> TrackingLog:
+        tracking_log = log_in(root or tmp_path / "log", **options)
+        await tracking_log.start()
+        opened.append(tracking_log)
+        return tracking_log
+
+    yield start
+    for tracking_log in opened:
+        await tracking_log.close()
+        tracking_log.release()
+
+
 def writer_of(tracking_log: TrackingLog, warehouse: Warehouse, redis: Redis) -> LogWriter:
     # Not started: it places what the log holds on `flush`.
     return LogWriter(
@@ -81,10 +102,9 @@ async def stored(warehouse: Warehouse) -> list[uuid.UUID]:
 
 
 async def test_appends_are_answered_once_fsynced_and_the_loop_fsyncs_without_the_helper(
-    tmp_path: Path,
+    started: Started,
 ) -> None:
-    tracking_log = log_in(tmp_path / "log")
-    await tracking_log.start()
+    tracking_log = await started()
     assert tracking_log._helper.running
     await tracking_log.append(rows(3))
     await tracking_log.append(rows(2))
@@ -100,13 +120,10 @@ async def test_appends_are_answered_once_fsynced_and_the_loop_fsyncs_without_the
     assert not tracking_log._helper.running
     await tracking_log.append(rows(4))
     assert tracking_log.unread_rows == 9
-    await tracking_log.close()
-    tracking_log.release()
 
 
-async def test_a_segment_is_one_batch_sealed_by_size_or_by_the_timer(tmp_path: Path) -> None:
-    tracking_log = log_in(tmp_path / "log", rows_per_segment=10)
-    await tracking_log.start()
+async def test_a_segment_is_one_batch_sealed_by_size_or_by_the_timer(started: Started) -> None:
+    tracking_log = await started(rows_per_segment=10)
     groups = [rows(3) for _ in range(4)]
     for group in groups:
         await tracking_log.append(group)
@@ -125,16 +142,13 @@ async def test_a_segment_is_one_batch_sealed_by_size_or_by_the_timer(tmp_path: P
     second = tracking_log.next_batch()
     assert second is not None and [r.event_id for r in second.rows] == [r.event_id for r in later]
     assert tracking_log.unread_rows == 2
-    await tracking_log.close()
-    tracking_log.release()
 
 
 async def test_a_commit_announces_and_a_segment_goes_once_both_readers_are_past_it(
-    tmp_path: Path, warehouse: Warehouse, redis: Redis
+    started: Started, warehouse: Warehouse, redis: Redis
 ) -> None:
-    tracking_log = log_in(tmp_path / "log")
+    tracking_log = await started()
     directory = tracking_log.directory
-    await tracking_log.start()
     writer = writer_of(tracking_log, warehouse, redis)
     accepted = rows(4)
     await tracking_log.append(accepted)
@@ -160,15 +174,13 @@ async def test_a_commit_announces_and_a_segment_goes_once_both_readers_are_past_
     assert tracking_log.backlog == 0
     await tracking_log.close()  # every row placed and every message read: nothing is left
     assert sorted(directory.glob("*.jsonl")) == []
-    tracking_log.release()
 
 
 async def test_past_its_bound_the_relay_skips_the_oldest_messages_and_they_are_counted(
-    tmp_path: Path,
+    started: Started,
 ) -> None:
-    tracking_log = log_in(tmp_path / "log", rows_per_segment=100, max_backlog_bytes=200_000)
+    tracking_log = await started(rows_per_segment=100, max_backlog_bytes=200_000)
     directory = tracking_log.directory
-    await tracking_log.start()
     lost = counter("analytics_publish_lost", routing_key="lomash.analytics.event.tracked")
     lost_events = counter("analytics_events_lost", reason="publish_lost")
     batches = [rows(100) for _ in range(10)]
@@ -192,8 +204,6 @@ async def test_past_its_bound_the_relay_skips_the_oldest_messages_and_they_are_c
     write_relay_offset(directory, RelayOffset(floor, 0, 0))
     tracking_log.maintain()
     assert sorted(directory.glob("*.jsonl")) == kept
-    await tracking_log.close()
-    tracking_log.release()
 
 
 def test_the_helper_answers_each_path_in_order_and_names_a_failure(tmp_path: Path) -> None:
@@ -310,12 +320,8 @@ async def test_a_stopped_log_is_read_from_its_last_commit_and_a_landed_batch_is_
 
 
 @pytest.fixture
-async def on_small_disk(small_disk: Path) -> AsyncIterator[TrackingLog]:
-    tracking_log = log_in(small_disk / "log")
-    await tracking_log.start()
-    yield tracking_log
-    await tracking_log.close()
-    tracking_log.release()
+async def on_small_disk(small_disk: Path, started: Started) -> TrackingLog:
+    return await started(small_disk / "log")
 
 
 async def test_a_full_disk_refuses_the_group_whole_and_the_log_goes_on_once_freed(
@@ -378,12 +384,11 @@ def mount(*args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 async def test_a_read_only_log_directory_answers_errors_and_recovers(
-    tmp_path: Path, warehouse: Warehouse, redis: Redis
+    started: Started, warehouse: Warehouse, redis: Redis
 ) -> None:
     """Made read-only under the running process (a remount): the open segment takes writes,
     no new one can be made, so groups are refused until it is writable again."""
-    tracking_log = log_in(tmp_path / "log")
-    await tracking_log.start()
+    tracking_log = await started()
     directory = str(tracking_log.directory)
     first = rows(5)
     await tracking_log.append(first)
@@ -391,8 +396,6 @@ async def test_a_read_only_log_directory_answers_errors_and_recovers(
     await tracking_log.durable()
     bound = mount("--bind", directory, directory)
     if bound.returncode != 0:
-        await tracking_log.close()
-        tracking_log.release()
         pytest.skip(f"cannot bind-mount here: {bound.stderr.decode().strip()}")
     try:
         assert mount("-o", "remount,ro,bind", directory).returncode == 0
@@ -405,15 +408,12 @@ async def test_a_read_only_log_directory_answers_errors_and_recovers(
     await tracking_log.append(later)
     await writer_of(tracking_log, warehouse, redis).flush()
     assert sorted(await stored(warehouse)) == sorted(r.event_id for r in first + later)
-    await tracking_log.close()
-    tracking_log.release()
 
 
 async def test_a_log_directory_removed_at_run_time_is_made_again_with_what_it_held(
-    tmp_path: Path, warehouse: Warehouse, redis: Redis
+    started: Started, warehouse: Warehouse, redis: Redis
 ) -> None:
-    tracking_log = log_in(tmp_path / "log")
-    await tracking_log.start()
+    tracking_log = await started()
     held = rows(7)
     await tracking_log.append(held)
     removed = counter("tracking_log_damage", reader="log", kind="directory_removed")
@@ -427,5 +427,3 @@ async def test_a_log_directory_removed_at_run_time_is_made_again_with_what_it_he
     await writer_of(tracking_log, warehouse, redis).flush()
     assert sorted(await stored(warehouse)) == sorted(r.event_id for r in held + later)
     assert (tracking_log.directory / ".lock").exists()
-    await tracking_log.close()
-    tracking_log.release()

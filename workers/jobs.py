@@ -72,23 +72,27 @@ async def retry_failed_batches(ctx: dict[str, Any]) -> str:
         if not waiting:
             break
         for raw, batch in waiting:
-            lines = batch.data.splitlines(keepends=True)
             try:
                 # A refusal for the data isolates the refused rows; they are kept apart.
                 refused = await warehouse.insert_isolating(
-                    batch.table, batch.columns, lines, dedup_token=batch.token
+                    batch.table, batch.columns, batch.data, dedup_token=batch.token
                 )
             except WarehouseError as error:
                 log.warning("retry of a batch of %d rows failed: %s", batch.rows, error)
                 return f"stored {stored} rows; ClickHouse still refusing"
+            data = batch.data
             if refused:
-                await queue.dead_letter(batch.table, [(lines[at], why) for at, why in refused])
+                await queue.dead_letter(batch.table, [(line, why) for _, line, why in refused])
+                dropped = {at for at, _, _ in refused}
+                data = b"".join(
+                    line
+                    for at, line in enumerate(data.splitlines(keepends=True))
+                    if at not in dropped
+                )
             await queue.done(raw)
-            dropped = {at for at, _ in refused}
-            kept = [line for at, line in enumerate(lines) if at not in dropped]
-            stored += len(kept)
+            stored += batch.rows - len(refused)
             if batch.table == "tracking_events":
-                record_stored(_tracking_rows.decode_lines(b"".join(kept)))
+                record_stored(_tracking_rows.decode_lines(data))
     return f"stored {stored} rows"
 
 
