@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import msgspec
+from redis.exceptions import RedisError
 from sanic import Blueprint, HTTPResponse, Request, json
 from sanic.response import ResponseStream, file_stream
 
@@ -88,11 +89,20 @@ async def create_export(request: Request, claims: dict[str, Any]) -> HTTPRespons
         requested_by=str(claims.get("sub", "")),
         created_at=datetime.now(UTC),
     )
-    await export_state.save(svc.runtime.redis, export_id, state)
-    await svc.runtime.redis.enqueue_job(
-        Job.EXPORT_REPORT, export_id, _job_id=export_job_id(export_id)
-    )
+    try:
+        await export_state.save(svc.runtime.redis, export_id, state)
+        await svc.runtime.redis.enqueue_job(
+            Job.EXPORT_REPORT, export_id, _job_id=export_job_id(export_id)
+        )
+    except (RedisError, OSError) as error:  # down, or full (noeviction refuses the write)
+        return _queue_unavailable(error)
     return answer(ExportQueued(export_id), status=202)
+
+
+def _queue_unavailable(error: Exception) -> HTTPResponse:
+    return json(
+        {"error": f"job queue unavailable: {error}"}, status=503, headers={"Retry-After": "5"}
+    )
 
 
 @bp.get("/v1/analytics/exports/<export_id:str>")
@@ -102,7 +112,10 @@ async def export_status(request: Request, export_id: str, claims: dict[str, Any]
         uuid.UUID(export_id)
     except ValueError:
         return json({"error": f"no export {export_id!r}"}, status=404)
-    state = await export_state.load(services(request).runtime.redis, export_id)
+    try:
+        state = await export_state.load(services(request).runtime.redis, export_id)
+    except (RedisError, OSError) as error:
+        return _queue_unavailable(error)
     if state is None:
         return json({"error": f"no export {export_id!r}"}, status=404)
     found = ExportAnswer(

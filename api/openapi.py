@@ -286,6 +286,7 @@ DOCUMENT: dict[str, Any] = {
                     "200": _json(ref(ExportAnswer), "state"),
                     **DENIED,
                     "404": _error("unknown export"),
+                    "503": _error("job queue unavailable"),
                 },
             }
         },

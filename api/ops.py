@@ -23,6 +23,7 @@ from core.metrics import (
     exposition,
 )
 from core.ops_server import bearer_matches
+from core.redis_memory import RedisRole, observe
 from materialized import snapshots
 
 bp = Blueprint("ops")
@@ -110,4 +111,12 @@ async def metrics(request: Request) -> HTTPResponse:
         RETRY_QUEUE_DEPTH.set(depth)
         if age is not None:
             DASHBOARD_SNAPSHOT_AGE.set(age)
+    async with best_effort("metrics"):
+        await asyncio.wait_for(
+            asyncio.gather(
+                observe(RedisRole.DURABLE, svc.runtime.redis),
+                observe(RedisRole.EPHEMERAL, svc.runtime.cache),
+            ),
+            timeout=1,
+        )
     return HTTPResponse(exposition(), content_type=CONTENT_TYPE_LATEST)

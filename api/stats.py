@@ -110,7 +110,7 @@ async def _answer(
     key = _cache_key(request, start, end)
     cached: bytes | None = None
     async with best_effort("stats_cache"):
-        cached = await svc.runtime.redis.get(key)
+        cached = await svc.runtime.cache.get(key)
     if cached is not None:
         return cached_json(cached, "HIT")
     try:
@@ -119,7 +119,7 @@ async def _answer(
         return _unavailable(error)
     settled = end <= datetime.now(UTC) - SETTLED_AFTER
     async with best_effort("stats_cache"):
-        await svc.runtime.redis.set(
+        await svc.runtime.cache.set(
             key, body, ex=CLOSED_CACHE_SECONDS if settled else OPEN_CACHE_SECONDS
         )
     return cached_json(body, "MISS")

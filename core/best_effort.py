@@ -40,14 +40,21 @@ class best_effort:
             return False
         self.failed = True
         REDIS_FAILURES.labels(self.operation).inc()
-        now = time.monotonic()
-        if now - _last_logged.get(self.operation, -QUIET_SECONDS) >= QUIET_SECONDS:
-            _last_logged[self.operation] = now
-            log.warning(
-                "%s skipped (%s: %s); counted in redis_unavailable_total, quiet for %.0fs",
-                self.operation,
-                type(error).__name__,
-                error,
-                QUIET_SECONDS,
-            )
+        warn_quietly(
+            self.operation,
+            "%s skipped (%s: %s); counted in redis_unavailable_total",
+            self.operation,
+            type(error).__name__,
+            error,
+        )
         return True
+
+
+def warn_quietly(operation: str, message: str, *args: object) -> bool:
+    """Log `message` unless `operation` was logged in the last QUIET_SECONDS; True if logged."""
+    now = time.monotonic()
+    if now - _last_logged.get(operation, -QUIET_SECONDS) < QUIET_SECONDS:
+        return False
+    _last_logged[operation] = now
+    log.warning(message + f" (quiet for {QUIET_SECONDS:.0f}s)", *args)
+    return True

@@ -37,7 +37,9 @@ def accepted_event(event_id: bytes) -> bytes:
 
 
 def session(session_id: bytes) -> bytes:
-    return b"lw:sess:" + session_id
+    # `lw:s:`, not the hashes `lw:sess:` held before sessions were packed into one string:
+    # those expire on their own instead of failing the session step with WRONGTYPE.
+    return b"lw:s:" + session_id
 
 
 def visitor(user_id: bytes) -> bytes:

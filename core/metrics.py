@@ -95,6 +95,24 @@ LOG_DAMAGE = Counter(
 REDIS_FAILURES = Counter(
     "redis_unavailable", "Redis calls that failed; ingest went on without them", ["operation"]
 )
+REDIS_EVICTED_KEYS = Gauge(
+    "redis_evicted_keys",
+    "Keys the Redis of this role evicted since it started (INFO evicted_keys, read at scrape)",
+    ["redis"],
+    multiprocess_mode="mostrecent",
+)
+REDIS_EVICTION_ALLOWED = Gauge(
+    "redis_eviction_allowed",
+    "1 when the Redis of this role may evict keys (its maxmemory-policy is not noeviction)",
+    ["redis"],
+    multiprocess_mode="mostrecent",
+)
+REDIS_MEMORY_USED_RATIO = Gauge(
+    "redis_memory_used_ratio",
+    "used_memory over maxmemory of the Redis of this role (0 without a maxmemory)",
+    ["redis"],
+    multiprocess_mode="mostrecent",
+)
 CONNECTIONS_REFUSED = Counter(
     "http_connections_refused",
     "Connections answered 503 and closed past a cap (total, per_address), or closed when a"

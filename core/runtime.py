@@ -18,6 +18,7 @@ from arq.connections import ArqRedis
 from core.clickhouse import Warehouse
 from core.migrations import open_migrated
 from core.publisher import EventPublisher
+from core.redis_memory import warn_if_evicting
 from core.retry_queue import RetryQueue
 from core.settings import Settings
 from core.storage import Storage, prepare_storage, storage_for
@@ -47,7 +48,8 @@ class Runtime:
     settings: Settings
     roles: frozenset[Role]
     warehouse: Warehouse
-    redis: ArqRedis  # a redis.asyncio client that can also enqueue arq jobs
+    redis: ArqRedis  # the durable Redis, a redis.asyncio client that can also enqueue arq jobs
+    cache: ArqRedis  # ephemeral state (CACHE_REDIS_URL): the same client when it is REDIS_URL
     publisher: EventPublisher
     retry_queue: RetryQueue
     _storage: Storage | None
@@ -57,8 +59,9 @@ class Runtime:
     async def open(
         cls, settings: Settings, roles: set[Role], *, redis: ArqRedis | None = None
     ) -> Runtime:
-        """ClickHouse (created and migrated), Redis (`redis` when the caller owns one, as
-        arq's worker does), the publisher (connecting in the background) and the storage."""
+        """ClickHouse (created and migrated), the durable Redis (`redis` when the caller owns
+        one, as arq's worker does) and the ephemeral one, the publisher (connecting in the
+        background) and the storage."""
         stack = AsyncExitStack()
         try:
             warehouse, applied = await open_migrated(settings)
@@ -68,6 +71,11 @@ class Runtime:
             if redis is None:
                 redis = redis_client(settings.redis_url)
                 stack.push_async_callback(redis.aclose)
+            await warn_if_evicting(redis)
+            cache = redis
+            if settings.ephemeral_redis_url != settings.redis_url:
+                cache = redis_client(settings.ephemeral_redis_url)
+                stack.push_async_callback(cache.aclose)
             publisher = EventPublisher(settings.amqp_url, settings.amqp_exchange)
             stack.push_async_callback(publisher.close)
             publisher.start()
@@ -82,6 +90,7 @@ class Runtime:
             roles=frozenset(roles),
             warehouse=warehouse,
             redis=redis,
+            cache=cache,
             publisher=publisher,
             retry_queue=RetryQueue(redis),
             _storage=storage,

@@ -54,7 +54,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     )
     # Server mode on a cluster: DDL gets ON CLUSTER and Replicated engines.
     clickhouse_cluster: str = ""
+    # The durable Redis: the retry queue, arq's jobs, export states, job coverage. Run it with
+    # `maxmemory-policy noeviction` (and an append-only file): a full one refuses writes loudly.
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0"
+    # Ephemeral state that clients create (sessions, event-id claims, known users, rate
+    # windows, stats answers), all with a TTL: its own Redis with `allkeys-lru` in production,
+    # so anonymous traffic can only evict other ephemeral state. Unset: REDIS_URL.
+    cache_redis_url: RedisUrl | None = None
     amqp_url: AmqpUrl = "amqp://guest:guest@127.0.0.1:5672/"
     amqp_exchange: Annotated[str, msgspec.Meta(min_length=1)] = "lomash.events"
     # Our own durable queue on that exchange (dead letters go to `<queue>.dlq`).
@@ -123,6 +129,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f" {MIN_SECRET_BYTES} random bytes (e.g. `openssl rand -base64 48`)",
             )
         return key
+
+    @property
+    def ephemeral_redis_url(self) -> str:
+        return self.cache_redis_url or self.redis_url
 
     @property
     def metrics_dir(self) -> Path:

@@ -58,7 +58,7 @@ class Pipeline:
             tracking_log,
             runtime.warehouse,
             interval_ms=settings.flush_interval_ms,
-            prepare=SessionStore(redis).enrich,
+            prepare=SessionStore(runtime.cache).enrich,
             hand_off=hand_off,
             dead_letter=partial(runtime.retry_queue.dead_letter, "tracking_events"),
         )
@@ -66,7 +66,7 @@ class Pipeline:
         return cls(
             settings=settings,
             limiter=RateLimiter(
-                redis, settings.rate_limit_per_window, settings.event_budget_per_window
+                runtime.cache, settings.rate_limit_per_window, settings.event_budget_per_window
             ),
             geo=GeoLocator(settings.geoip_db) if settings.geoip_db else None,
             trusted_proxies=settings.trusted_networks,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -28,9 +27,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core import keys
+from core.best_effort import warn_quietly
 from core.metrics import RATE_LIMIT_FAIL_OPEN
-
-log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
@@ -185,8 +183,12 @@ class RateLimiter:
         except (RedisError, OSError) as error:  # Redis down or slow: fail open, counted
             RATE_LIMIT_FAIL_OPEN.inc(len(requests))
             self._skip_until = time.monotonic() + 1.0
-            log.warning(
-                "rate limit check failed, letting %d requests through: %s", len(requests), error
+            warn_quietly(
+                "rate_limit",
+                "rate limit check failed, letting %d requests through: %s; counted in"
+                " rate_limit_fail_open_total",
+                len(requests),
+                error,
             )
             return [None] * len(requests)
         return [

@@ -2,14 +2,16 @@
 
 One script call per batch. Per session it keeps the first-seen time, landing page, entry
 referrer and UTM tags and a counter that gives each event its sequence number; per known user,
-the session they were first seen in, which makes every later session "returning". Keys expire.
+the session they were first seen in, which makes every later session "returning". Every key
+expires, and all of them live on the ephemeral Redis (CACHE_REDIS_URL): when one is evicted
+the service degrades (a retried event may be stored twice, a session may restart its entry
+page), it never refuses or loses an event.
 When Redis is unreachable the batch is stored without session data and without the duplicate
 check, and the failure is counted: stopping ingest would lose more than it protects.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -19,16 +21,21 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core import keys
+from core.best_effort import warn_quietly
 from core.limits import RAW_RETENTION_DAYS
 from core.metrics import REDIS_FAILURES, Drop, drop
 from core.rows import TrackingRow
 
-log = logging.getLogger(__name__)
-
-# Every event id is remembered this long (our tracker sets eventId on every event, so nearly
-# all ids are client-chosen; server-made UUIDv7s cannot collide but cost only a key each).
-DEDUP_TTL_S = 86400
-SESSION_TTL_S = 86400  # the tracker's sessionId lives as long as the browser tab session
+# An event id is remembered this long after its line is read: a client's retry of the same
+# event comes within seconds (our tracker tries three times, a second apart), a server-side
+# client's within minutes. Our tracker sets eventId on every event, so nearly all ids are
+# client-chosen; server-made UUIDv7s cannot collide but cost only a key each.
+DEDUP_TTL_S = 600
+# A session ends after 30 minutes without an event: the tracker then starts a new sessionId
+# (SESSION_IDLE_MINUTES in tracker.js). Its state is kept 15 minutes longer, so an event
+# that reaches the writer late still finds its session.
+SESSION_IDLE_S = 1800
+SESSION_TTL_S = SESSION_IDLE_S + 900
 # A known user is "returning" when seen in another session within this time: the raw events'
 # hot retention, the longest stretch any report over them can look back on.
 VISITOR_TTL_S = RAW_RETENTION_DAYS * 86400
@@ -43,6 +50,9 @@ SESSION_VALUE_CHARS = 256
 # index)`: the same line read again (a batch replayed after a crash) finds its own claim and is
 # no duplicate; any other line with that id is one. A claim is an integer below 2^52 (exact
 # in Lua's doubles), which Redis keeps inside the key's object: it costs no more than "1".
+# A session is one string, a MessagePack array of (last sequence number, first-seen ms, landing,
+# referrer, utm source, medium, campaign): a hash would leave its compact encoding at the
+# first value over 64 bytes (most landing pages), costing twice the bytes.
 # Returns per row 1 when it is a duplicate, and per group its session data with the last
 # sequence number handed out before this batch.
 _SCRIPT = """
@@ -67,13 +77,16 @@ local sessions = {}
 for g = 1, m do
   local sid, has_user = ARGV[i], ARGV[i + 1]
   local key, visitor = KEYS[n + g], KEYS[n + m + g]
-  if redis.call('HSETNX', key, 'first', ARGV[i + 2]) == 1 then
-    redis.call('HSET', key, 'landing', ARGV[i + 3], 'referrer', ARGV[i + 4],
-               'us', ARGV[i + 5], 'um', ARGV[i + 6], 'uc', ARGV[i + 7])
+  local packed = redis.call('GET', key)
+  local s
+  if packed then
+    s = cmsgpack.unpack(packed)
+  else
+    s = {0, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]}
   end
-  local last = redis.call('HINCRBY', key, 'seq', counts[g] or 0)
-  redis.call('EXPIRE', key, session_ttl)
-  local s = redis.call('HMGET', key, 'first', 'landing', 'referrer', 'us', 'um', 'uc')
+  local before = s[1]
+  s[1] = before + (counts[g] or 0)
+  redis.call('SET', key, cmsgpack.pack(s), 'EX', session_ttl)
   local returning = 0
   if has_user == '1' then
     local first_session = redis.call('GET', visitor)
@@ -83,7 +96,7 @@ for g = 1, m do
       returning = 1
     end
   end
-  sessions[g] = {last - (counts[g] or 0), s[1], s[2], s[3], s[4], s[5], s[6], returning}
+  sessions[g] = {before, s[2], s[3], s[4], s[5], s[6], s[7], returning}
   i = i + 8
 end
 return {duplicates, sessions}
@@ -172,7 +185,13 @@ class SessionStore:
             duplicates, sessions = await self._script(keys=script_keys, args=args)
         except (RedisError, OSError) as error:
             REDIS_FAILURES.labels("session_enrichment").inc()
-            log.warning("session enrichment skipped for %d events: %s", len(rows), error)
+            warn_quietly(
+                "session_enrichment",
+                "session enrichment skipped for %d events: %s; counted in"
+                " redis_unavailable_total{operation=session_enrichment}",
+                len(rows),
+                error,
+            )
             return rows
 
         kept = [row for row, dup in zip(rows, duplicates, strict=True) if not dup]

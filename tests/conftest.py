@@ -409,10 +409,11 @@ class PrivateRedis:
     """A Redis of this test's own, to kill without disturbing the shared one. Configured as
     production must be for the retry queue: append-only file, fsync on every write."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._directory = directory
+        self._options = options  # after the defaults, so they override them
         self._proc: subprocess.Popen[bytes] | None = None
 
     def launch(self) -> None:
@@ -422,6 +423,7 @@ class PrivateRedis:
                 *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
                 *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
                 *("--dir", str(self._directory)),
+                *self._options,
             ],
             stdout=subprocess.DEVNULL,
         )

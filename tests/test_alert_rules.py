@@ -25,7 +25,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_rules_are_valid() -> None:
     checked = promtool("check", "rules", "alerts.yml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 8 rules found" in checked.stdout
+    assert "SUCCESS: 11 rules found" in checked.stdout
 
 
 def test_rules_fire_past_each_threshold_and_not_at_it() -> None:
@@ -42,6 +42,9 @@ def test_rules_name_the_metrics_the_service_exposes() -> None:
         "dashboard_snapshot_age_minutes",
         "export_generation_duration_ms",
         "analytics_event_drop_rate",
+        "redis_eviction_allowed",
+        "redis_evicted_keys",
+        "redis_memory_used_ratio",
     ):
         assert f"# TYPE {name} " in exposed, name
         assert any(name in rule["expr"] for rule in rules), name

@@ -67,6 +67,7 @@ def test_compose_runs_the_whole_stack_with_health_checks() -> None:
     for infra in ("clickhouse", "redis", "rabbitmq", "minio"):
         assert "healthcheck" in services[infra], infra
         assert services[infra]["volumes"], infra
+    assert "healthcheck" in services["cache"]
     assert services["api"]["command"] == ["analytics", "api"]
     assert services["consumer"]["command"] == ["analytics", "consume"]
     assert services["worker"]["command"] == ["arq", "workers.WorkerSettings"]
@@ -104,12 +105,23 @@ def test_images_are_pinned_and_health_checks_call_what_they_contain(stack: str) 
         assert command in IMAGE_COMMANDS[repository], f"{name}: {repository} has no {command}"
 
 
-def test_redis_keeps_what_has_no_ttl_and_writes_it_to_disk() -> None:
-    command = load(COMPOSE)["services"]["redis"]["command"]
-    options = dict(zip(command[1::2], command[2::2], strict=True))
-    assert options["--appendonly"] == "yes"
-    # volatile-*: only keys with a TTL are evicted; the retry queue has none.
-    assert options["--maxmemory-policy"] in ("volatile-lru", "volatile-lfu", "noeviction")
+def options_of(service: dict[str, Any]) -> dict[str, str]:
+    command = service["command"]
+    return dict(zip(command[1::2], command[2::2], strict=True))
+
+
+def test_durable_redis_never_evicts_and_client_state_has_its_own() -> None:
+    services = load(COMPOSE)["services"]
+    durable = options_of(services["redis"])
+    assert durable["--appendonly"] == "yes"
+    assert durable["--maxmemory-policy"] == "noeviction"  # a lost key is lost work
+    cache = options_of(services["cache"])
+    assert cache["--maxmemory-policy"] == "allkeys-lru"
+    assert cache["--maxmemory"]
+    for role in ("api", "consumer", "worker", "relay"):
+        env = services[role]["environment"]
+        assert env["REDIS_URL"] == "redis://redis:6379/0", role
+        assert env["CACHE_REDIS_URL"] == "redis://cache:6379/0", role
 
 
 def test_image_runs_as_a_non_root_user_writing_only_data_dir() -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import aio_pika
 import msgspec
 import pytest
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from core.clickhouse import Warehouse
@@ -41,6 +42,8 @@ from tests.conftest import (
 )
 from tests.load import Load, LoadResult
 from tests.service_process import query, start_service, stop
+from tests.test_dashboard_api import bearer, token
+from tests.test_exports import EXPORTS, finished, request_body
 
 pytestmark = pytest.mark.fault
 
@@ -439,3 +442,124 @@ async def test_the_log_s_disk_full_then_kill_9(
     record_outcome(result)
     check(result)
     assert not list((small_disk / "tracking-log").rglob("*.jsonl")), "log segments left behind"
+
+
+async def evicted_keys(url: str) -> int:
+    client = Redis.from_url(url)
+    try:
+        return int((await client.info("stats"))["evicted_keys"])
+    finally:
+        await client.aclose()
+
+
+async def test_a_session_flood_on_a_small_ephemeral_redis_evicts_only_ephemeral_state(
+    make_server: Callable[[Settings], Any],
+    settings: Settings,
+    warehouse: Warehouse,
+    private_redis: PrivateRedis,
+    tmp_path: Path,
+    tracked_queue: str,
+    fault_seconds: float,
+    start_load: Callable[[str, float], Load],
+    record_outcome: Callable[[Outcome], None],
+) -> None:
+    """Sessions and claims on a 4 MB allkeys-lru Redis, the durable state on its own: a flood
+    of new sessions evicts sessions and claims (counted), never an admin's READY export, and
+    every accepted event is stored and announced once."""
+    cache = PrivateRedis(
+        tmp_path / "cache", "--appendonly", "no", "--maxmemory", "4mb",
+        "--maxmemory-policy", "allkeys-lru",
+    )  # fmt: skip
+    await cache.start()
+    try:
+        server: Running = await make_server(
+            msgspec.structs.replace(
+                settings, redis_url=private_redis.url, cache_redis_url=cache.url
+            )
+        )
+        created = await server.http.post(EXPORTS, json=request_body(), headers=bearer(token()))
+        assert created.status_code == 202
+        export_id = created.json()["exportId"]
+        assert (await finished(server, export_id))["status"] == "READY"
+
+        load = start_load(server.base_url, fault_seconds + 2 * LEAD_SECONDS)
+        sent = await load.result()
+        assert set(sent.statuses) == {"202"}, sent.statuses
+        durable = Redis.from_url(private_redis.url)
+        try:
+            await settle(server, warehouse, durable, len(sent.accepted))
+            for ephemeral in ("lw:s:*", "lw:evt:*", "lw:rl*"):  # all on the other Redis
+                assert [key async for key in durable.scan_iter(ephemeral)] == [], ephemeral
+        finally:
+            await durable.aclose()
+        evicted = await evicted_keys(cache.url)
+        assert evicted > 0, "the flood did not fill the ephemeral Redis"
+        assert await evicted_keys(private_redis.url) == 0
+
+        state = await finished(server, export_id)  # the admin's export outlived the flood
+        assert state["status"] == "READY"
+        assert (await server.http.get(state["downloadUrl"])).status_code == 200
+        scraped = dict(
+            line.rsplit(" ", 1)
+            for line in (await server.http.get("/metrics")).text.splitlines()
+            if line.startswith("redis_")
+        )
+        assert float(scraped['redis_evicted_keys{redis="ephemeral"}']) >= evicted
+        assert float(scraped['redis_evicted_keys{redis="durable"}']) == 0
+        assert float(scraped['redis_eviction_allowed{redis="durable"}']) == 0
+        assert float(scraped['redis_eviction_allowed{redis="ephemeral"}']) == 1
+
+        stored = await stored_ids(warehouse)
+        published = await tracked_event_ids(tracked_queue, len(stored))
+        result = Outcome.of(
+            "session flood on a 4 MB ephemeral Redis", fault_seconds, sent, stored, published
+        )
+        result.note = f"{evicted:,} ephemeral keys evicted; the READY export kept"
+        record_outcome(result)
+        check(result)
+    finally:
+        cache.kill()
+
+
+async def test_one_full_redis_under_noeviction_refuses_writes_and_ingest_goes_on(
+    make_server: Callable[[Settings], Any],
+    settings: Settings,
+    warehouse: Warehouse,
+    tmp_path: Path,
+    tracked_queue: str,
+    fault_seconds: float,
+    start_load: Callable[[str, float], Load],
+    record_outcome: Callable[[Outcome], None],
+) -> None:
+    """One Redis for everything (CACHE_REDIS_URL unset), at its maxmemory with noeviction:
+    its writes are refused. Beacons still get 202 and are stored and announced once (without
+    session data and duplicate check, both counted); an export answers 503, not a 500."""
+    full = PrivateRedis(tmp_path / "full", "--maxmemory", "8mb", "--maxmemory-policy", "noeviction")
+    await full.start()
+    client = Redis.from_url(full.url)
+    try:
+        server: Running = await make_server(msgspec.structs.replace(settings, redis_url=full.url))
+        with contextlib.suppress(redis_errors.OutOfMemoryError):
+            for n in range(10_000):  # fill it to the brim
+                await client.set(f"ballast:{n}", b"x" * 65536)
+        skipped = counter("redis_unavailable", operation="session_enrichment")
+        fail_open = counter("rate_limit_fail_open")
+        load = start_load(server.base_url, fault_seconds)
+        sent = await load.result()
+        assert set(sent.statuses) == {"202"}, sent.statuses
+        assert counter("redis_unavailable", operation="session_enrichment") > skipped
+        assert counter("rate_limit_fail_open") > fail_open
+        refused = await server.http.post(EXPORTS, json=request_body(), headers=bearer(token()))
+        assert refused.status_code == 503, refused.text
+        assert "job queue unavailable" in refused.json()["error"]
+        await settle(server, warehouse, client, len(sent.accepted))
+
+        stored = await stored_ids(warehouse)
+        published = await tracked_event_ids(tracked_queue, len(stored))
+        result = Outcome.of("one Redis full (noeviction)", fault_seconds, sent, stored, published)
+        result.note = "stored without session data; export refused 503"
+        record_outcome(result)
+        check(result)
+    finally:
+        await client.aclose()
+        full.kill()

@@ -24,6 +24,22 @@ def test_defaults_match_the_design() -> None:
     assert not settings.s3_create_bucket
 
 
+def test_ephemeral_state_goes_to_cache_redis_url_else_to_redis_url() -> None:
+    alone = load_settings({"REDIS_URL": "redis://durable:6379/0"})
+    assert alone.cache_redis_url is None
+    assert alone.ephemeral_redis_url == "redis://durable:6379/0"
+    both = load_settings(
+        {"REDIS_URL": "redis://durable:6379/0", "CACHE_REDIS_URL": "redis://cache:6379/1"}
+    )
+    assert (both.redis_url, both.ephemeral_redis_url) == (
+        "redis://durable:6379/0",
+        "redis://cache:6379/1",
+    )
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"CACHE_REDIS_URL": "http://cache:6379"})
+    assert "CACHE_REDIS_URL" in str(raised.value)
+
+
 def test_data_dir_moves_every_path_not_set_on_its_own() -> None:
     settings = load_settings({"DATA_DIR": "/var/lib/analytics/"})
     assert settings.clickhouse_url == "chdb:///var/lib/analytics/clickhouse"
@@ -136,6 +152,7 @@ def test_the_old_spool_variable_fails_at_boot_by_name() -> None:
         ("AMQP_URL", "amqp//guest:s3cret-pw@host:5672/"),
         ("REDIS_URL", "redis//:s3cret-pw@host:6379/0"),
         ("CLICKHOUSE_URL", "htp://default:s3cret-pw@ch:8123/analytics"),
+        ("CACHE_REDIS_URL", "redis:/:s3cret-pw@cache:6379/0"),
     ],
 )
 def test_a_malformed_url_fails_by_name_without_its_password(variable: str, value: str) -> None:

@@ -167,3 +167,45 @@ async def test_strings_cut_mid_emoji_never_sink_a_batch(
     notes = sorted(msgspec.json.decode(r["properties"]).get("note", "") for r in rows)
     assert "cut \ufffd" in notes and "\ufffd!" in notes
     assert all("\ud83d" not in note for note in notes)
+
+
+@pytest.mark.timeout(90)
+async def test_a_session_ends_after_thirty_idle_minutes(
+    server: Running, warehouse: Warehouse, site: str, tmp_path: Path
+) -> None:
+    """The tracker keeps its sessionId while events come less than 30 minutes apart and starts
+    a new one after 30 idle minutes: the session the server keeps state for (45 minutes) and
+    the one the stats count are the same. The page's clock is Playwright's, moved forward."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is missing: scripts/test installs it (apt-get install chromium)")
+    (tmp_path / "idle.html").write_text(page(server.base_url, None))
+    async with async_playwright() as pw:
+        browser = await launch(pw, chromium)
+        tab = await (await browser.new_context(user_agent=CHROME_UA)).new_page()
+        await tab.clock.install()
+        await tab.goto(f"{site}/idle.html")  # the pageview
+        await tab.clock.fast_forward("29:00")
+        await tab.evaluate('lomash.track("CLICK", {n: 1})')  # 29 minutes on: the same session
+        await tab.clock.fast_forward("31:00")
+        await tab.evaluate('history.pushState({}, "", "/later")')  # 31 idle minutes: a new one
+        await tab.evaluate('lomash.track("CLICK", {n: 2})')
+        await tab.evaluate("lomash.flush()")
+        await asyncio.sleep(0.5)
+        await browser.close()
+
+    async def arrived() -> bool:
+        await server.drain()
+        return bool(await warehouse.scalar("SELECT count() FROM tracking_events") >= 4)
+
+    await wait_for(arrived, within=20)
+    rows = await warehouse.dicts(
+        "SELECT session_id, session_seq, path, landing_page FROM tracking_events"
+        " ORDER BY client_timestamp"
+    )
+    assert [r["path"] for r in rows] == ["/idle.html", "/idle.html", "/later", "/later"]
+    first, second = rows[0]["session_id"], rows[2]["session_id"]
+    assert first != second
+    assert [r["session_id"] for r in rows] == [first, first, second, second]
+    assert [r["session_seq"] for r in rows] == [1, 2, 1, 2]
+    assert rows[2]["landing_page"] == f"{site}/later"

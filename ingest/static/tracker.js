@@ -51,13 +51,20 @@
       h.slice(16, 20) + "-" + h.slice(20);
   }
 
+  // A session ends after 30 minutes without an event (the server keeps its state 45).
+  var SESSION_IDLE_MINUTES = 30;
   function sessionId() {
+    var now = Date.now(), idle = SESSION_IDLE_MINUTES * 60000;
     try {
       var id = sessionStorage.getItem("lomash.sid");
-      if (!id) sessionStorage.setItem("lomash.sid", (id = uuid()));
+      var seen = Number(sessionStorage.getItem("lomash.seen") || 0);
+      if (!id || !(now - seen < idle)) sessionStorage.setItem("lomash.sid", (id = uuid()));
+      sessionStorage.setItem("lomash.seen", String(now));
       return id;
     } catch (e) {
-      return w.__lomashSid || (w.__lomashSid = uuid());
+      if (!w.__lomashSid || !(now - w.__lomashSeen < idle)) w.__lomashSid = uuid();
+      w.__lomashSeen = now;
+      return w.__lomashSid;
     }
   }
 
