@@ -30,17 +30,30 @@ def integer(low: int, high: int, type_name: str) -> Check:
 
 
 def amount(value: decimal.Decimal) -> str | None:
-    """Decimal(38, 6), not negative: what the platform's amounts are."""
-    exponent = value.as_tuple().exponent
-    if not value.is_finite() or not isinstance(exponent, int):
+    """Decimal(38, 6), not negative: what the platform's amounts are. More decimal places
+    than six are no reason to refuse (see `to_scale`)."""
+    if not value.is_finite():
         return "not a finite amount"
     if value < 0:
         return f"negative amount {value}"
-    if exponent < -DECIMAL_PLACES:
-        return f"{value} has more than {DECIMAL_PLACES} decimal places"
     if value >= DECIMAL_LIMIT:
         return f"{value} does not fit Decimal(38, {DECIMAL_PLACES}) (must be below 10^32)"
     return None
+
+
+_QUANTUM = decimal.Decimal(1).scaleb(-DECIMAL_PLACES)
+# Enough digits for any amount below 10^32 at six places, so quantize never raises.
+_EXACT = decimal.Context(prec=80, rounding=decimal.ROUND_HALF_EVEN)
+
+
+def to_scale(value: decimal.Decimal) -> tuple[decimal.Decimal, bool]:
+    """`value` (finite, below the limit) at most at the column's six places, rounded half-even;
+    and whether it was rounded. A Node service's `129.99 + 49.99` is 179.98000000000002: a
+    float's noise, not a different amount."""
+    exponent = value.as_tuple().exponent
+    if not isinstance(exponent, int) or exponent >= -DECIMAL_PLACES:
+        return value, False
+    return value.quantize(_QUANTUM, context=_EXACT), True
 
 
 def instant(value: datetime) -> str | None:

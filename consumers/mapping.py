@@ -24,6 +24,7 @@ from consumers.schemas import (
     PaymentSucceeded,
     ReviewCreated,
 )
+from core.metrics import AMOUNTS_ROUNDED
 
 
 class Invalid(Exception):
@@ -57,7 +58,10 @@ def _amount(value: decimal.Decimal, field: str) -> decimal.Decimal:
     problem = columns.amount(value)
     if problem is not None:
         raise Invalid(f"payload.{field}: {problem}")
-    return value
+    scaled, rounded = columns.to_scale(value)
+    if rounded:
+        AMOUNTS_ROUNDED.inc()
+    return scaled
 
 
 def _utc(value: datetime) -> datetime:

@@ -17,7 +17,8 @@ import msgspec
 from core.contracts import Envelope
 
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
-# Checked in mapping.py: finite, not negative, at most 6 decimal places (Decimal(38, 6)).
+# Checked in mapping.py: finite, not negative, below 10^32; more than 6 decimal places are
+# rounded half-even to the column's Decimal(38, 6) and counted.
 Amount = decimal.Decimal
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
 

@@ -140,6 +140,11 @@ DOMAIN_DUPLICATES = Counter(
 DOMAIN_DEAD_LETTERED = Counter(
     "domain_events_dead_lettered", "Messages sent to the dead-letter queue", ["routing_key"]
 )
+AMOUNTS_ROUNDED = Counter(
+    "analytics_amounts_rounded",
+    "Domain-event amounts with more than six decimal places (a float's noise, 0.1 + 0.2),"
+    " rounded half-even to the column's scale and stored",
+)
 DOMAIN_REFUSED = Counter(
     "domain_events_refused",
     "Messages ClickHouse refused for their data, isolated from their batch and dead-lettered",
