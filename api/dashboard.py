@@ -93,6 +93,9 @@ async def dashboard(request: Request, claims: dict[str, Any]) -> HTTPResponse:
     if cached is not None:
         return cached_json(cached, "HIT")
 
+    pending: dashboard_cache.Pending | None = None
+    async with best_effort("dashboard_cache"):
+        pending = await dashboard_cache.begin(svc.runtime.redis, start, end)
     now = datetime.now(UTC)
     try:
         found = await asyncio.wait_for(
@@ -106,8 +109,9 @@ async def dashboard(request: Request, claims: dict[str, Any]) -> HTTPResponse:
         computed_at=now.isoformat(), stale=False, widgets=msgspec.convert(found, Widgets)
     )
     body = msgspec.json.encode(answer)
-    async with best_effort("dashboard_cache"):
-        await dashboard_cache.remember(svc.runtime.redis, start, end, body)
+    if pending is not None:
+        async with best_effort("dashboard_cache"):
+            await dashboard_cache.remember(svc.runtime.redis, pending, body)
     svc.on_demand.add(start, end, found)
     return cached_json(body, "MISS")
 

@@ -3,10 +3,16 @@
 Every cached answer is listed in one hash (key -> its range and when it was cached), so new
 facts drop exactly the answers they can change, without scanning the keyspace: a stream of
 late events for past days leaves the cached dashboards of other ranges alone.
+
+A computation registers in the same hash before it reads ClickHouse (`begin`, with a token of
+its own), and its answer is written only while that entry is still there (`remember`): an
+invalidation that lands while the answer is being computed drops the entry, so an answer read
+from the data before the invalidation is never cached after it.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 import zoneinfo
 from collections.abc import Iterable
@@ -21,15 +27,48 @@ from materialized import widgets
 
 CACHE_SECONDS = 300
 
+# KEYS: the index, the answer's key. ARGV: the token `begin` wrote, the answer, its lifetime,
+# the index entry that replaces the token's. Writes nothing if the entry was dropped or taken
+# over by a later computation.
+_REMEMBER = """
+local entry = redis.call('HGET', KEYS[1], KEYS[2])
+if not entry or string.sub(entry, -#ARGV[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+redis.call('HSET', KEYS[1], KEYS[2], ARGV[4])
+return 1
+"""
 
-async def remember(redis: Redis, start: datetime, end: datetime, body: bytes) -> None:
+
+class Pending(msgspec.Struct, frozen=True):
+    """A computation registered in the index: its answer may be cached while `token` is there."""
+
+    key: str
+    token: str
+    entry: str  # the index value, ending in the token
+
+
+def _entry(start: datetime, end: datetime, token: str) -> str:
+    return f"{start.timestamp()} {end.timestamp()} {time.time()} {token}"
+
+
+async def begin(redis: Redis, start: datetime, end: datetime) -> Pending:
+    """Call before reading the data the answer is computed from."""
     key = keys.dashboard_cache(start.isoformat(), end.isoformat())
-    pipe: Any = redis.pipeline(transaction=True)
-    pipe.set(key, body, ex=CACHE_SECONDS)
-    pipe.hset(
-        keys.DASHBOARD_CACHE_INDEX, key, f"{start.timestamp()} {end.timestamp()} {time.time()}"
+    token = secrets.token_hex(8)
+    entry = _entry(start, end, token)
+    await redis.hset(keys.DASHBOARD_CACHE_INDEX, key, entry)  # type: ignore[misc]
+    return Pending(key, token, entry)
+
+
+async def remember(redis: Redis, pending: Pending, body: bytes) -> bool:
+    """Caches `body` unless an invalidation came after `begin`; says whether it did."""
+    start, end, _, token = pending.entry.split()
+    cached = f"{start} {end} {time.time()} {token}"
+    arguments: list[Any] = [pending.token, body, CACHE_SECONDS, cached]
+    written = await redis.eval(  # type: ignore[misc]
+        _REMEMBER, 2, keys.DASHBOARD_CACHE_INDEX, pending.key, *arguments
     )
-    await pipe.execute()
+    return bool(written)
 
 
 class Changed(msgspec.Struct, frozen=True):
@@ -78,7 +117,7 @@ async def invalidate(redis: Redis, changed: Changed = EVERYTHING) -> int:
     drop: list[bytes] = []
     forget: list[bytes] = []
     for key, value in index.items():
-        start, end, cached_at = (float(part) for part in value.split())
+        start, end, cached_at = (float(part) for part in value.split()[:3])
         if changed.touches(start, end):
             drop.append(key)
         elif cached_at < expired_before:

@@ -175,9 +175,8 @@ async def test_counters_views_and_redis_are_kept_current_and_cache_dropped(
     settings: Settings,
 ) -> None:
     now = datetime.now(UTC)
-    await dashboard_cache.remember(
-        redis, now - timedelta(days=400), now - timedelta(days=399), b"{}"
-    )
+    long_ago = (now - timedelta(days=400), now - timedelta(days=399))
+    await dashboard_cache.remember(redis, await dashboard_cache.begin(redis, *long_ago), b"{}")
     for body in (payment_succeeded("100.10"), payment_succeeded("0.90")):
         await platform.publish("lomash.payments.succeeded", body)
     for key in (
@@ -547,7 +546,7 @@ async def test_late_events_drop_only_the_cached_answers_they_change(
         "recent": (now - timedelta(days=50), now - timedelta(days=45)),
     }
     for start, end in ranges.values():
-        await dashboard_cache.remember(redis, start, end, b"{}")
+        await dashboard_cache.remember(redis, await dashboard_cache.begin(redis, start, end), b"{}")
 
     async def cached() -> set[str]:
         listed = {k.decode() for k in await redis.hkeys(keys.DASHBOARD_CACHE_INDEX)}

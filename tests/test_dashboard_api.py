@@ -1,6 +1,7 @@
 """The admin dashboard API: who may call it, which ranges it takes, its cache, its fallback,
 and the jobs that keep funnels and snapshots current."""
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -20,7 +21,7 @@ from core import keys
 from core.clickhouse import Warehouse
 from core.jobs import Job
 from core.settings import Settings
-from materialized import dashboard_cache, snapshots
+from materialized import dashboard_cache, snapshots, widgets
 from tests.conftest import JWT_SECRET, Running, job_of, rsa_key_pair, take, wait_for
 from workers import jobs
 
@@ -220,6 +221,60 @@ async def test_dashboard_answers_from_rollups_then_from_cache(
     cache_keys = [k for k in found if k != keys.DASHBOARD_CACHE_INDEX.encode()]
     assert len(cache_keys) == 1
     assert 0 < await redis.ttl(cache_keys[0]) <= 300
+
+
+async def test_an_answer_computed_before_an_invalidation_is_not_cached_after_it(
+    server: Running, warehouse: Warehouse, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    computed, write = asyncio.Event(), asyncio.Event()
+    real_compute = widgets.compute
+
+    async def compute_then_wait(*args: Any, **kwargs: Any) -> Any:
+        found = await real_compute(*args, **kwargs)
+        computed.set()
+        await write.wait()  # the answer is read; an order and its invalidation land now
+        return found
+
+    monkeypatch.setattr(widgets, "compute", compute_then_wait)
+    params = a_day()
+    first = asyncio.create_task(server.http.get(DASHBOARD, params=params, headers=bearer(token())))
+    await asyncio.wait_for(computed.wait(), 10)
+    await dashboard_cache.invalidate(redis)
+    write.set()
+    assert (await first).headers["x-cache"] == "MISS"
+    monkeypatch.setattr(widgets, "compute", real_compute)
+    again = await server.http.get(DASHBOARD, params=params, headers=bearer(token()))
+    assert again.headers["x-cache"] == "MISS"  # recomputed, not the answer from before
+    third = await server.http.get(DASHBOARD, params=params, headers=bearer(token()))
+    assert third.headers["x-cache"] == "HIT"
+
+
+async def test_only_the_computation_still_registered_writes_the_cache(redis: Redis) -> None:
+    now = datetime(2026, 10, 10, 12, tzinfo=UTC)
+    start, end = now - timedelta(days=1), now
+    other = (now - timedelta(days=40), now - timedelta(days=39))
+    key = keys.dashboard_cache(start.isoformat(), end.isoformat())
+
+    before = await dashboard_cache.begin(redis, start, end)
+    elsewhere = await dashboard_cache.begin(redis, *other)
+    # A late event inside [start, end) drops what was begun for that range, not for the other.
+    await dashboard_cache.invalidate(
+        redis, dashboard_cache.Changed(within=frozenset({(now - timedelta(hours=2)).timestamp()}))
+    )
+    assert await dashboard_cache.remember(redis, before, b"old") is False
+    assert await redis.get(key) is None
+    assert await dashboard_cache.remember(redis, elsewhere, b"kept") is True
+
+    # Two readers of one range: the one that began last owns the entry.
+    first = await dashboard_cache.begin(redis, start, end)
+    second = await dashboard_cache.begin(redis, start, end)
+    assert await dashboard_cache.remember(redis, first, b"first") is False
+    assert await dashboard_cache.remember(redis, second, b"second") is True
+    assert await redis.get(key) == b"second"
+    assert 0 < await redis.ttl(key) <= dashboard_cache.CACHE_SECONDS
+    # A cached answer is dropped by the next invalidation, and its entry with it.
+    assert await dashboard_cache.invalidate(redis) == 2
+    assert await redis.hlen(keys.DASHBOARD_CACHE_INDEX) == 0  # type: ignore[misc]
 
 
 async def test_naive_times_are_read_in_uk_time_and_rounded_to_hours(server: Running) -> None:
