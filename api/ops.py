@@ -15,7 +15,6 @@ from api.services import Services, services
 from consumers.consumer import ConsumerStatus
 from core.best_effort import best_effort
 from core.metrics import (
-    DASHBOARD_SNAPSHOT_AGE,
     PUBLISH_BACKLOG,
     RATES,
     RETRY_QUEUE_DEPTH,
@@ -102,15 +101,15 @@ async def metrics(request: Request) -> HTTPResponse:
         return json({"error": "bearer token required (METRICS_TOKEN)"}, status=401)
     refresh_gauges(svc)
     async with best_effort("metrics"):
-        depth, age = await asyncio.wait_for(
+        depth, fresh = await asyncio.wait_for(
             asyncio.gather(
-                svc.runtime.retry_queue.depth(), snapshots.age_from_redis(svc.runtime.redis)
+                svc.runtime.retry_queue.depth(),
+                snapshots.freshness_for_scrape(svc.runtime.redis, svc.runtime.warehouse),
             ),
             timeout=1,
         )
         RETRY_QUEUE_DEPTH.set(depth)
-        if age is not None:
-            DASHBOARD_SNAPSHOT_AGE.set(age)
+        snapshots.observe(fresh)
     async with best_effort("metrics"):
         await asyncio.wait_for(
             asyncio.gather(

@@ -179,7 +179,13 @@ DOMAIN_BATCH_SECONDS = Histogram(
 )
 DASHBOARD_SNAPSHOT_AGE = Gauge(
     "dashboard_snapshot_age_minutes",
-    "Age of the newest dashboard snapshot (read at scrape time)",
+    "Minutes since the scheduled rebuild's newest snapshot, or since installation when it has"
+    " never written one (dashboard_snapshot_never_rebuilt)",
+    multiprocess_mode="mostrecent",
+)
+DASHBOARD_NEVER_REBUILT = Gauge(
+    "dashboard_snapshot_never_rebuilt",
+    "1 while the scheduled rebuild has never written a snapshot",
     multiprocess_mode="mostrecent",
 )
 AGGREGATION_JOB_DURATION = Histogram(

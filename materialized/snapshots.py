@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from core import keys
 from core.clickhouse import Warehouse
 from core.ids import new_event_id
+from core.metrics import DASHBOARD_NEVER_REBUILT, DASHBOARD_SNAPSHOT_AGE
 
 SCHEDULED_LABELS = ("today", "week", "month", "last-30-days")
 ON_DEMAND = "on-demand"
@@ -68,26 +69,61 @@ async def newest(
     return None
 
 
+class Freshness(msgspec.Struct, frozen=True):
+    """How long the dashboards have waited for the scheduled rebuild.
+
+    `minutes` counts from the newest scheduled snapshot, or, when the rebuild has never written
+    one, from the service's installation (its first migration): a fresh install is not stale
+    until a rebuild was due and missed, and one that never rebuilds ages like any other."""
+
+    minutes: float
+    rebuilt: bool
+
+
+def _since(moment: datetime) -> float:
+    return max(0.0, (datetime.now(UTC) - moment.replace(tzinfo=UTC)).total_seconds() / 60)
+
+
+async def freshness(warehouse: Warehouse) -> Freshness:
+    rebuilt, installed = (
+        await warehouse.rows(
+            "SELECT (SELECT maxOrNull(computed_at) FROM dashboard_snapshots"
+            " WHERE label IN {labels:Array(String)}),"
+            " (SELECT minOrNull(applied_at) FROM schema_migrations)",
+            {"labels": list(SCHEDULED_LABELS)},
+        )
+    )[0]
+    if rebuilt is not None:
+        return Freshness(_since(rebuilt), rebuilt=True)
+    return Freshness(_since(installed or datetime.now(UTC)), rebuilt=False)
+
+
+def observe(found: Freshness) -> None:
+    DASHBOARD_SNAPSHOT_AGE.set(found.minutes)
+    DASHBOARD_NEVER_REBUILT.set(0 if found.rebuilt else 1)
+
+
 async def age_minutes(warehouse: Warehouse) -> float | None:
     """Minutes since the scheduled rebuild last wrote a snapshot; None when it never has."""
-    value = await warehouse.scalar(
-        "SELECT dateDiff('second', max(computed_at), now64(3)) / 60 FROM dashboard_snapshots"
-        " WHERE label IN {labels:Array(String)} HAVING count() > 0",
-        {"labels": list(SCHEDULED_LABELS)},
-    )
-    return None if value is None else float(value)
+    found = await freshness(warehouse)
+    return found.minutes if found.rebuilt else None
 
 
-async def mark_rebuilt(redis: Redis, at: datetime) -> None:
-    await redis.set(keys.DASHBOARD_REBUILT_AT, str(at.timestamp()))
+async def mark_rebuilt(redis: Redis, at: datetime, *, only_if_unset: bool = False) -> None:
+    await redis.set(keys.DASHBOARD_REBUILT_AT, str(at.timestamp()), nx=only_if_unset)
 
 
-async def age_from_redis(redis: Redis) -> float | None:
-    """Minutes since the scheduled rebuild last finished, as the job recorded it."""
+async def freshness_for_scrape(redis: Redis, warehouse: Warehouse) -> Freshness:
+    """From the time the rebuild job recorded in Redis; ClickHouse is asked only while Redis
+    holds none (never rebuilt, or Redis lost it), and a rebuild it knows of is put back."""
     value = await redis.get(keys.DASHBOARD_REBUILT_AT)
-    if value is None:
-        return None
-    return (datetime.now(UTC).timestamp() - float(value)) / 60
+    if value is not None:
+        return Freshness(_since(datetime.fromtimestamp(float(value), UTC)), rebuilt=True)
+    found = await freshness(warehouse)
+    if found.rebuilt:
+        at = datetime.now(UTC).timestamp() - found.minutes * 60
+        await mark_rebuilt(redis, datetime.fromtimestamp(at, UTC), only_if_unset=True)
+    return found
 
 
 class OnDemand:

@@ -14,6 +14,7 @@ import aio_pika
 import jwt
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from cli.demo_traffic import default_start, generate, load
@@ -49,6 +50,12 @@ def _hs256_by_hand(claims: dict[str, Any], key: bytes) -> str:
     signing = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(msgspec.json.encode(claims))
     signature = hmac.new(key, signing.encode(), hashlib.sha256).digest()
     return signing + "." + b64(signature)
+
+
+def metric_value(name: str) -> float:
+    value = REGISTRY.get_sample_value(name)
+    assert value is not None, name
+    return value
 
 
 def bearer(value: str) -> dict[str, str]:
@@ -405,7 +412,17 @@ async def test_a_stale_dashboard_raises_one_alert_and_one_recovery(
 ) -> None:
     await server.services.runtime.publisher.connected.wait()
     ctx = {"job": job_of(server, warehouse)}
-    assert await jobs.check_dashboard_freshness(ctx) == "alert raised"  # none at all
+    # Just installed: no rebuild was due yet, so no alert and the metric says why.
+    assert (await jobs.check_dashboard_freshness(ctx)).startswith("not yet due")
+    assert metric_value("dashboard_snapshot_never_rebuilt") == 1
+    assert metric_value("dashboard_snapshot_age_minutes") < 1
+    # Installed three hours ago, and the hourly rebuild never ran.
+    await warehouse.command(
+        "ALTER TABLE schema_migrations UPDATE applied_at = now64(3) - INTERVAL 3 HOUR"
+        " WHERE 1 SETTINGS mutations_sync = 1"
+    )
+    assert await jobs.check_dashboard_freshness(ctx) == "alert raised"
+    assert metric_value("dashboard_snapshot_age_minutes") == pytest.approx(180, abs=1)
     assert await jobs.check_dashboard_freshness(ctx) == "still stale: no snapshot"
     await warehouse.command(
         "INSERT INTO dashboard_snapshots (computed_at, range_start, range_end, label, body)"
@@ -429,6 +446,8 @@ async def test_a_stale_dashboard_raises_one_alert_and_one_recovery(
         ("DASHBOARD_STALE", "RESOLVED"),
     ]
     assert raised[0]["snapshotAgeMinutes"] is None
+    assert "180 minutes since installation" in raised[0]["message"]
+    assert metric_value("dashboard_snapshot_never_rebuilt") == 0
     assert raised[1]["snapshotAgeMinutes"] == 0
 
 

@@ -5,7 +5,9 @@ from typing import Any
 
 import msgspec
 import pytest
+from redis.asyncio import Redis
 
+from core import keys
 from core.clickhouse import Warehouse
 from core.settings import Settings
 from materialized import snapshots
@@ -303,6 +305,30 @@ async def test_metrics_read_the_snapshot_age_the_job_keeps_not_clickhouse(
         await warehouse.command("ATTACH TABLE dashboard_snapshots")
     (line,) = [x for x in text.splitlines() if x.startswith("dashboard_snapshot_age_minutes ")]
     assert float(line.split()[1]) == pytest.approx(30, abs=0.5)
+    assert "dashboard_snapshot_never_rebuilt 0.0" in text
+
+
+async def test_metrics_count_a_never_rebuilt_install_from_its_installation(
+    server: Running, warehouse: Warehouse, redis: Redis
+) -> None:
+    await warehouse.command(
+        "ALTER TABLE schema_migrations UPDATE applied_at = now64(3) - INTERVAL 150 MINUTE"
+        " WHERE 1 SETTINGS mutations_sync = 1"
+    )
+    text = (await server.http.get("/metrics")).text
+    (line,) = [x for x in text.splitlines() if x.startswith("dashboard_snapshot_age_minutes ")]
+    assert float(line.split()[1]) == pytest.approx(150, abs=0.5)  # what the rule fires on
+    assert "dashboard_snapshot_never_rebuilt 1.0" in text
+    # Redis lost the rebuild time: ClickHouse's newest snapshot answers and is put back.
+    await warehouse.command(
+        "INSERT INTO dashboard_snapshots (computed_at, range_start, range_end, label, body)"
+        " VALUES (now64(3) - INTERVAL 20 MINUTE, now64(3), now64(3), 'today', '{}')"
+    )
+    text = (await server.http.get("/metrics")).text
+    (line,) = [x for x in text.splitlines() if x.startswith("dashboard_snapshot_age_minutes ")]
+    assert float(line.split()[1]) == pytest.approx(20, abs=0.5)
+    assert "dashboard_snapshot_never_rebuilt 0.0" in text
+    assert await redis.get(keys.DASHBOARD_REBUILT_AT) is not None
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,6 @@ from core.ids import new_event_id
 from core.jobs import Job
 from core.metrics import (
     AGGREGATION_JOB_DURATION,
-    DASHBOARD_SNAPSHOT_AGE,
     EXPORT_DURATION,
     EXPORT_FAILURES,
 )
@@ -198,7 +197,7 @@ async def rebuild_dashboards(ctx: dict[str, Any]) -> str:
         # The live tiles, made good from ClickHouse for days Redis missed increments.
         async with best_effort("live_counters"):
             await counters.reconcile(redis, warehouse, zone, now.astimezone(zone).date())
-    DASHBOARD_SNAPSHOT_AGE.set(0)
+    snapshots.observe(snapshots.Freshness(0, rebuilt=True))
     for refreshed in written:  # one message per snapshot row written
         _publish(job, DASHBOARD_REFRESHED, refreshed)
     AGGREGATION_JOB_DURATION.labels("rebuild-dashboards").observe(
@@ -208,14 +207,17 @@ async def rebuild_dashboards(ctx: dict[str, Any]) -> str:
 
 
 async def check_dashboard_freshness(ctx: dict[str, Any]) -> str:
-    """Alert once when the scheduled rebuild's newest snapshot is older than two hours (or
-    there is none), and once more when it is fresh again; Redis remembers which was sent."""
+    """Alert once when the scheduled rebuild (hourly) has not written a snapshot for two hours,
+    counted from installation while it never has, and once more when it is fresh again; Redis
+    remembers which was sent."""
     job = job_context(ctx)
-    age = await snapshots.age_minutes(job.warehouse)
-    if age is not None:
-        DASHBOARD_SNAPSHOT_AGE.set(age)
-    stale = age is None or age > STALE_AFTER_MINUTES
+    found = await snapshots.freshness(job.warehouse)
+    snapshots.observe(found)
+    age = found.minutes if found.rebuilt else None
+    stale = found.minutes > STALE_AFTER_MINUTES
     redis = job.need_redis()
+    if not found.rebuilt and not stale:
+        return f"not yet due: installed {found.minutes:.0f} min ago, never rebuilt"
     if stale:
         # SET NX: of several workers checking at once, one raises it.
         if not await redis.set(keys.DASHBOARD_STALE_ALERT, datetime.now(UTC).isoformat(), nx=True):
@@ -230,7 +232,8 @@ async def check_dashboard_freshness(ctx: dict[str, Any]) -> str:
                 audience="ADMIN",
                 message="No dashboard snapshot newer than two hours: rebuild-dashboards is failing"
                 if age is not None
-                else "No dashboard snapshot exists yet",
+                else f"No dashboard snapshot in the {found.minutes:.0f} minutes since"
+                " installation: rebuild-dashboards has never run",
                 snapshot_age_minutes=None if age is None else round(age),
             ),
         )
