@@ -199,6 +199,15 @@ EXPORT_DURATION = Histogram(
     "Time to generate one report export",
     buckets=(50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000),
 )
+ARCHIVE_DAYS_BEHIND = Gauge(
+    "archive_days_behind",
+    "Days of raw events old enough to archive (80 days) not yet in the verified archive, as the"
+    " last archive or purge run saw them; such days stay in ClickHouse",
+    multiprocess_mode="mostrecent",
+)
+ARCHIVE_FAILURES = Counter(
+    "archive_failures", "Days an archive run could not write or verify (kept hot, tried again)"
+)
 EXPORT_FAILURES = Counter("export_failures", "Report exports that ended FAILED")
 INGEST_RATE = Gauge(
     "tracking_ingest_rate_per_second",

@@ -1,10 +1,13 @@
-"""Cold storage of raw events: each UTC day of `tracking_events` as Parquet, before the 90-day
-TTL removes it (`archive/tracking_events/date=YYYY-MM-DD/part-0.parquet`).
+"""Cold storage of raw events: each UTC day of `tracking_events` as Parquet from day 80
+(`archive/tracking_events/date=YYYY-MM-DD/part-0.parquet`), deleted from ClickHouse past day 90.
 
-A day is recorded in `archive_log` only after the file was read back from storage and its row
-count matched ClickHouse's, so a re-run archives what is missing and nothing twice; purging
-deletes only days the log holds. ClickHouse writes the Parquet; one day's file is held in
-memory while it is uploaded.
+A day is recorded in `archive_log` only after the file was read back from storage and matched
+ClickHouse's day: its row count and a checksum of its event ids (the sum of the 128-bit ids,
+wrapping, computed by ClickHouse on one side and from the file's column on the other), so a
+re-run archives what is missing and nothing twice. No TTL deletes raw rows: purging deletes a
+day only when the log holds it and the day still matches what was verified, so a day that could
+not be archived stays hot (`archive_days_behind`) until storage works again. ClickHouse writes
+the Parquet; one day's file is held in memory while it is uploaded.
 """
 
 from __future__ import annotations
@@ -13,16 +16,20 @@ import io
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.clickhouse import Warehouse
 from core.limits import RAW_RETENTION_DAYS
+from core.metrics import ARCHIVE_DAYS_BEHIND, ARCHIVE_FAILURES
 from core.storage import Storage
 
 TABLE = "tracking_events"
 RETENTION_DAYS = RAW_RETENTION_DAYS
-ARCHIVE_AFTER_DAYS = 80  # ten days of slack before the TTL for a failing job to be noticed
+ARCHIVE_AFTER_DAYS = 80  # ten days before purging for a failing archive to be noticed
 _COLUMNS = "* EXCEPT (path)"  # `path` is derived from url when the rows are loaded again
+_WHERE_DAY = " WHERE received_at >= {start:DateTime('UTC')} AND received_at < {end:DateTime('UTC')}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +37,47 @@ class Archived:
     day: date
     object_key: str
     rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """What a verified copy of a day must match: its rows and the checksum of their ids."""
+
+    rows: int
+    checksum: str
+
+
+class ArchiveMismatch(RuntimeError):
+    """The file read back from storage is not the day ClickHouse holds."""
+
+
+def _day_params(day: date) -> dict[str, datetime]:
+    start = datetime.combine(day, datetime.min.time(), UTC)
+    return {"start": start, "end": start + timedelta(days=1)}
+
+
+async def fingerprint(warehouse: Warehouse, day: date) -> Fingerprint:
+    rows, checksum = (
+        await warehouse.rows(
+            f"SELECT count(), toString(sum(toUInt128(event_id))) FROM {TABLE}{_WHERE_DAY}",
+            _day_params(day),
+        )
+    )[0]
+    return Fingerprint(int(rows), str(checksum))
+
+
+def file_fingerprint(data: bytes) -> Fingerprint:
+    """The same figures from the Parquet file: event ids as 16 big-endian bytes, summed in
+    32-bit limbs (exact for up to 2^32 rows) and wrapped to 128 bits as ClickHouse's sum is."""
+    column = pq.read_table(pa.BufferReader(data), columns=["event_id"]).column("event_id")
+    total = 0
+    for chunk in column.chunks:
+        storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
+        raw = np.frombuffer(storage.buffers()[1], dtype=">u4")
+        limbs = raw[storage.offset * 4 : (storage.offset + len(storage)) * 4].reshape(-1, 4)
+        sums = limbs.astype(np.uint64).sum(axis=0)
+        total += sum(int(value) << (32 * (3 - i)) for i, value in enumerate(sums))
+    return Fingerprint(len(column), str(total % (1 << 128)))
 
 
 def object_key(day: date) -> str:
@@ -53,12 +101,12 @@ async def days_to_archive(warehouse: Warehouse, today: date) -> list[date]:
 
 
 async def archive_day(warehouse: Warehouse, storage: Storage, day: date) -> Archived:
-    start = datetime.combine(day, datetime.min.time(), UTC)
-    params = {"start": start, "end": start + timedelta(days=1)}
-    where = " WHERE received_at >= {start:DateTime('UTC')} AND received_at < {end:DateTime('UTC')}"
-    expected = int(await warehouse.scalar(f"SELECT count() FROM {TABLE}{where}", params))
+    params = _day_params(day)
+    expected = await fingerprint(warehouse, day)
     data = await warehouse.formatted(
-        f"SELECT {_COLUMNS} FROM {TABLE}{where} ORDER BY received_at, event_id", params, "Parquet"
+        f"SELECT {_COLUMNS} FROM {TABLE}{_WHERE_DAY} ORDER BY received_at, event_id",
+        params,
+        "Parquet",
     )
     key = object_key(day)
     writer = await storage.writer(key)
@@ -68,23 +116,56 @@ async def archive_day(warehouse: Warehouse, storage: Storage, day: date) -> Arch
     except BaseException:
         await writer.abort()
         raise
-    stored = pq.ParquetFile(io.BytesIO(await storage.read(key))).metadata.num_rows
+    stored = file_fingerprint(await storage.read(key))
     if stored != expected:
-        raise RuntimeError(f"{key}: {stored} rows in the file, {expected} in ClickHouse")
+        raise ArchiveMismatch(
+            f"{key}: the file holds {stored.rows} rows (checksum {stored.checksum}),"
+            f" ClickHouse {expected.rows} (checksum {expected.checksum})"
+        )
     await warehouse.command(
-        "INSERT INTO archive_log (table_name, day, object_key, rows, bytes, archived_at)"
-        " VALUES ({table:String}, {day:Date}, {key:String}, {rows:UInt64}, {bytes:UInt64},"
-        " now64(3))",
-        {"table": TABLE, "day": day, "key": key, "rows": expected, "bytes": len(data)},
+        "INSERT INTO archive_log (table_name, day, object_key, rows, bytes, checksum,"
+        " archived_at) VALUES ({table:String}, {day:Date}, {key:String}, {rows:UInt64},"
+        " {bytes:UInt64}, {checksum:String}, now64(3))",
+        {
+            "table": TABLE,
+            "day": day,
+            "key": key,
+            "rows": expected.rows,
+            "bytes": len(data),
+            "checksum": expected.checksum,
+        },
     )
-    return Archived(day, key, expected)
+    return Archived(day, key, expected.rows)
 
 
-async def purge(warehouse: Warehouse, today: date) -> list[date]:
-    """Delete raw days past retention that the archive holds and the TTL has not removed."""
+async def archive_days(
+    warehouse: Warehouse, storage: Storage, days: list[date]
+) -> tuple[list[Archived], dict[date, str]]:
+    """Each day tried on its own: one that fails (storage down, a mismatch) stays hot, is
+    counted, and is tried again on the next run; the others are archived."""
+    done: list[Archived] = []
+    failed: dict[date, str] = {}
+    for day in days:
+        try:
+            done.append(await archive_day(warehouse, storage, day))
+        except Exception as error:
+            ARCHIVE_FAILURES.inc()
+            failed[day] = f"{type(error).__name__}: {error}"
+    return done, failed
+
+
+async def days_behind(warehouse: Warehouse, today: date) -> int:
+    """Days old enough to archive that the verified archive does not hold; sets the gauge."""
+    behind = len(await days_to_archive(warehouse, today))
+    ARCHIVE_DAYS_BEHIND.set(behind)
+    return behind
+
+
+async def purgeable(warehouse: Warehouse, today: date) -> list[tuple[date, Fingerprint]]:
+    """Hot days past retention that the archive log holds, with what was verified."""
     cutoff = today - timedelta(days=RETENTION_DAYS)
     rows = await warehouse.rows(
-        "SELECT day FROM archive_log FINAL WHERE table_name = {table:String}"
+        "SELECT day, rows, checksum FROM archive_log FINAL WHERE table_name = {table:String}"
         " AND day < {cutoff:Date} AND day IN (SELECT DISTINCT toDate(received_at)"
         " FROM tracking_events WHERE received_at < {cutoff_ts:DateTime('UTC')}) ORDER BY day",
         {
@@ -93,12 +174,26 @@ async def purge(warehouse: Warehouse, today: date) -> list[date]:
             "cutoff_ts": datetime.combine(cutoff, datetime.min.time(), UTC),
         },
     )
-    days = [r[0] for r in rows]
-    for day in days:
+    return [(day, Fingerprint(int(n), checksum)) for day, n, checksum in rows]
+
+
+async def purge(warehouse: Warehouse, storage: Storage | None, today: date) -> list[date]:
+    """Delete raw days past retention whose verified copy still matches them. A day that
+    changed since it was archived (rows restored or retried into it) is archived again first,
+    when storage is at hand, and otherwise kept."""
+    purged: list[date] = []
+    for day, verified in await purgeable(warehouse, today):
+        if await fingerprint(warehouse, day) != verified:
+            if storage is None:
+                continue
+            done, _ = await archive_days(warehouse, storage, [day])
+            if not done:
+                continue
         await warehouse.delete_where(
             "tracking_events", "toDate(received_at) = {day:Date}", {"day": day}
         )
-    return days
+        purged.append(day)
+    return purged
 
 
 async def restore_day(warehouse: Warehouse, storage: Storage, day: date) -> int:

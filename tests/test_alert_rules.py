@@ -25,7 +25,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_rules_are_valid() -> None:
     checked = promtool("check", "rules", "alerts.yml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 12 rules found" in checked.stdout
+    assert "SUCCESS: 13 rules found" in checked.stdout
 
 
 def test_rules_fire_past_each_threshold_and_not_at_it() -> None:
@@ -41,6 +41,7 @@ def test_rules_name_the_metrics_the_service_exposes() -> None:
         "aggregation_job_duration_ms",
         "dashboard_snapshot_age_minutes",
         "dashboard_snapshot_never_rebuilt",
+        "archive_days_behind",
         "export_generation_duration_ms",
         "analytics_event_drop_rate",
         "redis_eviction_allowed",

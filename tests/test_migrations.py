@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest
 
 from core.clickhouse import Warehouse
-from core.limits import RAW_RETENTION_DAYS
 from core.migrations import (
     SQL_DIR,
     MigrationError,
@@ -39,17 +38,15 @@ async def test_fresh_database_gets_every_migration_in_order(empty_warehouse: War
     assert [(v, n, c) for v, n, c in recorded] == [
         (m.version, m.name, m.checksum) for m in load_migrations()
     ]
-    engine, sorting_key, partition_key, ttl = (
+    engine, sorting_key, partition_key = (
         await empty_warehouse.rows(
-            "SELECT engine, sorting_key, partition_key, "
-            "create_table_query LIKE '%TTL toDateTime(received_at) + toIntervalDay(90)%'"
+            "SELECT engine, sorting_key, partition_key"
             " FROM system.tables WHERE database = currentDatabase() AND name = 'tracking_events'"
         )
     )[0]
     assert engine == "MergeTree"
     assert sorting_key.startswith("event_type, received_at")
     assert partition_key == "toYYYYMM(received_at)"
-    assert ttl
 
 
 async def test_running_again_changes_nothing(empty_warehouse: Warehouse) -> None:
@@ -105,11 +102,11 @@ def test_statements_split_outside_strings_and_comments() -> None:
     assert split_statements(sql) == ["CREATE TABLE a (s String DEFAULT 'a;b')", "SELECT ';'"]
 
 
-async def test_the_raw_events_ttl_is_the_retention_the_code_assumes(warehouse: Warehouse) -> None:
-    ddl = await warehouse.scalar(
-        "SELECT create_table_query FROM system.tables"
-        " WHERE name = 'tracking_events' AND database = currentDatabase()"
+async def test_no_ttl_deletes_raw_events_or_aggregates(warehouse: Warehouse) -> None:
+    """Raw days leave only through the verified purge; aggregates are kept indefinitely.
+    Only the snapshots (a cache of computed dashboards) expire."""
+    found = await warehouse.rows(
+        "SELECT name FROM system.tables WHERE database = currentDatabase()"
+        " AND create_table_query LIKE '% TTL %' ORDER BY name"
     )
-    assert f"toIntervalDay({RAW_RETENTION_DAYS})" in ddl.replace(" ", "") or (
-        f"INTERVAL {RAW_RETENTION_DAYS} DAY" in ddl
-    ), ddl
+    assert [r[0] for r in found] == ["dashboard_snapshots"]

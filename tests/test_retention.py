@@ -1,19 +1,26 @@
-"""Retention: raw days archived to Parquet before the TTL, verified and recorded once; purged
-only when archived; restored with one command; and `analytics jobs` to see and start jobs."""
+"""Retention: raw days archived to Parquet from day 80, verified (rows and event-id checksum)
+and recorded once; purged past day 90 only when the verified copy still matches (no TTL);
+a day storage refused stays hot and is counted; restored with one command; and `analytics
+jobs` to see and start jobs."""
 
 import asyncio
+import contextlib
+import dataclasses
 import io
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from prometheus_client import REGISTRY
 
 from cli.demo_traffic import generate, load
 from core.clickhouse import Warehouse
 from core.settings import Settings
+from core.storage import FileStorage
 from materialized import archive
 from tests.conftest import DOWNLOAD_KEY, TEST_REDIS_URL, Running, job_of
 from workers import jobs
@@ -52,8 +59,6 @@ async def test_days_near_the_ttl_are_archived_verified_and_only_once(
 async def test_purge_removes_only_archived_days_past_retention(
     server: Running, warehouse: Warehouse
 ) -> None:
-    # Rows older than the TTL cannot be inserted while it stands: lift it for the setup.
-    await warehouse.command("ALTER TABLE tracking_events REMOVE TTL")
     old = generate(days_ago(95), days=2, sessions_per_day=20, seed=23)  # 95 and 94 days old
     await load(warehouse, old)
     ctx = {"job": job_of(server, warehouse)}
@@ -68,6 +73,94 @@ async def test_purge_removes_only_archived_days_past_retention(
     restored = await archive.restore_day(warehouse, server.services.runtime.storage, first)
     assert restored == sum(1 for r in old.tracking if r.received_at.date() == first)
     assert await warehouse.scalar("SELECT sum(events) FROM tracking_events_hourly") == before
+
+
+async def hot_days(warehouse: Warehouse) -> list[date]:
+    found = await warehouse.rows(
+        "SELECT DISTINCT toDate(received_at) FROM tracking_events ORDER BY 1"
+    )
+    return [r[0] for r in found]
+
+
+async def test_an_archive_outage_past_retention_loses_no_raw_day(
+    server: Running, warehouse: Warehouse, small_disk: Path
+) -> None:
+    old = generate(days_ago(95), days=3, sessions_per_day=20, seed=24)  # 95..93 days old
+    await load(warehouse, old)
+    days = await hot_days(warehouse)
+    filler = small_disk / "filler"
+    with filler.open("wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * (1 << 20))
+    full = FileStorage(small_disk / "archive", b"k" * 32, "http://analytics.test")
+    ctx = {"job": dataclasses.replace(job_of(server, warehouse), storage=full)}
+    failures = REGISTRY.get_sample_value("archive_failures_total") or 0.0
+
+    with pytest.raises(RuntimeError, match="3 days kept hot, not archived"):
+        await jobs.archive_historical_data(ctx)
+    assert REGISTRY.get_sample_value("archive_days_behind") == 3
+    assert REGISTRY.get_sample_value("archive_failures_total") == failures + 3
+    assert await warehouse.scalar("SELECT count() FROM archive_log") == 0
+    # Past retention, not archived: the purge (and no TTL) keeps every row.
+    assert await jobs.purge_old_events(ctx) == "purged 0 days"
+    assert await warehouse.scalar("SELECT count() FROM tracking_events") == len(old.tracking)
+
+    filler.unlink()  # storage works again
+    assert await jobs.archive_historical_data(ctx) == f"archived 3 days, {len(old.tracking)} rows"
+    assert REGISTRY.get_sample_value("archive_days_behind") == 0
+    assert await jobs.purge_old_events(ctx) == "purged 3 days"
+    assert await hot_days(warehouse) == []
+    for day in days:
+        assert await archive.restore_day(warehouse, full, day) == sum(
+            1 for r in old.tracking if r.received_at.date() == day
+        )
+
+
+async def test_a_day_that_changed_after_archiving_is_archived_again_before_purging(
+    server: Running, warehouse: Warehouse
+) -> None:
+    old = generate(days_ago(95), days=1, sessions_per_day=20, seed=25)
+    await load(warehouse, old)
+    (day,) = await hot_days(warehouse)
+    storage = server.services.runtime.storage
+    first = await archive.archive_day(warehouse, storage, day)
+    # A batch from the retry queue lands in the archived day afterwards.
+    late = generate(days_ago(95), days=1, sessions_per_day=2, seed=26)
+    await load(warehouse, late)
+    assert await archive.fingerprint(warehouse, day) != archive.file_fingerprint(
+        await storage.read(first.object_key)
+    )
+    ctx = {"job": job_of(server, warehouse)}
+    assert await jobs.purge_old_events(ctx) == "purged 1 days"
+    kept = archive.file_fingerprint(await storage.read(first.object_key))
+    assert kept.rows == len(old.tracking) + len(late.tracking)
+    logged = await warehouse.rows("SELECT rows, checksum FROM archive_log FINAL")
+    assert logged == [(kept.rows, kept.checksum)]
+
+
+async def test_the_checksum_tells_a_swapped_row_from_the_day(warehouse: Warehouse) -> None:
+    old = generate(days_ago(85), days=1, sessions_per_day=20, seed=27)
+    await load(warehouse, old)
+    (day,) = await hot_days(warehouse)
+    start = datetime.combine(day, datetime.min.time(), UTC)
+    data = await warehouse.formatted(
+        "SELECT * EXCEPT (path) FROM tracking_events WHERE toDate(received_at) = {day:Date}",
+        {"day": start.date()},
+        "Parquet",
+    )
+    assert archive.file_fingerprint(data) == await archive.fingerprint(warehouse, day)
+    table = pq.read_table(io.BytesIO(data))
+    ids = table.column("event_id").to_pylist()
+    swapped = table.set_column(
+        table.column_names.index("event_id"),
+        table.schema.field("event_id"),
+        pa.array([*ids[:-1], ids[0]], type=table.schema.field("event_id").type),
+    )
+    out = io.BytesIO()
+    pq.write_table(swapped, out)
+    copy = archive.file_fingerprint(out.getvalue())
+    assert copy.rows == len(ids)  # a count alone would pass it
+    assert copy != await archive.fingerprint(warehouse, day)
 
 
 def analytics(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -325,15 +325,28 @@ async def remove_old_exports(ctx: dict[str, Any]) -> str:
 
 
 async def archive_historical_data(ctx: dict[str, Any]) -> str:
-    """Every day of raw events nearing the TTL, to cold storage as Parquet, verified."""
+    """Every day of raw events from day 80 not yet archived, to cold storage as Parquet,
+    verified; a day that fails stays hot and the run fails, naming it, after trying the rest."""
     job = job_context(ctx)
-    days = await archive.days_to_archive(job.warehouse, datetime.now(UTC).date())
-    storage = job.need_storage()
-    done = [await archive.archive_day(job.warehouse, storage, day) for day in days]
-    return f"archived {len(done)} days, {sum(a.rows for a in done)} rows"
+    today = datetime.now(UTC).date()
+    try:
+        days = await archive.days_to_archive(job.warehouse, today)
+        done, failed = await archive.archive_days(job.warehouse, job.need_storage(), days)
+    finally:
+        async with best_effort("archive_gauge"):
+            await archive.days_behind(job.warehouse, today)
+    summary = f"archived {len(done)} days, {sum(a.rows for a in done)} rows"
+    if failed:
+        reasons = "; ".join(f"{day}: {reason}" for day, reason in failed.items())
+        raise RuntimeError(f"{summary}; {len(failed)} days kept hot, not archived: {reasons}")
+    return summary
 
 
 async def purge_old_events(ctx: dict[str, Any]) -> str:
-    """Remove raw days past retention that the archive holds and the TTL has not yet."""
-    days = await archive.purge(job_context(ctx).warehouse, datetime.now(UTC).date())
+    """Remove raw days past retention whose verified archive still matches them."""
+    job = job_context(ctx)
+    today = datetime.now(UTC).date()
+    days = await archive.purge(job.warehouse, job.storage, today)
+    async with best_effort("archive_gauge"):
+        await archive.days_behind(job.warehouse, today)
     return f"purged {len(days)} days"
