@@ -18,6 +18,10 @@ CSV cells of free-text columns (those whose values come from beacons or publishe
 with `=`, `+`, `-`, `@`, a tab or a carriage return get a leading `'`, as OWASP recommends, so
 that a spreadsheet shows them instead of running them; numeric columns are left as they are.
 JSON and NDJSON carry every value unchanged.
+
+Every format writes the same values (docs/reports.md lists the types): timestamps ISO 8601 in
+REPORT_TIMEZONE with their offset, amounts exact decimal text with at least two places, NULL
+an empty CSV field or JSON null.
 """
 
 from __future__ import annotations
@@ -80,32 +84,65 @@ def neutralised(value: object) -> object:
     return value
 
 
+def _local_time(column: str) -> str:
+    """ISO 8601 in REPORT_TIMEZONE with its offset, to the millisecond:
+    `2026-10-10T12:00:00.000+01:00` (NULL stays NULL)."""
+    local = f"formatDateTime({column}, '%Y-%m-%dT%H:%i:%S.%f', {{zone:String}})"
+    offset = f"formatDateTime({column}, '%z', {{zone:String}})"
+    return (
+        f"concat(substring({local}, 1, 23), substring({offset}, 1, 3), ':',"
+        f" substring({offset}, 4, 2)) AS {column}"
+    )
+
+
+def _money(value: str, name: str | None = None) -> str:
+    """The exact decimal as text, with at least two places (`1249.50`, `12.00`) and more
+    only where the amount has them (up to the column's six): never rounded, never a float."""
+    text = f"toString({value})"
+    point = f"position({text}, '.')"
+    return (
+        f"multiIf(isNull({value}), NULL, {point} = 0, concat({text}, '.00'),"
+        f" length({text}) - {point} = 1, concat({text}, '0'), {text}) AS {name or value}"
+    )
+
+
 _ROW_REPORTS = {
     "BOOKINGS": (
         ("booking-created", "booking-cancelled"),
-        "SELECT occurred_at, event_type, booking_id, customer_id, showroom_id, appointment_type,"
-        " scheduled_at FROM analytics_events FINAL"
+        f"SELECT {_local_time('occurred_at')}, event_type, booking_id, customer_id, showroom_id,"
+        # A cancellation names no appointment type: NULL, not an empty string.
+        " nullIf(appointment_type, '') AS appointment_type,"
+        f" {_local_time('scheduled_at')} FROM analytics_events FINAL"
         " WHERE event_type IN ('booking-created', 'booking-cancelled')",
     ),
     "ORDERS": (
         ("order-created",),
-        "SELECT occurred_at, order_id, customer_id, amount, currency, quantity"
-        " FROM analytics_events FINAL WHERE event_type = 'order-created'",
+        f"SELECT {_local_time('occurred_at')}, order_id, customer_id, {_money('amount')},"
+        " currency, quantity FROM analytics_events FINAL WHERE event_type = 'order-created'",
     ),
 }
+# NULL is an empty field in CSV (RFC 4180 has no NULL; DuckDB and pandas read it as missing);
+# counts are JSON numbers (none comes near 2^53), amounts JSON strings.
+_SETTINGS = (
+    " SETTINGS format_csv_null_representation = '', output_format_json_quote_64bit_integers = 0"
+)
+# The row reports' aliases reuse the column names: WHERE and ORDER BY must mean the columns.
+_ROW_SETTINGS = _SETTINGS + ", prefer_column_name_to_alias = 1"
 _PAGE = (
     " AND occurred_at >= {start:DateTime64(3, 'UTC')} AND occurred_at < {end:DateTime64(3, 'UTC')}"
     " ORDER BY occurred_at, event_id"
 )
+_ORDER_VALUE = "sumIf(amount, event_type = 'order-created')"
+_REVENUE_SUM = "sumIf(amount, event_type = 'payment-succeeded')"
+_PAYMENTS = "sumIf(events, event_type = 'payment-succeeded')"
+# The spec: average order value is revenue / successful payments.
+_AVERAGE = f"if({_PAYMENTS} = 0, toDecimal128(0, 2), toDecimal128({_REVENUE_SUM} / {_PAYMENTS}, 2))"
 _REVENUE = (
     "SELECT toDate(hour, {zone:String}) AS day, currency,"
     " sumIf(events, event_type = 'order-created') AS orders,"
-    " sumIf(amount, event_type = 'order-created') AS order_value,"
-    " sumIf(events, event_type = 'payment-succeeded') AS payments,"
-    " sumIf(amount, event_type = 'payment-succeeded') AS revenue,"
-    # The spec: average order value is revenue / successful payments.
-    " if(payments = 0, toDecimal128(0, 2), toDecimal128(revenue / payments, 2))"
-    " AS average_order_value"
+    f" {_money(_ORDER_VALUE, 'order_value')}, {_PAYMENTS} AS payments,"
+    f" {_money(_REVENUE_SUM, 'revenue')},"
+    f" {_money(_AVERAGE, 'average_order_value')}"
     " FROM domain_events_hourly WHERE currency != ''"
     " AND hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}"
     " GROUP BY day, currency ORDER BY day, currency"
@@ -202,8 +239,8 @@ async def write_report(
         ):
             await out.page(
                 await warehouse.formatted(
-                    _for_format(report, select + _PAGE, fmt),
-                    {"start": page_start, "end": page_end},
+                    _for_format(report, select + _PAGE, fmt) + _ROW_SETTINGS,
+                    {"start": page_start, "end": page_end, "zone": zone.key},
                     _clickhouse_format(fmt, number == 0),
                 )
             )
@@ -211,7 +248,9 @@ async def write_report(
         select = _REVENUE if report == "REVENUE" else _PRODUCTS
         await out.page(
             await warehouse.formatted(
-                _for_format(report, select, fmt), params, _clickhouse_format(fmt, True)
+                _for_format(report, select, fmt) + _SETTINGS,
+                params,
+                _clickhouse_format(fmt, True),
             )
         )
     else:
