@@ -60,9 +60,28 @@ def _utc(moment: datetime) -> datetime:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 
+def requester(claims: dict[str, Any]) -> uuid.UUID | None:
+    """The admin's user id: the token's `sub`, which report-generated carries as requestedBy
+    (notification-service finds the admin to email by it, so it must be a uuid)."""
+    try:
+        return uuid.UUID(str(claims.get("sub", "")))
+    except ValueError:
+        return None
+
+
 @bp.post("/v1/analytics/exports")
 @admin_only
 async def create_export(request: Request, claims: dict[str, Any]) -> HTTPResponse:
+    requested_by = requester(claims)
+    if requested_by is None:
+        return json(
+            {
+                "error": "the token's `sub` must be the admin's user id (a uuid): the"
+                " report-generated message names who asked for the export",
+                "path": "sub",
+            },
+            status=403,
+        )
     try:
         body = _decode(request.body or b"")
     except msgspec.ValidationError as error:
@@ -86,7 +105,7 @@ async def create_export(request: Request, claims: dict[str, Any]) -> HTTPRespons
         format=body.format,
         start=start,
         end=end,
-        requested_by=str(claims.get("sub", "")),
+        requested_by=str(requested_by),
         created_at=datetime.now(UTC),
     )
     try:
@@ -135,9 +154,12 @@ async def export_status(request: Request, export_id: str, claims: dict[str, Any]
     return answer(found)
 
 
-@bp.get("/v1/analytics/downloads/<key:path>")
-async def download(request: Request, key: str) -> HTTPResponse | ResponseStream:
-    """File storage only: the link's HMAC signature and expiry are the authorisation."""
+@bp.get("/v1/analytics/downloads/exports/<name:str>")
+async def download(request: Request, name: str) -> HTTPResponse | ResponseStream:
+    """File storage only: the link's HMAC signature and expiry are the authorisation. Only
+    exports are served (`exports/<id>.<ext>`, one path segment, as the OpenAPI path says):
+    the archive and anything else in storage has no route."""
+    key = f"exports/{name}"
     storage = services(request).runtime.storage
     if not isinstance(storage, FileStorage):
         return json({"error": "downloads come from object storage links"}, status=404)

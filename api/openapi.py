@@ -256,6 +256,7 @@ DOCUMENT: dict[str, Any] = {
             "post": {
                 "summary": "Queue a report export",
                 "tags": ["exports"],
+                "operationId": "createExport",
                 "security": ADMIN,
                 "requestBody": {
                     "required": True,
@@ -265,6 +266,9 @@ DOCUMENT: dict[str, Any] = {
                     "202": _json(ref(ExportQueued), "queued"),
                     "400": _error("invalid; `path` names the field"),
                     **DENIED,
+                    "403": _error(
+                        "not an ADMIN, or the token's `sub` is not the admin's user id (a uuid)"
+                    ),
                     "503": _error("job queue unavailable"),
                 },
             }
@@ -273,6 +277,7 @@ DOCUMENT: dict[str, Any] = {
             "get": {
                 "summary": "An export's state and, when ready, its download link",
                 "tags": ["exports"],
+                "operationId": "getExport",
                 "security": ADMIN,
                 "parameters": [
                     {
@@ -290,12 +295,21 @@ DOCUMENT: dict[str, Any] = {
                 },
             }
         },
-        "/v1/analytics/downloads/{key}": {
+        "/v1/analytics/downloads/exports/{file}": {
             "get": {
                 "summary": "A file-storage export, behind a signed, expiring link",
+                "description": "The `downloadUrl` of a READY export (file storage): its last"
+                " path segment is `file`, its query the `expires` and `signature` to send back.",
                 "tags": ["exports"],
+                "operationId": "downloadExport",
                 "parameters": [
-                    {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "file",
+                        "in": "path",
+                        "required": True,
+                        "description": "`<exportId>.<csv|json|ndjson>`",
+                        "schema": {"type": "string", "pattern": r"^[^/]+\.(csv|json|ndjson)$"},
+                    },
                     _query("expires", {"type": "string"}, "unix time the link expires"),
                     _query("signature", {"type": "string"}, "the link's HMAC"),
                 ],

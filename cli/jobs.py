@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
@@ -46,7 +47,15 @@ def list_jobs(settings: Settings, limit: int = 20) -> str:
     return asyncio.run(run())
 
 
-def run_job(settings: Settings, name: str, report: str, fmt: str, start: str, end: str) -> str:
+def run_job(
+    settings: Settings,
+    name: str,
+    report: str,
+    fmt: str,
+    start: str,
+    end: str,
+    requested_by: uuid.UUID | None = None,
+) -> str:
     if name not in BY_COMMAND:
         raise SystemExit(f"unknown job {name!r}; one of: {', '.join(BY_COMMAND)}")
 
@@ -58,6 +67,11 @@ def run_job(settings: Settings, name: str, report: str, fmt: str, start: str, en
                 return f"enqueued {name}: job {job.job_id if job else '?'}"
             if not (report and fmt and start and end):
                 raise SystemExit("export needs --report, --format, --from and --to")
+            if requested_by is None:
+                raise SystemExit(
+                    "export needs --requested-by: the admin's user id (a uuid), whom"
+                    " report-generated names and notification-service emails"
+                )
             export_id = str(new_event_id())
             state = ExportState(
                 status=ExportStatus.QUEUED,
@@ -65,7 +79,7 @@ def run_job(settings: Settings, name: str, report: str, fmt: str, start: str, en
                 format=fmt,
                 start=datetime.fromisoformat(start).astimezone(UTC),
                 end=datetime.fromisoformat(end).astimezone(UTC),
-                requested_by="analytics-cli",
+                requested_by=str(requested_by),
                 created_at=datetime.now(UTC),
             )
             await export_state.save(pool, export_id, state)

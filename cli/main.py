@@ -8,6 +8,7 @@ import asyncio
 import gc
 import signal
 import sys
+import uuid
 from functools import partial
 from typing import Any
 
@@ -214,11 +215,22 @@ def main(argv: list[str] | None = None) -> int:
     jobs.add_argument("--format", default="", help="export: CSV|JSON")
     jobs.add_argument("--from", dest="start", default="", help="export: ISO 8601")
     jobs.add_argument("--to", dest="end", default="", help="export: ISO 8601")
+    jobs.add_argument(
+        "--requested-by",
+        type=uuid.UUID,
+        default=None,
+        help="export: the admin's user id (a uuid) that report-generated names",
+    )
     restore = commands.add_parser("restore-day", help="load an archived day back into ClickHouse")
     restore.add_argument("day", help="YYYY-MM-DD (UTC)")
     token = commands.add_parser("token", help="mint a short-lived admin token (HS256 secret)")
     token.add_argument("--role", default="ADMIN")
-    token.add_argument("--subject", default="analytics-cli")
+    token.add_argument(
+        "--subject",
+        type=uuid.UUID,
+        default=None,
+        help="the admin's user id (a uuid; default: a new one); exports name it as requestedBy",
+    )
     token.add_argument("--ttl", type=int, default=3600, help="seconds")
     args = parser.parse_args(argv)
 
@@ -246,7 +258,15 @@ def main(argv: list[str] | None = None) -> int:
             print(list_jobs(settings))
         else:
             print(
-                run_job(settings, args.name or "", args.report, args.format, args.start, args.end)
+                run_job(
+                    settings,
+                    args.name or "",
+                    args.report,
+                    args.format,
+                    args.start,
+                    args.end,
+                    args.requested_by,
+                )
             )
         return 0
     if args.command == "restore-day":
@@ -254,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "token":
         from api.auth import mint
 
-        print(mint(settings, args.role, args.subject, args.ttl))
+        print(mint(settings, args.role, str(args.subject or uuid.uuid4()), args.ttl))
         return 0
     if args.command == "serve":
         return _serve(settings, embedded=True)

@@ -88,7 +88,7 @@ class ReportGenerated(msgspec.Struct, rename="camel", kw_only=True):
     format: str
     download_url: str
     expires_at: datetime
-    requested_by: str  # the token's `sub`
+    requested_by: uuid.UUID  # the token's `sub`: the admin's user id
     rows: int  # added
 
 

@@ -29,7 +29,7 @@ class ExportState(msgspec.Struct, kw_only=True, rename="camel"):
     start: datetime
     end: datetime
     created_at: datetime
-    requested_by: str = ""  # the token's `sub`
+    requested_by: str = ""  # the token's `sub`, a uuid (api/exports.requester)
     object_key: str = ""  # READY
     expires_at: datetime | None = None  # READY: when the file and its link go
     rows: int = 0  # READY

@@ -138,7 +138,7 @@ async def test_forged_download_links_are_refused(
     )
     storage = server.services.runtime.storage
     assert isinstance(storage, FileStorage)
-    object_key = "archive/tracking_events/2026-08-01.parquet"
+    object_key = f"exports/{uuid.uuid4()}.csv"
     storage.path(object_key).parent.mkdir(parents=True)
     storage.path(object_key).write_bytes(b"raw events of a day")
     far = int(time.time()) + 30 * 365 * 86400
@@ -159,6 +159,9 @@ async def test_forged_download_links_are_refused(
         "superscript digit expiry": f"{path}?expires=%C2%B2&signature=00",
         "20-digit expiry": f"{path}?expires={'9' * 20}&signature=00",
         "no signature": f"{path}?expires={int(time.time()) + 60}",
+        "a signature for another export": storage.download_url(
+            f"exports/{uuid.uuid4()}.csv", datetime.now(UTC) + timedelta(days=1)
+        ).replace("/v1/analytics/downloads/exports/", "/v1/analytics/downloads/exports/x"),
     }
     refused = 0
     for name, link in attempts.items():
@@ -167,6 +170,12 @@ async def test_forged_download_links_are_refused(
         refused += 1
     genuine = storage.download_url(object_key, datetime.now(UTC) + timedelta(days=7))
     assert (await server.http.get(genuine)).content == b"raw events of a day"
+    # Storage holds more than exports; none of it has a route, signed or not.
+    archived = "archive/tracking_events/date=2026-08-01/part-0.parquet"
+    storage.path(archived).parent.mkdir(parents=True)
+    storage.path(archived).write_bytes(b"raw events")
+    signed_archive = storage.download_url(archived, datetime.now(UTC) + timedelta(days=1))
+    assert (await server.http.get(signed_archive)).status_code == 404
     result = Outcome.of(
         f"{len(attempts)} forged download links", 0, answered(len(attempts), [], refused), []
     )

@@ -22,7 +22,8 @@ import pytest
 from cli.demo_traffic import default_start, generate, load
 from core.clickhouse import Warehouse
 from tests.conftest import Running, event, job_of, take
-from tests.test_dashboard_api import bearer, token
+from tests.documented import assert_as_documented, examples
+from tests.test_dashboard_api import ADMIN_ID, bearer, token
 from tests.test_exports import EXPORTS, finished, request_body
 from workers import jobs
 
@@ -80,7 +81,7 @@ class ReportGenerated(msgspec.Struct, rename="camel"):
     format: str
     download_url: str
     expires_at: datetime
-    requested_by: str
+    requested_by: uuid.UUID  # the admin's user id: notification-service emails them
 
 
 def received(message: aio_pika.abc.AbstractIncomingMessage, payload: type[P]) -> Envelope[P]:
@@ -97,6 +98,7 @@ async def test_event_tracked(server: Running, listen: Listen) -> None:
     answer = await server.http.post("/v1/analytics/track", json=sent)
     await server.drain()
     (message,) = await take(queue, 1)
+    assert_as_documented("lomash.analytics.event.tracked", message.body)
     envelope = received(message, EventTracked)
     assert envelope.event_type == "event-tracked"
     assert str(envelope.payload.tracking_event_id) == answer.json()["eventId"]
@@ -117,10 +119,10 @@ async def test_funnel_completed(server: Running, demo: Warehouse, listen: Listen
     queue = await listen("lomash.analytics.funnel.completed")
     await server.services.runtime.publisher.connected.wait()
     await jobs.recompute_funnels({"job": job_of(server, demo)})
-    found = {
-        e.payload.funnel_name: e
-        for e in (received(m, FunnelCompleted) for m in await take(queue, 2))
-    }
+    taken = await take(queue, 2)
+    for message in taken:
+        assert_as_documented("lomash.analytics.funnel.completed", message.body)
+    found = {e.payload.funnel_name: e for e in (received(m, FunnelCompleted) for m in taken)}
     assert {e.event_type for e in found.values()} == {"funnel-completed"}
     booking, checkout = found["BOOKING"].payload, found["CHECKOUT"].payload
     assert [s.step for s in booking.steps] == ["PAGEVIEW", "BOOKING_START", "BOOKING_COMPLETE"]
@@ -143,7 +145,10 @@ async def test_dashboard_refreshed(server: Running, demo: Warehouse, listen: Lis
     queue = await listen("lomash.analytics.dashboard.refreshed")
     await server.services.runtime.publisher.connected.wait()
     await jobs.rebuild_dashboards({"job": job_of(server, demo)})
-    refreshed = [received(m, DashboardRefreshed) for m in await take(queue, 4)]
+    taken = await take(queue, 4)
+    for message in taken:
+        assert_as_documented("lomash.analytics.dashboard.refreshed", message.body)
+    refreshed = [received(m, DashboardRefreshed) for m in taken]
     assert {e.event_type for e in refreshed} == {"dashboard-refreshed"}
     ids = {r[0] for r in await demo.rows("SELECT snapshot_id FROM dashboard_snapshots")}
     assert {e.payload.snapshot_id for e in refreshed} == ids
@@ -155,13 +160,14 @@ async def test_report_generated(server: Running, demo: Warehouse, listen: Listen
     created = await server.http.post(EXPORTS, json=request_body(), headers=bearer(token()))
     state = await finished(server, created.json()["exportId"])
     (message,) = await take(queue, 1)
+    assert_as_documented("lomash.analytics.report.generated", message.body)
     envelope = received(message, ReportGenerated)
     assert envelope.event_type == "report-generated"
     payload = envelope.payload
     assert str(payload.export_id) == created.json()["exportId"]
     assert (payload.report_type, payload.format) == ("ORDERS", "CSV")
     assert payload.download_url == state["downloadUrl"]
-    assert payload.requested_by == "admin@lomashwood.co.uk"
+    assert payload.requested_by == uuid.UUID(ADMIN_ID)
     # The spec: the link lives seven days.
     assert timedelta(days=7) - timedelta(minutes=2) < payload.expires_at - datetime.now(UTC)
     assert payload.expires_at - datetime.now(UTC) <= timedelta(days=7)
@@ -213,3 +219,14 @@ async def test_an_unknown_format_is_refused(server: Running) -> None:
     )
     assert answer.status_code == 400
     assert answer.json()["path"] == "$.format"
+
+
+def test_every_published_topic_has_an_example_in_the_docs() -> None:
+    from core import contracts
+
+    topics = {
+        value.routing_key
+        for value in vars(contracts).values()
+        if isinstance(value, contracts.Topic)
+    }
+    assert set(examples()) == topics

@@ -24,9 +24,11 @@ from core.jobs import Job
 from core.settings import Settings
 from materialized import dashboard_cache, snapshots, widgets
 from tests.conftest import JWT_SECRET, Running, job_of, rsa_key_pair, take, wait_for
+from tests.documented import assert_as_documented
 from workers import jobs
 
 DASHBOARD = "/v1/analytics/dashboard"
+ADMIN_ID = "5f0c8a4e-2b7d-4c1e-9a3f-6d2e8b1c4a70"  # the admin's user id, the tokens' `sub`
 
 
 def token(
@@ -38,9 +40,10 @@ def token(
     **extra: Any,
 ) -> str:
     now = int(time.time())
-    claims = {"sub": "admin@lomashwood.co.uk", "role": role, "iat": now, "exp": now + expires_in}
+    claims = {"sub": ADMIN_ID, "role": role, "iat": now, "exp": now + expires_in}
     claims.update(extra)
-    return jwt.encode(claims, secret, algorithm=algorithm)
+    present = {name: value for name, value in claims.items() if value is not None}
+    return jwt.encode(present, secret, algorithm=algorithm)
 
 
 def _hs256_by_hand(claims: dict[str, Any], key: bytes) -> str:
@@ -328,7 +331,11 @@ async def announcements(
 
 
 async def messages(queue: aio_pika.abc.AbstractQueue, n: int) -> list[tuple[str, dict[str, Any]]]:
-    return [(m.routing_key or "", msgspec.json.decode(m.body)) for m in await take(queue, n)]
+    """The next `n` announcements, each checked against its example in docs/events.md."""
+    taken = await take(queue, n)
+    for message in taken:
+        assert_as_documented(message.routing_key or "", message.body)
+    return [(m.routing_key or "", msgspec.json.decode(m.body)) for m in taken]
 
 
 async def test_admin_can_enqueue_a_rebuild_that_saves_and_announces_snapshots(

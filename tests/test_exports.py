@@ -26,7 +26,7 @@ from core.clickhouse import Warehouse
 from core.settings import Settings
 from materialized import reports
 from tests.conftest import Running, event, free_port, job_of
-from tests.test_dashboard_api import bearer, token
+from tests.test_dashboard_api import ADMIN_ID, bearer, token
 from workers import jobs
 
 EXPORTS = "/v1/analytics/exports"
@@ -105,6 +105,15 @@ async def test_exports_need_an_admin(server: Running) -> None:
     assert (await server.http.get(f"{EXPORTS}/x")).status_code == 401
 
 
+@pytest.mark.parametrize("sub", ["admin@lomashwood.co.uk", "analytics-cli", None])
+async def test_an_export_needs_a_token_naming_the_admin_by_user_id(
+    server: Running, sub: str | None
+) -> None:
+    refused = await server.http.post(EXPORTS, json=request_body(), headers=bearer(token(sub=sub)))
+    assert refused.status_code == 403
+    assert refused.json()["path"] == "sub" and "uuid" in refused.json()["error"]
+
+
 async def test_unknown_export_is_404(server: Running) -> None:
     for export_id in ("0190f0f0-0000-7000-8000-000000000000", "not-an-id"):
         answer = await server.http.get(f"{EXPORTS}/{export_id}", headers=bearer(token()))
@@ -152,7 +161,7 @@ async def test_csv_export_lands_in_file_storage_behind_a_signed_link(
     assert body["eventType"] == "report-generated"
     payload = body["payload"]
     assert payload["exportId"] == export_id
-    assert payload["requestedBy"] == "admin@lomashwood.co.uk"
+    assert payload["requestedBy"] == ADMIN_ID
     assert payload["downloadUrl"].startswith(server.base_url)
     assert payload["rows"] == orders
     assert "export_generation_duration_ms_count" in (await server.http.get("/metrics")).text

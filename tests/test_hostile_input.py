@@ -28,7 +28,13 @@ from tests.service_process import query, start_service, stop
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "fuzz-secret-0123456789-abcdefghijklmnop"
 TOKEN = jwt.encode(
-    {"role": "ADMIN", "sub": "fuzz", "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256"
+    {
+        "role": "ADMIN",
+        "sub": "8d1f3c2a-6b4e-4f7a-9c0d-2e5b7a9c1f34",
+        "exp": int(time.time()) + 3600,
+    },
+    SECRET,
+    algorithm="HS256",
 )
 
 

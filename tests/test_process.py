@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
 from core.migrations import load_migrations
@@ -175,6 +176,8 @@ def test_demo_fills_an_empty_install_that_then_serves_a_dashboard(tmp_path: Path
         timeout=60,
     )
     assert minted.returncode == 0, minted.stderr
+    claims = jwt.decode(minted.stdout.strip(), options={"verify_signature": False})
+    assert uuid.UUID(claims["sub"]) and claims["role"] == "ADMIN"  # a user id, as exports need
     proc, base = start_service(tmp_path, AUTH_JWT_SECRET=env["AUTH_JWT_SECRET"])
     now = time.time()
     answer = httpx.get(

@@ -9,6 +9,7 @@ import dataclasses
 import io
 import subprocess
 import sys
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from cli.demo_traffic import generate, load
+from core import export_state
 from core.clickhouse import Warehouse
 from core.settings import Settings
 from core.storage import FileStorage
@@ -201,23 +203,19 @@ async def test_jobs_command_lists_runs_and_enqueues_by_name(
         raise AssertionError("the job never showed up as run")
     unknown = await asyncio.to_thread(analytics, "jobs", "run", "reticulate", env=env)
     assert unknown.returncode != 0 and "unknown job" in unknown.stderr
-    export = await asyncio.to_thread(
-        analytics,
-        "jobs",
-        "run",
-        "export",
-        "--report",
-        "REVENUE",
-        "--format",
-        "CSV",
-        "--from",
-        "2026-01-01T00:00:00+00:00",
-        "--to",
-        "2026-02-01T00:00:00+00:00",
-        env=env,
-    )
+    export_args = [
+        *("jobs", "run", "export", "--report", "REVENUE", "--format", "CSV"),
+        *("--from", "2026-01-01T00:00:00+00:00", "--to", "2026-02-01T00:00:00+00:00"),
+    ]
+    unnamed = await asyncio.to_thread(analytics, *export_args, env=env)
+    assert unnamed.returncode != 0 and "--requested-by" in unnamed.stderr
+    admin = str(uuid.uuid4())
+    export = await asyncio.to_thread(analytics, *export_args, "--requested-by", admin, env=env)
     assert export.returncode == 0, export.stderr
     assert export.stdout.startswith("enqueued export ")
+    export_id = export.stdout.split()[-1]
+    state = await export_state.load(server.services.runtime.redis, export_id)
+    assert state is not None and state.requested_by == admin
 
 
 @pytest.mark.parametrize("day", ["2026-13-01", "yesterday"])

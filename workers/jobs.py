@@ -259,6 +259,14 @@ async def check_dashboard_freshness(ctx: dict[str, Any]) -> str:
 EXPORT_LIFETIME = timedelta(days=7)
 
 
+def _requester_id(requested_by: str) -> uuid.UUID:
+    """The uuid the API checked; the nil uuid for a state queued before it checked."""
+    try:
+        return uuid.UUID(requested_by)
+    except ValueError:
+        return uuid.UUID(int=0)
+
+
 async def export_report(ctx: dict[str, Any], export_id: str) -> str:
     """Stream one report from ClickHouse into `exports/{id}.{csv|json}`, page by page."""
     started = time.perf_counter()
@@ -311,7 +319,7 @@ async def export_report(ctx: dict[str, Any], export_id: str) -> str:
             format=state.format,
             download_url=storage.download_url(object_key, expires),
             expires_at=expires,
-            requested_by=state.requested_by,
+            requested_by=_requester_id(state.requested_by),
             rows=rows,
         ),
     )
