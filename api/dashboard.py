@@ -99,7 +99,14 @@ async def dashboard(request: Request, claims: dict[str, Any]) -> HTTPResponse:
     now = datetime.now(UTC)
     try:
         found = await asyncio.wait_for(
-            widgets.compute(svc.runtime.warehouse, start, end, zone=zone, now=now),
+            widgets.compute(
+                svc.runtime.warehouse,
+                start,
+                end,
+                zone=zone,
+                now=now,
+                product_page=svc.runtime.settings.product_page_pattern,
+            ),
             timeout=COMPUTE_TIMEOUT_S,
         )
     except (WarehouseError, TimeoutError) as error:

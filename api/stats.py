@@ -211,7 +211,15 @@ async def funnel(request: Request, claims: dict[str, Any], name: str) -> HTTPRes
         return _bad(error)
 
     async def compute() -> FunnelReport:
-        result = await funnels.compute(svc.runtime.warehouse, chosen, start, end)
+        settings = svc.runtime.settings
+        result = await funnels.compute(
+            svc.runtime.warehouse,
+            chosen,
+            start,
+            end,
+            settings.funnel_window_seconds,
+            settings.product_page_pattern,
+        )
         return FunnelReport(
             funnel_name=result.published_name,
             period_from=start,

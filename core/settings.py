@@ -42,6 +42,12 @@ AmqpUrl = Annotated[str, _url_pattern("amqp", "amqps")]
 StorageUrl = Annotated[str, _url_pattern("file", "s3")]
 
 
+# /kitchens/<range>, /bedrooms/<range> or /products/<id>: Lomash Wood's product URLs.
+PRODUCT_PAGE_PATTERN = r"^/(kitchens|bedrooms|products)/[^/]+"
+# What Python's `re` takes and RE2 (ClickHouse's match()) refuses: lookaround, backreferences.
+_NOT_RE2 = re.compile(r"\(\?(?:=|!|<=|<!)|\\[1-9]|\(\?P=")
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     # Everything the service writes lives under here unless set on its own: the embedded
@@ -97,6 +103,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # the default bounds that near 260 MB (and the log on disk near 90 MB).
     ingest_max_pending_rows: Annotated[int, msgspec.Meta(ge=1_000)] = 200_000
     api_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    # Which PAGEVIEW paths are product pages (the booking funnel's first step, the dashboard's
+    # productPageViews): a regular expression in ClickHouse's RE2 syntax, searched in the path.
+    product_page_pattern: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] = (
+        PRODUCT_PAGE_PATTERN
+    )
     # windowFunnel's window: how long after a funnel's first step later steps still count.
     funnel_window_seconds: Annotated[int, msgspec.Meta(ge=60, le=90 * 86400)] = 7 * 86400
     # The event.tracked messages the relay may leave unpublished in a tracking log; past it
@@ -250,6 +261,15 @@ def _check(settings: Settings) -> None:
         )
     if settings.embedded and not settings.clickhouse_url.removeprefix("chdb://"):
         raise SettingsError("CLICKHOUSE_URL", "chdb:// needs a data path, e.g. chdb://./data/ch")
+    try:
+        re.compile(settings.product_page_pattern)
+    except re.error as error:
+        raise SettingsError("PRODUCT_PAGE_PATTERN", f"not a regular expression ({error})") from None
+    if _NOT_RE2.search(settings.product_page_pattern):
+        raise SettingsError(
+            "PRODUCT_PAGE_PATTERN",
+            "lookarounds and backreferences are not RE2 (ClickHouse's match()) syntax",
+        )
     if settings.geoip_db and not Path(settings.geoip_db).is_file():
         raise SettingsError("GEOIP_DB", f"no such file {settings.geoip_db!r}")
     if settings.auth_jwt_public_key and "BEGIN PUBLIC KEY" not in settings.auth_jwt_public_key:

@@ -20,11 +20,13 @@ from typing import Literal
 from core.clickhouse import Warehouse
 from core.contracts import FunnelCompleted, FunnelStep
 from core.limits import TRUST_CLIENT_FUTURE, TRUST_CLIENT_PAST
+from core.settings import PRODUCT_PAGE_PATTERN
 
 DEFAULT_WINDOW_SECONDS = 7 * 86400
 
-# A product page: /kitchens/<range>, /bedrooms/<range> or /products/<id>.
-PRODUCT_PAGE = r"^/(kitchens|bedrooms|products)/[^/]+"
+# A product page, unless PRODUCT_PAGE_PATTERN says otherwise: /kitchens/<range>,
+# /bedrooms/<range> or /products/<id>.
+PRODUCT_PAGE = PRODUCT_PAGE_PATTERN
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +101,7 @@ class FunnelResult:
 def _condition(step: Step) -> str:
     cond = f"source = '{step.source}' AND event_type = '{step.event_type}'"
     if step.product_page:
-        cond += f" AND match(path, '{PRODUCT_PAGE}')"
+        cond += " AND match(path, {product_page:String})"
     return cond
 
 
@@ -146,7 +148,10 @@ async def compute(
     start: datetime,
     end: datetime,
     window_seconds: int = DEFAULT_WINDOW_SECONDS,
+    product_page: str = PRODUCT_PAGE,
 ) -> FunnelResult:
+    """`product_page`: PRODUCT_PAGE_PATTERN, the paths whose PAGEVIEW starts the booking
+    funnel."""
     rows = await warehouse.rows(
         funnel_sql(funnel),
         {
@@ -157,6 +162,7 @@ async def compute(
             "window": window_seconds * 1000,
             "tracking_types": _types(funnel, "tracking"),
             "domain_types": _types(funnel, "domain"),
+            "product_page": product_page,
         },
     )
     reached = {int(level): int(n) for level, n in rows}

@@ -226,6 +226,7 @@ async def write_report(
     write: Write,
     *,
     funnel_window_seconds: int = funnels.DEFAULT_WINDOW_SECONDS,
+    product_page: str = funnels.PRODUCT_PAGE,
 ) -> int:
     """Write the report, page by page; nothing but one page is held in memory. Returns the
     rows written. FUNNELS uses `funnel_window_seconds` (FUNNEL_WINDOW_SECONDS), as
@@ -254,17 +255,24 @@ async def write_report(
             )
         )
     else:
-        await out.page(await _funnel_report(warehouse, fmt, start, end, funnel_window_seconds))
+        await out.page(
+            await _funnel_report(warehouse, fmt, start, end, funnel_window_seconds, product_page)
+        )
     await out.close()
     return out.rows
 
 
 async def _funnel_report(
-    warehouse: Warehouse, fmt: Format, start: datetime, end: datetime, window_seconds: int
+    warehouse: Warehouse,
+    fmt: Format,
+    start: datetime,
+    end: datetime,
+    window_seconds: int,
+    product_page: str,
 ) -> bytes:
     rows = []
     for funnel in funnels.FUNNELS.values():
-        result = await funnels.compute(warehouse, funnel, start, end, window_seconds)
+        result = await funnels.compute(warehouse, funnel, start, end, window_seconds, product_page)
         for number, (step, visitors) in enumerate(result.steps, start=1):
             rows.append(
                 {

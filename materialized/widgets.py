@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from core.clickhouse import Warehouse
+from core.settings import PRODUCT_PAGE_PATTERN
 
 TOP_PRODUCTS = 10
 # Sums of Decimal(38, 6) amounts: Python's default 28 digits would round them.
@@ -61,6 +62,7 @@ async def compute(
     *,
     zone: zoneinfo.ZoneInfo,
     now: datetime,
+    product_page: str = PRODUCT_PAGE_PATTERN,
 ) -> dict[str, Any]:
     start, end = floor_hour(start), ceil_hour(end)
     rng = {"start": start, "end": end}
@@ -74,6 +76,7 @@ async def compute(
         blog,
         customers,
         conversion,
+        product_pages,
     ) = await asyncio.gather(
         warehouse.rows(
             "SELECT event_type, sum(events) FROM tracking_events_hourly"
@@ -120,6 +123,14 @@ async def compute(
             " conversion_rate, computed_at FROM funnels"
             " ORDER BY computed_at DESC LIMIT 1 BY funnel"
         ),
+        # Pageviews per path per hour are rolled up already (bots excluded), so the pattern
+        # is matched against distinct paths, not against raw events.
+        warehouse.scalar(
+            "SELECT sum(pageviews) FROM stats_hourly WHERE dimension = 'page'"
+            " AND hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}"
+            " AND match(value, {pattern:String})",
+            {**rng, "pattern": product_page},
+        ),
     )
     counts: dict[str, int] = defaultdict(int)
     amounts: dict[str, dict[str, decimal.Decimal]] = defaultdict(dict)
@@ -165,7 +176,9 @@ async def compute(
         "brochureRequests": counts["brochure-request-submitted"],
         "newsletterSignups": counts["newsletter-subscription-created"],
         "blogViews": int(blog or 0),
+        "productPageViews": int(product_pages or 0),
         "eventsByType": {event_type: int(n) for event_type, n in by_type},
+        "domainEventsByType": {t: n for t, n in sorted(counts.items()) if n},
         "conversion": {
             row["funnel"]: {
                 "periodStart": row["period_start"].replace(tzinfo=UTC).isoformat(),
@@ -239,8 +252,13 @@ class Widgets(msgspec.Struct, rename="camel"):
     brochure_requests: int
     newsletter_signups: int
     blog_views: int
-    events_by_type: dict[str, int]
+    events_by_type: dict[str, int]  # browser (tracking) events by type, bots excluded
     conversion: dict[str, ConversionWidget]  # by funnel: booking, checkout
+    # PAGEVIEWs of paths matching PRODUCT_PAGE_PATTERN, bots excluded; null in a snapshot saved
+    # before the widget existed (the stale fallback).
+    product_page_views: int | None = None
+    # Domain events stored, by type (order-created, booking-created, ...).
+    domain_events_by_type: dict[str, int] | None = None
 
 
 class DashboardAnswer(msgspec.Struct, rename="camel", omit_defaults=True):

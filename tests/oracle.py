@@ -29,7 +29,12 @@ def _ms(moment: datetime) -> int:
 
 
 def widgets(
-    traffic: Traffic, start: datetime, end: datetime, zone: zoneinfo.ZoneInfo, now: datetime
+    traffic: Traffic,
+    start: datetime,
+    end: datetime,
+    zone: zoneinfo.ZoneInfo,
+    now: datetime,
+    product_page: str = PRODUCT_PAGE,
 ) -> dict[str, Any]:
     s, e = _ms(start), _ms(end)
     human = [r for r in traffic.tracking if not r.is_bot]
@@ -101,16 +106,27 @@ def widgets(
             if r.event_type == "PAGEVIEW"
             and r.url.split("lomashwood.co.uk", 1)[1].startswith(("/blog/", "/v1/blog/"))
         ),
+        "productPageViews": sum(
+            1
+            for r in in_range
+            if r.event_type == "PAGEVIEW" and re.search(product_page, _path(r.url))
+        ),
         "eventsByType": dict(sorted(Counter(r.event_type for r in in_range).items())),
+        "domainEventsByType": dict(sorted(counts.items())),
     }
 
 
 def funnel_steps(
-    traffic: Traffic, funnel: Funnel, start: datetime, end: datetime, window_seconds: int
+    traffic: Traffic,
+    funnel: Funnel,
+    start: datetime,
+    end: datetime,
+    window_seconds: int,
+    product_page_pattern: str = PRODUCT_PAGE,
 ) -> list[tuple[str, int]]:
     """windowFunnel's default mode, step by step (ClickHouse's AggregateFunctionWindowFunnel)."""
     s, e, window = _ms(start), _ms(end), window_seconds * 1000
-    product_page = re.compile(PRODUCT_PAGE)
+    product_page = re.compile(product_page_pattern)
     per_visitor: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for r in traffic.tracking:
         if r.is_bot or not s <= _ms(r.occurred_at) < e:
@@ -121,7 +137,7 @@ def funnel_steps(
             if (
                 step.source == "tracking"
                 and step.event_type == r.event_type
-                and (not step.product_page or product_page.match(path))
+                and (not step.product_page or product_page.search(path))
             ):
                 per_visitor[visitor].append((_ms(r.occurred_at), index))
     for r in traffic.domain:
@@ -307,7 +323,6 @@ def around_2026_clock_changes(sessions_per_day: int, seeds: tuple[int, int]) -> 
 
 
 async def load_past(warehouse: Warehouse, traffic: Traffic) -> None:
-    """Store traffic of fixed past dates. They may be older than raw events' 90-day TTL, which
-    would drop them on insert; retention is not what these tests are about."""
-    await warehouse.command("ALTER TABLE tracking_events REMOVE TTL")
+    """Store traffic of fixed past dates (no TTL drops raw events older than 90 days: only the
+    verified purge removes them)."""
     await load(warehouse, traffic)

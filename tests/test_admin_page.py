@@ -140,6 +140,15 @@ async def test_the_admin_page_shows_the_apis_numbers_and_filters_by_a_click(
     assert await page.locator("#funnel-booking .step").count() == 3
     assert await page.locator("#funnel-checkout .step").count() == 4
     assert "In range" in await page.inner_text("#widget-bookings")
+    dashboard = (
+        await server.http.get("/v1/analytics/dashboard", params=seven_days(), headers=admin)
+    ).json()["widgets"]
+    assert dashboard["productPageViews"] > 0
+    content = await page.inner_text("#widget-content")
+    assert f"Product page views\n{dashboard['productPageViews']:,}" in content, content
+    platform = await page.inner_text("#widget-domain-events")
+    for event_type, count in dashboard["domainEventsByType"].items():
+        assert f"{event_type}\n{count:,}" in platform, platform
     assert hostile in await page.inner_text("#breakdown-page")
     assert "<script>" in await page.inner_text("#breakdown-utm_campaign")
     assert await page.title() == "Lomash Wood analytics"

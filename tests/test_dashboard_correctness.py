@@ -82,6 +82,33 @@ async def test_funnel_steps_agree_with_the_oracle(
         assert booking.conversion_rate == round(booking.steps[-1][1] / booking.steps[0][1] * 100, 2)
 
 
+# A site whose product URLs differ: its product pages are /shop/<x>-kitchen, say. Here the
+# demo's blog posts stand in, and an unanchored pattern shows match() searches the path.
+OTHER_PRODUCT_PAGES = r"(^/blog/|/bedrooms/[^/]+$)"
+
+
+async def test_a_configured_product_page_pattern_drives_the_funnel_and_the_widget(
+    loaded: Warehouse, traffic: Traffic
+) -> None:
+    start, end = oracle.as_utc("2026-03-25", LONDON), oracle.as_utc("2026-04-08", LONDON)
+    booking = funnels.FUNNELS["booking"]
+    default = await funnels.compute(loaded, booking, start, end)
+    other = await funnels.compute(
+        loaded, booking, start, end, funnels.DEFAULT_WINDOW_SECONDS, OTHER_PRODUCT_PAGES
+    )
+    assert other.steps == oracle.funnel_steps(
+        traffic, booking, start, end, funnels.DEFAULT_WINDOW_SECONDS, OTHER_PRODUCT_PAGES
+    )
+    assert other.steps[0] != default.steps[0]
+    got = await widgets.compute(
+        loaded, start, end, zone=LONDON, now=NOW, product_page=OTHER_PRODUCT_PAGES
+    )
+    expected = oracle.widgets(traffic, start, end, LONDON, NOW, OTHER_PRODUCT_PAGES)
+    assert got["productPageViews"] == expected["productPageViews"] > 0
+    defaulted = await widgets.compute(loaded, start, end, zone=LONDON, now=NOW)
+    assert defaulted["productPageViews"] != got["productPageViews"]
+
+
 async def test_bots_never_count(loaded: Warehouse, traffic: Traffic) -> None:
     bots = sum(1 for r in traffic.tracking if r.is_bot)
     assert bots > 0

@@ -110,3 +110,14 @@ async def test_no_ttl_deletes_raw_events_or_aggregates(warehouse: Warehouse) -> 
         " AND create_table_query LIKE '% TTL %' ORDER BY name"
     )
     assert [r[0] for r in found] == ["dashboard_snapshots"]
+
+
+async def test_a_migration_interrupted_after_removing_a_ttl_runs_again(
+    empty_warehouse: Warehouse,
+) -> None:
+    """A crash between two statements of one migration: the first ran, the ledger has no row.
+    REMOVE TTL has no IF EXISTS form; running it again must not stop every later start."""
+    await migrate(empty_warehouse)
+    await empty_warehouse.command("ALTER TABLE schema_migrations DELETE WHERE version = 24")
+    await empty_warehouse.command("OPTIMIZE TABLE schema_migrations FINAL")
+    assert "0024_stats_rollups_kept.sql" in await migrate(empty_warehouse)

@@ -123,7 +123,12 @@ async def recompute_funnels(ctx: dict[str, Any]) -> str:
     results = []
     for funnel in funnels.FUNNELS.values():
         result = await funnels.compute(
-            warehouse, funnel, end - FUNNEL_PERIOD, end, settings.funnel_window_seconds
+            warehouse,
+            funnel,
+            end - FUNNEL_PERIOD,
+            end,
+            settings.funnel_window_seconds,
+            settings.product_page_pattern,
         )
         funnel_id = new_event_id()
         await warehouse.command(
@@ -176,7 +181,9 @@ async def rebuild_dashboards(ctx: dict[str, Any]) -> str:
     }
     written = []
     for label, start in ranges.items():
-        found = await widgets.compute(warehouse, start, end, zone=zone, now=now)
+        found = await widgets.compute(
+            warehouse, start, end, zone=zone, now=now, product_page=settings.product_page_pattern
+        )
         snapshot_id = await snapshots.save(warehouse, start, end, label, found)
         written.append(
             DashboardRefreshed(
@@ -290,6 +297,7 @@ async def export_report(ctx: dict[str, Any], export_id: str) -> str:
                 zoneinfo.ZoneInfo(settings.report_timezone),
                 writer.write,
                 funnel_window_seconds=settings.funnel_window_seconds,
+                product_page=settings.product_page_pattern,
             )
             await writer.close()
         except BaseException:

@@ -233,6 +233,14 @@
       keyValues("Top products", "widget-products",
         w.topProducts.length ? w.topProducts.map((p) => [p.productId, formatCount(p.views) + " views"])
           : [["No product views", ""]]),
+      keyValues("Content and leads", "widget-content", [
+        ["Product page views", w.productPageViews == null ? "–" : formatCount(w.productPageViews)],
+        ["Blog views", formatCount(w.blogViews)],
+        ["Brochure requests", formatCount(w.brochureRequests)],
+        ["Newsletter sign-ups", formatCount(w.newsletterSignups)],
+      ]),
+      keyValues("Platform events", "widget-domain-events",
+        Object.entries(w.domainEventsByType || {}).map(([type, n]) => [type, formatCount(n)])),
     );
     if (answer.stale) {
       box.prepend(el("p", { className: "hint" }, `Business widgets from a snapshot ${answer.ageSeconds}s old`));
