@@ -1,5 +1,5 @@
 """Every message we publish on the platform exchange, exactly as the platform's event spec
-gives it (../shared/DESIGN.md, "Published"): the envelope `{eventId, eventType, timestamp,
+gives it (docs/contracts.md, "Published"): the envelope `{eventId, eventType, timestamp,
 version: "1.0", payload}` and one payload Struct per topic. Other services are written against
 these shapes: fields may be added after the spec's, never renamed or dropped.
 """

@@ -1,6 +1,6 @@
 r"""Web analytics over the browser events: overview, breakdowns, time series, realtime.
 
-Definitions (../shared/DESIGN.md, "Stats definitions"): a visitor is the userId when known, else
+Definitions (docs/stats.md): a visitor is the userId when known, else
 the sessionId; bots never count; duplicate beacons were dropped at ingest. Visitors and
 pageviews count the events received in the range. Sessions count those that *started* in the
 range (at `session_started_at`, the pipeline's first sight of them), each with all its events:

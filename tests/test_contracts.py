@@ -1,6 +1,7 @@
-"""Published messages and export formats exactly as ../shared/DESIGN.md gives them.
+"""Published messages and export formats exactly as the platform's spec gives them.
 
-The decoders here are written from DESIGN.md's "Published" table, not from core/contracts.py:
+The decoders here are written from the spec's "Published" table (docs/contracts.md keeps it),
+not from core/contracts.py:
 a real consumer bound to the exchange receives each message and decodes it strictly (every
 field the spec names, of the spec's type; extra fields allowed, as the spec allows).
 """
