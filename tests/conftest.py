@@ -299,12 +299,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# Fixtures that reach a service or the machine beyond the test's own memory and temp files:
+# ClickHouse (chDB), Redis, RabbitMQ, Chromium, a mount. A test using any of them, directly or
+# through another fixture, is an integration test; one using none is a unit test of a pure
+# part. Modules that start service processes by other means say so with `pytestmark`.
+SERVICE_FIXTURES = frozenset(
+    {
+        "chdb_url",
+        "redis",
+        "exchange_name",
+        "private_redis",
+        "start_load",
+        "small_disk",
+        "browser",
+        "live",  # test_hostile_input: the service in a process of its own
+        "stage",  # test_unprivileged: the same, as nobody
+    }
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # A fault test runs its fault under load, then waits for recovery: allow for both.
     seconds = config.getoption("--fault-seconds")
     for item in items:
         if item.get_closest_marker("fault"):
             item.add_marker(pytest.mark.timeout(150 + 4 * seconds))
+        uses = SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if uses or item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture

@@ -7,9 +7,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from core import metrics
+
+pytestmark = pytest.mark.integration  # runs a Debian tool (scripts/test installs it)
 
 RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 

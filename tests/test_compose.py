@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
+pytestmark = pytest.mark.integration  # runs a Debian tool (scripts/test installs it)
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yml"
 CLUSTER = ROOT / "deploy" / "compose.cluster.yml"

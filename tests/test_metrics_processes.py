@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service_process import ROOT
+
+pytestmark = pytest.mark.integration  # starts worker processes
 
 # A manager as `analytics api` is one: it turns sharing on, then starts worker processes
 # (spawned, as Sanic does); each counts, one exits; the manager scrapes once.

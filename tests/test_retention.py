@@ -218,6 +218,7 @@ async def test_jobs_command_lists_runs_and_enqueues_by_name(
     assert state is not None and state.requested_by == admin
 
 
+@pytest.mark.integration  # the command in a process of its own
 @pytest.mark.parametrize("day", ["2026-13-01", "yesterday"])
 def test_restore_day_refuses_a_bad_date(tmp_path: Path, day: str) -> None:
     import os
