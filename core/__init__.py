@@ -1,1 +1,4 @@
-"""What every part of the service needs: settings and small shared primitives."""
+"""What every process needs and the contracts shared between packages: settings, the runtime
+and its clients (ClickHouse, Redis, the publisher, storage), migrations, metrics, the published
+messages, Redis key and job names, ids, limits, the stored row shapes, the retry queue and the
+export state."""

@@ -1,9 +1,11 @@
 """Side effects that must never stop the main path: a live counter, a cache, a mark.
 
 `async with best_effort("live_counters"):` runs the block; if it raises, the failure is
-counted (`redis_unavailable_total{operation}`), logged once per burst (not once per call: a
-Redis outage under load would otherwise write thousands of lines a second), and swallowed.
-`.failed` tells the caller whether it has something to make good later.
+counted by operation and by what failed (`analytics_side_effect_failures_total{operation,
+dependency}`, and `redis_unavailable_total{operation}` too when it was Redis), logged once per
+burst (not once per call: a Redis outage under load would otherwise write thousands of lines
+a second), and swallowed. `.failed` tells the caller whether it has something to make good
+later.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ import logging
 import time
 from types import TracebackType
 
-from core.metrics import REDIS_FAILURES
+from aio_pika.exceptions import AMQPError
+from redis.exceptions import RedisError
+
+from core.clickhouse import WarehouseError
+from core.metrics import REDIS_FAILURES, SIDE_EFFECT_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +45,34 @@ class best_effort:
         if not isinstance(error, Exception):  # cancellation and exits pass through
             return False
         self.failed = True
-        REDIS_FAILURES.labels(self.operation).inc()
+        dependency = failed_dependency(error)
+        SIDE_EFFECT_FAILURES.labels(self.operation, dependency).inc()
+        if dependency == "redis":
+            REDIS_FAILURES.labels(self.operation).inc()
         warn_quietly(
             self.operation,
-            "%s skipped (%s: %s); counted in redis_unavailable_total",
+            "%s skipped (%s failed, %s: %s); counted in analytics_side_effect_failures_total",
             self.operation,
+            dependency,
             type(error).__name__,
             error,
         )
         return True
+
+
+def failed_dependency(error: Exception) -> str:
+    """What an exception says failed, for the counter's label."""
+    if isinstance(error, RedisError):
+        return "redis"
+    if isinstance(error, WarehouseError):
+        return "clickhouse"
+    if isinstance(error, AMQPError):
+        return "rabbitmq"
+    if isinstance(error, TimeoutError):  # before OSError, of which it is one
+        return "timeout"
+    if isinstance(error, OSError):
+        return "os"
+    return "other"
 
 
 def warn_quietly(operation: str, message: str, *args: object) -> bool:

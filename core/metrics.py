@@ -92,6 +92,12 @@ LOG_DAMAGE = Counter(
     " directory); nothing answered 202 is in a torn tail",
     ["reader", "kind"],
 )
+SIDE_EFFECT_FAILURES = Counter(
+    "analytics_side_effect_failures",
+    "Best-effort side effects (counters, caches, marks, gauges) that failed and were skipped,"
+    " by operation and by what failed: redis, clickhouse, rabbitmq, timeout, os, other",
+    ["operation", "dependency"],
+)
 REDIS_FAILURES = Counter(
     "redis_unavailable", "Redis calls that failed; ingest went on without them", ["operation"]
 )

@@ -1,1 +1,3 @@
-"""The HTTP edge: beacon endpoint, enrichment, batch writer, admin API, tracker script."""
+"""The beacon path: the track endpoint and tracker.js, decoding, client address, rate limit,
+enrichment (GeoIP, user agent, bots, sessions), the tracking log on disk, its writer into
+ClickHouse and its relay onto RabbitMQ."""

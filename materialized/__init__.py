@@ -1,1 +1,3 @@
-"""ClickHouse: the client, the migration runner and the read side (counters, funnels, widgets)."""
+"""The read side over ClickHouse: dashboard widgets, stats, funnels, report exports, snapshots,
+the archive of raw days; and the Redis-held state kept beside them (live counters, the
+dashboard cache, what stored aggregates cover)."""

@@ -1,4 +1,6 @@
-"""arq: WorkerSettings, jobs, cron schedule. `arq workers.WorkerSettings` runs them standalone."""
+"""The background work on arq: the jobs (by verb), their typed context, the cron schedule and
+WorkerSettings (`arq workers.WorkerSettings` runs them standalone), and the worker inside
+`analytics serve`."""
 
 from typing import Any
 
