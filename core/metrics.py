@@ -28,6 +28,7 @@ class Drop(enum.StrEnum):
     """Every reason an event sent to us is filtered out (not stored, on purpose); the label of
     `tracking_events_dropped`. Filtering is not loss: it never raises the drop rate."""
 
+    UNSUPPORTED_TYPE = "unsupported_type"  # 415: a content type other than JSON or text
     INVALID = "invalid"  # failed validation (the client got a 400 or a `rejected` entry)
     TOO_LARGE = "too_large"  # body or array over the limit (counted per request)
     RATE_LIMITED = "rate_limited"  # 429 (counted per request)

@@ -112,3 +112,12 @@ def test_a_filter_reads_pairs_and_escapes() -> None:
 def test_a_bad_filter_says_which_part(raw_filter: str, says: str) -> None:
     with pytest.raises(FilterError, match=says):
         parse_filter(raw_filter)
+
+
+def test_every_reason_a_request_is_refused_for_has_one_status() -> None:
+    from core.metrics import Drop
+    from ingest.track import STATUS
+
+    # A duplicate is acknowledged (202) and found later, by the writer: no status of its own.
+    assert set(STATUS) == set(Drop) - {Drop.DUPLICATE}
+    assert all(400 <= status < 600 for status in STATUS.values())
