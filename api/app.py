@@ -1,10 +1,13 @@
-"""The Sanic app factory: blueprints, error format, and the clients' lifecycle."""
+"""The Sanic app factory: blueprints, the error format, and the HTTP app's own timers. What
+runs beside it (the runtime, the pipeline and, in `serve`, the consumer, worker and relay) is
+an assembly started before the server serves and stopped after (`cli/assembly.py`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from typing import Protocol
 
 from sanic import Request, Sanic
 from sanic.exceptions import RequestCancelled
@@ -16,17 +19,12 @@ from api import admin_jobs, admin_page, assets, dashboard, exports, openapi, ops
 from api.auth import AdminAuth
 from api.connections import ConnectionLimits, raise_descriptor_limit
 from api.services import Services, app_services
-from consumers.consumer import DomainEventConsumer
+from core import ops as core_ops
 from core.clickhouse import WarehouseError
 from core.metrics import process_exiting
-from core.runtime import Role, Runtime
 from core.settings import Settings
 from ingest import track, tracker
-from ingest.pipeline import Pipeline
-from ingest.relay import RelayChild
 from materialized.snapshots import OnDemand
-from workers.context import JobContext
-from workers.embedded import EmbeddedWorker
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +70,17 @@ async def _write_snapshots(on_demand: OnDemand) -> None:
             log.warning("on-demand snapshots kept for the next minute: %s", error)
 
 
-def create_app(
-    settings: Settings,
-    name: str = "lomash_analytics",
-    *,
-    embedded: bool = True,
-    relay: bool = False,
-) -> Sanic:  # type: ignore[type-arg]
-    """The API; `embedded` also runs the domain-event consumer and the arq worker in the same
-    event loop (`analytics serve`, the only way with chDB). `relay`: start the `event.tracked`
-    relay as a child process (`serve`); otherwise it runs apart (`analytics relay`)."""
+class Parts(Protocol):
+    """What runs beside the HTTP app (cli/assembly.py): started before it serves, stopped
+    after."""
+
+    async def start(self) -> Services: ...
+
+    async def stop(self) -> None: ...
+
+
+def create_app(settings: Settings, parts: Parts, name: str = "lomash_analytics") -> Sanic:  # type: ignore[type-arg]
+    """The HTTP app over `parts` (`Assembly.serve` or `Assembly.api`)."""
     app: Sanic = Sanic(name, error_handler=JSONErrors(), configure_logging=False)  # type: ignore[type-arg]
     app.config.REQUEST_MAX_SIZE = track.MAX_BODY_BYTES
     app.config.FALLBACK_ERROR_FORMAT = "json"
@@ -89,7 +88,7 @@ def create_app(
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = 10.0
     app.blueprint(track.bp)
     app.blueprint(tracker.bp)
-    app.blueprint(ops.bp)
+    app.blueprint(core_ops.bp)
     app.blueprint(dashboard.bp)
     app.blueprint(stats.bp)
     app.blueprint(admin_jobs.bp)
@@ -119,50 +118,25 @@ def create_app(
             request.stream.keep_alive = False
 
     @app.before_server_start
-    async def open_clients(app: Sanic) -> None:  # type: ignore[type-arg]
-        roles = {Role.HTTP, Role.INGEST} | ({Role.CONSUMER, Role.WORKER} if embedded else set())
-        runtime = await Runtime.open(settings, roles)
-        svc = Services(
-            runtime=runtime,
-            pipeline=await Pipeline.open(runtime, counts_relayed=relay),
-            on_demand=OnDemand(runtime.warehouse),
-        )
+    async def start_parts(app: Sanic) -> None:  # type: ignore[type-arg]
+        svc = await parts.start()
         app.ctx.services = svc
         app.ctx.pipeline = svc.pipeline  # what the beacon blueprint reads
-        app.ctx.relay = RelayChild(settings) if relay else None
-        app.ctx.snapshot_writer = asyncio.create_task(
-            _write_snapshots(svc.on_demand), name="on-demand-snapshots"
-        )
-        app.ctx.rate_refresher = asyncio.create_task(_refresh_gauges(svc), name="gauges")
-        if embedded:
-            svc.consumer = DomainEventConsumer.for_settings(
-                settings, runtime.warehouse, runtime.redis
-            )
-            svc.consumer.start()
-            svc.worker = EmbeddedWorker(settings.redis_url, JobContext.of(runtime))
-            svc.worker.start()
+        app.ctx.ops = ops.hooks_for(svc)  # what /readyz and /metrics ask
+        app.ctx.timers = [
+            asyncio.create_task(_write_snapshots(svc.on_demand), name="on-demand-snapshots"),
+            asyncio.create_task(_refresh_gauges(svc), name="gauges"),
+        ]
 
     @app.after_server_stop
-    async def close_clients(app: Sanic) -> None:  # type: ignore[type-arg]
+    async def stop_parts(app: Sanic) -> None:  # type: ignore[type-arg]
         svc = app_services(app)
-        app.ctx.snapshot_writer.cancel()
-        app.ctx.rate_refresher.cancel()
-        await asyncio.gather(
-            app.ctx.snapshot_writer, app.ctx.rate_refresher, return_exceptions=True
-        )
+        for timer in app.ctx.timers:
+            timer.cancel()
+        await asyncio.gather(*app.ctx.timers, return_exceptions=True)
         with contextlib.suppress(WarehouseError):
             await svc.on_demand.flush()
-        await svc.pipeline.close()
-        if app.ctx.relay is not None:
-            # The relay gets a few seconds to publish what is placed; the rest waits on disk.
-            await svc.pipeline.relayed(within=5.0)
-            await app.ctx.relay.stop()
-        if svc.consumer is not None:
-            await svc.consumer.close()
-        if svc.worker is not None:
-            await svc.worker.close()
-        await svc.runtime.close()
-        svc.pipeline.release()
+        await parts.stop()
         process_exiting()
 
     return app

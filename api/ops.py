@@ -1,35 +1,24 @@
-"""Operations endpoints: liveness, readiness (ClickHouse, Redis, RabbitMQ) and Prometheus."""
+"""What the API process says on the ops endpoints (`core/ops.py` serves them): readiness of
+ClickHouse, Redis, RabbitMQ (and the consumer in `serve`), and the gauges it refreshes before
+a scrape."""
 
 from __future__ import annotations
 
 import asyncio
-import time
+from typing import Any
 
 import msgspec
-from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
-from sanic import Blueprint, HTTPResponse, Request, json
 
-from api.answer import answer
-from api.services import Services, services
+from api.services import Services
 from consumers.consumer import ConsumerStatus
 from core.best_effort import best_effort
-from core.metrics import (
-    PUBLISH_BACKLOG,
-    RATES,
-    RETRY_QUEUE_DEPTH,
-    UNPLACED_ROWS,
-    exposition,
-)
-from core.ops_server import bearer_matches
+from core.metrics import PUBLISH_BACKLOG, RATES, RETRY_QUEUE_DEPTH, UNPLACED_ROWS
+from core.ops import Health, OpsHooks
 from core.redis_memory import RedisRole, observe
 from materialized import snapshots
 
-bp = Blueprint("ops")
-
-
-class Health(msgspec.Struct):
-    status: str
+__all__ = ["Health", "Readiness", "hooks_for", "refresh_gauges"]
 
 
 class Readiness(msgspec.Struct, omit_defaults=True):
@@ -38,47 +27,57 @@ class Readiness(msgspec.Struct, omit_defaults=True):
     consumer: ConsumerStatus | None = None
 
 
-@bp.get("/healthz")
-async def healthz(request: Request) -> HTTPResponse:
-    return answer(Health("ok"))
-
-
-async def _redis_ok(request: Request) -> bool:
+async def _redis_ok(svc: Services) -> bool:
     try:
-        return bool(await services(request).runtime.redis.ping())
+        return bool(await svc.runtime.redis.ping())
     except (RedisError, OSError):  # any failure to answer is the answer: not ready
         return False
 
 
-READY_CACHE_SECONDS = 2.0
+def hooks_for(svc: Services) -> OpsHooks:
+    async def readiness() -> tuple[bool, Any]:
+        """ClickHouse and Redis asked, RabbitMQ from the live connections' state (no
+        connection opened per call)."""
+        clickhouse, redis = await asyncio.gather(
+            asyncio.wait_for(svc.runtime.warehouse.ping(), timeout=3),
+            _redis_ok(svc),
+            return_exceptions=True,
+        )
+        checks = {
+            "clickhouse": clickhouse is True,
+            "redis": redis is True,
+            "rabbitmq": svc.runtime.publisher.is_connected,
+        }
+        status = svc.consumer.status() if svc.consumer is not None else None
+        if status is not None:
+            checks["consumer"] = status.ready
+        ready = all(checks.values())
+        return ready, Readiness("ready" if ready else "not ready", checks, status)
 
+    async def before_scrape() -> None:
+        """No ClickHouse query per scrape: the snapshot age comes from the time the rebuild
+        job last finished, kept in Redis."""
+        refresh_gauges(svc)
+        async with best_effort("metrics"):
+            depth, fresh = await asyncio.wait_for(
+                asyncio.gather(
+                    svc.runtime.retry_queue.depth(),
+                    snapshots.freshness_for_scrape(svc.runtime.redis, svc.runtime.warehouse),
+                ),
+                timeout=1,
+            )
+            RETRY_QUEUE_DEPTH.set(depth)
+            snapshots.observe(fresh)
+        async with best_effort("metrics"):
+            await asyncio.wait_for(
+                asyncio.gather(
+                    observe(RedisRole.DURABLE, svc.runtime.redis),
+                    observe(RedisRole.EPHEMERAL, svc.runtime.cache),
+                ),
+                timeout=1,
+            )
 
-@bp.get("/readyz")
-async def readyz(request: Request) -> HTTPResponse:
-    """ClickHouse and Redis asked (at most every 2 s: a probe storm must not become a query
-    storm), RabbitMQ from the live connections' state (no connection opened per call)."""
-    cached = request.app.ctx.__dict__.get("readiness")
-    if cached is not None and time.monotonic() - cached[0] < READY_CACHE_SECONDS:
-        return answer(cached[1], status=cached[2])
-    svc = services(request)
-    clickhouse, redis = await asyncio.gather(
-        asyncio.wait_for(svc.runtime.warehouse.ping(), timeout=3),
-        _redis_ok(request),
-        return_exceptions=True,
-    )
-    checks = {
-        "clickhouse": clickhouse is True,
-        "redis": redis is True,
-        "rabbitmq": svc.runtime.publisher.is_connected,
-    }
-    status = svc.consumer.status() if svc.consumer is not None else None
-    if status is not None:
-        checks["consumer"] = status.ready
-    ready = all(checks.values())
-    body = Readiness("ready" if ready else "not ready", checks, status)
-    code = 200 if ready else 503
-    request.app.ctx.readiness = (time.monotonic(), body, code)
-    return answer(body, status=code)
+    return OpsHooks(readiness, before_scrape, svc.runtime.settings.metrics_token)
 
 
 def refresh_gauges(svc: Services) -> None:
@@ -89,33 +88,3 @@ def refresh_gauges(svc: Services) -> None:
     # The relay's backlog (on disk) and this process's own publisher's (the other topics).
     PUBLISH_BACKLOG.set(svc.runtime.publisher.backlog + tracking_log.backlog)
     UNPLACED_ROWS.set(tracking_log.unread_rows)
-
-
-@bp.get("/metrics")
-async def metrics(request: Request) -> HTTPResponse:
-    """Prometheus text. No ClickHouse query per scrape: the snapshot age comes from the time
-    the rebuild job last finished, kept in Redis."""
-    svc = services(request)
-    token = svc.runtime.settings.metrics_token
-    if token and not bearer_matches(request.headers.get("authorization", ""), token):
-        return json({"error": "bearer token required (METRICS_TOKEN)"}, status=401)
-    refresh_gauges(svc)
-    async with best_effort("metrics"):
-        depth, fresh = await asyncio.wait_for(
-            asyncio.gather(
-                svc.runtime.retry_queue.depth(),
-                snapshots.freshness_for_scrape(svc.runtime.redis, svc.runtime.warehouse),
-            ),
-            timeout=1,
-        )
-        RETRY_QUEUE_DEPTH.set(depth)
-        snapshots.observe(fresh)
-    async with best_effort("metrics"):
-        await asyncio.wait_for(
-            asyncio.gather(
-                observe(RedisRole.DURABLE, svc.runtime.redis),
-                observe(RedisRole.EPHEMERAL, svc.runtime.cache),
-            ),
-            timeout=1,
-        )
-    return HTTPResponse(exposition(), content_type=CONTENT_TYPE_LATEST)

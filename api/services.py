@@ -1,5 +1,6 @@
-"""What the API process holds: its runtime, the beacon pipeline, and the dashboard's
-on-demand snapshots; opened at server start and closed at stop (api/app.py)."""
+"""What the HTTP app serves from: its runtime, the beacon pipeline, and the dashboard's
+on-demand snapshots (and in `serve` the consumer and worker), made by the assembly
+that starts and stops them (cli/assembly.py)."""
 
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ from sanic import Sanic
 
 from api.app import create_app
 from bench.common import quantiles, timed
+from cli.assembly import Assembly
 from consumers.consumer import DomainEventConsumer
 from consumers.schemas import CONTRACTS
 from core.clickhouse import Warehouse
@@ -283,7 +284,7 @@ async def main() -> None:
             }
         )
         Sanic.test_mode = True
-        app = create_app(settings, embedded=False)
+        app = create_app(settings, Assembly.api(settings))
         server = await app.create_server(
             host="127.0.0.1", port=8791, return_asyncio_server=True, access_log=False
         )

@@ -59,12 +59,13 @@ def _serve(settings: Settings, *, embedded: bool) -> int:
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
-    from api.app import create_app
     from api.connections import GuardedProtocol
+    from cli.assembly import http_app
 
     _tune_gc()
     # Embedded, the event.tracked relay is a child process; in server mode, `analytics relay`.
-    loader = AppLoader(factory=partial(create_app, settings, embedded=embedded, relay=embedded))
+    # Each of `api`'s worker processes calls the factory: an assembly of its own.
+    loader = AppLoader(factory=partial(http_app, settings, embedded=embedded))
     app = loader.load()
     app.prepare(
         host=settings.host,
@@ -87,7 +88,7 @@ def _consume(settings: Settings) -> int:
     import msgspec
 
     from consumers.consumer import DomainEventConsumer
-    from core.ops_server import OpsServer
+    from core.ops import OpsHooks, serve_ops
     from core.runtime import Role, Runtime
 
     async def run() -> None:
@@ -98,14 +99,18 @@ def _consume(settings: Settings) -> int:
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         consumer.start()
 
-        async def readiness() -> dict[str, Any]:
+        async def readiness() -> tuple[bool, Any]:
             status = consumer.status()
-            return {"ready": status.ready, "consumer": msgspec.to_builtins(status)}
+            return status.ready, {"ready": status.ready, "consumer": msgspec.to_builtins(status)}
 
         ops = None
         if settings.metrics_port:
-            ops = OpsServer(settings.host, settings.metrics_port, readiness, settings.metrics_token)
-            await ops.start()
+            ops = await serve_ops(
+                settings.host,
+                settings.metrics_port,
+                OpsHooks(readiness, metrics_token=settings.metrics_token),
+                role="consume",
+            )
         await stop.wait()
         if ops is not None:
             await ops.close()

@@ -56,6 +56,7 @@ from core.metrics import (
     LATE_RECOMPUTES,
 )
 from core.settings import Settings
+from core.supervisor import Backoff, supervise
 from materialized import counters, coverage, dashboard_cache
 
 log = logging.getLogger(__name__)
@@ -143,33 +144,27 @@ class DomainEventConsumer:
         robust connection reconnects, redeclares and resumes consuming by itself."""
         global _watched
         _watched = self
-        self._task = asyncio.create_task(self._supervise(), name="domain-consumer")
+        self._task = asyncio.create_task(
+            supervise("consumer", self._consume, on_failure=self._failed), name="domain-consumer"
+        )
 
-    async def _supervise(self) -> None:
-        backoff = 0.5
-        while True:
-            try:
-                if not self.connected.is_set():
-                    await self._connect()
-                    self.connected.set()
-                    backoff = 0.5
-                await self._run()
-            except Exception as error:
-                if self.connected.is_set():
-                    CONSUMER_RESTARTS.inc()
-                    log.exception("consume loop failed; restarting in %.1fs", backoff)
-                    # The batch in hand is still unacked: it is handled first on restart.
-                    self._pending[:0] = self._inflight
-                    self._inflight = []
-                else:
-                    log.warning(
-                        "consumer cannot reach RabbitMQ (%s); retry in %.1fs", error, backoff
-                    )
-                    if self._connection is not None:
-                        await asyncio.gather(self._connection.close(), return_exceptions=True)
-                        self._connection = None
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+    async def _consume(self, backoff: Backoff) -> None:
+        if not self.connected.is_set():
+            await self._connect()
+            self.connected.set()
+            backoff.reset()
+        await self._run()
+
+    async def _failed(self, error: Exception) -> None:
+        if self.connected.is_set():
+            CONSUMER_RESTARTS.inc()
+            log.error("consume loop failed", exc_info=error)
+            # The batch in hand is still unacked: it is handled first on restart.
+            self._pending[:0] = self._inflight
+            self._inflight = []
+        elif self._connection is not None:  # RabbitMQ could not be reached: start afresh
+            await asyncio.gather(self._connection.close(), return_exceptions=True)
+            self._connection = None
 
     async def _connect(self) -> None:
         self._connection = await aio_pika.connect_robust(

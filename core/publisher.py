@@ -25,9 +25,9 @@ from core.metrics import (
     PUBLISH_FAILURES,
     PUBLISH_LOST,
     PUBLISHED,
-    RESTARTS,
     lose,
 )
+from core.supervisor import Backoff, supervise
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,12 @@ class EventPublisher:
         self._wake.set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="publisher")
+        self._task = asyncio.create_task(
+            supervise(
+                "publisher", self._run, backoff=Backoff(0.5, 10.0), on_failure=self._disconnected
+            ),
+            name="publisher",
+        )
 
     async def close(self, drain_within: float = 5.0) -> None:
         """Give the backlog a few seconds to go out, then stop; count what could not."""
@@ -97,29 +102,22 @@ class EventPublisher:
         if self._connection is not None:
             await self._connection.close()
 
-    async def _run(self) -> None:
-        backoff = 0.5
-        while True:
-            try:
-                self._connection = await aio_pika.connect(self._url, timeout=5)
-                channel = await self._connection.channel(publisher_confirms=True)
-                exchange = await channel.declare_exchange(
-                    self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-                )
-                self.connected.set()
-                backoff = 0.5
-                await self._pump(exchange)  # type: ignore[arg-type]
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # any failure of the connection: reconnect, counted
-                self.connected.clear()
-                RESTARTS.labels("publisher").inc()
-                log.warning("publisher: %s; reconnecting in %.1fs", error, backoff)
-                if self._connection is not None:
-                    await asyncio.gather(self._connection.close(), return_exceptions=True)
-                    self._connection = None
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+    async def _run(self, backoff: Backoff) -> None:
+        self._connection = await aio_pika.connect(self._url, timeout=5)
+        channel = await self._connection.channel(publisher_confirms=True)
+        exchange = await channel.declare_exchange(
+            self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        self.connected.set()
+        backoff.reset()
+        await self._pump(exchange)  # type: ignore[arg-type]
+
+    async def _disconnected(self, error: Exception) -> None:
+        """Any failure of the connection: the supervisor connects again, counted."""
+        self.connected.clear()
+        if self._connection is not None:
+            await asyncio.gather(self._connection.close(), return_exceptions=True)
+            self._connection = None
 
     async def _pump(self, exchange: AbstractRobustExchange) -> None:
         while True:

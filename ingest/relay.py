@@ -35,10 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.metrics import LOG_DAMAGE, PUBLISH_FAILURES, PUBLISHED, RESTARTS
-from core.ops_server import OpsServer
+from core.metrics import LOG_DAMAGE, PUBLISH_FAILURES, PUBLISHED
+from core.ops import OpsHooks, serve_ops
 from core.redaction import configure_logging
 from core.settings import Settings
+from core.supervisor import Backoff, supervise
 from core.tracked import ROUTING_KEY
 from ingest.amqp_frames import ConfirmingPublisher, PublishError
 from ingest.log_files import (
@@ -90,34 +91,32 @@ class Relay:
         self.connected = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Relay until `stop` is set (or `alive()` turns false); reconnects on any failure."""
-        backoff = 0.5
-        while not stop.is_set() and self._alive():
-            publisher = None
+        """Relay until `stop` is set (or `alive()` turns false); the broker or the connection
+        failing is counted and the relay connects again (the supervisor)."""
+
+        async def disconnected(error: Exception) -> None:
+            self.connected.clear()
+
+        async def relay(backoff: Backoff) -> None:
+            if not self._alive():
+                return
+            publisher = await ConfirmingPublisher.connect(self._url, self._exchange, ROUTING_KEY)
             try:
-                publisher = await ConfirmingPublisher.connect(
-                    self._url, self._exchange, ROUTING_KEY
-                )
                 self.connected.set()
-                backoff = 0.5
+                backoff.reset()
                 while not stop.is_set() and self._alive():
-                    sent = await self.relay_once(publisher)
-                    if not sent:
+                    if not await self.relay_once(publisher):
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), self._poll)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # the broker or the connection failed: again, counted
-                self.connected.clear()
-                RESTARTS.labels("relay").inc()
-                log.warning("relay: %s; reconnecting in %.1fs", error, backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, 10.0)
             finally:
-                if publisher is not None:
-                    await publisher.close()
-        self.release()
+                await publisher.close()
+
+        try:
+            await supervise(
+                "relay", relay, backoff=Backoff(0.5, 10.0), stop=stop, on_failure=disconnected
+            )
+        finally:
+            self.release()
 
     def release(self) -> None:
         for claim in self._claims.values():
@@ -259,16 +258,25 @@ def run_relay(settings: Settings, parent: int = 0) -> None:
         ops = None
         if settings.metrics_port and not parent:
 
-            async def readiness() -> dict[str, Any]:
-                return {"ready": relay.connected.is_set(), "published": relay.published}
+            async def readiness() -> tuple[bool, Any]:
+                ready = relay.connected.is_set()
+                return ready, {"ready": ready, "published": relay.published}
 
-            ops = OpsServer(settings.host, settings.metrics_port, readiness, settings.metrics_token)
-            await ops.start()
+            ops = await serve_ops(
+                settings.host,
+                settings.metrics_port,
+                OpsHooks(readiness, metrics_token=settings.metrics_token),
+                role="relay",
+            )
         await relay.run(stop)
         if ops is not None:
             await ops.close()
 
     asyncio.run(run())
+
+
+class ChildExited(RuntimeError):
+    """The relay child process ended while the parent still runs."""
 
 
 class RelayChild:
@@ -277,32 +285,24 @@ class RelayChild:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._stopping = False
+        self._stopping = asyncio.Event()
         self._child: multiprocessing.process.BaseProcess | None = None
-        self._task = asyncio.create_task(self._supervise(), name="relay-child")
+        self._task = asyncio.create_task(
+            supervise("relay", self._run_child, backoff=Backoff(1.0, 30.0), stop=self._stopping),
+            name="relay-child",
+        )
 
-    async def _supervise(self) -> None:
-        backoff = 1.0
-        spawn = multiprocessing.get_context("spawn")
-        while not self._stopping:
-            self._child = spawn.Process(
-                target=run_relay, args=(self._settings, os.getpid()), name="relay", daemon=True
-            )
-            self._child.start()
-            await _exited(self._child)
-            if self._stopping:
-                return
-            RESTARTS.labels("relay").inc()
-            log.error(
-                "relay child exited with %s; starting it again in %.0fs",
-                self._child.exitcode,
-                backoff,
-            )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+    async def _run_child(self, backoff: Backoff) -> None:
+        self._child = multiprocessing.get_context("spawn").Process(
+            target=run_relay, args=(self._settings, os.getpid()), name="relay", daemon=True
+        )
+        self._child.start()
+        await _exited(self._child)
+        if not self._stopping.is_set():
+            raise ChildExited(f"the relay child exited with {self._child.exitcode}")
 
     async def stop(self) -> None:
-        self._stopping = True
+        self._stopping.set()
         child = self._child
         if child is not None and child.exitcode is None:
             child.terminate()  # SIGTERM: it finishes the chunk in flight and commits

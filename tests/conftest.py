@@ -29,6 +29,7 @@ from sanic import Sanic
 from api.app import create_app
 from api.connections import GuardedProtocol
 from api.services import Services, app_services
+from cli.assembly import Assembly
 from consumers.consumer import DomainEventConsumer
 from core.clickhouse import Warehouse
 from core.migrations import migrate
@@ -197,7 +198,11 @@ async def make_server(
     relays: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
 
     async def start(settings: Settings) -> Running:
-        app = create_app(settings, name=f"t{uuid.uuid4().hex[:10]}")
+        # `serve`'s assembly; the relay runs beside it here as a task, as `analytics relay`
+        # runs beside `analytics api` (serve's child process is tested in test_relay.py).
+        app = create_app(
+            settings, Assembly(settings, embedded=True, relay=False), f"t{uuid.uuid4().hex[:10]}"
+        )
         server = await app.create_server(
             protocol=GuardedProtocol,
             host="127.0.0.1",

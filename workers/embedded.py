@@ -12,7 +12,7 @@ import logging
 from arq.connections import ArqRedis
 from arq.worker import Worker
 
-from core.metrics import RESTARTS
+from core.supervisor import Backoff, supervise
 from workers.context import JobContext
 from workers.settings import CRON_JOBS, FUNCTIONS
 
@@ -24,35 +24,35 @@ class EmbeddedWorker:
         self._redis_url = redis_url
         self._job = job
         self._worker: Worker | None = None
+        self._pool: ArqRedis | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._supervise(), name="arq-worker")
+        self._task = asyncio.create_task(
+            supervise(
+                "embedded_worker", self._run, backoff=Backoff(1.0, 30.0), on_failure=self._drop
+            ),
+            name="arq-worker",
+        )
 
-    async def _supervise(self) -> None:
-        backoff = 1.0
-        while True:
-            pool: ArqRedis = ArqRedis.from_url(
-                self._redis_url, socket_timeout=5.0, socket_connect_timeout=1.0
-            )
-            self._worker = Worker(
-                functions=FUNCTIONS,
-                cron_jobs=CRON_JOBS,
-                redis_pool=pool,
-                ctx={"job": self._job},
-                handle_signals=False,
-            )
-            try:
-                await self._worker.async_run()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # Redis gone, mostly: restart, counted
-                RESTARTS.labels("embedded_worker").inc()
-                log.warning("arq worker stopped (%s); restarting in %.0fs", error, backoff)
-                await asyncio.gather(pool.aclose(), return_exceptions=True)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+    async def _run(self, backoff: Backoff) -> None:
+        self._pool = ArqRedis.from_url(
+            self._redis_url, socket_timeout=5.0, socket_connect_timeout=1.0
+        )
+        self._worker = Worker(
+            functions=FUNCTIONS,
+            cron_jobs=CRON_JOBS,
+            redis_pool=self._pool,
+            ctx={"job": self._job},
+            handle_signals=False,
+        )
+        await self._worker.async_run()
+
+    async def _drop(self, error: Exception) -> None:
+        """Redis gone, mostly: the pool goes, the supervisor makes a new worker."""
+        if self._pool is not None:
+            await asyncio.gather(self._pool.aclose(), return_exceptions=True)
+            self._pool = None
 
     async def close(self) -> None:
         worker = self._worker

@@ -14,7 +14,7 @@ from arq.connections import RedisSettings
 from arq.typing import WorkerCoroutine
 from arq.worker import Function
 
-from core.ops_server import OpsServer
+from core.ops import OpsHooks, serve_ops
 from core.runtime import Role, Runtime
 from core.settings import load_settings
 from workers.context import JobContext
@@ -60,18 +60,22 @@ async def open_clients(ctx: dict[str, Any]) -> None:
     ctx["job"] = JobContext.of(runtime)
     if settings.metrics_port:
 
-        async def readiness() -> dict[str, Any]:
+        async def readiness() -> tuple[bool, Any]:
             found: tuple[Any, ...] = await asyncio.gather(
                 asyncio.wait_for(runtime.warehouse.ping(), timeout=3),
                 asyncio.wait_for(runtime.redis.ping(), timeout=3),
                 return_exceptions=True,
             )
             checks = {"clickhouse": found[0] is True, "redis": found[1] is True}
-            return {"ready": all(checks.values()), "checks": checks}
+            ready = all(checks.values())
+            return ready, {"ready": ready, "checks": checks}
 
-        ops = OpsServer(settings.host, settings.metrics_port, readiness, settings.metrics_token)
-        await ops.start()
-        ctx["ops"] = ops
+        ctx["ops"] = await serve_ops(
+            settings.host,
+            settings.metrics_port,
+            OpsHooks(readiness, metrics_token=settings.metrics_token),
+            role="worker",
+        )
 
 
 async def close_clients(ctx: dict[str, Any]) -> None:
