@@ -5,6 +5,7 @@ a scrape."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -14,7 +15,7 @@ from api.services import Services
 from consumers.consumer import ConsumerStatus
 from core.best_effort import best_effort
 from core.metrics import PUBLISH_BACKLOG, RATES, RETRY_QUEUE_DEPTH, UNPLACED_ROWS
-from core.ops import Health, OpsHooks
+from core.ops import Check, Health, OpsHooks, run_checks
 from core.redis_memory import RedisRole, observe
 from materialized import snapshots
 
@@ -35,24 +36,21 @@ async def _redis_ok(svc: Services) -> bool:
 
 
 def hooks_for(svc: Services) -> OpsHooks:
+    async def rabbitmq() -> bool:  # the live connection's state: none opened per call
+        return svc.runtime.publisher.is_connected
+
     async def readiness() -> tuple[bool, Any]:
-        """ClickHouse and Redis asked, RabbitMQ from the live connections' state (no
-        connection opened per call)."""
-        clickhouse, redis = await asyncio.gather(
-            asyncio.wait_for(svc.runtime.warehouse.ping(), timeout=3),
-            _redis_ok(svc),
-            return_exceptions=True,
-        )
-        checks = {
-            "clickhouse": clickhouse is True,
-            "redis": redis is True,
-            "rabbitmq": svc.runtime.publisher.is_connected,
-        }
         status = svc.consumer.status() if svc.consumer is not None else None
+        checks: dict[str, Check] = {
+            "clickhouse": svc.runtime.warehouse.ping,
+            "redis": partial(_redis_ok, svc),
+            "rabbitmq": rabbitmq,
+        }
+        found = await run_checks(checks)
         if status is not None:
-            checks["consumer"] = status.ready
-        ready = all(checks.values())
-        return ready, Readiness("ready" if ready else "not ready", checks, status)
+            found["consumer"] = status.ready
+        ready = all(found.values())
+        return ready, Readiness("ready" if ready else "not ready", found, status)
 
     async def before_scrape() -> None:
         """No ClickHouse query per scrape: the snapshot age comes from the time the rebuild

@@ -10,7 +10,6 @@ import signal
 import sys
 import uuid
 from functools import partial
-from typing import Any
 
 from core.redaction import configure_logging, redact
 from core.settings import Settings, SettingsError, load_settings
@@ -88,7 +87,7 @@ def _consume(settings: Settings) -> int:
     import msgspec
 
     from consumers.consumer import DomainEventConsumer
-    from core.ops import OpsHooks, serve_ops
+    from core.ops import OpsHooks, readiness, serve_ops
     from core.runtime import Role, Runtime
 
     async def run() -> None:
@@ -99,16 +98,19 @@ def _consume(settings: Settings) -> int:
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         consumer.start()
 
-        async def readiness() -> tuple[bool, Any]:
-            status = consumer.status()
-            return status.ready, {"ready": status.ready, "consumer": msgspec.to_builtins(status)}
+        async def consuming() -> bool:
+            return consumer.status().ready
 
         ops = None
         if settings.metrics_port:
+            ready = readiness(
+                {"consumer": consuming},
+                lambda: {"consumer": msgspec.to_builtins(consumer.status())},
+            )
             ops = await serve_ops(
                 settings.host,
                 settings.metrics_port,
-                OpsHooks(readiness, metrics_token=settings.metrics_token),
+                OpsHooks(ready, metrics_token=settings.metrics_token),
                 role="consume",
             )
         await stop.wait()

@@ -8,10 +8,11 @@ bearer token `/metrics` asks for (METRICS_TOKEN).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +23,35 @@ from sanic import Blueprint, HTTPResponse, Request, Sanic, json
 from core.metrics import exposition
 
 READY_CACHE_SECONDS = 2.0  # a probe storm must not become a query storm
+CHECK_TIMEOUT_SECONDS = 3.0
 
 # (ready, the body to answer with: a Struct or anything msgspec encodes)
 Readiness = Callable[[], Awaitable[tuple[bool, Any]]]
+Check = Callable[[], Awaitable[bool]]
+
+
+async def run_checks(checks: Mapping[str, Check]) -> dict[str, bool]:
+    """Every check asked at once, each within CHECK_TIMEOUT_SECONDS: one that answers other
+    than True, raises or is slower is False."""
+    answers = await asyncio.gather(
+        *(asyncio.wait_for(check(), CHECK_TIMEOUT_SECONDS) for check in checks.values()),
+        return_exceptions=True,
+    )
+    return {name: answer is True for name, answer in zip(checks, answers, strict=True)}
+
+
+def readiness(
+    checks: Mapping[str, Check], details: Callable[[], dict[str, Any]] = dict
+) -> Readiness:
+    """Every process's readiness: ready when each check is; the body `{status, checks}` and the
+    process's own `details`."""
+
+    async def ready() -> tuple[bool, Any]:
+        found = await run_checks(checks)
+        ok = all(found.values())
+        return ok, {"status": "ready" if ok else "not ready", "checks": found, **details()}
+
+    return ready
 
 
 async def _nothing() -> None:

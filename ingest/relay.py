@@ -33,10 +33,9 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from core.metrics import LOG_DAMAGE, PUBLISH_FAILURES, PUBLISHED
-from core.ops import OpsHooks, serve_ops
+from core.ops import OpsHooks, readiness, serve_ops
 from core.redaction import configure_logging
 from core.settings import Settings
 from core.supervisor import Backoff, supervise
@@ -258,14 +257,14 @@ def run_relay(settings: Settings, parent: int = 0) -> None:
         ops = None
         if settings.metrics_port and not parent:
 
-            async def readiness() -> tuple[bool, Any]:
-                ready = relay.connected.is_set()
-                return ready, {"ready": ready, "published": relay.published}
+            async def connected() -> bool:
+                return relay.connected.is_set()
 
+            ready = readiness({"rabbitmq": connected}, lambda: {"published": relay.published})
             ops = await serve_ops(
                 settings.host,
                 settings.metrics_port,
-                OpsHooks(readiness, metrics_token=settings.metrics_token),
+                OpsHooks(ready, metrics_token=settings.metrics_token),
                 role="relay",
             )
         await relay.run(stop)

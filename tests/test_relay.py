@@ -254,7 +254,7 @@ async def test_relay_command_publishes_the_logs_and_serves_metrics(
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{metrics_port}") as ops:
         scraped = (await ops.get("/metrics")).text
         assert f'analytics_events_published_total{{routing_key="{TRACKED}"}} 300.0' in scraped
-        assert (await ops.get("/readyz")).json()["ready"] is True
+        assert (await ops.get("/readyz")).json()["status"] == "ready"
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(proc.wait, 30) == 0
     await connection.close()

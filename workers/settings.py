@@ -6,7 +6,6 @@ runtime; standalone, `open_clients` opens one from the environment.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from arq import cron, func
@@ -14,7 +13,7 @@ from arq.connections import RedisSettings
 from arq.typing import WorkerCoroutine
 from arq.worker import Function
 
-from core.ops import OpsHooks, serve_ops
+from core.ops import OpsHooks, readiness, serve_ops
 from core.runtime import Role, Runtime
 from core.settings import load_settings
 from workers.context import JobContext
@@ -60,20 +59,14 @@ async def open_clients(ctx: dict[str, Any]) -> None:
     ctx["job"] = JobContext.of(runtime)
     if settings.metrics_port:
 
-        async def readiness() -> tuple[bool, Any]:
-            found: tuple[Any, ...] = await asyncio.gather(
-                asyncio.wait_for(runtime.warehouse.ping(), timeout=3),
-                asyncio.wait_for(runtime.redis.ping(), timeout=3),
-                return_exceptions=True,
-            )
-            checks = {"clickhouse": found[0] is True, "redis": found[1] is True}
-            ready = all(checks.values())
-            return ready, {"ready": ready, "checks": checks}
+        async def redis() -> bool:
+            return bool(await runtime.redis.ping())
 
+        ready = readiness({"clickhouse": runtime.warehouse.ping, "redis": redis})
         ctx["ops"] = await serve_ops(
             settings.host,
             settings.metrics_port,
-            OpsHooks(readiness, metrics_token=settings.metrics_token),
+            OpsHooks(ready, metrics_token=settings.metrics_token),
             role="worker",
         )
 
