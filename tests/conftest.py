@@ -536,3 +536,90 @@ def fill(disk: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+# The platform side of the domain-event tests: a publisher of its own, a consumer on the
+# test's exchange, and waits on what is stored and dead-lettered.
+
+
+class Platform:
+    """The other services: a publisher on its own connection, as a separate client would be."""
+
+    def __init__(self, exchange: aio_pika.abc.AbstractExchange) -> None:
+        self.exchange = exchange
+
+    async def publish(self, routing_key: str, body: dict[str, Any] | bytes) -> None:
+        data = body if isinstance(body, bytes) else msgspec.json.encode(body)
+        await self.exchange.publish(
+            aio_pika.Message(data, content_type="application/json"), routing_key=routing_key
+        )
+
+
+async def started_consumer(
+    settings: Settings, warehouse: Warehouse, redis: ArqRedis, batch_size: int = 100
+) -> DomainEventConsumer:
+    """A consumer on the test's exchange and queue, connected, small batches, short flushes."""
+    running = DomainEventConsumer(
+        amqp_url=settings.amqp_url,
+        exchange=settings.amqp_exchange,
+        warehouse=warehouse,
+        redis=redis,
+        report_timezone=settings.report_timezone,
+        queue=settings.amqp_queue,
+        batch_size=batch_size,
+        flush_ms=50,
+    )
+    running.start()
+    await asyncio.wait_for(running.connected.wait(), timeout=10)
+    return running
+
+
+async def stored_count(warehouse: Warehouse) -> int:
+    return int(await warehouse.scalar("SELECT count() FROM analytics_events"))
+
+
+async def until_stored(warehouse: Warehouse, n: int, within: float = 20) -> None:
+    async def enough() -> bool:
+        return await stored_count(warehouse) >= n
+
+    await wait_for(enough, within=within)
+    await asyncio.sleep(0.2)  # anything extra would arrive now
+
+
+async def dead_letters(
+    consumer: DomainEventConsumer, n: int
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(consumer.dead_letter_queue, durable=True)
+        return await take(queue, n)
+
+
+async def queue_depth(name: str) -> int:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(name, durable=True, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+
+
+@pytest.fixture
+async def platform(exchange_name: str) -> AsyncIterator[Platform]:
+    """The other services, publishing on the test's exchange on a connection of their own."""
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel(publisher_confirms=True)
+    exchange = await channel.declare_exchange(
+        exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    yield Platform(exchange)
+    await connection.close()
+
+
+@pytest.fixture
+async def consumer(
+    settings: Settings, warehouse: Warehouse, redis: ArqRedis, platform: Platform
+) -> AsyncIterator[DomainEventConsumer]:
+    running = await started_consumer(settings, warehouse, redis)
+    yield running
+    await running.close()

@@ -1,103 +1,36 @@
-"""Domain events from RabbitMQ: every routing key stored once, counters kept, bad messages
-dead-lettered with a reason, ClickHouse and broker faults survived."""
+"""Domain events from RabbitMQ: every routing key stored once, bad messages dead-lettered
+with a reason, values no column holds isolated, ClickHouse and broker faults survived, a
+failing loop restarted."""
 
 import asyncio
 import decimal
 import subprocess
 import uuid
 import zoneinfo
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
 import msgspec
 import pytest
-from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from consumers.consumer import DomainEventConsumer
 from core import keys
 from core.clickhouse import Warehouse
-from core.jobs import Job
 from core.settings import Settings
-from materialized import counters, coverage, dashboard_cache
-from tests.conftest import AMQP_URL, PrivateRedis, Running, consumer_of, counter, take, wait_for
+from materialized import counters
+from tests.conftest import (
+    Platform,
+    Running,
+    consumer_of,
+    counter,
+    dead_letters,
+    queue_depth,
+    stored_count,
+    until_stored,
+    wait_for,
+)
 from tests.domain_events import MAKERS, envelope, order_created, payment_succeeded
-
-
-class Platform:
-    """The other services: a publisher on its own connection, as a separate client would be."""
-
-    def __init__(self, exchange: aio_pika.abc.AbstractExchange) -> None:
-        self.exchange = exchange
-
-    async def publish(self, routing_key: str, body: dict[str, Any] | bytes) -> None:
-        data = body if isinstance(body, bytes) else msgspec.json.encode(body)
-        await self.exchange.publish(
-            aio_pika.Message(data, content_type="application/json"), routing_key=routing_key
-        )
-
-
-@pytest.fixture
-async def platform(exchange_name: str) -> AsyncIterator[Platform]:
-    connection = await aio_pika.connect(AMQP_URL)
-    channel = await connection.channel(publisher_confirms=True)
-    exchange = await channel.declare_exchange(
-        exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-    )
-    yield Platform(exchange)
-    await connection.close()
-
-
-async def started_consumer(
-    settings: Settings, warehouse: Warehouse, redis: ArqRedis, batch_size: int = 100
-) -> DomainEventConsumer:
-    """A consumer on the test's exchange and queue, connected, small batches, short flushes."""
-    running = DomainEventConsumer(
-        amqp_url=settings.amqp_url,
-        exchange=settings.amqp_exchange,
-        warehouse=warehouse,
-        redis=redis,
-        report_timezone=settings.report_timezone,
-        queue=settings.amqp_queue,
-        batch_size=batch_size,
-        flush_ms=50,
-    )
-    running.start()
-    await asyncio.wait_for(running.connected.wait(), timeout=10)
-    return running
-
-
-@pytest.fixture
-async def consumer(
-    settings: Settings, warehouse: Warehouse, redis: ArqRedis, platform: Platform
-) -> AsyncIterator[DomainEventConsumer]:
-    running = await started_consumer(settings, warehouse, redis)
-    yield running
-    await running.close()
-
-
-async def stored_count(warehouse: Warehouse) -> int:
-    return int(await warehouse.scalar("SELECT count() FROM analytics_events"))
-
-
-async def until_stored(warehouse: Warehouse, n: int, within: float = 20) -> None:
-    async def enough() -> bool:
-        return await stored_count(warehouse) >= n
-
-    await wait_for(enough, within=within)
-    await asyncio.sleep(0.2)  # anything extra would arrive now
-
-
-async def dead_letters(
-    consumer: DomainEventConsumer, n: int
-) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(consumer.dead_letter_queue, durable=True)
-        return await take(queue, n)
 
 
 async def test_every_routing_key_is_stored_with_its_facts(
@@ -165,48 +98,6 @@ async def test_float_sums_a_node_service_sends_are_rounded_to_the_column_not_ref
     # 0.1 + 0.2, 129.99 + 49.99 and the tie; 3 * 19.99 comes out 59.97 exactly.
     assert counter("analytics_amounts_rounded") - rounded == 3
     assert counter("domain_events_dead_lettered", routing_key="lomash.orders.created") == dead
-
-
-async def test_counters_views_and_redis_are_kept_current_and_cache_dropped(
-    consumer: DomainEventConsumer,
-    platform: Platform,
-    warehouse: Warehouse,
-    redis: Redis,
-    settings: Settings,
-) -> None:
-    now = datetime.now(UTC)
-    long_ago = (now - timedelta(days=400), now - timedelta(days=399))
-    await dashboard_cache.remember(redis, await dashboard_cache.begin(redis, *long_ago), b"{}")
-    for body in (payment_succeeded("100.10"), payment_succeeded("0.90")):
-        await platform.publish("lomash.payments.succeeded", body)
-    for key in (
-        "lomash.bookings.created",
-        "lomash.bookings.created",
-        "lomash.brochure.request.submitted",
-        "lomash.newsletter.subscription.created",
-    ):
-        await platform.publish(key, MAKERS[key]())
-    await until_stored(warehouse, 6)
-    hourly = {
-        r["event_type"]: r
-        for r in await warehouse.dicts(
-            "SELECT event_type, sum(events) AS events, sum(amount) AS amount"
-            " FROM domain_events_hourly GROUP BY event_type"
-        )
-    }
-    assert hourly["payment-succeeded"]["events"] == 2
-    assert hourly["payment-succeeded"]["amount"] == decimal.Decimal("101.00")
-    assert hourly["booking-created"]["events"] == 2
-    assert hourly["brochure-request-submitted"]["events"] == 1
-    assert hourly["newsletter-subscription-created"]["events"] == 1
-    today = datetime.now(zoneinfo.ZoneInfo(settings.report_timezone)).date()
-    live = await counters.read(redis, today)
-    assert live["payment-succeeded"] == 2
-    assert live["revenue:GBP"] == 101_000_000  # millionths of a pound
-    assert live["booking-created"] == 2
-    # Events of today change every cached answer's today/week/month tiles.
-    assert await redis.hlen(keys.DASHBOARD_CACHE_INDEX) == 0
-    assert [k async for k in redis.scan_iter("dashboard:snapshot:2*")] == []
 
 
 async def test_a_redelivered_or_republished_event_is_counted_once(
@@ -399,6 +290,8 @@ def _order_of(quantities: list[int]) -> dict[str, Any]:
 
 
 # Values the schema accepts but no column holds: each must be refused, never stored as another.
+
+
 UNHOLDABLE = [
     ("lomash.inventory.updated", _inventory(10**19), "column quantity: 10000000000000000000"),
     ("lomash.inventory.updated", _inventory(-(2**63) - 1), "does not fit Int64"),
@@ -416,14 +309,6 @@ UNHOLDABLE = [
     ),
     ("lomash.inventory.updated", _inventory(1, version="v" * 500), "column version"),
 ]
-
-
-async def queue_depth(name: str) -> int:
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(name, durable=True, passive=True)
-        return int(queue.declaration_result.message_count or 0)
 
 
 async def test_values_no_column_can_hold_are_dead_lettered_and_the_rest_stored(
@@ -496,121 +381,6 @@ async def test_amounts_near_the_columns_maximum_are_stored_and_counted_exactly(
     live = await counters.read(redis, today)
     assert live["revenue:GBP"] == int(expected.scaleb(6, exact))  # far past 64 bits, exact
     assert live["payment-succeeded"] == 3
-
-
-@pytest.mark.timeout(90)
-async def test_redis_killed_mid_stream_loses_nothing_and_counters_are_reconciled(
-    settings: Settings, warehouse: Warehouse, platform: Platform, private_redis: PrivateRedis
-) -> None:
-    redis = ArqRedis.from_url(private_redis.url, socket_timeout=1.0, socket_connect_timeout=1.0)
-    failures_before = counter("redis_unavailable", operation="live_counters")
-    running = await started_consumer(settings, warehouse, redis, batch_size=50)
-    try:
-        sent = [payment_succeeded(amount="10.50") for _ in range(300)]
-        for i, body in enumerate(sent):
-            await platform.publish("lomash.payments.succeeded", body)
-            if i == 100:
-                await until_stored(warehouse, 100)
-                private_redis.kill()
-            if i == 200:
-                await asyncio.sleep(1.0)  # batches go on being stored while Redis is away
-                await private_redis.start()
-            if i % 20 == 0:
-                await asyncio.sleep(0.05)
-        await until_stored(warehouse, 300, within=40)
-        assert await stored_count(warehouse) == 300
-        status = running.status()
-        assert status.alive and status.connected and status.unacked == 0
-        assert counter("redis_unavailable", operation="live_counters") > failures_before
-        zone = zoneinfo.ZoneInfo(settings.report_timezone)
-        today = datetime.now(zone).date()
-        assert (await counters.read(redis, today)).get("payment-succeeded", 0) < 300
-        await counters.reconcile(redis, warehouse, zone, today)
-        live = await counters.read(redis, today)
-        assert live["payment-succeeded"] == 300
-        assert live["revenue:GBP"] == 300 * 10_500_000
-        assert await redis.scard(keys.COUNTERS_STALE) == 0
-    finally:
-        await running.close()
-        await redis.aclose()
-
-
-async def test_late_events_drop_only_the_cached_answers_they_change(
-    consumer: DomainEventConsumer, platform: Platform, warehouse: Warehouse, redis: Redis
-) -> None:
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    old = now - timedelta(days=80)
-    ranges = {
-        "old": (old - timedelta(days=1), old + timedelta(days=1)),
-        "older": (old - timedelta(days=10), old - timedelta(days=9)),
-        "recent": (now - timedelta(days=50), now - timedelta(days=45)),
-    }
-    for start, end in ranges.values():
-        await dashboard_cache.remember(redis, await dashboard_cache.begin(redis, start, end), b"{}")
-
-    async def cached() -> set[str]:
-        listed = {k.decode() for k in await redis.hkeys(keys.DASHBOARD_CACHE_INDEX)}
-        return {
-            name
-            for name, (start, end) in ranges.items()
-            if keys.dashboard_cache(start.isoformat(), end.isoformat()) in listed
-            and await redis.exists(keys.dashboard_cache(start.isoformat(), end.isoformat()))
-        }
-
-    booking = MAKERS["lomash.bookings.created"]()
-    booking["timestamp"] = old.isoformat()
-    await platform.publish("lomash.bookings.created", booking)
-    await until_stored(warehouse, 1)
-    assert await cached() == {"older", "recent"}
-    # A first order decides "new or returning" in every range after it, not only its own.
-    order = order_created()
-    order["timestamp"] = (old - timedelta(days=5)).isoformat()
-    await platform.publish("lomash.orders.created", order)
-    await until_stored(warehouse, 2)
-    assert await cached() == {"older"}
-
-
-async def test_late_events_enqueue_one_recompute_of_what_they_change(
-    consumer: DomainEventConsumer, platform: Platform, warehouse: Warehouse, redis: Redis
-) -> None:
-    now = datetime.now(UTC)
-    await coverage.record(redis, Job.RECOMPUTE_FUNNELS, now - timedelta(days=30), now)
-    await coverage.record(redis, Job.REBUILD_DASHBOARDS, now - timedelta(days=30), now)
-    bookings = [MAKERS["lomash.bookings.created"]() for _ in range(3)]
-    for body in bookings:  # occurred now: after both were computed, so not late
-        await platform.publish("lomash.bookings.created", body)
-    await until_stored(warehouse, 3)
-    assert await redis.zcard("arq:queue") == 0
-    for i in range(30):  # late orders, over several batches
-        body = order_created()
-        body["timestamp"] = (now - timedelta(hours=2, minutes=i)).isoformat()
-        await platform.publish("lomash.orders.created", body)
-        if i % 10 == 0:
-            await asyncio.sleep(0.2)
-    await until_stored(warehouse, 33)
-    queued = sorted(k.decode() for k in await redis.zrange("arq:queue", 0, -1))
-    assert [q.rsplit(":", 1)[0] for q in queued] == [
-        "rebuild_dashboards:late",
-        "recompute_funnels:late",
-    ]
-    # The funnels run starts (and so reads from here on): a late order stored after that is
-    # not in what it reads, so it queues the next run; the dashboards run has not started.
-    await coverage.starting(redis, Job.RECOMPUTE_FUNNELS)
-    body = order_created()
-    body["timestamp"] = (now - timedelta(hours=3)).isoformat()
-    await platform.publish("lomash.orders.created", body)
-    await until_stored(warehouse, 34)
-    await wait_for(lambda: _queued_count(redis, 3), within=10)
-    queued = sorted(k.decode() for k in await redis.zrange("arq:queue", 0, -1))
-    assert [q.rsplit(":", 1)[0] for q in queued] == [
-        "rebuild_dashboards:late",
-        "recompute_funnels:late",
-        "recompute_funnels:late",
-    ]
-
-
-async def _queued_count(redis: Redis, n: int) -> bool:
-    return await redis.zcard("arq:queue") >= n
 
 
 async def test_a_failing_consume_loop_is_restarted_and_nothing_is_counted_twice(
