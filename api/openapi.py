@@ -16,8 +16,9 @@ from sanic.response import html
 from api.admin_jobs import JobQueued
 from api.answer import ErrorAnswer
 from api.exports import ExportAnswer, ExportQueued, ExportRequest
-from api.ops import Health, Readiness
+from api.ops import Readiness
 from api.stats import FunnelReport
+from core.ops import Health
 from ingest.schema import MAX_EVENTS_PER_REQUEST, TrackingEvent
 from ingest.track import Accepted, AcceptedMany
 from materialized.stats import (

@@ -15,11 +15,9 @@ from api.services import Services
 from consumers.consumer import ConsumerStatus
 from core.best_effort import best_effort
 from core.metrics import PUBLISH_BACKLOG, RATES, RETRY_QUEUE_DEPTH, UNPLACED_ROWS
-from core.ops import Check, Health, OpsHooks, run_checks
+from core.ops import Check, OpsHooks, run_checks
 from core.redis_memory import RedisRole, observe
 from materialized import snapshots
-
-__all__ = ["Health", "Readiness", "hooks_for", "refresh_gauges"]
 
 
 class Readiness(msgspec.Struct, omit_defaults=True):

@@ -43,28 +43,26 @@ class Pending(msgspec.Struct, frozen=True):
     """A computation registered in the index: its answer may be cached while `token` is there."""
 
     key: str
+    start: datetime
+    end: datetime
     token: str
-    entry: str  # the index value, ending in the token
 
-
-def _entry(start: datetime, end: datetime, token: str) -> str:
-    return f"{start.timestamp()} {end.timestamp()} {time.time()} {token}"
+    def entry(self) -> str:
+        """The index value: the range, when it was written, the token last."""
+        return f"{self.start.timestamp()} {self.end.timestamp()} {time.time()} {self.token}"
 
 
 async def begin(redis: Redis, start: datetime, end: datetime) -> Pending:
     """Call before reading the data the answer is computed from."""
     key = keys.dashboard_cache(start.isoformat(), end.isoformat())
-    token = secrets.token_hex(8)
-    entry = _entry(start, end, token)
-    await redis.hset(keys.DASHBOARD_CACHE_INDEX, key, entry)  # type: ignore[misc]
-    return Pending(key, token, entry)
+    pending = Pending(key, start, end, secrets.token_hex(8))
+    await redis.hset(keys.DASHBOARD_CACHE_INDEX, key, pending.entry())  # type: ignore[misc]
+    return pending
 
 
 async def remember(redis: Redis, pending: Pending, body: bytes) -> bool:
     """Caches `body` unless an invalidation came after `begin`; says whether it did."""
-    start, end, _, token = pending.entry.split()
-    cached = f"{start} {end} {time.time()} {token}"
-    arguments: list[Any] = [pending.token, body, CACHE_SECONDS, cached]
+    arguments: list[Any] = [pending.token, body, CACHE_SECONDS, pending.entry()]
     written = await redis.eval(  # type: ignore[misc]
         _REMEMBER, 2, keys.DASHBOARD_CACHE_INDEX, pending.key, *arguments
     )

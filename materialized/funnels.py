@@ -24,10 +24,6 @@ from core.settings import PRODUCT_PAGE_PATTERN
 
 DEFAULT_WINDOW_SECONDS = 7 * 86400
 
-# A product page, unless PRODUCT_PAGE_PATTERN says otherwise: /kitchens/<range>,
-# /bedrooms/<range> or /products/<id>.
-PRODUCT_PAGE = PRODUCT_PAGE_PATTERN
-
 
 @dataclass(frozen=True, slots=True)
 class Step:
@@ -148,7 +144,7 @@ async def compute(
     start: datetime,
     end: datetime,
     window_seconds: int = DEFAULT_WINDOW_SECONDS,
-    product_page: str = PRODUCT_PAGE,
+    product_page: str = PRODUCT_PAGE_PATTERN,
 ) -> FunnelResult:
     """`product_page`: PRODUCT_PAGE_PATTERN, the paths whose PAGEVIEW starts the booking
     funnel."""

@@ -36,6 +36,7 @@ from typing import Literal
 import msgspec
 
 from core.clickhouse import Warehouse
+from core.settings import PRODUCT_PAGE_PATTERN
 from materialized import funnels
 
 ReportType = Literal["BOOKINGS", "ORDERS", "REVENUE", "PRODUCTS", "FUNNELS"]
@@ -226,7 +227,7 @@ async def write_report(
     write: Write,
     *,
     funnel_window_seconds: int = funnels.DEFAULT_WINDOW_SECONDS,
-    product_page: str = funnels.PRODUCT_PAGE,
+    product_page: str = PRODUCT_PAGE_PATTERN,
 ) -> int:
     """Write the report, page by page; nothing but one page is held in memory. Returns the
     rows written. FUNNELS uses `funnel_window_seconds` (FUNNEL_WINDOW_SECONDS), as

@@ -76,12 +76,12 @@ class Freshness(msgspec.Struct, frozen=True):
     one, from the service's installation (its first migration): a fresh install is not stale
     until a rebuild was due and missed, and one that never rebuilds ages like any other."""
 
-    minutes: float
+    since: datetime
     rebuilt: bool
 
-
-def _since(moment: datetime) -> float:
-    return max(0.0, (datetime.now(UTC) - moment.replace(tzinfo=UTC)).total_seconds() / 60)
+    @property
+    def minutes(self) -> float:
+        return max(0.0, (datetime.now(UTC) - self.since).total_seconds() / 60)
 
 
 async def freshness(warehouse: Warehouse) -> Freshness:
@@ -94,8 +94,8 @@ async def freshness(warehouse: Warehouse) -> Freshness:
         )
     )[0]
     if rebuilt is not None:
-        return Freshness(_since(rebuilt), rebuilt=True)
-    return Freshness(_since(installed or datetime.now(UTC)), rebuilt=False)
+        return Freshness(rebuilt.replace(tzinfo=UTC), rebuilt=True)
+    return Freshness((installed or datetime.now(UTC)).replace(tzinfo=UTC), rebuilt=False)
 
 
 def observe(found: Freshness) -> None:
@@ -118,11 +118,10 @@ async def freshness_for_scrape(redis: Redis, warehouse: Warehouse) -> Freshness:
     holds none (never rebuilt, or Redis lost it), and a rebuild it knows of is put back."""
     value = await redis.get(keys.DASHBOARD_REBUILT_AT)
     if value is not None:
-        return Freshness(_since(datetime.fromtimestamp(float(value), UTC)), rebuilt=True)
+        return Freshness(datetime.fromtimestamp(float(value), UTC), rebuilt=True)
     found = await freshness(warehouse)
     if found.rebuilt:
-        at = datetime.now(UTC).timestamp() - found.minutes * 60
-        await mark_rebuilt(redis, datetime.fromtimestamp(at, UTC), only_if_unset=True)
+        await mark_rebuilt(redis, found.since, only_if_unset=True)
     return found
 
 

@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 from cli.demo_traffic import Traffic, generate, load
 from core.clickhouse import Warehouse
 from core.rows import TrackingRow
-from materialized.funnels import PRODUCT_PAGE, Funnel
+from core.settings import PRODUCT_PAGE_PATTERN as PRODUCT_PAGE
+from materialized.funnels import Funnel
 
 
 def _path(url: str) -> str:

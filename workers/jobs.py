@@ -204,7 +204,7 @@ async def rebuild_dashboards(ctx: dict[str, Any]) -> str:
         # The live tiles, made good from ClickHouse for days Redis missed increments.
         async with best_effort("live_counters"):
             await counters.reconcile(redis, warehouse, zone, now.astimezone(zone).date())
-    snapshots.observe(snapshots.Freshness(0, rebuilt=True))
+    snapshots.observe(snapshots.Freshness(now, rebuilt=True))
     for refreshed in written:  # one message per snapshot row written
         _publish(job, DASHBOARD_REFRESHED, refreshed)
     AGGREGATION_JOB_DURATION.labels("rebuild-dashboards").observe(
