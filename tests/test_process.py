@@ -101,7 +101,11 @@ def test_api_command_refuses_embedded_clickhouse(tmp_path: Path) -> None:
 
 def test_sigterm_with_nothing_buffered_exits_cleanly(tmp_path: Path) -> None:
     proc, base = start_service(tmp_path, CLICKHOUSE_DATABASE=f"db_{uuid.uuid4().hex[:8]}")
-    assert httpx.get(f"{base}/readyz").status_code == 200
+    # Alive (/healthz) comes before ready: the publisher may still be connecting to RabbitMQ.
+    deadline = time.monotonic() + 15
+    while (ready := httpx.get(f"{base}/readyz")).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ready.status_code == 200, ready.text
     assert stop(proc) == 0, (tmp_path / "service.log").read_text()
 
 
