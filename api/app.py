@@ -1,6 +1,7 @@
 """The Sanic app factory: blueprints, the error format, and the HTTP app's own timers. What
-runs beside it (the runtime, the pipeline and, in `serve`, the consumer, worker and relay) is
-an assembly started before the server serves and stopped after (`cli/assembly.py`)."""
+runs beside it (the runtime, the beacon path's parts and, in `serve`, the consumer, worker
+and relay) is an assembly started before the server serves and stopped after
+(`cli/assembly.py`)."""
 
 from __future__ import annotations
 
@@ -121,7 +122,7 @@ def create_app(settings: Settings, parts: Parts, name: str = "lomash_analytics")
     async def start_parts(app: Sanic) -> None:  # type: ignore[type-arg]
         svc = await parts.start()
         app.ctx.services = svc
-        app.ctx.pipeline = svc.pipeline  # what the beacon blueprint reads
+        app.ctx.ingest = svc.ingest  # what the beacon blueprint reads
         app.ctx.ops = ops.hooks_for(svc)  # what /readyz and /metrics ask
         app.ctx.timers = [
             asyncio.create_task(_write_snapshots(svc.on_demand), name="on-demand-snapshots"),

@@ -15,12 +15,12 @@ from sanic.response import ResponseStream, file_stream
 from api.answer import answer
 from api.auth import admin_only
 from api.services import services
-from core import export_state
-from core.export_state import ExportState, ExportStatus
 from core.ids import new_event_id
 from core.jobs import Job, export_job_id
 from core.limits import MAX_RANGE_DAYS
 from core.storage import FileStorage
+from materialized import export_state
+from materialized.export_state import ExportState, ExportStatus
 from materialized.reports import MEDIA_TYPES, Format, ReportType
 
 bp = Blueprint("exports")

@@ -57,7 +57,7 @@ def hooks_for(svc: Services) -> OpsHooks:
         async with best_effort("metrics"):
             depth, fresh = await asyncio.wait_for(
                 asyncio.gather(
-                    svc.runtime.retry_queue.depth(),
+                    svc.ingest.retry_queue.depth(),
                     snapshots.freshness_for_scrape(svc.runtime.redis, svc.runtime.warehouse),
                 ),
                 timeout=1,
@@ -80,7 +80,7 @@ def refresh_gauges(svc: Services) -> None:
     """The gauges this process derives from its own state: at every scrape, and every few
     seconds (`api/app.py`), so that with several API workers the ones not scraped are current."""
     RATES.refresh_gauges()
-    tracking_log = svc.pipeline.log
+    tracking_log = svc.ingest.log
     # The relay's backlog (on disk) and this process's own publisher's (the other topics).
     PUBLISH_BACKLOG.set(svc.runtime.publisher.backlog + tracking_log.backlog)
     UNPLACED_ROWS.set(tracking_log.unread_rows)

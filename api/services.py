@@ -1,4 +1,4 @@
-"""What the HTTP app serves from: its runtime, the beacon pipeline, and the dashboard's
+"""What the HTTP app serves from: its runtime, the beacon path's parts, and the dashboard's
 on-demand snapshots (and in `serve` the consumer and worker), made by the assembly
 that starts and stops them (cli/assembly.py)."""
 
@@ -10,7 +10,7 @@ from sanic import Request, Sanic
 
 from consumers.consumer import DomainEventConsumer
 from core.runtime import Runtime
-from ingest.pipeline import Pipeline
+from ingest.parts import IngestParts
 from materialized.snapshots import OnDemand
 from workers.embedded import EmbeddedWorker
 
@@ -18,7 +18,7 @@ from workers.embedded import EmbeddedWorker
 @dataclass(slots=True)
 class Services:
     runtime: Runtime
-    pipeline: Pipeline
+    ingest: IngestParts
     on_demand: OnDemand  # dashboard answers waiting to be written as snapshots
     consumer: DomainEventConsumer | None = None  # in `serve` only
     worker: EmbeddedWorker | None = None  # in `serve` only

@@ -40,7 +40,7 @@ bp = Blueprint("stats")
 
 CLOSED_CACHE_SECONDS = 300
 OPEN_CACHE_SECONDS = 15
-# Sessions can still gain events this long after they start (the pipeline's session TTL).
+# Sessions can still gain events this long after they start (the session step's TTL).
 SETTLED_AFTER = timedelta(days=1)
 QUERY_TIMEOUT_S = 20.0
 

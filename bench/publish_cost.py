@@ -30,10 +30,10 @@ import aio_pika
 import msgspec
 from pamqp.commands import Basic
 
-from core.rows import TrackingRow
-from core.tracked import ROUTING_KEY, envelope, envelope_lines
 from ingest.amqp_frames import ConfirmingPublisher
 from ingest.relay import Relay
+from tracked.message import ROUTING_KEY, envelope, envelope_lines
+from tracked.row import TrackingRow
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 

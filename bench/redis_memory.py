@@ -33,9 +33,9 @@ from datetime import UTC, datetime, timedelta
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core.rows import TrackingRow
 from ingest import sessions
 from ingest.sessions import SessionStore
+from tracked.row import TrackingRow
 
 EVENTS_PER_SESSION = 5
 SESSION_SECONDS = 180  # first to last event of a 5-event session

@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.stats import DAYS, EVENTS
 from core.clickhouse import Warehouse
 from core.migrations import migrate
-from core.rows import TrackingRow
+from tracked.row import TrackingRow
 
 VIEWS = ("stats_hourly_mv", "stats_sessions_mv", "stats_visits_mv", "stats_pages_mv")
 

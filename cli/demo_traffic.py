@@ -20,7 +20,7 @@ import msgspec
 
 from consumers.mapping import DomainRow, to_row
 from core.clickhouse import Warehouse
-from core.rows import TrackingRow
+from tracked.row import TrackingRow
 
 SITE = "https://www.lomashwood.co.uk"
 KITCHENS = ["shaker-oak", "handleless-gloss", "in-frame-sage", "modern-walnut", "country-cream"]
@@ -166,7 +166,7 @@ class _Visit:
                 region=self.place.region,
                 city=self.place.city,
                 session_seq=self.seq,
-                # As the pipeline stores them: the session's first sight, landing page,
+                # As the beacon path stores them: the session's first sight, landing page,
                 # referrer and UTM tags, on every event of the session.
                 session_started_at=self.started,
                 landing_page=self.landing,

@@ -6,22 +6,17 @@ import asyncio
 import uuid
 from datetime import UTC, datetime
 
-from arq.connections import ArqRedis, RedisSettings, create_pool
-
-from core import export_state
-from core.export_state import ExportState, ExportStatus
 from core.ids import new_event_id
 from core.jobs import BY_COMMAND, Job, export_job_id
+from core.runtime import redis_client
 from core.settings import Settings
-
-
-async def _pool(settings: Settings) -> ArqRedis:
-    return await create_pool(RedisSettings.from_dsn(settings.redis_url))
+from materialized import export_state
+from materialized.export_state import ExportState, ExportStatus
 
 
 def list_jobs(settings: Settings, limit: int = 20) -> str:
     async def run() -> str:
-        pool = await _pool(settings)
+        pool = redis_client(settings.redis_url)
         try:
             results = sorted(
                 await pool.all_job_results(), key=lambda r: r.finish_time, reverse=True
@@ -60,7 +55,7 @@ def run_job(
         raise SystemExit(f"unknown job {name!r}; one of: {', '.join(BY_COMMAND)}")
 
     async def run() -> str:
-        pool = await _pool(settings)
+        pool = redis_client(settings.redis_url)
         try:
             if BY_COMMAND[name] is not Job.EXPORT_REPORT:
                 job = await pool.enqueue_job(BY_COMMAND[name])

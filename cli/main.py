@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import signal
 import sys
 import uuid
 from functools import partial
@@ -84,48 +83,15 @@ def _serve(settings: Settings, *, embedded: bool) -> int:
 
 
 def _consume(settings: Settings) -> int:
-    import msgspec
-
-    from consumers.consumer import DomainEventConsumer
-    from core.ops import OpsHooks, readiness, serve_ops
-    from core.runtime import Role, Runtime
-
-    async def run() -> None:
-        runtime = await Runtime.open(settings, {Role.CONSUMER})
-        consumer = DomainEventConsumer.for_settings(settings, runtime.warehouse, runtime.redis)
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        consumer.start()
-
-        async def consuming() -> bool:
-            return consumer.status().ready
-
-        ops = None
-        if settings.metrics_port:
-            ready = readiness(
-                {"consumer": consuming},
-                lambda: {"consumer": msgspec.to_builtins(consumer.status())},
-            )
-            ops = await serve_ops(
-                settings.host,
-                settings.metrics_port,
-                OpsHooks(ready, metrics_token=settings.metrics_token),
-                role="consume",
-            )
-        await stop.wait()
-        if ops is not None:
-            await ops.close()
-        await consumer.close()
-        await runtime.close()
+    from cli.assembly import run_consume
 
     _tune_gc()
-    asyncio.run(run())
+    run_consume(settings)
     return 0
 
 
 def _relay(settings: Settings) -> int:
-    from ingest.relay import run_relay
+    from cli.assembly import run_relay
 
     run_relay(settings)
     return 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-# Raw tracking events stay in ClickHouse this long (sql/0002's TTL says the same: a migration
-# cannot import it, and an applied migration is never edited; tests/test_migrations checks).
+# Raw tracking events stay in ClickHouse this long: `purge_old_events` removes a day past it
+# once its archived copy is verified (materialized/archive.py), and a visitor's Redis state
+# lives as long (ingest/sessions.py), so a returning visitor is one the raw rows can show.
 RAW_RETENTION_DAYS = 90
 
 # The longest range a dashboard, a stats query or an export may ask for.

@@ -2,7 +2,7 @@
 
 Every process opens one: `analytics serve` (http, ingest, consumer, worker), `analytics api`
 (http, ingest), `analytics consume` (consumer), the arq worker (worker) and the CLI commands
-that touch data. What each role adds is built on top by its own package (the beacon pipeline
+that touch data. What each role adds is built on top by its own package (the beacon path
 in ingest, the consumer in consumers, the worker in workers); this is what they all share.
 """
 
@@ -19,7 +19,6 @@ from core.clickhouse import Warehouse
 from core.migrations import open_migrated
 from core.publisher import EventPublisher
 from core.redis_memory import warn_if_evicting
-from core.retry_queue import RetryQueue
 from core.settings import Settings
 from core.storage import Storage, prepare_storage, storage_for
 
@@ -28,7 +27,7 @@ log = logging.getLogger(__name__)
 
 class Role(enum.StrEnum):
     HTTP = "http"  # the admin API and ops endpoints
-    INGEST = "ingest"  # the beacon pipeline
+    INGEST = "ingest"  # the beacon path
     CONSUMER = "consumer"  # domain events from RabbitMQ
     WORKER = "worker"  # arq jobs and crons
 
@@ -51,7 +50,6 @@ class Runtime:
     redis: ArqRedis  # the durable Redis, a redis.asyncio client that can also enqueue arq jobs
     cache: ArqRedis  # ephemeral state (CACHE_REDIS_URL): the same client when it is REDIS_URL
     publisher: EventPublisher
-    retry_queue: RetryQueue
     _storage: Storage | None
     _stack: AsyncExitStack = field(repr=False)
 
@@ -92,7 +90,6 @@ class Runtime:
             redis=redis,
             cache=cache,
             publisher=publisher,
-            retry_queue=RetryQueue(redis),
             _storage=storage,
             _stack=stack,
         )

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from core.ids import new_event_id
 from core.limits import TRUST_CLIENT_FUTURE, TRUST_CLIENT_PAST
 from core.metrics import BOT_EVENTS
-from core.rows import TrackingRow
 from ingest.geo import UNKNOWN, Place
 from ingest.schema import TrackingEvent
 from ingest.useragent import MAX_LENGTH, parse_agent
+from tracked.row import TrackingRow
 
 
 @dataclass(frozen=True, slots=True)

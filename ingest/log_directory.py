@@ -18,7 +18,6 @@ from pathlib import Path
 import msgspec
 
 from core.metrics import LOG_DAMAGE
-from core.rows import TrackingRow
 from ingest.log_files import (
     OWNER_LOCK,
     ROW_START,
@@ -30,6 +29,7 @@ from ingest.log_files import (
     segments,
     stem,
 )
+from tracked.row import TrackingRow
 
 log = logging.getLogger(__name__)
 _decode_row = msgspec.json.Decoder(TrackingRow).decode

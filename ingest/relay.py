@@ -2,8 +2,8 @@
 (`ingest/log_files.py`) on RabbitMQ.
 
 It reads files only (no ClickHouse, no Redis), so it runs anywhere the tracking log is: a
-child process of `analytics serve` (`run_relay`, spawned by `RelayChild`; chDB's one-process
-rule does not touch it), or `analytics relay` beside the API containers, as many as wanted.
+child process of `analytics serve` (chDB's one-process rule does not touch it), or `analytics
+relay` beside the API containers, as many as wanted; both are assembled in `cli/assembly.py`.
 Each log directory is relayed by one relay at a time (an flock on `.relay.lock`); several
 relays share the directories, none sends a message twice on its own account.
 
@@ -27,19 +27,13 @@ import asyncio
 import contextlib
 import fcntl
 import logging
-import multiprocessing
 import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.metrics import LOG_DAMAGE, PUBLISH_FAILURES, PUBLISHED
-from core.ops import OpsHooks, readiness, serve_ops
-from core.redaction import configure_logging
-from core.settings import Settings
 from core.supervisor import Backoff, supervise
-from core.tracked import ROUTING_KEY
 from ingest.amqp_frames import ConfirmingPublisher, PublishError
 from ingest.log_files import (
     OWNER_LOCK,
@@ -56,6 +50,7 @@ from ingest.log_files import (
     write_relay_offset,
 )
 from ingest.log_files import segments as log_segments
+from tracked.message import ROUTING_KEY
 
 log = logging.getLogger(__name__)
 
@@ -234,99 +229,3 @@ class Relay:
     def _forget(self, claim: _Claim) -> None:
         os.close(claim.fd)
         self._claims.pop(claim.directory, None)
-
-
-def run_relay(settings: Settings, parent: int = 0) -> None:
-    """A relay process: `analytics relay`, or (with `parent`) `analytics serve`'s child, which
-    stops when its parent is gone however the parent went. SIGTERM or SIGINT stop it."""
-    if not logging.getLogger().handlers:  # a spawned child starts with no logging set up
-        configure_logging()
-
-    root = Path(settings.tracking_log_dir).resolve()
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        relay = Relay(
-            root,
-            settings.amqp_url,
-            settings.amqp_exchange,
-            alive=(lambda: os.getppid() == parent) if parent else (lambda: True),
-        )
-        ops = None
-        if settings.metrics_port and not parent:
-
-            async def connected() -> bool:
-                return relay.connected.is_set()
-
-            ready = readiness({"rabbitmq": connected}, lambda: {"published": relay.published})
-            ops = await serve_ops(
-                settings.host,
-                settings.metrics_port,
-                OpsHooks(ready, metrics_token=settings.metrics_token),
-                role="relay",
-            )
-        await relay.run(stop)
-        if ops is not None:
-            await ops.close()
-
-    asyncio.run(run())
-
-
-class ChildExited(RuntimeError):
-    """The relay child process ended while the parent still runs."""
-
-
-class RelayChild:
-    """`analytics serve`'s relay: a child process (a core of its own), started again when it
-    dies (counted in `component_restarts_total{component="relay"}`), stopped at shutdown."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._stopping = asyncio.Event()
-        self._child: multiprocessing.process.BaseProcess | None = None
-        self._task = asyncio.create_task(
-            supervise("relay", self._run_child, backoff=Backoff(1.0, 30.0), stop=self._stopping),
-            name="relay-child",
-        )
-
-    async def _run_child(self, backoff: Backoff) -> None:
-        self._child = multiprocessing.get_context("spawn").Process(
-            target=run_relay, args=(self._settings, os.getpid()), name="relay", daemon=True
-        )
-        self._child.start()
-        await _exited(self._child)
-        if not self._stopping.is_set():
-            raise ChildExited(f"the relay child exited with {self._child.exitcode}")
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        child = self._child
-        if child is not None and child.exitcode is None:
-            child.terminate()  # SIGTERM: it finishes the chunk in flight and commits
-            try:
-                await asyncio.wait_for(_exited(child), 15)
-            except TimeoutError:
-                child.kill()
-                await _exited(child)
-        self._task.cancel()  # it may be waiting out a restart's backoff
-        await asyncio.gather(self._task, return_exceptions=True)
-
-
-async def _exited(process: multiprocessing.process.BaseProcess) -> None:
-    """Wait for `process` to exit without a thread: its sentinel becomes readable then."""
-    loop = asyncio.get_running_loop()
-    gone = loop.create_future()
-    sentinel = process.sentinel
-
-    def exited() -> None:
-        if not gone.done():
-            gone.set_result(None)
-
-    loop.add_reader(sentinel, exited)
-    try:
-        await gone
-    finally:
-        loop.remove_reader(sentinel)
-    process.join()

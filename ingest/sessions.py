@@ -24,7 +24,7 @@ from core import keys
 from core.best_effort import warn_quietly
 from core.limits import RAW_RETENTION_DAYS
 from core.metrics import REDIS_FAILURES, Drop, drop
-from core.rows import TrackingRow
+from tracked.row import TrackingRow
 
 # An event id is remembered this long after its line is read: a client's retry of the same
 # event comes within seconds (our tracker tries three times, a second apart), a server-side

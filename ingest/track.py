@@ -21,14 +21,14 @@ from sanic import Blueprint, HTTPResponse, Request, json
 from sanic.response import JSONResponse
 
 from core.metrics import EVENTS_ACCEPTED, EVENTS_RECEIVED, RATES, Drop, drop
-from core.rows import TrackingRow
 from ingest import cors
 from ingest.client_ip import client_ip, rate_key
 from ingest.enrich import Context, enrich, now
 from ingest.geo import UNKNOWN
-from ingest.pipeline import Pipeline, pipeline
+from ingest.parts import IngestParts, ingest_parts
 from ingest.ratelimit import Budget, Refusal
 from ingest.schema import BodyError, Decoded, Rejection, decode_body
+from tracked.row import TrackingRow
 
 bp = Blueprint("track")
 
@@ -67,17 +67,17 @@ class Dropped:
 
 @bp.on_response  # type: ignore[untyped-decorator]
 async def add_cors(request: Request, response: HTTPResponse) -> None:
-    cors.add_headers(request, response, pipeline(request).settings.cors_origins)
+    cors.add_headers(request, response, ingest_parts(request).settings.cors_origins)
 
 
 @bp.options("/v1/analytics/track")
 async def track_preflight(request: Request) -> HTTPResponse:
-    return cors.preflight(request, pipeline(request).settings.cors_origins)
+    return cors.preflight(request, ingest_parts(request).settings.cors_origins)
 
 
 @bp.post("/v1/analytics/track")
 async def track(request: Request) -> HTTPResponse:
-    svc = pipeline(request)
+    svc = ingest_parts(request)
     body = read_body(request)
     if isinstance(body, Dropped):
         return body.answer()
@@ -120,14 +120,14 @@ class Client:
     rate_key: str
 
 
-def client_of(svc: Pipeline, request: Request) -> Client:
+def client_of(svc: IngestParts, request: Request) -> Client:
     address = client_ip(
         request.ip, request.headers.getall("x-forwarded-for", []), svc.trusted_proxies
     )
     return Client(address, rate_key(address))
 
 
-async def decoded_within_budget(svc: Pipeline, body: bytes, client: Client) -> Decoded | Dropped:
+async def decoded_within_budget(svc: IngestParts, body: bytes, client: Client) -> Decoded | Dropped:
     """The events of the body, if the client's budgets take them; a body that does not decode
     still costs a request, so a flood of bad bodies is limited like any other."""
     try:
@@ -158,7 +158,7 @@ async def decoded_within_budget(svc: Pipeline, body: bytes, client: Client) -> D
     return decoded
 
 
-def rate_limited(svc: Pipeline, refusal: Refusal, events: int = 1) -> Dropped:
+def rate_limited(svc: IngestParts, refusal: Refusal, events: int = 1) -> Dropped:
     if refusal.budget is Budget.REQUESTS:
         message = f"rate limit {svc.settings.rate_limit} exceeded"
     else:
@@ -166,7 +166,7 @@ def rate_limited(svc: Pipeline, refusal: Refusal, events: int = 1) -> Dropped:
     return Dropped(Drop.RATE_LIMITED, message, events=events, retry_after=refusal.seconds)
 
 
-def room_in_the_log(svc: Pipeline, events: int) -> Dropped | None:
+def room_in_the_log(svc: IngestParts, events: int) -> Dropped | None:
     waiting = svc.log.unread_rows
     if waiting < svc.settings.ingest_max_pending_rows:
         return None
@@ -180,7 +180,7 @@ def room_in_the_log(svc: Pipeline, events: int) -> Dropped | None:
     )
 
 
-def context_of(svc: Pipeline, request: Request, client: Client) -> Context:
+def context_of(svc: IngestParts, request: Request, client: Client) -> Context:
     return Context(
         received_at=now(),
         place=svc.geo.locate(client.address) if svc.geo else UNKNOWN,
@@ -188,7 +188,7 @@ def context_of(svc: Pipeline, request: Request, client: Client) -> Context:
     )
 
 
-async def appended_to_the_log(svc: Pipeline, rows: list[TrackingRow]) -> Dropped | None:
+async def appended_to_the_log(svc: IngestParts, rows: list[TrackingRow]) -> Dropped | None:
     try:
         # On disk before the 202: a crash after this point cannot lose these events.
         await svc.log.append(rows)

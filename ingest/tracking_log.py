@@ -43,8 +43,6 @@ from pathlib import Path
 import msgspec
 
 from core.metrics import LOG_DAMAGE, PUBLISH_LOST, PUBLISHED, lose
-from core.rows import TrackingRow
-from core.tracked import ROUTING_KEY, envelope_lines
 from ingest.fsync_helper import FsyncHelper
 from ingest.log_directory import (
     Batch,
@@ -67,6 +65,8 @@ from ingest.log_files import (
     stem,
     write_mark,
 )
+from tracked.message import ROUTING_KEY, envelope_lines
+from tracked.row import TrackingRow
 
 log = logging.getLogger(__name__)
 _encode_lines = msgspec.json.Encoder().encode_lines

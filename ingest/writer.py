@@ -31,11 +31,11 @@ from core.metrics import (
     RESTARTS,
     WRITER_STALLED,
 )
-from core.retry_queue import RetryBatch
-from core.rows import TRACKING_COLUMNS, TrackingRow
-from core.tracked import record_stored
 from ingest.log_directory import Batch
 from ingest.tracking_log import TrackingLog
+from tracked.message import record_stored
+from tracked.retry_queue import RetryBatch
+from tracked.row import TRACKING_COLUMNS, TrackingRow
 
 log = logging.getLogger(__name__)
 

@@ -3,10 +3,10 @@ r"""Web analytics over the browser events: overview, breakdowns, time series, re
 Definitions (docs/stats.md): a visitor is the userId when known, else
 the sessionId; bots never count; duplicate beacons were dropped at ingest. Visitors and
 pageviews count the events received in the range. Sessions count those that *started* in the
-range (at `session_started_at`, the pipeline's first sight of them), each with all its events:
+range (at `session_started_at`, the beacon path's first sight of them), each with all its events:
 a bounce is a session of one PAGEVIEW and nothing else, and the visit duration is the median
 over sessions of last event - first event (client clocks where believable). A session's entry
-page, referrer and UTM tags are those of its first event, stored on every event by the pipeline.
+page, referrer and UTM tags are those of its first event, stored on every event by the beacon path.
 
 Where the numbers come from:
 - pageviews, sessions, bounce rate and visit duration are exact, always (sums in the hourly

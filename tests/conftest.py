@@ -33,10 +33,10 @@ from cli.assembly import Assembly
 from consumers.consumer import DomainEventConsumer
 from core.clickhouse import Warehouse
 from core.migrations import migrate
-from core.rows import TrackingRow
 from core.settings import Settings, load_settings
 from ingest.relay import Relay
 from tests.load import Load, LoadResult
+from tracked.row import TrackingRow
 from workers.context import JobContext
 
 Sanic.test_mode = True
@@ -158,11 +158,63 @@ def settings(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    """The migrated schema, read once from a template database the migrations built: each
+    table and view's CREATE statement (tables first) and the ledger's rows. Copying them into
+    a test's database through the template's open connections costs a fifth of applying the
+    migrations there (tests/test_migrations.py checks both give the same database)."""
+
+    template: Warehouse
+    creates: tuple[str, ...]
+    ledger: tuple[tuple[int, str, str], ...]  # (version, name, checksum)
+
+    async def copy_to(self, database: str) -> None:
+        run, template = self.template.command, self.template.database
+        await run(f"CREATE DATABASE `{database}`")
+        for create in self.creates:
+            await run(create.replace(f"{template}.", f"`{database}`."))
+        # One insert: the ledger's rows come from the template's, the time they were applied now.
+        await run(
+            f"INSERT INTO `{database}`.schema_migrations (version, name, checksum)"
+            f" SELECT version, name, checksum FROM `{template}`.schema_migrations FINAL"
+        )
+
+
+async def read_schema(warehouse: Warehouse) -> Schema:
+    objects = await warehouse.rows(
+        "SELECT create_table_query FROM system.tables WHERE database = currentDatabase()"
+        " ORDER BY engine = 'MaterializedView', name"
+    )
+    ledger = await warehouse.rows(
+        "SELECT version, name, checksum FROM schema_migrations FINAL ORDER BY version"
+    )
+    return Schema(
+        warehouse,
+        tuple(str(create) for (create,) in objects),
+        tuple((int(v), str(n), str(c)) for v, n, c in ledger),
+    )
+
+
+@pytest.fixture(scope="session")
+def schema(chdb_url: str) -> Iterator[Schema]:
+    # One thread: its one connection stays open across the tests' event loops.
+    template = Warehouse(chdb_url, f"template_{uuid.uuid4().hex[:12]}", threads=1)
+
+    async def build() -> Schema:
+        await template.open()
+        await migrate(template)
+        return await read_schema(template)
+
+    yield asyncio.run(build())
+    asyncio.run(template.close())
+
+
 @pytest.fixture
-async def warehouse(settings: Settings) -> AsyncIterator[Warehouse]:
+async def warehouse(settings: Settings, schema: Schema) -> AsyncIterator[Warehouse]:
+    await schema.copy_to(settings.clickhouse_database)
     wh = Warehouse(settings.clickhouse_url, settings.clickhouse_database)
     await wh.open()
-    await migrate(wh)
     yield wh
     await wh.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}` SYNC")
     await wh.close()
@@ -182,7 +234,7 @@ class Running:
 
     async def drain(self) -> None:
         """Place every event accepted so far, so assertions see every accepted row."""
-        await self.services.pipeline.writer.flush()
+        await self.services.ingest.writer.flush()
 
 
 def relay_for(settings: Settings) -> Relay:

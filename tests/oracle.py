@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 
 from cli.demo_traffic import Traffic, generate, load
 from core.clickhouse import Warehouse
-from core.rows import TrackingRow
 from core.settings import PRODUCT_PAGE_PATTERN as PRODUCT_PAGE
 from materialized.funnels import Funnel
+from tracked.row import TrackingRow
 
 
 def _path(url: str) -> str:

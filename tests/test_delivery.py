@@ -15,10 +15,10 @@ from redis.asyncio import Redis
 
 import workers
 from core.clickhouse import Warehouse
-from core.retry_queue import RetryBatch, RetryQueue
-from core.rows import TrackingRow
 from core.settings import Settings
 from tests.conftest import Running, event, free_port, job_of, take, tracking_rows, wait_for
+from tracked.retry_queue import RetryBatch, RetryQueue
+from tracked.row import TrackingRow
 from workers.jobs import retry_failed_batches
 
 TRACK = "/v1/analytics/track"
@@ -64,7 +64,7 @@ async def test_clickhouse_refusing_writes_under_load_loses_nothing_and_doubles_n
     queue = RetryQueue(redis)
 
     async def handed_off() -> bool:
-        return server.services.pipeline.log.unread_rows == 0 and await queue.depth() > 0
+        return server.services.ingest.log.unread_rows == 0 and await queue.depth() > 0
 
     await wait_for(handed_off)
     await asyncio.sleep(1.5)  # let the arq job fail at least once against the missing table
@@ -127,7 +127,7 @@ async def test_rabbitmq_down_never_delays_the_202_and_the_backlog_is_counted(
     assert asyncio.get_running_loop().time() - started < 0.5
     await server.drain()
     assert await warehouse.scalar("SELECT count() FROM tracking_events") == 5
-    tracking_log = server.services.pipeline.log
+    tracking_log = server.services.ingest.log
     assert tracking_log is not None
 
     async def counted() -> bool:  # the relay cannot publish: the messages wait on disk

@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.rows import TrackingRow
 from ingest.client_ip import client_ip, rate_key
 from ingest.enrich import Context, enrich
 from ingest.geo import GeoLocator, Place
 from ingest.schema import decode_event
 from ingest.useragent import parse_agent
 from tests.conftest import GEOIP_DB, encode, event
+from tracked.row import TrackingRow
 
 PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
 

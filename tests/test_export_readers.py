@@ -18,9 +18,9 @@ import pytest
 from cli.demo_traffic import generate
 from consumers.mapping import DomainRow, to_row
 from core.clickhouse import Warehouse
-from core.rows import TrackingRow
 from materialized import reports
 from tests.domain_events import booking_cancelled, booking_created, order_created, payment_succeeded
+from tracked.row import TrackingRow
 
 LONDON = zoneinfo.ZoneInfo("Europe/London")
 START, END = datetime(2026, 10, 9, tzinfo=UTC), datetime(2026, 10, 27, tzinfo=UTC)

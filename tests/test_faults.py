@@ -28,7 +28,6 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from core.clickhouse import Warehouse
-from core.retry_queue import RetryQueue
 from core.settings import Settings
 from tests.conftest import (
     AMQP_URL,
@@ -44,6 +43,7 @@ from tests.load import Load, LoadResult
 from tests.service_process import query, start_service, stop
 from tests.test_dashboard_api import bearer, token
 from tests.test_exports import EXPORTS, finished, request_body
+from tracked.retry_queue import RetryQueue
 
 pytestmark = pytest.mark.fault
 
@@ -59,7 +59,7 @@ async def settle(server: Running, warehouse: Warehouse, redis: Redis, accepted: 
 
     async def settled() -> bool:
         return (
-            server.services.pipeline.log.unread_rows == 0
+            server.services.ingest.log.unread_rows == 0
             and await queue.depth() == 0
             and await warehouse.scalar("SELECT count() FROM tracking_events") >= accepted
         )
@@ -138,7 +138,7 @@ async def test_clickhouse_and_redis_down_together_under_load(
     await asyncio.sleep(fault_seconds / 3)
     await warehouse.command("DETACH TABLE tracking_events")
     await asyncio.sleep(fault_seconds / 3)
-    unplaced = server.services.pipeline.log.unread_rows
+    unplaced = server.services.ingest.log.unread_rows
     on_disk = logged_rows(Path(settings.tracking_log_dir))
     await warehouse.command("ATTACH TABLE tracking_events")
     await asyncio.sleep(fault_seconds / 3)
@@ -268,7 +268,7 @@ async def test_rabbitmq_down_under_load_then_event_tracked_catches_up(
 
 def tracked_backlog(server: Running) -> int:
     """event.tracked messages the relay has not had confirmed (on disk, in the tracking log)."""
-    tracking_log = server.services.pipeline.log
+    tracking_log = server.services.ingest.log
     assert tracking_log is not None
     return tracking_log.backlog
 

@@ -11,6 +11,7 @@ from core.migrations import (
     migrate,
     split_statements,
 )
+from tests.conftest import read_schema
 
 
 @pytest.fixture
@@ -121,3 +122,25 @@ async def test_a_migration_interrupted_after_removing_a_ttl_runs_again(
     await empty_warehouse.command("ALTER TABLE schema_migrations DELETE WHERE version = 24")
     await empty_warehouse.command("OPTIMIZE TABLE schema_migrations FINAL")
     assert "0024_stats_rollups_kept.sql" in await migrate(empty_warehouse)
+
+
+async def test_the_tests_copy_of_the_schema_is_the_migrated_database(
+    warehouse: Warehouse, database: str
+) -> None:
+    """The `warehouse` fixture creates the schema read from a migrated template instead of
+    migrating each test's database: both must hold the same tables, views and ledger."""
+    fresh = Warehouse(warehouse.url, f"{database}_migrated")
+    await fresh.open()
+    try:
+        await migrate(fresh)
+        migrated, copied = await read_schema(fresh), await read_schema(warehouse)
+    finally:
+        await fresh.command(f"DROP DATABASE `{fresh.database}` SYNC")
+        await fresh.close()
+    assert len(copied.creates) == len(migrated.creates) > 20
+    for mine, theirs in zip(copied.creates, migrated.creates, strict=True):
+        assert mine.replace(f"{warehouse.database}.", "") == theirs.replace(
+            f"{fresh.database}.", ""
+        )
+    assert copied.ledger == migrated.ledger
+    assert await migrate(warehouse) == []

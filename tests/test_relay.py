@@ -18,13 +18,13 @@ import httpx
 import msgspec
 import pytest
 
-from core.rows import TrackingRow
-from core.tracked import envelope_lines
 from ingest.log_files import RelayOffset, read_relay_offset, write_mark, write_relay_offset
 from ingest.relay import Relay
 from tests.conftest import AMQP_URL, counter, free_port, take
 from tests.conftest import tracking_rows as rows
 from tests.service_process import ANALYTICS, ROOT, STARTED, env_for, start_service
+from tracked.message import envelope_lines
+from tracked.row import TrackingRow
 
 Listen = Callable[..., Awaitable[aio_pika.abc.AbstractQueue]]
 TRACKED = "lomash.analytics.event.tracked"

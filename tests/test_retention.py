@@ -19,11 +19,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from cli.demo_traffic import generate, load
-from core import export_state
 from core.clickhouse import Warehouse
 from core.settings import Settings
 from core.storage import FileStorage
-from materialized import archive
+from materialized import archive, export_state
 from tests.conftest import DOWNLOAD_KEY, TEST_REDIS_URL, Running, job_of
 from workers import jobs
 

@@ -26,10 +26,7 @@ from redis.asyncio import Redis
 
 from core import keys
 from core.clickhouse import Warehouse
-from core.retry_queue import RetryQueue
-from core.rows import TRACKING_COLUMNS, TrackingRow
 from core.settings import Settings
-from core.tracked import envelope_lines
 from ingest.enrich import Context, enrich
 from ingest.fsync_helper import FSYNCER
 from ingest.log_files import (
@@ -46,6 +43,9 @@ from ingest.tracking_log import TrackingLog, open_log
 from ingest.writer import LogWriter
 from tests.conftest import counter, encode, event, fill, take
 from tests.conftest import tracking_rows as rows
+from tracked.message import envelope_lines
+from tracked.retry_queue import RetryQueue
+from tracked.row import TRACKING_COLUMNS, TrackingRow
 
 _encode_lines = msgspec.json.Encoder().encode_lines
 

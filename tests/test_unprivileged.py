@@ -12,6 +12,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,9 @@ from tests.service_process import ROOT, STARTED, env_for, query
 NOBODY = 65534
 # No supplementary groups, no capabilities, none to be gained.
 SETPRIV = ["setpriv", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
-SOURCE = ("api", "cli", "consumers", "core", "ingest", "materialized", "workers", "sql")
+# What the wheel ships: every package, and the migrations.
+_WHEEL = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]
+SOURCE = (*_WHEEL["wheel"]["packages"], "sql")
 
 
 def _reachable_by_others(path: Path) -> bool:

@@ -15,12 +15,12 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from core.clickhouse import Warehouse
-from core.retry_queue import RetryBatch, RetryQueue
-from core.rows import TRACKING_COLUMNS, TrackingRow
 from ingest.tracking_log import TrackingLog, open_log
 from ingest.writer import LogWriter, Prepare
 from tests.conftest import counter
 from tests.conftest import tracking_rows as rows
+from tracked.retry_queue import RetryBatch, RetryQueue
+from tracked.row import TRACKING_COLUMNS, TrackingRow
 
 
 @pytest.fixture

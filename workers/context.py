@@ -14,10 +14,10 @@ from arq.connections import ArqRedis
 
 from core.clickhouse import Warehouse
 from core.publisher import EventPublisher
-from core.retry_queue import RetryQueue
 from core.runtime import Runtime
 from core.settings import Settings
 from core.storage import Storage
+from tracked.retry_queue import RetryQueue
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from core import contracts, export_state, keys
+from core import contracts, keys
 from core.best_effort import best_effort
 from core.clickhouse import WarehouseError
 from core.contracts import (
@@ -25,7 +25,6 @@ from core.contracts import (
     ReportGenerated,
     Topic,
 )
-from core.export_state import ExportStatus
 from core.ids import new_event_id
 from core.jobs import Job
 from core.metrics import (
@@ -33,18 +32,20 @@ from core.metrics import (
     EXPORT_DURATION,
     EXPORT_FAILURES,
 )
-from core.rows import TrackingRow
-from core.tracked import record_stored
 from materialized import (
     archive,
     counters,
     coverage,
     dashboard_cache,
+    export_state,
     funnels,
     reports,
     snapshots,
     widgets,
 )
+from materialized.export_state import ExportStatus
+from tracked.message import record_stored
+from tracked.row import TrackingRow
 from workers.context import JobContext, job_context
 
 log = logging.getLogger(__name__)

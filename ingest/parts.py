@@ -1,7 +1,8 @@
-"""The beacon pipeline's parts, opened on a process's runtime and closed before it.
+"""What the beacon path runs on, opened on a process's runtime and closed before it.
 
-The request path (`ingest/track.py`) reads them from `app.ctx.pipeline`: the rate limits
-(requests and events per client), the GeoIP reader, and the tracking log a 202 is written to.
+The request path (`ingest/track.py`, the steps) reads these parts from `app.ctx.ingest`: the
+rate limits (requests and events per client), the GeoIP reader, and the tracking log a 202 is
+written to.
 The writer reads the log into ClickHouse (or the retry queue); the `event.tracked` relay
 reads it into RabbitMQ, in another process: the ingest loop never publishes.
 """
@@ -15,7 +16,6 @@ from sanic import Request
 
 from core.best_effort import best_effort
 from core.jobs import RETRY_JOB_ID, Job
-from core.retry_queue import RetryBatch
 from core.runtime import Runtime
 from core.settings import Settings
 from ingest.client_ip import Network
@@ -24,25 +24,28 @@ from ingest.ratelimit import RateLimiter
 from ingest.sessions import SessionStore
 from ingest.tracking_log import TrackingLog, open_log
 from ingest.writer import LogWriter
+from tracked.retry_queue import RetryBatch, RetryQueue
 
 
 @dataclass(slots=True)
-class Pipeline:
+class IngestParts:
     settings: Settings
     limiter: RateLimiter  # requests and events per client
     geo: GeoLocator | None
     trusted_proxies: tuple[Network, ...]
     log: TrackingLog
     writer: LogWriter
+    retry_queue: RetryQueue  # batches ClickHouse refused, in the durable Redis
 
     @classmethod
-    async def open(cls, runtime: Runtime, *, counts_relayed: bool = True) -> Pipeline:
+    async def open(cls, runtime: Runtime, *, counts_relayed: bool = True) -> IngestParts:
         """`counts_relayed`: the relay is this process's child, so its progress is counted on
         this process's /metrics."""
         settings, redis = runtime.settings, runtime.redis
+        retry_queue = RetryQueue(redis)
 
         async def hand_off(batch: RetryBatch) -> None:
-            await runtime.retry_queue.push(batch)
+            await retry_queue.push(batch)
             async with best_effort("retry_enqueue"):  # the cron picks it up within 10 s
                 await redis.enqueue_job(Job.RETRY_FAILED_BATCHES, _job_id=RETRY_JOB_ID, _defer_by=1)
 
@@ -60,7 +63,7 @@ class Pipeline:
             interval_ms=settings.flush_interval_ms,
             prepare=SessionStore(runtime.cache).enrich,
             hand_off=hand_off,
-            dead_letter=partial(runtime.retry_queue.dead_letter, "tracking_events"),
+            dead_letter=partial(retry_queue.dead_letter, "tracking_events"),
         )
         writer.start()
         return cls(
@@ -72,6 +75,7 @@ class Pipeline:
             trusted_proxies=settings.trusted_networks,
             log=tracking_log,
             writer=writer,
+            retry_queue=retry_queue,
         )
 
     async def close(self) -> None:
@@ -89,6 +93,6 @@ class Pipeline:
             self.geo.close()
 
 
-def pipeline(request: Request) -> Pipeline:
-    found: Pipeline = request.app.ctx.pipeline
+def ingest_parts(request: Request) -> IngestParts:
+    found: IngestParts = request.app.ctx.ingest
     return found

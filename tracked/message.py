@@ -10,7 +10,7 @@ import msgspec
 
 from core.contracts import EVENT_TRACKED, VERSION, Envelope, EventTracked
 from core.metrics import EVENTS_STORED, VISIBLE_SECONDS
-from core.rows import TrackingRow
+from tracked.row import TrackingRow
 
 ROUTING_KEY = EVENT_TRACKED.routing_key
 
