@@ -17,10 +17,11 @@ from api.admin_jobs import JobQueued
 from api.answer import ErrorAnswer
 from api.exports import ExportAnswer, ExportQueued, ExportRequest
 from api.ops import Readiness
-from api.stats import FunnelReport
+from api.stats import EVENT_TYPES, FunnelReport
 from core.ops import Health
 from ingest.schema import MAX_EVENTS_PER_REQUEST, TrackingEvent
 from ingest.track import Accepted, AcceptedMany
+from materialized.properties import MAX_KEY_CHARS, MAX_KEYS, PropertyKeys
 from materialized.stats import (
     DIMENSIONS,
     MAX_BREAKDOWN_LIMIT,
@@ -49,6 +50,7 @@ STRUCTS = [
     Breakdown,
     Timeseries,
     Realtime,
+    PropertyKeys,
     FunnelReport,
 ]
 _, COMPONENTS = msgspec.json.schema_components(STRUCTS, ref_template="#/components/schemas/{name}")
@@ -91,10 +93,22 @@ RANGE = [
 FILTER = _query(
     "filter",
     {"type": "string"},
-    "`dimension:value` pairs joined by `;`, e.g. `country:GB;device:mobile`; dimensions: "
-    + ", ".join(DIMENSIONS),
+    "`dimension:value` pairs joined by `;`, e.g. `country:GB;device:mobile` or"
+    " `prop:filter:oak;country:GB`; dimensions: " + ", ".join(DIMENSIONS) + ", prop:KEY",
     required=False,
 )
+EVENT_TYPE = _query(
+    "eventType",
+    {"type": "string", "enum": list(EVENT_TYPES)},
+    "only events of this type",
+    required=False,
+)
+DIMENSION = {
+    "anyOf": [
+        {"type": "string", "enum": list(DIMENSIONS)},
+        {"type": "string", "pattern": "^prop:.+", "maxLength": 5 + MAX_KEY_CHARS},
+    ]
+}
 TRACK_BODY = {
     "oneOf": [
         ref(TrackingEvent),
@@ -203,7 +217,10 @@ DOCUMENT: dict[str, Any] = {
             Breakdown,
             [
                 _query(
-                    "dimension", {"type": "string", "enum": list(DIMENSIONS)}, "what to count by"
+                    "dimension",
+                    DIMENSION,
+                    "what to count by: a dimension, or `prop:KEY` for the values of an event"
+                    " property (rows then carry `events`)",
                 ),
                 *RANGE,
                 _query(
@@ -213,6 +230,21 @@ DOCUMENT: dict[str, Any] = {
                     required=False,
                 ),
                 FILTER,
+                {**EVENT_TYPE, "description": "with `prop:KEY`: only events of this type"},
+            ],
+        ),
+        "/v1/analytics/stats/properties": _stats(
+            "The event property keys seen in a range, by the number of events carrying each",
+            PropertyKeys,
+            [
+                *RANGE,
+                EVENT_TYPE,
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_KEYS},
+                    "keys (100 by default)",
+                    required=False,
+                ),
             ],
         ),
         "/v1/analytics/stats/timeseries": _stats(

@@ -1,4 +1,5 @@
-"""The stats API (ADMIN): overview, breakdown, timeseries, realtime, and funnels for any range.
+"""The stats API (ADMIN): overview, breakdown, timeseries, realtime, property keys, and funnels
+for any range.
 
 Ranges are read as the dashboard's (naive times in REPORT_TIMEZONE, taken at hour
 granularity); a bad parameter is a 400 naming it. Answers but realtime are kept in Redis:
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import typing
 import zoneinfo
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -25,14 +27,15 @@ from core import keys
 from core.best_effort import best_effort
 from core.clickhouse import WarehouseError
 from core.contracts import FunnelStep
-from materialized import funnels
+from ingest.schema import EventType
+from materialized import funnels, properties
 from materialized.stats import (
-    DIMENSIONS,
     MAX_BREAKDOWN_LIMIT,
     MAX_HOURLY_POINTS,
     FilterError,
     Interval,
     Stats,
+    check_dimension,
     parse_filter,
 )
 
@@ -43,6 +46,7 @@ OPEN_CACHE_SECONDS = 15
 # Sessions can still gain events this long after they start (the session step's TTL).
 SETTLED_AFTER = timedelta(days=1)
 QUERY_TIMEOUT_S = 20.0
+EVENT_TYPES: tuple[str, ...] = typing.get_args(EventType)
 
 
 class FunnelReport(msgspec.Struct, rename="camel", kw_only=True):
@@ -91,6 +95,27 @@ def _choice(request: Request, name: str, allowed: list[str], default: str | None
         raise BadParameter(name, f"`{name}` is required: one of {' '.join(allowed)}")
     if raw not in allowed:
         raise BadParameter(name, f"`{name}`: {raw!r} is not one of {' '.join(allowed)}")
+    return str(raw)
+
+
+def _dimension(request: Request) -> str:
+    raw = request.args.get("dimension")
+    if raw is None:
+        raise BadParameter("dimension", "`dimension` is required: a dimension or prop:KEY")
+    try:
+        return check_dimension(raw)
+    except FilterError as error:
+        raise BadParameter("dimension", f"`dimension`: {error}") from None
+
+
+def _event_type(request: Request) -> str | None:
+    raw = request.args.get("eventType")
+    if raw is None:
+        return None
+    if raw not in EVENT_TYPES:
+        raise BadParameter(
+            "eventType", f"`eventType`: {raw!r} is not one of {' '.join(EVENT_TYPES)}"
+        )
     return str(raw)
 
 
@@ -154,14 +179,38 @@ async def overview(request: Request, claims: dict[str, Any]) -> HTTPResponse:
 async def breakdown(request: Request, claims: dict[str, Any]) -> HTTPResponse:
     stats = _stats(request)
     try:
-        dimension = _choice(request, "dimension", list(DIMENSIONS))
+        dimension = _dimension(request)
         start, end = parse_range(request, stats.zone)
         limit = _int(request, "limit", 10, 1, MAX_BREAKDOWN_LIMIT)
         filters = _filters(request)
+        event_type = _event_type(request)
+        if event_type is not None and properties.key_of(dimension) is None:
+            raise BadParameter("eventType", "`eventType` goes with a `prop:KEY` dimension only")
     except (RangeError, BadParameter) as error:
         return _bad(error)
     return await _answer(
-        request, start, end, lambda: stats.breakdown(dimension, start, end, filters, limit)
+        request,
+        start,
+        end,
+        lambda: stats.breakdown(dimension, start, end, filters, limit, event_type),
+    )
+
+
+@bp.get("/v1/analytics/stats/properties")
+@admin_only
+async def property_keys(request: Request, claims: dict[str, Any]) -> HTTPResponse:
+    stats = _stats(request)
+    try:
+        start, end = parse_range(request, stats.zone)
+        event_type = _event_type(request)
+        limit = _int(request, "limit", 100, 1, properties.MAX_KEYS)
+    except (RangeError, BadParameter) as error:
+        return _bad(error)
+    return await _answer(
+        request,
+        start,
+        end,
+        lambda: properties.keys(stats.warehouse, start, end, event_type, limit),
     )
 
 

@@ -26,6 +26,9 @@ SITE = "https://www.lomashwood.co.uk"
 KITCHENS = ["shaker-oak", "handleless-gloss", "in-frame-sage", "modern-walnut", "country-cream"]
 BEDROOMS = ["fitted-white", "sliding-oak", "walk-in-graphite"]
 BLOG = ["kitchen-trends-2026", "small-kitchen-ideas", "choosing-worktops", "bedroom-storage"]
+# What a product view carries beside its id: the range and the price shown (a number).
+PRICES = {"shaker-oak": 1249.5, "handleless-gloss": 1899, "in-frame-sage": 2450.75}
+BROCHURES = ["kitchens-2026", "bedrooms-2026", "made-to-measure"]
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/126.0.0.0 Safari/537.36"
@@ -255,7 +258,10 @@ def _browse(visit: _Visit, products: dict[str, uuid.UUID], showroom: uuid.UUID) 
         if kind < 0.6:
             slug = rng.choice(KITCHENS)
             visit.track("PAGEVIEW", f"/kitchens/{slug}")
-            visit.track("PRODUCT_VIEW", f"/kitchens/{slug}", {"productId": slug})
+            shown: dict[str, object] = {"productId": slug, "range": "kitchens"}
+            if slug in PRICES:
+                shown["price"] = PRICES[slug]
+            visit.track("PRODUCT_VIEW", f"/kitchens/{slug}", shown)
             if rng.random() < 0.3:
                 visit.track("ADD_TO_WISHLIST", f"/kitchens/{slug}", {"productId": slug})
                 if visit.user and rng.random() < 0.5:
@@ -263,7 +269,8 @@ def _browse(visit: _Visit, products: dict[str, uuid.UUID], showroom: uuid.UUID) 
         elif kind < 0.8:
             slug = rng.choice(BEDROOMS)
             visit.track("PAGEVIEW", f"/bedrooms/{slug}")
-            visit.track("FILTER_APPLY", "/bedrooms", {"colour": rng.choice(["white", "oak"])})
+            colour = rng.choice(["white", "oak"])
+            visit.track("FILTER_APPLY", "/bedrooms", {"filter": colour, "facet": "colour"})
         else:
             visit.track("CLICK", "/kitchens", {"target": "brochure-banner"})
     if rng.random() < 0.25:
@@ -289,7 +296,9 @@ def _browse(visit: _Visit, products: dict[str, uuid.UUID], showroom: uuid.UUID) 
                         customerId=visit.user,
                     )
     if rng.random() < 0.1:
-        visit.track("BROCHURE_REQUEST", "/brochure")
+        # Which brochure follows from the session (no draw: the traffic stays as it was).
+        brochure = BROCHURES[visit.session.int % len(BROCHURES)]
+        visit.track("BROCHURE_REQUEST", "/brochure", {"brochure": brochure})
         request = visit.uuid()
         visit.domain(
             "brochure-request-submitted",

@@ -20,7 +20,8 @@ Where the numbers come from:
   hours at both ends), whose standard error is about 1.6% (`visitorsExact` says which).
 A filter is `dimension:value` pairs joined by `;` (in a value `\;`, `\:` and `\\` stand for
 `;`, `:` and `\`); an event matches when every pair does, and a session counts when one of its
-events matches.
+events matches. `prop:KEY` is a dimension too (`prop:filter:oak`, the key escaped alike): a
+question that names one reads raw events only, exactly (materialized/properties.py says why).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from typing import Any
 import msgspec
 
 from core.clickhouse import Warehouse
+from materialized import properties
+from materialized.properties import DimensionError
 
 # Breakdown dimension -> its expression over a tracking_events row.
 DIMENSIONS: dict[str, str] = {
@@ -103,10 +106,36 @@ def escape_filter_value(value: str) -> str:
     return re.sub(r"([\\;:])", r"\\\1", value)
 
 
+def _unescaped_colon(raw: str) -> int:
+    """Where the first `:` that is not escaped is in `raw`, or -1."""
+    at = 0
+    while at < len(raw):
+        if raw[at] == "\\" and raw[at + 1 : at + 2] in ("\\", ";", ":"):
+            at += 2
+            continue
+        if raw[at] == ":":
+            return at
+        at += 1
+    return -1
+
+
+def check_dimension(dimension: str) -> str:
+    """`dimension` when it can be asked: one of DIMENSIONS or `prop:KEY`."""
+    if dimension in DIMENSIONS:
+        return dimension
+    try:
+        if properties.key_of(dimension) is not None:
+            return dimension
+    except DimensionError as error:
+        raise FilterError(str(error)) from None
+    raise FilterError(f"unknown dimension {dimension!r}; one of {' '.join(DIMENSIONS)} or prop:KEY")
+
+
 def parse_filter(raw: str | None) -> dict[str, str]:
     r"""`country:GB;device:mobile` -> {"country": "GB", "device": "mobile"}. In a value, `\;`
     is a `;`, `\:` a `:` and `\\` a `\` (any other backslash stands for itself), so any value
-    a breakdown row shows can be filtered on: `page:/a\;country\:ZZ` is one page."""
+    a breakdown row shows can be filtered on: `page:/a\;country\:ZZ` is one page. A property
+    names its key after `prop:`, escaped alike: `prop:filter:oak`, `prop:a\:b:1`."""
     if raw is None or raw == "":
         return {}
     pairs: dict[str, str] = {}
@@ -114,11 +143,18 @@ def parse_filter(raw: str | None) -> dict[str, str]:
     if len(parts) > MAX_FILTERS:
         raise FilterError(f"at most {MAX_FILTERS} `dimension:value` pairs")
     for part in parts:
-        dimension, colon, escaped = part.partition(":")
-        if not colon:
-            raise FilterError(f"{part!r} is not `dimension:value`")
-        if dimension not in DIMENSIONS:
-            raise FilterError(f"unknown dimension {dimension!r}; one of {' '.join(DIMENSIONS)}")
+        if part.startswith(properties.PREFIX):
+            rest = part[len(properties.PREFIX) :]
+            colon = _unescaped_colon(rest)
+            if colon < 0:
+                raise FilterError(f"{part!r} is not `prop:KEY:value`")
+            dimension = properties.PREFIX + _unescape(rest[:colon])
+            escaped = rest[colon + 1 :]
+        else:
+            dimension, colon_found, escaped = part.partition(":")
+            if not colon_found:
+                raise FilterError(f"{part!r} is not `dimension:value`")
+        check_dimension(dimension)
         if dimension in pairs:
             raise FilterError(f"dimension {dimension!r} is given twice")
         value = _unescape(escaped)
@@ -152,6 +188,8 @@ class BreakdownRow(msgspec.Struct):
     value: str
     visitors: int
     pageviews: int
+    # `prop:KEY` breakdowns only: the events (of `eventType` when given) with this value.
+    events: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class Breakdown(msgspec.Struct, rename="camel"):
@@ -182,9 +220,11 @@ class _Where:
     def __init__(self, start: datetime, end: datetime, filters: Mapping[str, str]) -> None:
         self.parameters: dict[str, Any] = {"start": start, "end": end}
         self.filtered = bool(filters)
+        self._raw_only = any(properties.key_of(d) is not None for d in filters)
+        self._keys = 0
         clauses = []
         for n, (dimension, value) in enumerate(sorted(filters.items())):
-            clauses.append(f"{DIMENSIONS[dimension]} = {{f{n}:String}}")
+            clauses.append(f"{self.expression(dimension)} = {{f{n}:String}}")
             self.parameters[f"f{n}"] = value
         self.matches = " AND ".join(clauses) or "1"  # over raw events or stats_visits
         self.filters = f"NOT is_bot AND {self.matches}"
@@ -199,11 +239,22 @@ class _Where:
         self.whole = whole
         self._session_level = set(filters) <= VISIT_DIMENSIONS
 
+    def expression(self, dimension: str) -> str:
+        """`dimension`'s value over a raw event (a property's key becomes a parameter)."""
+        key = properties.key_of(dimension)
+        if key is None:
+            return DIMENSIONS[dimension]
+        name = f"k{self._keys}"
+        self._keys += 1
+        self.parameters[name] = key
+        return properties.value_sql(name)
+
     def rollup(self, dimension: str | None = None) -> str | None:
         """The rollup that answers this filter (and breakdown `dimension`) for the whole hours of
         the range: stats_visits when both are session-level, else stats_pages; None without a
-        filter (the unfiltered rollups answer those) or without a whole hour."""
-        if not self.filtered or self.whole is None:
+        filter (the unfiltered rollups answer those), without a whole hour, or for a property
+        (only raw events hold them)."""
+        if not self.filtered or self.whole is None or self._raw_only:
             return None
         if self._session_level and (dimension is None or dimension in VISIT_DIMENSIONS):
             return "stats_visits"
@@ -413,8 +464,11 @@ class Stats:
         end: datetime,
         filters: Mapping[str, str],
         limit: int,
+        event_type: str | None = None,
     ) -> Breakdown:
         where = _Where(start, end, filters)
+        if properties.key_of(dimension) is not None:
+            return await self._property_breakdown(dimension, where, event_type, limit)
         visits = where.visits(dimension)
         if visits is not None:
             rows = await self.warehouse.rows(
@@ -439,6 +493,26 @@ class Stats:
             )
         return Breakdown(
             dimension, [BreakdownRow(str(value), int(v), int(p)) for value, v, p in rows]
+        )
+
+    async def _property_breakdown(
+        self, dimension: str, where: _Where, event_type: str | None, limit: int
+    ) -> Breakdown:
+        """The values of a property key over the raw events carrying it (of `event_type` when
+        given) that match the filter: exact."""
+        value = where.expression(dimension)
+        of_type = " AND event_type = {event_type:String}" if event_type else ""
+        rows = await self.warehouse.rows(
+            f"SELECT value, uniqExact(visitor) AS v, countIf(event_type = 'PAGEVIEW') AS p,"
+            f" count() AS e FROM (SELECT {value} AS value, {VISITOR} AS visitor, event_type"
+            f" FROM tracking_events WHERE {where.events} AND properties != '{{}}'{of_type})"
+            " WHERE value IS NOT NULL GROUP BY value"
+            " ORDER BY v DESC, e DESC, value LIMIT {limit:UInt32}",
+            {**where.parameters, "event_type": event_type or "", "limit": limit},
+        )
+        return Breakdown(
+            dimension,
+            [BreakdownRow(str(value), int(v), int(p), int(e)) for value, v, p, e in rows],
         )
 
     def buckets(self, start: datetime, end: datetime, interval: Interval) -> list[datetime]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import decimal
 import json
+import math
 import re
 import zoneinfo
 from collections import Counter, defaultdict
@@ -201,8 +202,75 @@ STATS_DIMENSIONS: dict[str, Callable[[TrackingRow], str]] = {
 }
 
 
+def _shortest(number: float) -> str:
+    """A double as ClickHouse writes it: the shortest digits that read back the same, plain
+    from 1e-6 up to 1e21 and with an exponent outside (`1.5e-7`, `1e21`), `-0` kept."""
+    if number == 0:
+        return "-0" if math.copysign(1, number) < 0 else "0"
+    sign = "-" if number < 0 else ""
+    exact = decimal.Decimal(repr(abs(number))).as_tuple()
+    point = len(exact.digits) + int(exact.exponent)  # digits before the decimal point
+    digits = "".join(map(str, exact.digits)).rstrip("0") or "0"
+    if len(digits) <= point <= 21:
+        text = digits + "0" * (point - len(digits))
+    elif 0 < point <= 21:
+        text = f"{digits[:point]}.{digits[point:]}"
+    elif -6 < point <= 0:
+        text = "0." + "0" * -point + digits
+    else:
+        text = digits[0] + (f".{digits[1:]}" if len(digits) > 1 else "") + f"e{point - 1}"
+    return sign + text
+
+
+def _integer(text: str) -> str:
+    """An integer as ClickHouse reads it: 64-bit ones as numbers, longer ones as written."""
+    value = int(text)
+    return str(value) if -(2**63) <= value < 2**64 else text
+
+
+_NO_VALUE = object()  # null, an object or an array: not a value
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        found.setdefault(key, value)
+    return found
+
+
+def properties_of(r: TrackingRow) -> dict[str, Any]:
+    """An event's properties, each scalar as the text a breakdown shows (numbers in ClickHouse's
+    form, booleans `true`/`false`), anything else _NO_VALUE; a repeated key read at its first."""
+
+    def scalar(value: Any) -> Any:
+        if isinstance(value, str):
+            return value
+        if value is True or value is False:
+            return "true" if value else "false"
+        return _NO_VALUE
+
+    decoded = json.loads(
+        r.properties,
+        parse_int=lambda text: ("int", _integer(text)),
+        parse_float=lambda text: ("float", _shortest(float(text))),
+        object_pairs_hook=_first_wins,
+    )
+    return {
+        key: value[1] if isinstance(value, tuple) else scalar(value)
+        for key, value in decoded.items()
+    }
+
+
+def dimension_value(r: TrackingRow, dimension: str) -> str | None:
+    """A row's value of a dimension; None for a property it does not carry as a scalar."""
+    if dimension.startswith("prop:"):
+        value = properties_of(r).get(dimension[5:], _NO_VALUE)
+        return None if value is _NO_VALUE else str(value)
+    return STATS_DIMENSIONS[dimension](r)
+
+
 def _matches(r: TrackingRow, filters: dict[str, str]) -> bool:
-    return all(STATS_DIMENSIONS[d](r) == v for d, v in filters.items())
+    return all(dimension_value(r, d) == v for d, v in filters.items())
 
 
 def _visitor(r: TrackingRow) -> Any:
@@ -271,16 +339,41 @@ def stats_breakdown(
     end: datetime,
     filters: dict[str, str],
     limit: int,
+    event_type: str | None = None,
 ) -> list[dict[str, Any]]:
     visitors: dict[str, set[Any]] = defaultdict(set)
     pageviews: Counter[str] = Counter()
+    events: Counter[str] = Counter()
     for r in _events(traffic, start, end, filters):
-        value = STATS_DIMENSIONS[dimension](r)
+        if event_type is not None and r.event_type != event_type:
+            continue
+        value = dimension_value(r, dimension)
+        if value is None:
+            continue
         visitors[value].add(_visitor(r))
         pageviews[value] += r.event_type == "PAGEVIEW"
-    rows = [{"value": v, "visitors": len(visitors[v]), "pageviews": pageviews[v]} for v in visitors]
-    rows.sort(key=lambda row: (-row["visitors"], -row["pageviews"], row["value"]))
+        events[value] += 1
+    rows: list[dict[str, Any]] = [
+        {"value": v, "visitors": len(visitors[v]), "pageviews": pageviews[v]} for v in visitors
+    ]
+    if dimension.startswith("prop:"):
+        for row in rows:
+            row["events"] = events[row["value"]]
+        rows.sort(key=lambda row: (-row["visitors"], -row["events"], row["value"].encode()))
+    else:
+        rows.sort(key=lambda row: (-row["visitors"], -row["pageviews"], row["value"]))
     return rows[:limit]
+
+
+def property_keys(
+    traffic: Traffic, start: datetime, end: datetime, event_type: str | None, limit: int
+) -> list[dict[str, Any]]:
+    counted: Counter[str] = Counter()
+    for r in _events(traffic, start, end, {}):
+        if event_type is None or r.event_type == event_type:
+            counted.update(set(properties_of(r)) - {""})
+    ordered = sorted(counted.items(), key=lambda item: (-item[1], item[0].encode()))
+    return [{"key": key, "events": n} for key, n in ordered[:limit]]
 
 
 def stats_days(

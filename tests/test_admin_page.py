@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
+from api.stats import EVENT_TYPES
 from cli.demo_traffic import default_start, generate, load
 from core.clickhouse import Warehouse
 from materialized.stats import escape_filter_value
@@ -168,6 +169,45 @@ async def test_the_admin_page_shows_the_apis_numbers_and_filters_by_a_click(
     assert await page.inner_text("#metric-pageviews .value") == f"{tricked['pageviews']:,}"
     assert await page.inner_text("#filters") == f"page: {trick} \u00d7"
     await page.click("#filters button")
+    await loaded(page)
+
+    # Event properties: the keys of one event type, a key's values, and a value as a filter.
+    options = await page.locator("#prop-event-type option").evaluate_all(
+        "options => options.map(o => o.value)"
+    )
+    assert options == ["", *EVENT_TYPES]
+    await page.select_option("#prop-event-type", "FILTER_APPLY")
+    await loaded(page)
+    typed = {**seven_days(), "eventType": "FILTER_APPLY"}
+    keys = (
+        await server.http.get("/v1/analytics/stats/properties", params=typed, headers=admin)
+    ).json()["keys"]
+    assert {k["key"] for k in keys} == {"filter", "facet"}
+    shown_keys = await page.locator("#prop-key option").all_inner_texts()
+    assert shown_keys == [f"{k['key']} ({k['events']:,} events)" for k in keys]
+    await page.select_option("#prop-key", "filter")
+    await loaded(page)
+    values = (
+        await server.http.get(
+            "/v1/analytics/stats/breakdown",
+            params={**typed, "dimension": "prop:filter", "limit": "20"},
+            headers=admin,
+        )
+    ).json()["rows"]
+    assert {row["value"] for row in values} == {"oak", "white"}
+    shown_values = await page.locator("#prop-values tbody tr").all_inner_texts()
+    assert shown_values == [
+        f"{row['value']}\t{row['visitors']:,}\t{row['events']:,}" for row in values
+    ]
+    await page.screenshot(path=str(ARTIFACTS / "admin-properties.png"), full_page=True)
+    await page.click('#prop-values a[data-value="oak"]')
+    await loaded(page)
+    oak = await overview(filter="prop:filter:oak")
+    assert 0 < oak["visitors"] < expected["visitors"]
+    assert await page.inner_text("#metric-visitors .value") == f"{oak['visitors']:,}"
+    assert await page.inner_text("#filters") == "prop:filter: oak \u00d7"
+    await page.click("#filters button")
+    await page.select_option("#prop-event-type", "")
     await loaded(page)
 
     # Clicking a country filters every number by it.

@@ -20,7 +20,8 @@
     ["visitDurationSeconds", "Visit duration", formatDuration],
   ];
   const $ = (id) => document.getElementById(id);
-  const state = { range: "7d", custom: null, filters: {}, generation: 0, chart: null };
+  const state = { range: "7d", custom: null, filters: {}, generation: 0, chart: null, propKey: null };
+  const MAX_FILTER_VALUE = 512;  // the API's cap on a filter's value
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
@@ -69,8 +70,14 @@
     return v.replace(/[\\;:]/g, (c) => "\\" + c);
   }
 
+  // A property's key is escaped alike: `prop:KEY:VALUE`.
+  function filterDimension(d) {
+    return d.startsWith("prop:") ? "prop:" + filterValue(d.slice(5)) : d;
+  }
+
   function filterParam() {
-    return Object.entries(state.filters).map(([d, v]) => `${d}:${filterValue(v)}`).join(";");
+    return Object.entries(state.filters)
+      .map(([d, v]) => `${filterDimension(d)}:${filterValue(v)}`).join(";");
   }
 
   class Unauthorised extends Error {}
@@ -188,6 +195,50 @@
     return card;
   }
 
+  // Event properties: the keys of the range (of one event type, when picked), and the values
+  // of the key picked; a value is a filter by a click, as a breakdown row is.
+  async function refreshProperties(params, filter, generation) {
+    const eventType = $("prop-event-type").value;
+    const typed = eventType ? { eventType } : {};
+    const answer = await api("/v1/analytics/stats/properties", { ...params, ...typed });
+    if (generation !== state.generation) return;
+    const keys = answer.keys.map((k) => k.key);
+    if (!keys.includes(state.propKey)) state.propKey = keys.length ? keys[0] : null;
+    const select = $("prop-key");
+    select.replaceChildren(...answer.keys.map((k) =>
+      el("option", { value: k.key }, `${k.key} (${formatCount(k.events)} events)`)));
+    const box = $("prop-values");
+    if (state.propKey === null) {
+      box.replaceChildren(el("p", { className: "empty" }, "No properties in this range"));
+      return;
+    }
+    select.value = state.propKey;
+    const key = state.propKey;
+    const values = await api("/v1/analytics/stats/breakdown",
+      { ...params, ...typed, filter, dimension: "prop:" + key, limit: 20 });
+    if (generation !== state.generation) return;
+    const table = el("table", {},
+      el("thead", {}, el("tr", {}, el("th", {}, "Value"), el("th", {}, "Visitors"),
+        el("th", {}, "Events"))));
+    const body = el("tbody");
+    for (const row of values.rows) {
+      const label = row.value === "" ? "(empty)" : row.value;
+      let cell = label;
+      if (row.value.length <= MAX_FILTER_VALUE) {
+        cell = el("a", { href: "#", "data-value": row.value, title: "Filter by this value" }, label);
+        cell.addEventListener("click", (event) => {
+          event.preventDefault();
+          state.filters["prop:" + key] = row.value;
+          refresh();
+        });
+      }
+      body.append(el("tr", {}, el("td", {}, cell), el("td", {}, formatCount(row.visitors)),
+        el("td", {}, formatCount(row.events))));
+    }
+    table.append(body);
+    box.replaceChildren(values.rows.length ? table : el("p", { className: "empty" }, "No values"));
+  }
+
   function renderFunnel(id, funnel) {
     const box = $(id);
     box.replaceChildren();
@@ -288,6 +339,7 @@
       renderFunnel("funnel-booking", funnelB);
       renderFunnel("funnel-checkout", funnelC);
       renderBusiness(business);
+      await refreshProperties(params, filter, generation);
     } catch (error) {
       if (error instanceof Unauthorised) return showSignIn(error.message);
       $("error").textContent = "Could not load: " + error.message;
@@ -360,6 +412,9 @@
   window.addEventListener("resize", () => {
     if (state.chart) state.chart.setSize({ width: Math.max(280, $("chart").clientWidth), height: 260 });
   });
+
+  $("prop-event-type").addEventListener("change", () => refresh());
+  $("prop-key").addEventListener("change", () => { state.propKey = $("prop-key").value; refresh(); });
 
   function start() {
     if (!sessionStorage.getItem(TOKEN_KEY)) return showSignIn("");
