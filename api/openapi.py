@@ -16,11 +16,13 @@ from sanic.response import html
 from api.admin_jobs import JobQueued
 from api.answer import ErrorAnswer
 from api.exports import ExportAnswer, ExportQueued, ExportRequest
+from api.funnels import FunnelReport
 from api.ops import Readiness
-from api.stats import EVENT_TYPES, FunnelReport
+from api.stats import EVENT_TYPES
 from core.ops import Health
 from ingest.schema import MAX_EVENTS_PER_REQUEST, TrackingEvent
 from ingest.track import Accepted, AcceptedMany
+from materialized.funnel_definitions import FunnelCreated, FunnelDefinition, FunnelList
 from materialized.properties import MAX_KEY_CHARS, MAX_KEYS, PropertyKeys
 from materialized.stats import (
     DIMENSIONS,
@@ -52,6 +54,9 @@ STRUCTS = [
     Realtime,
     PropertyKeys,
     FunnelReport,
+    FunnelDefinition,
+    FunnelCreated,
+    FunnelList,
 ]
 _, COMPONENTS = msgspec.json.schema_components(STRUCTS, ref_template="#/components/schemas/{name}")
 # msgspec describes Raw as "any"; the endpoint requires an object.
@@ -109,6 +114,7 @@ DIMENSION = {
         {"type": "string", "pattern": "^prop:.+", "maxLength": 5 + MAX_KEY_CHARS},
     ]
 }
+FUNNEL_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 TRACK_BODY = {
     "oneOf": [
         ref(TrackingEvent),
@@ -262,20 +268,41 @@ DOCUMENT: dict[str, Any] = {
             Realtime,
             [],
         ),
+        "/v1/analytics/funnels": {
+            "get": {
+                "summary": "Every funnel: the built-ins and the defined ones",
+                "tags": ["funnels"],
+                "security": ADMIN,
+                "responses": {
+                    "200": _json(ref(FunnelList), "the funnels"),
+                    **DENIED,
+                    "503": _error("ClickHouse did not answer"),
+                },
+            },
+            "post": {
+                "summary": "Define a funnel: 2 to 8 steps and a conversion window",
+                "tags": ["funnels"],
+                "security": ADMIN,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref(FunnelDefinition)}},
+                },
+                "responses": {
+                    "201": _json(ref(FunnelCreated), "defined"),
+                    "400": _error("invalid; `path` names the field"),
+                    **DENIED,
+                    "409": _error("the name is taken, or a built-in's"),
+                    "503": _error("ClickHouse did not answer"),
+                },
+            },
+        },
         "/v1/analytics/funnels/{name}": {
             "get": {
-                "summary": "A funnel computed for a range now",
-                "tags": ["stats"],
+                "summary": "A funnel computed for a range now, with per-step drop-off and median"
+                " time from the step before",
+                "tags": ["funnels"],
                 "security": ADMIN,
-                "parameters": [
-                    {
-                        "name": "name",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "enum": ["booking", "checkout"]},
-                    },
-                    *RANGE,
-                ],
+                "parameters": [FUNNEL_NAME, *RANGE],
                 "responses": {
                     "200": _json(ref(FunnelReport), "the funnel's steps"),
                     "400": _error("bad range"),
@@ -283,7 +310,20 @@ DOCUMENT: dict[str, Any] = {
                     "404": _error("unknown funnel"),
                     "503": _error("ClickHouse did not answer"),
                 },
-            }
+            },
+            "delete": {
+                "summary": "Remove a defined funnel",
+                "tags": ["funnels"],
+                "security": ADMIN,
+                "parameters": [FUNNEL_NAME],
+                "responses": {
+                    "204": {"description": "removed"},
+                    **DENIED,
+                    "404": _error("no such funnel"),
+                    "409": _error("a built-in funnel stays"),
+                    "503": _error("ClickHouse did not answer"),
+                },
+            },
         },
         "/v1/analytics/exports": {
             "post": {

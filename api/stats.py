@@ -1,5 +1,5 @@
-"""The stats API (ADMIN): overview, breakdown, timeseries, realtime, property keys, and funnels
-for any range.
+"""The stats API (ADMIN): overview, breakdown, timeseries, realtime and property keys for any
+range (funnels: api/funnels.py).
 
 Ranges are read as the dashboard's (naive times in REPORT_TIMEZONE, taken at hour
 granularity); a bad parameter is a 400 naming it. Answers but realtime are kept in Redis:
@@ -26,9 +26,8 @@ from api.services import Services, services
 from core import keys
 from core.best_effort import best_effort
 from core.clickhouse import WarehouseError
-from core.contracts import FunnelStep
 from ingest.schema import EventType
-from materialized import funnels, properties
+from materialized import properties
 from materialized.stats import (
     MAX_BREAKDOWN_LIMIT,
     MAX_HOURLY_POINTS,
@@ -49,28 +48,19 @@ QUERY_TIMEOUT_S = 20.0
 EVENT_TYPES: tuple[str, ...] = typing.get_args(EventType)
 
 
-class FunnelReport(msgspec.Struct, rename="camel", kw_only=True):
-    funnel_name: str  # BOOKING or CHECKOUT, as in funnel-completed
-    period_from: datetime
-    period_to: datetime
-    steps: list[FunnelStep]
-    conversion_rate: float  # percent of the first step reaching the last, two decimals
-    window_seconds: int
-
-
 class BadParameter(Exception):
     def __init__(self, parameter: str, message: str) -> None:
         super().__init__(message)
         self.parameter = parameter
 
 
-def _zone(svc: Services) -> zoneinfo.ZoneInfo:
+def report_zone(svc: Services) -> zoneinfo.ZoneInfo:
     return zoneinfo.ZoneInfo(svc.runtime.settings.report_timezone)
 
 
 def _stats(request: Request) -> Stats:
     svc = services(request)
-    return Stats(svc.runtime.warehouse, _zone(svc))
+    return Stats(svc.runtime.warehouse, report_zone(svc))
 
 
 def _filters(request: Request) -> dict[str, str]:
@@ -119,20 +109,22 @@ def _event_type(request: Request) -> str | None:
     return str(raw)
 
 
-def _cache_key(request: Request, start: datetime, end: datetime) -> str:
+def _cache_key(request: Request, start: datetime, end: datetime, variant: str) -> str:
     args = sorted((k, v) for k, values in request.args.items() for v in values)
-    canonical = f"{request.path}|{start.isoformat()}|{end.isoformat()}|{args}"
+    canonical = f"{request.path}|{start.isoformat()}|{end.isoformat()}|{args}|{variant}"
     return keys.stats_cache(hashlib.sha256(canonical.encode()).hexdigest()[:32])
 
 
-async def _answer(
+async def cached_answer(
     request: Request,
     start: datetime,
     end: datetime,
     compute: Callable[[], Awaitable[Any]],
+    variant: str = "",
 ) -> HTTPResponse:
+    """`variant`: what else the answer depends on (a defined funnel's steps)."""
     svc = services(request)
-    key = _cache_key(request, start, end)
+    key = _cache_key(request, start, end, variant)
     cached: bytes | None = None
     async with best_effort("stats_cache"):
         cached = await svc.runtime.cache.get(key)
@@ -158,7 +150,7 @@ def _unavailable(error: Exception) -> HTTPResponse:
     return json({"error": f"stats unavailable: {error}"}, status=503)
 
 
-def _bad(error: RangeError | BadParameter) -> HTTPResponse:
+def bad_parameter(error: RangeError | BadParameter) -> HTTPResponse:
     return json({"error": str(error), "parameter": error.parameter}, status=400)
 
 
@@ -170,8 +162,8 @@ async def overview(request: Request, claims: dict[str, Any]) -> HTTPResponse:
         start, end = parse_range(request, stats.zone)
         filters = _filters(request)
     except (RangeError, BadParameter) as error:
-        return _bad(error)
-    return await _answer(request, start, end, lambda: stats.overview(start, end, filters))
+        return bad_parameter(error)
+    return await cached_answer(request, start, end, lambda: stats.overview(start, end, filters))
 
 
 @bp.get("/v1/analytics/stats/breakdown")
@@ -187,8 +179,8 @@ async def breakdown(request: Request, claims: dict[str, Any]) -> HTTPResponse:
         if event_type is not None and properties.key_of(dimension) is None:
             raise BadParameter("eventType", "`eventType` goes with a `prop:KEY` dimension only")
     except (RangeError, BadParameter) as error:
-        return _bad(error)
-    return await _answer(
+        return bad_parameter(error)
+    return await cached_answer(
         request,
         start,
         end,
@@ -205,8 +197,8 @@ async def property_keys(request: Request, claims: dict[str, Any]) -> HTTPRespons
         event_type = _event_type(request)
         limit = _int(request, "limit", 100, 1, properties.MAX_KEYS)
     except (RangeError, BadParameter) as error:
-        return _bad(error)
-    return await _answer(
+        return bad_parameter(error)
+    return await cached_answer(
         request,
         start,
         end,
@@ -227,8 +219,8 @@ async def timeseries(request: Request, claims: dict[str, Any]) -> HTTPResponse:
                 "interval", f"`interval=hour` covers at most {MAX_HOURLY_POINTS // 24} days"
             )
     except (RangeError, BadParameter) as error:
-        return _bad(error)
-    return await _answer(
+        return bad_parameter(error)
+    return await cached_answer(
         request, start, end, lambda: stats.timeseries(start, end, interval, filters)
     )
 
@@ -242,40 +234,3 @@ async def realtime(request: Request, claims: dict[str, Any]) -> HTTPResponse:
     except (WarehouseError, TimeoutError) as error:
         return _unavailable(error)
     return cached_json(body, "NONE")
-
-
-@bp.get("/v1/analytics/funnels/<name:str>")
-@admin_only
-async def funnel(request: Request, claims: dict[str, Any], name: str) -> HTTPResponse:
-    svc = services(request)
-    chosen = funnels.FUNNELS.get(name)
-    if chosen is None:
-        return json(
-            {"error": f"unknown funnel {name!r}; one of {' '.join(funnels.FUNNELS)}"},
-            status=404,
-        )
-    try:
-        start, end = parse_range(request, _zone(svc))
-    except RangeError as error:
-        return _bad(error)
-
-    async def compute() -> FunnelReport:
-        settings = svc.runtime.settings
-        result = await funnels.compute(
-            svc.runtime.warehouse,
-            chosen,
-            start,
-            end,
-            settings.funnel_window_seconds,
-            settings.product_page_pattern,
-        )
-        return FunnelReport(
-            funnel_name=result.published_name,
-            period_from=start,
-            period_to=end,
-            steps=result.published_steps,
-            conversion_rate=result.conversion_rate,
-            window_seconds=result.window_seconds,
-        )
-
-    return await _answer(request, start, end, compute)

@@ -37,6 +37,8 @@ SHARD_KEYS = {
     "customer_orders_hourly": "cityHash64(customer_id)",
     "customer_first_order": "cityHash64(customer_id)",
     "funnels": "rand()",
+    # A name's versions meet in one shard's merges.
+    "funnel_definitions": "cityHash64(name)",
     "dashboard_snapshots": "rand()",
     "archive_log": "cityHash64(table_name, day)",
     "stats_hourly": "rand()",

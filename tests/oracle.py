@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from cli.demo_traffic import Traffic, generate, load
 from core.clickhouse import Warehouse
 from core.settings import PRODUCT_PAGE_PATTERN as PRODUCT_PAGE
+from materialized.funnel_chains import ChainStep
 from materialized.funnels import Funnel
 from tracked.row import TrackingRow
 
@@ -420,3 +421,76 @@ async def load_past(warehouse: Warehouse, traffic: Traffic) -> None:
     """Store traffic of fixed past dates (no TTL drops raw events older than 90 days: only the
     verified purge removes them)."""
     await load(warehouse, traffic)
+
+
+def funnel_chain(
+    traffic: Traffic,
+    steps: tuple[ChainStep, ...],
+    start: datetime,
+    end: datetime,
+    window_seconds: int,
+) -> list[dict[str, Any]]:
+    """The chains of materialized/funnel_chains.py, step by step: counts, drop-off, medians."""
+    s, e, window = _ms(start), _ms(end), window_seconds * 1000
+    per_visitor: dict[str, list[tuple[int, int, str, list[int]]]] = defaultdict(list)
+
+    def add(visitor: str, ts: int, event_id: str, matched: list[int]) -> None:
+        if matched:
+            per_visitor[visitor].append((ts, min(matched), event_id, matched))
+
+    for r in traffic.tracking:
+        if r.is_bot or not s <= _ms(r.occurred_at) < e:
+            continue
+        path, props = _path(r.url), properties_of(r)
+        add(
+            str(r.user_id or r.session_id),
+            _ms(r.occurred_at),
+            str(r.event_id),
+            [
+                i
+                for i, step in enumerate(steps, start=1)
+                if step.source == "tracking"
+                and step.event_type == r.event_type
+                and (not step.page_regex or re.search(step.page_regex, path))
+                and all(props.get(k, _NO_VALUE) == v for k, v in step.properties)
+            ],
+        )
+    for d in traffic.domain:
+        if d.customer_id is None or not s <= _ms(d.occurred_at) < e:
+            continue
+        matched = [
+            i
+            for i, step in enumerate(steps, start=1)
+            if step.source == "domain" and step.event_type == d.event_type
+        ]
+        add(str(d.customer_id), _ms(d.occurred_at), str(d.event_id), matched)
+    size = len(steps)
+    furthest: list[list[int]] = []
+    for events in per_visitor.values():
+        chains: list[list[int]] = [[] for _ in range(size)]
+        for ts, _, _, matched in sorted(events):
+            if chains[-1]:
+                break
+            moved = list(chains)
+            for i in matched:
+                if i == 1:
+                    moved[0] = [ts]
+                elif chains[i - 2] and ts <= chains[i - 2][0] + window:
+                    moved[i - 1] = [*chains[i - 2], ts]
+            chains = moved
+        reached = sum(1 for chain in chains if chain)
+        if reached:
+            furthest.append(chains[reached - 1])
+    rows: list[dict[str, Any]] = []
+    for k, step in enumerate(steps, start=1):
+        times = [chain for chain in furthest if len(chain) >= k]
+        gaps = [chain[k - 1] - chain[k - 2] for chain in times] if k > 1 else []
+        rows.append(
+            {
+                "step": step.name,
+                "count": len(times),
+                "dropOff": rows[-1]["count"] - len(times) if rows else 0,
+                "medianSecondsFromPrevious": round(_median(gaps) / 1000, 3) if gaps else None,
+            }
+        )
+    return rows

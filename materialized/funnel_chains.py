@@ -1,0 +1,140 @@
+"""A funnel's steps with what happens between them: per step the visitors reaching it, the
+drop-off from the step before and the median time from it (`GET /v1/analytics/funnels/{name}`,
+built-in or defined).
+
+The chains are windowFunnel's (materialized/funnels.py), followed with the time of each step:
+per visitor (userId, else sessionId; a domain event's customerId), events in time order (ties
+in step order, then by event id), a chain per step, each the latest that reached it. An event
+of step 1 starts a chain; an event of step k extends the chain of step k-1 when it comes no
+later than the window after that chain's first event, and becomes the chain of step k. Every
+chain moves from the chains as they were before the event, so one event fills one place of a
+chain at most: with a repeated step (PAGEVIEW, then PAGEVIEW) a single pageview is not two.
+Once the last step is reached the visitor's chain is kept. Where steps never share an event
+(the built-ins), the counts are windowFunnel's own, which the recompute job publishes
+(tests/test_funnel_definitions.py checks both agree). The time from step k-1 to step k is
+measured on each visitor's furthest chain; its median is linear between the two middle values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from core.clickhouse import Warehouse
+from core.limits import TRUST_CLIENT_FUTURE, TRUST_CLIENT_PAST
+from materialized import properties
+
+
+@dataclass(frozen=True, slots=True)
+class ChainStep:
+    name: str
+    source: str  # "tracking" or "domain"
+    event_type: str
+    page_regex: str = ""  # tracking: the path must match (RE2)
+    properties: tuple[tuple[str, str], ...] = ()  # tracking: exact values (properties.py)
+
+
+class StepResult(msgspec.Struct, rename="camel", kw_only=True):
+    step: str
+    count: int
+    drop_off: int  # visitors of the step before who did not reach this one (0 for the first)
+    median_seconds_from_previous: float | None  # None for the first step or when none reached it
+
+
+def _condition(step: ChainStep, index: int, parameters: dict[str, Any]) -> str:
+    parameters[f"type{index}"] = step.event_type
+    parts = [f"source = '{step.source}'", f"event_type = {{type{index}:String}}"]
+    if step.page_regex:
+        parameters[f"page{index}"] = step.page_regex
+        parts.append(f"match(path, {{page{index}:String}})")
+    for n, (key, value) in enumerate(step.properties):
+        parameters[f"key{index}_{n}"], parameters[f"value{index}_{n}"] = key, value
+        parts.append(f"{properties.value_sql(f'key{index}_{n}')} = {{value{index}_{n}:String}}")
+    return " AND ".join(parts)
+
+
+def chain_sql(steps: tuple[ChainStep, ...], parameters: dict[str, Any]) -> str:
+    size = len(steps)
+    conditions = ", ".join(
+        f"if({_condition(step, i, parameters)}, {i}, 0)" for i, step in enumerate(steps, start=1)
+    )
+    parts = []
+    if any(step.source == "tracking" for step in steps):
+        parts.append(
+            "SELECT 'tracking' AS source, ifNull(user_id, session_id) AS visitor, event_id,"
+            " toUInt64(toUnixTimestamp64Milli(occurred_at)) AS ts, event_type, path, properties"
+            " FROM tracking_events WHERE event_type IN {tracking_types:Array(String)}"
+            " AND NOT is_bot AND occurred_at >= {start:DateTime64(3, 'UTC')}"
+            " AND occurred_at < {end:DateTime64(3, 'UTC')}"
+            # Implied by the two above (core/limits.py); lets the scan skip parts.
+            " AND received_at >= {received_from:DateTime64(3, 'UTC')}"
+            " AND received_at < {received_to:DateTime64(3, 'UTC')}"
+        )
+    if any(step.source == "domain" for step in steps):
+        parts.append(
+            "SELECT 'domain' AS source, assumeNotNull(customer_id) AS visitor, event_id,"
+            " toUInt64(toUnixTimestamp64Milli(occurred_at)) AS ts, event_type, '' AS path,"
+            " '{}' AS properties FROM analytics_events FINAL"
+            " WHERE event_type IN {domain_types:Array(String)} AND customer_id IS NOT NULL"
+            " AND occurred_at >= {start:DateTime64(3, 'UTC')}"
+            " AND occurred_at < {end:DateTime64(3, 'UTC')}"
+        )
+    empty = "CAST([" + ", ".join(["[]"] * size) + "] AS Array(Array(UInt64)))"
+    # acc[i]: the step times of the latest chain that reached step i (empty: none yet).
+    moved = (
+        f"if(notEmpty(acc[{size}]), acc, arrayMap(i -> multiIf("
+        "has(e.2, i) AND i = 1, [e.1],"
+        " has(e.2, i) AND i > 1 AND notEmpty(acc[i - 1])"
+        " AND e.1 <= acc[i - 1][1] + {window:UInt64},"
+        f" arrayPushBack(acc[i - 1], e.1), acc[i]), range(1, {size + 1})))"
+    )
+    return (
+        "SELECT step, count(), quantileExactInclusiveIf(0.5)(gap, step > 1) FROM ("
+        " SELECT state[arrayCount(c -> notEmpty(c), state)] AS times FROM ("
+        f" SELECT arrayFold((acc, e) -> {moved},"
+        " arraySort(e -> (e.1, e.3, e.4), groupArray((ts, steps, arrayMin(steps), id))),"
+        f" {empty}) AS state FROM ("
+        f" SELECT visitor, ts, toString(event_id) AS id, arrayFilter(i -> i > 0, [{conditions}])"
+        f" AS steps FROM ({' UNION ALL '.join(parts)})) WHERE notEmpty(steps) GROUP BY visitor)"
+        " WHERE notEmpty(state[1]))"
+        " ARRAY JOIN arrayEnumerate(times) AS step,"
+        " arrayMap(k -> if(k = 1, 0, times[k] - times[k - 1]), arrayEnumerate(times)) AS gap"
+        " GROUP BY step"
+    )
+
+
+async def follow(
+    warehouse: Warehouse,
+    steps: tuple[ChainStep, ...],
+    start: datetime,
+    end: datetime,
+    window_seconds: int,
+) -> list[StepResult]:
+    parameters: dict[str, Any] = {
+        "start": start,
+        "end": end,
+        "received_from": start - TRUST_CLIENT_FUTURE,
+        "received_to": end + TRUST_CLIENT_PAST,
+        "window": window_seconds * 1000,
+        "tracking_types": sorted({s.event_type for s in steps if s.source == "tracking"}),
+        "domain_types": sorted({s.event_type for s in steps if s.source == "domain"}),
+    }
+    rows = await warehouse.rows(chain_sql(steps, parameters), parameters)
+    found = {int(step): (int(n), float(median)) for step, n, median in rows}
+    results: list[StepResult] = []
+    previous = 0
+    for k, step in enumerate(steps, start=1):
+        count, median = found.get(k, (0, 0.0))
+        results.append(
+            StepResult(
+                step=step.name,
+                count=count,
+                drop_off=previous - count if k > 1 else 0,
+                median_seconds_from_previous=(round(median / 1000, 3) if k > 1 and count else None),
+            )
+        )
+        previous = count
+    return results

@@ -1,0 +1,252 @@
+"""Funnels admins define, and every funnel's per-step drop-off and median time
+(materialized/funnel_chains.py): the chains agree with the plain-Python oracle, with
+windowFunnel where steps never share an event (the built-ins), and the API stores, lists,
+removes and refuses definitions by field."""
+
+import uuid
+import zoneinfo
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+
+from api.funnels import DOMAIN_TYPES
+from cli.demo_traffic import Traffic
+from core.clickhouse import Warehouse
+from core.settings import PRODUCT_PAGE_PATTERN
+from materialized import funnels
+from materialized.funnel_chains import follow
+from materialized.funnel_definitions import (
+    FunnelDefinition,
+    built_in_steps,
+    chain_steps,
+    page_regex,
+)
+from tests import oracle
+from tests.conftest import Running, tracking_rows
+from tests.test_dashboard_api import bearer, token
+
+LONDON = zoneinfo.ZoneInfo("Europe/London")
+WEEK = 7 * 86400
+
+
+@pytest.fixture(scope="module")
+def traffic() -> Traffic:
+    return oracle.around_2026_clock_changes(sessions_per_day=80, seeds=(41, 42))
+
+
+RANGES = [
+    (oracle.as_utc("2026-03-25", LONDON), oracle.as_utc("2026-04-02", LONDON)),
+    (oracle.as_utc("2026-10-21", LONDON), oracle.as_utc("2026-10-28", LONDON)),
+    (oracle.as_utc("2026-03-29", LONDON), oracle.as_utc("2026-03-30", LONDON)),
+]
+
+
+def definition(**body: Any) -> FunnelDefinition:
+    return msgspec.convert(body, FunnelDefinition)
+
+
+DEFINED = [
+    definition(  # repeated steps: two pageviews, then a booking
+        name="two-pages-then-book",
+        steps=[
+            {"eventType": "PAGEVIEW"},
+            {"eventType": "PAGEVIEW"},
+            {"eventType": "BOOKING_START"},
+        ],
+    ),
+    definition(  # a page pattern and a property
+        name="oak-to-order",
+        steps=[
+            {"eventType": "PAGEVIEW", "page": "/kitchens/*"},
+            {"eventType": "PRODUCT_VIEW", "properties": {"productId": "shaker-oak"}},
+            {"eventType": "ADD_TO_WISHLIST"},
+            {"eventType": "order-created"},
+        ],
+        windowSeconds=86400,
+    ),
+    definition(
+        name="filter-brochure",
+        steps=[
+            {"eventType": "FILTER_APPLY", "properties": {"filter": "oak", "facet": "colour"}},
+            {"eventType": "BROCHURE_REQUEST"},
+        ],
+        windowSeconds=3600,
+    ),
+    definition(
+        name="order-pay-order",
+        steps=[
+            {"eventType": "order-created"},
+            {"eventType": "payment-succeeded"},
+            {"eventType": "order-created"},
+        ],
+    ),
+]
+
+
+async def test_every_chain_agrees_with_the_oracle_and_the_built_ins_with_windowfunnel(
+    warehouse: Warehouse, traffic: Traffic
+) -> None:
+    await oracle.load_past(warehouse, traffic)
+    for start, end in RANGES:
+        for funnel in funnels.FUNNELS.values():
+            steps = built_in_steps(funnel, PRODUCT_PAGE_PATTERN)
+            got = [msgspec.to_builtins(s) for s in await follow(warehouse, steps, start, end, WEEK)]
+            assert got == oracle.funnel_chain(traffic, steps, start, end, WEEK), funnel.name
+            counted = await funnels.compute(warehouse, funnel, start, end, WEEK)
+            assert [(s["step"], s["count"]) for s in got] == counted.steps
+            assert counted.steps == oracle.funnel_steps(traffic, funnel, start, end, WEEK)
+        for defined in DEFINED:
+            steps = chain_steps(defined, DOMAIN_TYPES)
+            window = defined.window_seconds
+            got = [
+                msgspec.to_builtins(s) for s in await follow(warehouse, steps, start, end, window)
+            ]
+            assert got == oracle.funnel_chain(traffic, steps, start, end, window), defined.name
+    start, end = RANGES[0]
+    deep = await follow(warehouse, chain_steps(DEFINED[1], DOMAIN_TYPES), start, end, 86400)
+    assert deep[0].count > deep[1].count > 0 and deep[1].median_seconds_from_previous is not None
+    repeated = await follow(warehouse, chain_steps(DEFINED[0], DOMAIN_TYPES), start, end, WEEK)
+    assert repeated[0].count > repeated[1].count > repeated[2].count > 0
+
+
+async def test_one_event_never_takes_two_places_and_order_is_by_time(warehouse: Warehouse) -> None:
+    """Events stored out of order are followed in time order; a single pageview is not two
+    steps of PAGEVIEW, PAGEVIEW; a step past the window does not extend the chain."""
+    base = datetime(2026, 11, 20, 9, tzinfo=UTC)
+    visitor = uuid.uuid4()
+    plan = [  # (visitor, minutes after base, event type) in the order they are stored
+        (visitor, 30, "BOOKING_START"),
+        (visitor, 10, "PAGEVIEW"),
+        (visitor, 0, "PAGEVIEW"),
+        (uuid.uuid4(), 0, "PAGEVIEW"),  # one pageview, then a booking: not two pageviews
+        (None, 0, "BOOKING_START"),
+        (uuid.uuid4(), 0, "PAGEVIEW"),  # two pageviews, the booking after the window
+        (None, 1, "PAGEVIEW"),
+        (None, 200, "BOOKING_START"),
+    ]
+    rows, last = [], visitor
+    for (who, minutes, kind), row in zip(plan, tracking_rows(len(plan)), strict=True):
+        last = who or last
+        at = base + timedelta(minutes=minutes)
+        rows.append(
+            msgspec.structs.replace(
+                row, user_id=last, event_type=kind, occurred_at=at, received_at=base
+            )
+        )
+    traffic = Traffic(rows, [])
+    await oracle.load_past(warehouse, traffic)
+    steps = chain_steps(DEFINED[0], DOMAIN_TYPES)
+    start, end = base - timedelta(hours=1), base + timedelta(hours=6)
+    got = [msgspec.to_builtins(s) for s in await follow(warehouse, steps, start, end, 3600)]
+    assert got == oracle.funnel_chain(traffic, steps, start, end, 3600)
+    assert [s["count"] for s in got] == [3, 2, 1]
+    assert [s["dropOff"] for s in got] == [0, 1, 1]
+    assert [s["medianSecondsFromPrevious"] for s in got] == [None, 330.0, 1200.0]
+
+
+def test_a_page_pattern_is_the_whole_path_with_stars() -> None:
+    import re
+
+    regex = page_regex("/kitchens/*")
+    assert re.search(regex, "/kitchens/shaker-oak") and not re.search(regex, "/a/kitchens/x")
+    assert not re.search(page_regex("/a.b"), "/axb")  # a dot is a dot
+    assert re.search(page_regex("/blog/*/comments"), "/blog/x/comments")
+
+
+def admin() -> dict[str, str]:
+    return bearer(token())
+
+
+FUNNELS = "/v1/analytics/funnels"
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        ({"name": "x", "steps": [{"eventType": "PAGEVIEW"}]}, "$.steps"),
+        ({"name": "x", "steps": [{"eventType": "PAGEVIEW"}] * 9}, "$.steps"),
+        ({"name": "Bad Name", "steps": [{"eventType": "PAGEVIEW"}] * 2}, "$.name"),
+        ({"steps": [{"eventType": "PAGEVIEW"}] * 2}, "$"),
+        (
+            {"name": "x", "steps": [{"eventType": "PAGEVIEW"}, {"eventType": "SIGNUP"}]},
+            "$.steps[1].eventType",
+        ),
+        (
+            {
+                "name": "x",
+                "steps": [{"eventType": "PAGEVIEW"}, {"eventType": "order-created", "page": "/"}],
+            },
+            "$.steps[1].page",
+        ),
+        (
+            {"name": "x", "steps": [{"eventType": "PAGEVIEW", "page": "kitchens"}] * 2},
+            "$.steps[0].page",
+        ),
+        (
+            {"name": "x", "steps": [{"eventType": "PAGEVIEW", "properties": {"a": 1}}] * 2},
+            "$.steps[0].properties[...]",  # msgspec names a mapping's value so
+        ),
+        (
+            {"name": "x", "steps": [{"eventType": "PAGEVIEW"}] * 2, "windowSeconds": 5},
+            "$.windowSeconds",
+        ),
+        ({"name": "x", "steps": [{"eventType": "PAGEVIEW", "colour": "oak"}] * 2}, "$.steps[0]"),
+    ],
+)
+async def test_an_invalid_definition_is_a_400_naming_the_field(
+    server: Running, body: dict[str, Any], path: str
+) -> None:
+    resp = await server.http.post(FUNNELS, json=body, headers=admin())
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["path"] == path, resp.json()
+
+
+async def test_define_list_compute_and_remove_a_funnel(
+    server: Running, warehouse: Warehouse, traffic: Traffic
+) -> None:
+    await oracle.load_past(warehouse, traffic)
+    body = msgspec.to_builtins(DEFINED[1])
+    assert (await server.http.post(FUNNELS, json=body)).status_code == 401
+    created = await server.http.post(FUNNELS, json=body, headers=admin())
+    assert created.status_code == 201, created.text
+    assert created.json() == {"name": "oak-to-order"}
+    again = await server.http.post(FUNNELS, json=body, headers=admin())
+    assert again.status_code == 409 and again.json()["path"] == "$.name"
+    built_in = await server.http.post(FUNNELS, json={**body, "name": "booking"}, headers=admin())
+    assert built_in.status_code == 409
+    listed = (await server.http.get(FUNNELS, headers=admin())).json()["funnels"]
+    assert [(f["name"], f["builtIn"]) for f in listed] == [
+        ("booking", True),
+        ("checkout", True),
+        ("oak-to-order", False),
+    ]
+    assert listed[2]["steps"] == body["steps"] and listed[2]["windowSeconds"] == 86400
+    assert listed[0]["steps"][0] == {"eventType": "PAGEVIEW", "pageRegex": PRODUCT_PAGE_PATTERN}
+
+    start, end = RANGES[0]
+    params = {"from": "2026-03-25T00:00:00", "to": "2026-04-02T00:00:00"}
+    computed = await server.http.get(f"{FUNNELS}/oak-to-order", params=params, headers=admin())
+    assert computed.status_code == 200, computed.text
+    report = computed.json()
+    steps = chain_steps(DEFINED[1], DOMAIN_TYPES)
+    assert report["steps"] == oracle.funnel_chain(traffic, steps, start, end, 86400)
+    assert report["funnelName"] == "oak-to-order" and report["windowSeconds"] == 86400
+    first, last = report["steps"][0]["count"], report["steps"][-1]["count"]
+    assert report["conversionRate"] == round(last / first * 100, 2)
+    booking = (await server.http.get(f"{FUNNELS}/booking", params=params, headers=admin())).json()
+    assert booking["funnelName"] == "BOOKING"
+    assert booking["steps"][0]["dropOff"] == 0 and booking["steps"][0]["count"] > 0
+
+    assert (await server.http.delete(f"{FUNNELS}/booking", headers=admin())).status_code == 409
+    removed = await server.http.delete(f"{FUNNELS}/oak-to-order", headers=admin())
+    assert removed.status_code == 204
+    assert (await server.http.delete(f"{FUNNELS}/oak-to-order", headers=admin())).status_code == 404
+    gone = await server.http.get(f"{FUNNELS}/oak-to-order", params=params, headers=admin())
+    assert gone.status_code == 404
+    # Defined again with other steps under the same name: a new answer, not the cached one.
+    other = {**body, "steps": body["steps"][:2]}
+    assert (await server.http.post(FUNNELS, json=other, headers=admin())).status_code == 201
+    redefined = await server.http.get(f"{FUNNELS}/oak-to-order", params=params, headers=admin())
+    assert len(redefined.json()["steps"]) == 2
