@@ -16,7 +16,18 @@ from sanic.handlers import ErrorHandler
 from sanic.http import Http
 from sanic.response import HTTPResponse, json
 
-from api import admin_jobs, admin_page, assets, dashboard, exports, funnels, openapi, ops, stats
+from api import (
+    admin_jobs,
+    admin_page,
+    assets,
+    behaviour,
+    dashboard,
+    exports,
+    funnels,
+    openapi,
+    ops,
+    stats,
+)
 from api.auth import AdminAuth
 from api.connections import ConnectionLimits, raise_descriptor_limit
 from api.services import Services, app_services
@@ -92,6 +103,7 @@ def create_app(settings: Settings, parts: Parts, name: str = "lomash_analytics")
     app.blueprint(core_ops.bp)
     app.blueprint(dashboard.bp)
     app.blueprint(stats.bp)
+    app.blueprint(behaviour.bp)
     app.blueprint(funnels.bp)
     app.blueprint(admin_jobs.bp)
     app.blueprint(exports.bp)

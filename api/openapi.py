@@ -15,6 +15,7 @@ from sanic.response import html
 
 from api.admin_jobs import JobQueued
 from api.answer import ErrorAnswer
+from api.behaviour import GOALS
 from api.exports import ExportAnswer, ExportQueued, ExportRequest
 from api.funnels import FunnelReport
 from api.ops import Readiness
@@ -22,8 +23,11 @@ from api.stats import EVENT_TYPES
 from core.ops import Health
 from ingest.schema import MAX_EVENTS_PER_REQUEST, TrackingEvent
 from ingest.track import Accepted, AcceptedMany
+from materialized import journeys, retention
 from materialized.funnel_definitions import FunnelCreated, FunnelDefinition, FunnelList
+from materialized.journeys import Journeys
 from materialized.properties import MAX_KEY_CHARS, MAX_KEYS, PropertyKeys
+from materialized.retention import CohortBy, Retention
 from materialized.stats import (
     DIMENSIONS,
     MAX_BREAKDOWN_LIMIT,
@@ -53,6 +57,8 @@ STRUCTS = [
     Timeseries,
     Realtime,
     PropertyKeys,
+    Retention,
+    Journeys,
     FunnelReport,
     FunnelDefinition,
     FunnelCreated,
@@ -249,6 +255,59 @@ DOCUMENT: dict[str, Any] = {
                     "limit",
                     {"type": "integer", "minimum": 1, "maximum": MAX_KEYS},
                     "keys (100 by default)",
+                    required=False,
+                ),
+            ],
+        ),
+        "/v1/analytics/stats/retention": _stats(
+            "Weekly cohorts (weeks from Monday in REPORT_TIMEZONE) by first visit in the range"
+            " or first order ever, with the members seen again in each later week",
+            Retention,
+            [
+                _query(
+                    "by",
+                    {"type": "string", "enum": [b.value for b in CohortBy]},
+                    "`visit`: visitors by their first visit in the range; `order`: customers"
+                    " by their first order-created, ordering again",
+                ),
+                *RANGE,
+                _query(
+                    "weeks",
+                    {"type": "integer", "minimum": 1, "maximum": retention.MAX_WEEKS},
+                    f"later weeks per cohort ({retention.DEFAULT_WEEKS} by default; only those"
+                    " that start before `to`)",
+                    required=False,
+                ),
+            ],
+        ),
+        "/v1/analytics/stats/journeys": _stats(
+            "The most common page sequences after an entry page or before a goal event, with"
+            " visitors per sequence (give `entry` or `goal`)",
+            Journeys,
+            [
+                *RANGE,
+                _query(
+                    "entry",
+                    {"type": "string", "pattern": "^/", "maxLength": journeys.MAX_PATH_CHARS},
+                    "the next pages of sessions entering at this path",
+                    required=False,
+                ),
+                _query(
+                    "goal",
+                    {"type": "string", "enum": GOALS},
+                    "the pages before a session's first event of this type",
+                    required=False,
+                ),
+                _query(
+                    "steps",
+                    {"type": "integer", "minimum": 1, "maximum": journeys.MAX_STEPS},
+                    f"pages per sequence ({journeys.DEFAULT_STEPS} by default)",
+                    required=False,
+                ),
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": journeys.MAX_LIMIT},
+                    f"sequences ({journeys.DEFAULT_LIMIT} by default)",
                     required=False,
                 ),
             ],

@@ -70,7 +70,7 @@ def _filters(request: Request) -> dict[str, str]:
         raise BadParameter("filter", f"`filter`: {error}") from None
 
 
-def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+def whole_number(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
@@ -79,7 +79,7 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
     return int(raw)
 
 
-def _choice(request: Request, name: str, allowed: list[str], default: str | None = None) -> str:
+def choice(request: Request, name: str, allowed: list[str], default: str | None = None) -> str:
     raw = request.args.get(name, default)
     if raw is None:
         raise BadParameter(name, f"`{name}` is required: one of {' '.join(allowed)}")
@@ -173,7 +173,7 @@ async def breakdown(request: Request, claims: dict[str, Any]) -> HTTPResponse:
     try:
         dimension = _dimension(request)
         start, end = parse_range(request, stats.zone)
-        limit = _int(request, "limit", 10, 1, MAX_BREAKDOWN_LIMIT)
+        limit = whole_number(request, "limit", 10, 1, MAX_BREAKDOWN_LIMIT)
         filters = _filters(request)
         event_type = _event_type(request)
         if event_type is not None and properties.key_of(dimension) is None:
@@ -195,7 +195,7 @@ async def property_keys(request: Request, claims: dict[str, Any]) -> HTTPRespons
     try:
         start, end = parse_range(request, stats.zone)
         event_type = _event_type(request)
-        limit = _int(request, "limit", 100, 1, properties.MAX_KEYS)
+        limit = whole_number(request, "limit", 100, 1, properties.MAX_KEYS)
     except (RangeError, BadParameter) as error:
         return bad_parameter(error)
     return await cached_answer(
@@ -211,7 +211,7 @@ async def property_keys(request: Request, claims: dict[str, Any]) -> HTTPRespons
 async def timeseries(request: Request, claims: dict[str, Any]) -> HTTPResponse:
     stats = _stats(request)
     try:
-        interval = Interval(_choice(request, "interval", [i.value for i in Interval]))
+        interval = Interval(choice(request, "interval", [i.value for i in Interval]))
         start, end = parse_range(request, stats.zone)
         filters = _filters(request)
         if interval is Interval.HOUR and end - start > timedelta(hours=MAX_HOURLY_POINTS):

@@ -228,7 +228,7 @@ class _Where:
             self.parameters[f"f{n}"] = value
         self.matches = " AND ".join(clauses) or "1"  # over raw events or stats_visits
         self.filters = f"NOT is_bot AND {self.matches}"
-        whole = _whole_hours(start, end)
+        whole = whole_hours(start, end)
         if whole is not None:
             self.parameters["h1"], self.parameters["h2"] = whole
         # The hours the range cuts (the hours of its ends): sessions starting in them are told
@@ -335,7 +335,7 @@ def _floor_hour(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def _whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
+def whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
     """The whole UTC hours inside [start, end), or None."""
     first, last = _floor_hour(start), _floor_hour(end)
     if first < start:

@@ -10,7 +10,7 @@ import re
 import zoneinfo
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -494,3 +494,102 @@ def funnel_chain(
             }
         )
     return rows
+
+
+def _week(moment: datetime, zone: zoneinfo.ZoneInfo) -> date:
+    day = moment.astimezone(zone).date()
+    return day - timedelta(days=day.weekday())
+
+
+def retention(
+    traffic: Traffic,
+    by: str,
+    start: datetime,
+    end: datetime,
+    zone: zoneinfo.ZoneInfo,
+    weeks: int,
+) -> dict[str, Any]:
+    """Weekly cohorts, counted member by member (materialized/retention.py says what counts)."""
+    s, e = _ms(start), _ms(end)
+    active: dict[Any, set[date]] = defaultdict(set)
+    cohort_of: dict[Any, date] = {}
+    if by == "visit":
+        for r in traffic.tracking:
+            if not r.is_bot and s <= _ms(r.received_at) < e:
+                active[_visitor(r)].add(_week(r.received_at, zone))
+        cohort_of = {member: min(seen) for member, seen in active.items()}
+    else:
+        first: dict[Any, datetime] = {}
+        for d in traffic.domain:
+            if d.event_type != "order-created" or d.customer_id is None:
+                continue
+            if d.customer_id not in first or d.occurred_at < first[d.customer_id]:
+                first[d.customer_id] = d.occurred_at
+            if s <= _ms(d.occurred_at) < e:
+                active[d.customer_id].add(_week(d.occurred_at, zone))
+        cohort_of = {c: _week(at, zone) for c, at in first.items() if s <= _ms(at) < e}
+    cohorts = []
+    week = _week(start, zone)
+    while datetime(week.year, week.month, week.day, tzinfo=zone) < end:
+        members = [m for m, c in cohort_of.items() if c == week]
+        returning = []
+        for k in range(1, weeks + 1):
+            later = week + timedelta(weeks=k)
+            if datetime(later.year, later.month, later.day, tzinfo=zone) >= end:
+                break
+            returning.append(sum(1 for m in members if later in active[m]))
+        cohorts.append({"week": week.isoformat(), "size": len(members), "returning": returning})
+        week += timedelta(weeks=1)
+    return {"by": by, "cohorts": cohorts}
+
+
+def journeys(
+    traffic: Traffic,
+    start: datetime,
+    end: datetime,
+    *,
+    entry: str | None = None,
+    goal: str | None = None,
+    steps: int = 3,
+    limit: int = 20,
+) -> list[dict[str, Any]]:
+    """Journeys session by session (materialized/journeys.py says what a journey is)."""
+    s, e, until = _ms(start), _ms(end), _ms(end + timedelta(days=1))
+    sessions: dict[tuple[Any, int], list[TrackingRow]] = defaultdict(list)
+    for r in traffic.tracking:
+        began = _ms(r.session_started_at or r.received_at)
+        if r.is_bot or not s <= began < e or not s <= _ms(r.received_at) < until:
+            continue
+        if r.event_type == "PAGEVIEW" or r.event_type == goal:
+            sessions[(r.session_id, began)].append(r)
+    visitors: dict[tuple[str, ...], set[Any]] = defaultdict(set)
+    for (session_id, _), rows in sessions.items():
+        rows.sort(key=lambda r: (_ms(r.occurred_at), str(r.event_id)))
+        if entry is not None:
+            if urlsplit(rows[0].landing_page).path != entry:
+                continue
+            seen = [urlsplit(r.url).path for r in rows]
+        else:
+            goals = [r for r in rows if r.event_type == goal]
+            if not goals:
+                continue
+            at = _ms(goals[0].occurred_at)
+            seen = [
+                urlsplit(r.url).path
+                for r in rows
+                if r.event_type == "PAGEVIEW" and _ms(r.occurred_at) <= at
+            ]
+        collapsed = [p for i, p in enumerate(seen) if i == 0 or p != seen[i - 1]]
+        if entry is not None:
+            if collapsed and collapsed[0] == entry:
+                collapsed = collapsed[1:]
+            pages = collapsed[:steps]
+        else:
+            pages = collapsed[-steps:]
+        if pages:
+            who = next((r.user_id for r in rows if r.user_id is not None), session_id)
+            visitors[tuple(pages)].add(who)
+    ordered = sorted(
+        visitors.items(), key=lambda item: (-len(item[1]), [p.encode() for p in item[0]])
+    )
+    return [{"pages": list(pages), "visitors": len(who)} for pages, who in ordered[:limit]]

@@ -1,0 +1,230 @@
+"""Retention cohorts and journeys (materialized/retention.py, materialized/journeys.py): equal
+to the plain-Python oracle over weeks that hold the UK clock changes, on ranges cut anywhere,
+with repeated pages and events stored out of order; the API refuses bad parameters by name."""
+
+import uuid
+import zoneinfo
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+
+from cli.demo_traffic import Traffic, generate
+from core.clickhouse import Warehouse
+from materialized import journeys, retention
+from materialized.retention import CohortBy
+from tests import oracle
+from tests.conftest import Running, tracking_rows
+from tests.test_dashboard_api import bearer, token
+
+LONDON = zoneinfo.ZoneInfo("Europe/London")
+
+
+@pytest.fixture(scope="module")
+def traffic() -> Traffic:
+    """Six weeks around each UK clock change of 2026 (29 March, 25 October)."""
+    spring = generate(datetime(2026, 3, 2, tzinfo=UTC), 42, 30, seed=51)
+    autumn = generate(datetime(2026, 10, 5, tzinfo=UTC), 35, 30, seed=52)
+    return Traffic(spring.tracking + autumn.tracking, spring.domain + autumn.domain)
+
+
+RANGES = [
+    (oracle.as_utc("2026-03-02", LONDON), oracle.as_utc("2026-04-13", LONDON)),
+    (oracle.as_utc("2026-10-05", LONDON), oracle.as_utc("2026-11-09", LONDON)),
+    # Cut mid-week and mid-hour: the raw events answer the partial hours at both ends.
+    (datetime(2026, 3, 4, 13, 17, tzinfo=UTC), datetime(2026, 3, 31, 22, 41, 5, tzinfo=UTC)),
+    (datetime(2026, 10, 21, 9, 30, tzinfo=UTC), datetime(2026, 10, 21, 9, 50, tzinfo=UTC)),
+]
+
+
+async def test_cohorts_agree_with_the_oracle_across_the_clock_changes(
+    warehouse: Warehouse, traffic: Traffic
+) -> None:
+    await oracle.load_past(warehouse, traffic)
+    for start, end in RANGES:
+        for by in CohortBy:
+            for weeks in (retention.DEFAULT_WEEKS, 2):
+                got = await retention.cohorts(warehouse, LONDON, by, start, end, weeks)
+                expected = oracle.retention(traffic, by.value, start, end, LONDON, weeks)
+                assert msgspec.to_builtins(got) == expected, (start, by, weeks)
+    spring = msgspec.to_builtins(
+        await retention.cohorts(warehouse, LONDON, CohortBy.VISIT, *RANGES[0])
+    )
+    assert [c["week"] for c in spring["cohorts"]][3:5] == ["2026-03-23", "2026-03-30"]
+    assert [len(c["returning"]) for c in spring["cohorts"]] == [5, 4, 3, 2, 1, 0]
+    assert all(c["size"] > 0 for c in spring["cohorts"])
+    assert spring["cohorts"][0]["returning"][0] > 0
+    orders = msgspec.to_builtins(
+        await retention.cohorts(warehouse, LONDON, CohortBy.ORDER, *RANGES[0])
+    )
+    assert sum(c["size"] for c in orders["cohorts"]) > 0
+    assert sum(sum(c["returning"]) for c in orders["cohorts"]) > 0
+
+
+async def test_a_week_is_cut_at_london_midnight_on_monday(warehouse: Warehouse) -> None:
+    """Sunday 23:30 and Monday 00:30 London time are two weeks, in BST and in GMT."""
+    at = [  # UTC instants: 29 March is the first BST day; 26 October the first GMT Monday
+        datetime(2026, 3, 29, 22, 30, tzinfo=UTC),  # Sunday 23:30 BST
+        datetime(2026, 3, 29, 23, 30, tzinfo=UTC),  # Monday 00:30 BST
+        datetime(2026, 10, 25, 23, 30, tzinfo=UTC),  # Sunday 23:30 GMT
+        datetime(2026, 10, 26, 0, 30, tzinfo=UTC),  # Monday 00:30 GMT
+    ]
+    visitor = uuid.uuid4()
+    rows = [
+        msgspec.structs.replace(
+            r, user_id=visitor, received_at=t, occurred_at=t, session_started_at=t
+        )
+        for r, t in zip(tracking_rows(4), at, strict=True)
+    ]
+    traffic = Traffic(rows, [])
+    await oracle.load_past(warehouse, traffic)
+    for start, end in [
+        (oracle.as_utc("2026-03-23", LONDON), oracle.as_utc("2026-04-06", LONDON)),
+        (oracle.as_utc("2026-10-19", LONDON), oracle.as_utc("2026-11-02", LONDON)),
+    ]:
+        got = msgspec.to_builtins(
+            await retention.cohorts(warehouse, LONDON, CohortBy.VISIT, start, end)
+        )
+        assert got == oracle.retention(traffic, "visit", start, end, LONDON, 8)
+        assert [(c["size"], c["returning"]) for c in got["cohorts"]] == [(1, [1]), (0, [])]
+
+
+async def test_journeys_agree_with_the_oracle(warehouse: Warehouse, traffic: Traffic) -> None:
+    await oracle.load_past(warehouse, traffic)
+    asked: list[dict[str, Any]] = [
+        {"entry": "/"},
+        {"entry": "/kitchens", "steps": 5},
+        {"entry": "/bedrooms", "steps": 1},
+        {"entry": "/nowhere"},
+        {"goal": "BOOKING_COMPLETE"},
+        {"goal": "BROCHURE_REQUEST", "steps": 5, "limit": 3},
+        {"goal": "ADD_TO_WISHLIST", "steps": 2},
+    ]
+    for start, end in RANGES[:3]:
+        for question in asked:
+            got = await journeys.journeys(warehouse, start, end, **question)
+            assert msgspec.to_builtins(got)["paths"] == oracle.journeys(
+                traffic, start, end, **question
+            ), (start, question)
+    top = await journeys.journeys(warehouse, *RANGES[0], entry="/kitchens", steps=5, limit=100)
+    assert top.paths[0].visitors > 1
+    assert max(len(j.pages) for j in top.paths) == 4  # the demo's visits view 4 pages at most
+
+
+async def test_journeys_collapse_repeats_and_follow_time_not_storage(
+    warehouse: Warehouse,
+) -> None:
+    base = datetime(2026, 11, 20, 9, tzinfo=UTC)
+    session, visitor = uuid.uuid4(), uuid.uuid4()
+    plan = [  # (minutes after base, event type, path, user) in the order they are stored
+        (9, "PAGEVIEW", "/brochure", visitor),
+        (0, "PAGEVIEW", "/", None),
+        (1, "PAGEVIEW", "/", None),  # a reload of the entry page
+        (2, "PAGEVIEW", "/kitchens", None),
+        (3, "PAGEVIEW", "/kitchens", None),
+        (4, "PAGEVIEW", "/kitchens/shaker-oak", None),
+        (5, "PAGEVIEW", "/kitchens", None),  # back again: a step
+        (6, "BOOKING_COMPLETE", "/book-appointment/done", None),
+        (8, "BOOKING_COMPLETE", "/book-appointment/done", None),  # the second goal: ignored
+    ]
+    rows = []
+    for (minutes, kind, path, user), row in zip(plan, tracking_rows(len(plan)), strict=True):
+        at = base + timedelta(minutes=minutes)
+        rows.append(
+            msgspec.structs.replace(
+                row,
+                session_id=session,
+                user_id=user,
+                event_type=kind,
+                url=f"https://www.lomashwood.co.uk{path}",
+                landing_page="https://www.lomashwood.co.uk/?utm_source=news",
+                occurred_at=at,
+                received_at=at + timedelta(seconds=1),
+                session_started_at=base,
+            )
+        )
+    traffic = Traffic(rows, [])
+    await oracle.load_past(warehouse, traffic)
+    start, end = base - timedelta(hours=1), base + timedelta(hours=1)
+    after = await journeys.journeys(warehouse, start, end, entry="/", steps=5)
+    assert msgspec.to_builtins(after)["paths"] == [
+        {
+            "pages": ["/kitchens", "/kitchens/shaker-oak", "/kitchens", "/brochure"],
+            "visitors": 1,
+        }
+    ]
+    before = await journeys.journeys(warehouse, start, end, goal="BOOKING_COMPLETE", steps=3)
+    assert msgspec.to_builtins(before)["paths"] == [
+        {"pages": ["/kitchens", "/kitchens/shaker-oak", "/kitchens"], "visitors": 1}
+    ]
+    for question in [{"entry": "/", "steps": 5}, {"goal": "BOOKING_COMPLETE", "steps": 3}]:
+        got = await journeys.journeys(warehouse, start, end, **question)  # type: ignore[arg-type]
+        assert msgspec.to_builtins(got)["paths"] == oracle.journeys(
+            traffic,
+            start,
+            end,
+            **question,  # type: ignore[arg-type]
+        )
+    # A session that started before the range is not one of its journeys.
+    late = await journeys.journeys(warehouse, base + timedelta(minutes=1), end, entry="/")
+    assert late.paths == []
+
+
+def admin() -> dict[str, str]:
+    return bearer(token())
+
+
+RETENTION = "/v1/analytics/stats/retention"
+JOURNEYS = "/v1/analytics/stats/journeys"
+SPRING = {"from": "2026-03-02T00:00:00", "to": "2026-04-13T00:00:00"}
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "parameter"),
+    [
+        (RETENTION, SPRING, "by"),
+        (RETENTION, {**SPRING, "by": "session"}, "by"),
+        (RETENTION, {**SPRING, "by": "visit", "weeks": "0"}, "weeks"),
+        (RETENTION, {**SPRING, "by": "visit", "weeks": "53"}, "weeks"),
+        (RETENTION, {"by": "visit", "to": "2026-04-13"}, "from"),
+        (JOURNEYS, SPRING, "entry"),
+        (JOURNEYS, {**SPRING, "entry": "/", "goal": "BOOKING_COMPLETE"}, "entry"),
+        (JOURNEYS, {**SPRING, "entry": "kitchens"}, "entry"),
+        (JOURNEYS, {**SPRING, "entry": "/" + "x" * 512}, "entry"),
+        (JOURNEYS, {**SPRING, "goal": "SIGNUP"}, "goal"),
+        (JOURNEYS, {**SPRING, "goal": "PAGEVIEW"}, "goal"),
+        (JOURNEYS, {**SPRING, "entry": "/", "steps": "6"}, "steps"),
+        (JOURNEYS, {**SPRING, "entry": "/", "limit": "101"}, "limit"),
+    ],
+)
+async def test_a_bad_parameter_is_a_400_naming_it(
+    server: Running, path: str, params: dict[str, str], parameter: str
+) -> None:
+    resp = await server.http.get(path, params=params, headers=admin())
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["parameter"] == parameter, resp.json()
+
+
+async def test_the_api_answers_as_the_oracle(
+    server: Running, warehouse: Warehouse, traffic: Traffic
+) -> None:
+    await oracle.load_past(warehouse, traffic)
+    start, end = RANGES[0]
+    assert (await server.http.get(RETENTION, params={**SPRING, "by": "visit"})).status_code == 401
+    for by in ("visit", "order"):
+        resp = await server.http.get(
+            RETENTION, params={**SPRING, "by": by, "weeks": "3"}, headers=admin()
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == oracle.retention(traffic, by, start, end, LONDON, 3)
+    resp = await server.http.get(
+        JOURNEYS, params={**SPRING, "goal": "BOOKING_COMPLETE", "steps": "4"}, headers=admin()
+    )
+    assert resp.status_code == 200, resp.text
+    expected = oracle.journeys(traffic, start, end, goal="BOOKING_COMPLETE", steps=4)
+    assert resp.json() == {"paths": expected} and expected
+    cached = await server.http.get(
+        JOURNEYS, params={**SPRING, "goal": "BOOKING_COMPLETE", "steps": "4"}, headers=admin()
+    )
+    assert cached.headers["X-Cache"] == "HIT" and cached.json() == resp.json()
