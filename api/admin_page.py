@@ -12,11 +12,18 @@ from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import html
 
 from api.assets import STATIC_DIR
+from api.funnels import DOMAIN_TYPES, TRACKING_TYPES
 from api.services import services
+from api.stats import EVENT_TYPES
 
 bp = Blueprint("admin_page")
 
-PAGE = (STATIC_DIR / "admin" / "index.html").read_text()
+PAGE = (
+    (STATIC_DIR / "admin" / "index.html")
+    .read_text()
+    .replace("{{TRACKING_TYPES}}", " ".join(t for t in EVENT_TYPES if t in TRACKING_TYPES))
+    .replace("{{DOMAIN_TYPES}}", " ".join(sorted(DOMAIN_TYPES)))
+)
 HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';"

@@ -265,3 +265,120 @@ async def test_the_api_reference_renders_offline(server: Running, browser: Brows
     # Redoc's bundle asks for its logo from its CDN; the page's CSP refuses it in the browser.
     assert tab.outside == []
     assert [p for p in tab.problems if "cdn.redoc.ly" not in p] == []
+
+
+def last_weeks(weeks: int) -> dict[str, str]:
+    """The range the retention grid asks for: the last `weeks` Mondays to tomorrow, in London."""
+    today = datetime.now(ZoneInfo("Europe/London")).date()
+    monday = today - timedelta(days=today.weekday())
+    return {
+        "from": (monday - timedelta(weeks=weeks - 1)).isoformat(),
+        "to": (today + timedelta(days=1)).isoformat(),
+    }
+
+
+@pytest.mark.timeout(120)
+async def test_funnels_retention_and_journeys_on_the_admin_page(
+    server: Running, warehouse: Warehouse, browser: Browser
+) -> None:
+    await load(warehouse, generate(default_start(days=50), days=50, sessions_per_day=40, seed=9))
+    admin = bearer(token())
+
+    async def get(path: str, **params: str) -> Any:
+        resp = await server.http.get(path, params=params, headers=admin)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    tab = await watched(browser, server.base_url, DESKTOP)
+    page = tab.page
+    await page.goto(f"{server.base_url}/admin")
+    await page.fill("#token", token())
+    await page.click("#sign-in button[type=submit]")
+    await loaded(page)
+
+    # The retention grid: a row per cohort, each later week's members behind its share.
+    cohorts = (await get("/v1/analytics/stats/retention", by="visit", weeks="7", **last_weeks(8)))[
+        "cohorts"
+    ]
+    assert len(cohorts) == 8 and cohorts[0]["size"] > 0 and cohorts[0]["returning"][0] > 0
+    rows = page.locator("#retention-grid tbody tr")
+    assert await rows.count() == len(cohorts)
+    for n, cohort in enumerate(cohorts):
+        row = rows.nth(n)
+        assert await row.get_attribute("data-week") == cohort["week"]
+        assert await row.locator("td").nth(1).inner_text() == f"{cohort['size']:,}"
+        shown = await row.locator("td[data-n]").evaluate_all("cells => cells.map(c => c.dataset.n)")
+        assert shown == [str(k) for k in cohort["returning"]]
+    await page.select_option("#retention-by", "order")
+    await loaded(page)
+    orders = await get("/v1/analytics/stats/retention", by="order", weeks="7", **last_weeks(8))
+    sizes = await page.locator("#retention-grid tbody tr td:nth-child(2)").all_inner_texts()
+    assert sizes == [f"{c['size']:,}" for c in orders["cohorts"]]
+    assert sum(c["size"] for c in orders["cohorts"]) > 0
+
+    # Journeys after the entry page `/`, then before a completed booking.
+    def shown_paths(paths: list[dict[str, Any]]) -> list[str]:
+        return [f"{' → '.join(p['pages'])}\t{p['visitors']:,}" for p in paths]
+
+    after = (await get("/v1/analytics/stats/journeys", entry="/", steps="3", **seven_days()))[
+        "paths"
+    ]
+    assert after
+    assert await page.locator("#journey-paths tbody tr").all_inner_texts() == shown_paths(after)
+    await page.select_option("#journey-mode", "goal")
+    await loaded(page)
+    before = (
+        await get(
+            "/v1/analytics/stats/journeys", goal="BOOKING_COMPLETE", steps="3", **seven_days()
+        )
+    )["paths"]
+    assert before
+    assert await page.locator("#journey-paths tbody tr").all_inner_texts() == shown_paths(before)
+
+    # A funnel defined on the page: refused by field first, then defined, shown, removed.
+    await page.fill("#funnel-name", "Kitchen to booking")
+    await page.click("#funnel-define")
+    await page.wait_for_selector("#funnel-error:has-text('$.name')", timeout=15_000)
+    await page.fill("#funnel-name", "kitchen-to-booking")
+    steps = page.locator("#funnel-steps li")
+    await steps.nth(0).locator(".step-page").fill("/kitchens/*")
+    await steps.nth(1).locator(".step-type").select_option("PRODUCT_VIEW")
+    await steps.nth(1).locator(".step-prop").fill("range=kitchens")
+    await page.click("#funnel-add-step")
+    await steps.nth(2).locator(".step-type").select_option("BOOKING_START")
+    await page.select_option("#funnel-window", "86400")
+    await page.click("#funnel-define")
+    await loaded(page)
+    assert await page.input_value("#funnel-pick") == "kitchen-to-booking"
+    listed = (await get("/v1/analytics/funnels"))["funnels"]
+    assert listed[-1] == {
+        "name": "kitchen-to-booking",
+        "steps": [
+            {"eventType": "PAGEVIEW", "page": "/kitchens/*"},
+            {"eventType": "PRODUCT_VIEW", "properties": {"range": "kitchens"}},
+            {"eventType": "BOOKING_START"},
+        ],
+        "windowSeconds": 86400,
+        "builtIn": False,
+    }
+    report = await get("/v1/analytics/funnels/kitchen-to-booking", **seven_days())
+    assert report["steps"][0]["count"] > report["steps"][2]["count"] > 0
+    shown_steps = await page.locator("#funnel-result tbody tr").all_inner_texts()
+    assert [row.split("\t")[:3] for row in shown_steps] == [
+        [s["step"], f"{s['count']:,}", f"{s['dropOff']:,}"] for s in report["steps"]
+    ]
+    assert f"Conversion {report['conversionRate']}%" in await page.inner_text("#funnel-result")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "admin-behaviour.png"), full_page=True)
+    await page.click("#funnel-remove")
+    await loaded(page)
+    assert [f["name"] for f in (await get("/v1/analytics/funnels"))["funnels"]] == [
+        "booking",
+        "checkout",
+    ]
+    assert await page.input_value("#funnel-pick") == "booking"
+    assert await page.is_hidden("#funnel-remove")
+
+    # The refused definition's 400 is the only console line.
+    assert [p for p in tab.problems if "status of 400" not in p] == []
+    assert tab.outside == []

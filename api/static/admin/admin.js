@@ -20,7 +20,11 @@
     ["visitDurationSeconds", "Visit duration", formatDuration],
   ];
   const $ = (id) => document.getElementById(id);
-  const state = { range: "7d", custom: null, filters: {}, generation: 0, chart: null, propKey: null };
+  const TRACKING_TYPES = (document.body.dataset.trackingTypes || "").split(" ").filter(Boolean);
+  const DOMAIN_TYPES = (document.body.dataset.domainTypes || "").split(" ").filter(Boolean);
+  const state = {
+    range: "7d", custom: null, filters: {}, generation: 0, chart: null, propKey: null, funnel: null,
+  };
   const MAX_FILTER_VALUE = 512;  // the API's cap on a filter's value
 
   function el(tag, attrs, ...children) {
@@ -98,8 +102,13 @@
       const body = await response.json().catch(() => ({}));
       throw new Unauthorised(body.error || "not allowed");
     }
+    if (response.status === 204) return null;
     const body = await response.json();
-    if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+    if (!response.ok) {
+      const failure = new Error(body.error || `HTTP ${response.status}`);
+      failure.where = body.path || body.parameter || "";  // the field or parameter named
+      throw failure;
+    }
     return body;
   }
 
@@ -254,6 +263,159 @@
     box.append(el("p", { className: "hint" }, `Conversion ${funnel.conversionRate}%`));
   }
 
+  function table(headings, rows) {
+    const body = el("tbody");
+    for (const cells of rows) body.append(el("tr", {}, ...cells.map((c) => el("td", {}, c))));
+    return el("table", {}, el("thead", {}, el("tr", {}, ...headings.map((h) => el("th", {}, h)))), body);
+  }
+
+  // Any funnel, built in or defined, for the range: visitors, drop-off and time per step.
+  async function refreshFunnels(params, generation) {
+    const listed = await api("/v1/analytics/funnels");
+    if (generation !== state.generation) return;
+    const names = listed.funnels.map((f) => f.name);
+    if (!names.includes(state.funnel)) state.funnel = names.length ? names[0] : null;
+    const select = $("funnel-pick");
+    select.replaceChildren(...listed.funnels.map((f) =>
+      el("option", { value: f.name }, f.builtIn ? `${f.name} (built in)` : f.name)));
+    const box = $("funnel-result");
+    if (state.funnel === null) { box.replaceChildren(); return; }
+    select.value = state.funnel;
+    $("funnel-remove").hidden = listed.funnels[names.indexOf(state.funnel)].builtIn;
+    const report = await api("/v1/analytics/funnels/" + encodeURIComponent(state.funnel), params);
+    if (generation !== state.generation) return;
+    box.replaceChildren(
+      table(["Step", "Visitors", "Drop-off", "Time from previous"], report.steps.map((s) => [
+        s.step, formatCount(s.count), formatCount(s.dropOff),
+        s.medianSecondsFromPrevious === null ? "–" : formatDuration(s.medianSecondsFromPrevious),
+      ])),
+      el("p", { className: "hint" }, `Conversion ${report.conversionRate}%`));
+  }
+
+  function stepRow() {
+    const type = el("select", { className: "step-type", "aria-label": "Event type" },
+      ...[...TRACKING_TYPES, ...DOMAIN_TYPES].map((t) => el("option", { value: t }, t)));
+    const page = el("input", { className: "step-page", "aria-label": "Page", placeholder: "page (optional)" });
+    const prop = el("input", { className: "step-prop", "aria-label": "Property", placeholder: "key=value (optional)" });
+    const remove = el("button", { type: "button", title: "Remove this step" }, "×");
+    const row = el("li", {}, type, page, prop, remove);
+    remove.addEventListener("click", () => row.remove());
+    type.addEventListener("change", () => {
+      // A domain event has no page and no properties.
+      page.disabled = prop.disabled = DOMAIN_TYPES.includes(type.value);
+    });
+    return row;
+  }
+
+  function definedSteps() {
+    return [...$("funnel-steps").children].map((row) => {
+      const step = { eventType: row.querySelector(".step-type").value };
+      const page = row.querySelector(".step-page");
+      const prop = row.querySelector(".step-prop");
+      if (!page.disabled && page.value.trim()) step.page = page.value.trim();
+      if (!prop.disabled && prop.value.trim()) {
+        const pair = prop.value.trim();
+        const at = pair.indexOf("=");
+        step.properties = at < 0 ? { [pair]: "" } : { [pair.slice(0, at)]: pair.slice(at + 1) };
+      }
+      return step;
+    });
+  }
+
+  async function defineFunnel(event) {
+    event.preventDefault();
+    const body = {
+      name: $("funnel-name").value.trim(),
+      steps: definedSteps(),
+      windowSeconds: Number($("funnel-window").value),
+    };
+    document.body.dataset.loading = "true";
+    try {
+      const created = await api("/v1/analytics/funnels", {}, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      });
+      $("funnel-error").textContent = "";
+      $("funnel-name").value = "";
+      state.funnel = created.name;
+      refresh();
+    } catch (error) {
+      if (error instanceof Unauthorised) return showSignIn(error.message);
+      $("funnel-error").textContent =
+        "Not defined: " + error.message + (error.where ? ` (${error.where})` : "");
+      document.body.dataset.loading = "false";
+    }
+  }
+
+  async function removeFunnel() {
+    document.body.dataset.loading = "true";
+    try {
+      await api("/v1/analytics/funnels/" + encodeURIComponent(state.funnel), {}, { method: "DELETE" });
+      state.funnel = null;
+      refresh();
+    } catch (error) {
+      if (error instanceof Unauthorised) return showSignIn(error.message);
+      $("funnel-error").textContent = "Not removed: " + error.message;
+      document.body.dataset.loading = "false";
+    }
+  }
+
+  function mondayOf(day) {
+    const [y, m, d] = day.split("-").map(Number);
+    return addDays(day, -((new Date(Date.UTC(y, m - 1, d)).getUTCDay() + 6) % 7));
+  }
+
+  // Weekly cohorts over the last N weeks (Monday to Monday in the report's zone): each later
+  // week's share of the cohort, the count on hover; weeks not yet begun stay blank.
+  async function refreshRetention(generation) {
+    const weeks = Number($("retention-weeks").value);
+    const today = todayInZone();
+    const answer = await api("/v1/analytics/stats/retention", {
+      by: $("retention-by").value,
+      from: addDays(mondayOf(today), -7 * (weeks - 1)),
+      to: addDays(today, 1),
+      weeks: weeks - 1,
+    });
+    if (generation !== state.generation) return;
+    const headings = ["Cohort", "Size", ...Array.from({ length: weeks - 1 }, (_, k) => `Week ${k + 1}`)];
+    const body = el("tbody");
+    for (const cohort of answer.cohorts) {
+      const row = el("tr", { "data-week": cohort.week }, el("td", {}, cohort.week),
+        el("td", {}, formatCount(cohort.size)));
+      for (let k = 0; k < weeks - 1; k++) {
+        const cell = el("td", { className: "cell" });
+        if (k < cohort.returning.length) {
+          const n = cohort.returning[k];
+          const share = cohort.size ? (n / cohort.size) * 100 : 0;
+          cell.textContent = share.toFixed(1) + "%";
+          cell.title = `${formatCount(n)} of ${formatCount(cohort.size)}`;
+          cell.dataset.n = String(n);
+          cell.style.background = `rgba(122, 75, 33, ${(Math.min(share, 100) / 100 * 0.8 + 0.05).toFixed(2)})`;
+          if (share > 45) cell.style.color = "#fff";
+        }
+        row.append(cell);
+      }
+      body.append(row);
+    }
+    $("retention-grid").replaceChildren(el("table", { className: "cohorts" },
+      el("thead", {}, el("tr", {}, ...headings.map((h) => el("th", {}, h)))), body));
+  }
+
+  // The most common pages after an entry page, or before a goal, in the range.
+  async function refreshJourneys(params, generation) {
+    const asked = { ...params, steps: $("journey-steps").value };
+    if ($("journey-mode").value === "entry") {
+      const entry = $("journey-entry").value.trim();
+      asked.entry = entry.startsWith("/") ? entry : "/" + entry;
+    } else {
+      asked.goal = $("journey-goal").value;
+    }
+    const answer = await api("/v1/analytics/stats/journeys", asked);
+    if (generation !== state.generation) return;
+    $("journey-paths").replaceChildren(answer.paths.length
+      ? table(["Pages", "Visitors"], answer.paths.map((j) => [j.pages.join(" → "), formatCount(j.visitors)]))
+      : el("p", { className: "empty" }, "No journeys in this range"));
+  }
+
   function keyValues(title, id, pairs) {
     const list = el("dl", { className: "kv" });
     for (const [k, v] of pairs) list.append(el("dt", {}, k), el("dd", {}, v));
@@ -339,7 +501,12 @@
       renderFunnel("funnel-booking", funnelB);
       renderFunnel("funnel-checkout", funnelC);
       renderBusiness(business);
-      await refreshProperties(params, filter, generation);
+      await Promise.all([
+        refreshProperties(params, filter, generation),
+        refreshFunnels(params, generation),
+        refreshRetention(generation),
+        refreshJourneys(params, generation),
+      ]);
     } catch (error) {
       if (error instanceof Unauthorised) return showSignIn(error.message);
       $("error").textContent = "Could not load: " + error.message;
@@ -415,6 +582,26 @@
 
   $("prop-event-type").addEventListener("change", () => refresh());
   $("prop-key").addEventListener("change", () => { state.propKey = $("prop-key").value; refresh(); });
+  $("funnel-pick").addEventListener("change", () => { state.funnel = $("funnel-pick").value; refresh(); });
+  $("funnel-remove").addEventListener("click", removeFunnel);
+  $("funnel-builder").addEventListener("submit", defineFunnel);
+  $("funnel-add-step").addEventListener("click", () => {
+    if ($("funnel-steps").children.length < 8) $("funnel-steps").append(stepRow());
+  });
+  $("funnel-steps").append(stepRow(), stepRow());
+  $("retention-by").addEventListener("change", () => refresh());
+  $("retention-weeks").addEventListener("change", () => refresh());
+  $("journey-goal").replaceChildren(...TRACKING_TYPES.filter((t) => t !== "PAGEVIEW")
+    .map((t) => el("option", { value: t }, t)));
+  $("journey-goal").value = "BOOKING_COMPLETE";
+  $("journey-mode").addEventListener("change", () => {
+    const entry = $("journey-mode").value === "entry";
+    $("journey-entry").hidden = !entry;
+    $("journey-goal").hidden = entry;
+    refresh();
+  });
+  $("journey-steps").addEventListener("change", () => refresh());
+  $("journey-apply").addEventListener("click", () => refresh());
 
   function start() {
     if (!sessionStorage.getItem(TOKEN_KEY)) return showSignIn("");
