@@ -22,6 +22,7 @@ from api import (
     assets,
     behaviour,
     dashboard,
+    erasures,
     exports,
     funnels,
     openapi,
@@ -106,6 +107,7 @@ def create_app(settings: Settings, parts: Parts, name: str = "lomash_analytics")
     app.blueprint(behaviour.bp)
     app.blueprint(funnels.bp)
     app.blueprint(admin_jobs.bp)
+    app.blueprint(erasures.bp)
     app.blueprint(exports.bp)
     app.blueprint(openapi.bp)
     app.blueprint(assets.bp)

@@ -7,9 +7,9 @@ import uuid
 from datetime import UTC, datetime
 
 from core.ids import new_event_id
-from core.jobs import BY_COMMAND, Job, export_job_id
+from core.jobs import BY_COMMAND, Job, erasure_job_id, export_job_id
 from core.runtime import redis_client
-from core.settings import Settings
+from core.settings import MIN_SECRET_BYTES, Settings
 from materialized import export_state
 from materialized.export_state import ExportState, ExportStatus
 
@@ -84,3 +84,30 @@ def run_job(
             await pool.aclose()
 
     return asyncio.run(run())
+
+
+def erase(settings: Settings, user: uuid.UUID, requested_by: str) -> str:
+    """Queue the erasure of a user's data; the worker records and runs it (ClickHouse is not
+    opened here: the embedded one belongs to `serve`)."""
+    if len(settings.erasure_audit_key.encode()) < MIN_SECRET_BYTES:
+        raise SystemExit(
+            "bad setting ERASURE_AUDIT_KEY: erasures are audited under this HMAC key; set at"
+            f" least {MIN_SECRET_BYTES} random bytes (e.g. `openssl rand -base64 48`)"
+        )
+    erasure_id = str(uuid.uuid4())
+
+    async def run() -> None:
+        pool = redis_client(settings.redis_url)
+        try:
+            await pool.enqueue_job(
+                Job.ERASE_USER,
+                erasure_id,
+                str(user),
+                requested_by,
+                _job_id=erasure_job_id(erasure_id),
+            )
+        finally:
+            await pool.aclose()
+
+    asyncio.run(run())
+    return f"erasure {erasure_id} queued: GET /v1/analytics/erasures/{erasure_id}"

@@ -1,5 +1,5 @@
-"""`analytics serve | api | consume | relay | migrate | demo | jobs | restore-day | token`: the
-service's processes and operator commands."""
+"""`analytics serve | api | consume | relay | migrate | demo | jobs | erase | restore-day |
+token`: the service's processes and operator commands."""
 
 from __future__ import annotations
 
@@ -194,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="export: the admin's user id (a uuid) that report-generated names",
     )
+    erasing = commands.add_parser(
+        "erase", help="erase a user's data everywhere it is kept (UK GDPR Art. 17)"
+    )
+    erasing.add_argument("user_id", type=uuid.UUID, help="the userId (a uuid)")
+    erasing.add_argument(
+        "--requested-by", dest="erase_by", default="cli", help="who asked, for the audit"
+    )
     restore = commands.add_parser("restore-day", help="load an archived day back into ClickHouse")
     restore.add_argument("day", help="YYYY-MM-DD (UTC)")
     token = commands.add_parser("token", help="mint a short-lived admin token (HS256 secret)")
@@ -241,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
                     args.requested_by,
                 )
             )
+        return 0
+    if args.command == "erase":
+        from cli.jobs import erase
+
+        print(erase(settings, args.user_id, args.erase_by))
         return 0
     if args.command == "restore-day":
         return _restore_day(settings, args.day)

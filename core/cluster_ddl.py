@@ -39,6 +39,8 @@ SHARD_KEYS = {
     "funnels": "rand()",
     # A name's versions meet in one shard's merges.
     "funnel_definitions": "cityHash64(name)",
+    # An erasure's versions meet in one shard's merges.
+    "erasures": "cityHash64(erasure_id)",
     "dashboard_snapshots": "rand()",
     "archive_log": "cityHash64(table_name, day)",
     "stats_hourly": "rand()",

@@ -16,6 +16,7 @@ class Job(enum.StrEnum):
     REMOVE_OLD_EXPORTS = "remove_old_exports"
     ARCHIVE_HISTORICAL_DATA = "archive_historical_data"
     PURGE_OLD_EVENTS = "purge_old_events"
+    ERASE_USER = "erase_user"  # `analytics erase USER_ID`, POST /v1/analytics/erasures
 
 
 # The names of `analytics jobs run NAME`.
@@ -36,3 +37,7 @@ RETRY_JOB_ID = Job.RETRY_FAILED_BATCHES.value
 
 def export_job_id(export_id: str) -> str:
     return f"export:{export_id}"
+
+
+def erasure_job_id(erasure_id: str) -> str:
+    return f"erasure:{erasure_id}"

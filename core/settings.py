@@ -89,6 +89,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     auth_jwt_max_lifetime: Annotated[int, msgspec.Meta(ge=60, le=30 * 86400)] = 12 * 3600
     # HMAC key of file-storage download links; never derived from anything public.
     download_signing_key: str = ""
+    # HMAC key of the user-id hashes in the erasure audit (materialized/erasure.py); erasures
+    # are refused without it. Never derived from anything public.
+    erasure_audit_key: str = ""
     report_timezone: str = "Europe/London"
     rate_limit: str = "100/minute"
     # Events per client address beside RATE_LIMIT's requests: an array of 100 costs 100.
@@ -235,6 +238,13 @@ def _check(settings: Settings) -> None:
             "AUTH_JWT_SECRET",
             f"an HS256 secret must have at least {MIN_SECRET_BYTES} bytes"
             f" (got {len(settings.auth_jwt_secret.encode())})",
+        )
+    audit_key = settings.erasure_audit_key.encode()
+    if audit_key and len(audit_key) < MIN_SECRET_BYTES:
+        raise SettingsError(
+            "ERASURE_AUDIT_KEY",
+            f"the audit's HMAC key must have at least {MIN_SECRET_BYTES} bytes"
+            f" (got {len(audit_key)})",
         )
     try:
         zoneinfo.ZoneInfo(settings.report_timezone)

@@ -38,6 +38,7 @@ class Storage(Protocol):
     async def writer(self, key: str) -> Writer: ...
     async def read(self, key: str) -> bytes: ...
     async def exists(self, key: str) -> bool: ...
+    async def delete(self, key: str) -> None: ...
     async def delete_older_than(self, prefix: str, age: timedelta) -> int: ...
     def download_url(self, key: str, expires: datetime) -> str: ...
 
@@ -73,6 +74,9 @@ class FileStorage:
 
     async def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self.path(key).unlink, True)
 
     async def delete_older_than(self, prefix: str, age: timedelta) -> int:
         cutoff = time.time() - age.total_seconds()
@@ -180,6 +184,9 @@ class S3Storage:
         except ClientError:
             return False
         return True
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._client.delete_object, Bucket=self.bucket, Key=self._key(key))
 
     async def delete_older_than(self, prefix: str, age: timedelta) -> int:
         cutoff = datetime.now(UTC) - age

@@ -109,6 +109,18 @@ async def archive_day(warehouse: Warehouse, storage: Storage, day: date) -> Arch
         "Parquet",
     )
     key = object_key(day)
+    await put(storage, key, data)
+    stored = file_fingerprint(await storage.read(key))
+    if stored != expected:
+        raise ArchiveMismatch(
+            f"{key}: the file holds {stored.rows} rows (checksum {stored.checksum}),"
+            f" ClickHouse {expected.rows} (checksum {expected.checksum})"
+        )
+    await record(warehouse, day, expected, len(data))
+    return Archived(day, key, expected.rows)
+
+
+async def put(storage: Storage, key: str, data: bytes) -> None:
     writer = await storage.writer(key)
     try:
         await writer.write(data)
@@ -116,12 +128,10 @@ async def archive_day(warehouse: Warehouse, storage: Storage, day: date) -> Arch
     except BaseException:
         await writer.abort()
         raise
-    stored = file_fingerprint(await storage.read(key))
-    if stored != expected:
-        raise ArchiveMismatch(
-            f"{key}: the file holds {stored.rows} rows (checksum {stored.checksum}),"
-            f" ClickHouse {expected.rows} (checksum {expected.checksum})"
-        )
+
+
+async def record(warehouse: Warehouse, day: date, verified: Fingerprint, size: int) -> None:
+    """The archive log's entry for a day whose object was verified to hold `verified`."""
     await warehouse.command(
         "INSERT INTO archive_log (table_name, day, object_key, rows, bytes, checksum,"
         " archived_at) VALUES ({table:String}, {day:Date}, {key:String}, {rows:UInt64},"
@@ -129,13 +139,21 @@ async def archive_day(warehouse: Warehouse, storage: Storage, day: date) -> Arch
         {
             "table": TABLE,
             "day": day,
-            "key": key,
-            "rows": expected.rows,
-            "bytes": len(data),
-            "checksum": expected.checksum,
+            "key": object_key(day),
+            "rows": verified.rows,
+            "bytes": size,
+            "checksum": verified.checksum,
         },
     )
-    return Archived(day, key, expected.rows)
+
+
+async def logged(warehouse: Warehouse) -> dict[date, Fingerprint]:
+    """Every archived day with what its verified object holds."""
+    rows = await warehouse.rows(
+        "SELECT day, rows, checksum FROM archive_log FINAL WHERE table_name = {table:String}",
+        {"table": TABLE},
+    )
+    return {day: Fingerprint(int(n), str(checksum)) for day, n, checksum in rows}
 
 
 async def archive_days(
@@ -198,15 +216,20 @@ async def purge(warehouse: Warehouse, storage: Storage | None, today: date) -> l
 
 async def restore_day(warehouse: Warehouse, storage: Storage, day: date) -> int:
     """Load an archived day into `tracking_events_restored` (see its migration for why)."""
-    data = await storage.read(object_key(day))
-    columns = pq.ParquetFile(io.BytesIO(data)).schema_arrow.names
     await warehouse.delete_where(
         "tracking_events_restored", "toDate(received_at) = {day:Date}", {"day": day}
     )
-    await warehouse.insert_raw("tracking_events_restored", columns, data, "Parquet")
+    await load_into(warehouse, storage, day, "tracking_events_restored")
     return int(
         await warehouse.scalar(
             "SELECT count() FROM tracking_events_restored WHERE toDate(received_at) = {day:Date}",
             {"day": day},
         )
     )
+
+
+async def load_into(warehouse: Warehouse, storage: Storage, day: date, table: str) -> None:
+    """Insert an archived day's rows into `table` (one with tracking_events' columns)."""
+    data = await storage.read(object_key(day))
+    columns = pq.ParquetFile(io.BytesIO(data)).schema_arrow.names
+    await warehouse.insert_raw(table, columns, data, "Parquet")

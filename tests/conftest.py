@@ -66,6 +66,7 @@ def free_port() -> int:
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 JWT_SECRET = "test-secret-0123456789-abcdefghijklmnop"
 DOWNLOAD_KEY = "test-download-key-made-for-the-tests-only-0123456789"
+AUDIT_KEY = "test-erasure-audit-key-made-for-the-tests-only-01234"
 TEST_REDIS_URL = "redis://127.0.0.1:6379/15"  # flushed before every test
 GEOIP_DB = Path(__file__).parent / "data" / "GeoLite2-City-Test.mmdb"
 
@@ -154,6 +155,7 @@ def settings(
             "GEOIP_DB": str(GEOIP_DB),
             "AUTH_JWT_SECRET": JWT_SECRET,
             "DOWNLOAD_SIGNING_KEY": DOWNLOAD_KEY,
+            "ERASURE_AUDIT_KEY": AUDIT_KEY,
         }
     )
 

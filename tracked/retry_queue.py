@@ -76,3 +76,18 @@ class RetryQueue:
 
     async def depth(self) -> int:
         return int(await self._redis.llen(keys.RETRY_QUEUE))
+
+    async def holds_any(self, ids: list[str]) -> bool:
+        """Whether a queued batch holds any of these ids (as text, as the rows carry them)."""
+        raws: list[bytes] = await self._redis.lrange(keys.RETRY_QUEUE, 0, -1)
+        needles = [i.encode() for i in ids]
+        return any(n in _decoder.decode(raw).data for raw in raws for n in needles)
+
+    async def forget_refused(self, ids: list[str]) -> int:
+        """Remove the dead-lettered rows holding any of these ids; how many went."""
+        entries: list[bytes] = await self._redis.lrange(keys.REFUSED_ROWS, 0, -1)
+        needles = [i.encode() for i in ids]
+        removed = 0
+        for entry in {e for e in entries if any(n in e for n in needles)}:
+            removed += int(await self._redis.lrem(keys.REFUSED_ROWS, 0, entry))
+        return removed

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+from arq import Retry
 
 from core import contracts, keys
 from core.best_effort import best_effort
@@ -26,7 +27,7 @@ from core.contracts import (
     Topic,
 )
 from core.ids import new_event_id
-from core.jobs import Job
+from core.jobs import Job, erasure_job_id
 from core.metrics import (
     AGGREGATION_JOB_DURATION,
     EXPORT_DURATION,
@@ -37,6 +38,7 @@ from materialized import (
     counters,
     coverage,
     dashboard_cache,
+    erasure,
     export_state,
     funnels,
     reports,
@@ -367,3 +369,62 @@ async def purge_old_events(ctx: dict[str, Any]) -> str:
     async with best_effort("archive_gauge"):
         await archive.days_behind(job.warehouse, today)
     return f"purged {len(days)} days"
+
+
+ERASE_TRIES = 8  # a step failing (storage down) is tried again, 30 s more apart each time
+
+
+async def erase_user(
+    ctx: dict[str, Any], erasure_id: str, user_id: str, requested_by: str = "cli"
+) -> str:
+    """Erase a user's data (materialized/erasure.py), resuming where an earlier run stopped;
+    one that must wait (an hour still being written, rows queued for retry) is queued again
+    for then."""
+    job = job_context(ctx)
+    store = erasure.ErasureStore(job.warehouse)
+    record = await store.get(uuid.UUID(erasure_id))
+    if record is None:  # queued by `analytics erase`, which does not open ClickHouse
+        record = erasure.Record(
+            erasure_id=uuid.UUID(erasure_id),
+            user_hash=erasure.user_hash(
+                job.settings.erasure_audit_key.encode(), uuid.UUID(user_id)
+            ),
+            requested_by=requested_by,
+            requested_at=datetime.now(UTC),
+        )
+        await store.save(record)
+    if record.status in (erasure.ErasureStatus.DONE, erasure.ErasureStatus.FAILED):
+        return f"erasure {erasure_id}: {record.status.value} already"
+    redis = job.need_redis()
+    run = erasure.Erasure(
+        job.warehouse,
+        job.storage,
+        redis,
+        job.retry_queue,
+        zoneinfo.ZoneInfo(job.settings.report_timezone),
+        record,
+        uuid.UUID(user_id),
+    )
+    try:
+        again = await run.run(datetime.now(UTC))
+    except Exception as error:
+        tries = int(ctx.get("job_try", 1))
+        record.error = f"{type(error).__name__}: {error}"
+        if tries >= ERASE_TRIES:
+            record.status, record.finished_at = erasure.ErasureStatus.FAILED, datetime.now(UTC)
+        async with best_effort("erasure_state"):
+            await store.save(record)
+        if tries >= ERASE_TRIES:
+            raise
+        raise Retry(defer=30 * tries) from error
+    if again is not None:
+        await redis.enqueue_job(
+            Job.ERASE_USER,
+            erasure_id,
+            user_id,
+            requested_by,
+            _job_id=f"{erasure_job_id(erasure_id)}:{int(again.timestamp())}",
+            _defer_until=again,
+        )
+        return f"erasure {erasure_id}: waiting until {again.isoformat()}"
+    return f"erasure {erasure_id}: {record.status.value}, removed {record.removed}"

@@ -18,8 +18,10 @@ from core.runtime import Role, Runtime
 from core.settings import load_settings
 from workers.context import JobContext
 from workers.jobs import (
+    ERASE_TRIES,
     archive_historical_data,
     check_dashboard_freshness,
+    erase_user,
     export_report,
     purge_old_events,
     rebuild_dashboards,
@@ -38,6 +40,9 @@ FUNCTIONS: list[WorkerCoroutine | Function] = [
     remove_old_exports,
     archive_historical_data,
     purge_old_events,
+    # The job's arguments hold the user id: no result keeps them once it is done. A long
+    # erasure saves each step, so a timeout costs only the step it cut.
+    func(erase_user, keep_result=0, timeout=3600, max_tries=ERASE_TRIES),
 ]
 CRON_JOBS = [
     cron(retry_failed_batches, second=set(range(0, 60, 10)), run_at_startup=True),
