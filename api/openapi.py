@@ -16,6 +16,7 @@ from sanic.response import html
 from api.admin_jobs import JobQueued
 from api.answer import ErrorAnswer
 from api.behaviour import GOALS
+from api.erasures import ErasureQueued, ErasureRequest
 from api.exports import ExportAnswer, ExportQueued, ExportRequest
 from api.funnels import FunnelReport
 from api.ops import Readiness
@@ -24,6 +25,7 @@ from core.ops import Health
 from ingest.schema import MAX_EVENTS_PER_REQUEST, TrackingEvent
 from ingest.track import Accepted, AcceptedMany
 from materialized import journeys, retention
+from materialized.erasure import ErasureAnswer
 from materialized.funnel_definitions import FunnelCreated, FunnelDefinition, FunnelList
 from materialized.journeys import Journeys
 from materialized.properties import MAX_KEY_CHARS, MAX_KEYS, PropertyKeys
@@ -60,6 +62,9 @@ STRUCTS = [
     Retention,
     Journeys,
     FunnelReport,
+    ErasureRequest,
+    ErasureQueued,
+    ErasureAnswer,
     FunnelDefinition,
     FunnelCreated,
     FunnelList,
@@ -383,6 +388,46 @@ DOCUMENT: dict[str, Any] = {
                     "503": _error("ClickHouse did not answer"),
                 },
             },
+        },
+        "/v1/analytics/erasures": {
+            "post": {
+                "summary": "Erase a user's data everywhere it is kept (UK GDPR Art. 17): their"
+                " rows, their sessions', their domain events, rollups, archived days, Redis",
+                "tags": ["privacy"],
+                "security": ADMIN,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref(ErasureRequest)}},
+                },
+                "responses": {
+                    "202": _json(ref(ErasureQueued), "queued (or the user's unfinished one)"),
+                    "400": _error("invalid; `path` names the field"),
+                    **DENIED,
+                    "503": _error("ClickHouse or the job queue did not answer, or no audit key"),
+                },
+            }
+        },
+        "/v1/analytics/erasures/{erasureId}": {
+            "get": {
+                "summary": "An erasure's state and what it removed, per table",
+                "tags": ["privacy"],
+                "security": ADMIN,
+                "parameters": [
+                    {
+                        "name": "erasureId",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "format": "uuid"},
+                    }
+                ],
+                "responses": {
+                    "200": _json(ref(ErasureAnswer), "the erasure"),
+                    "400": _error("not an erasure id"),
+                    **DENIED,
+                    "404": _error("no such erasure"),
+                    "503": _error("ClickHouse or the job queue did not answer"),
+                },
+            }
         },
         "/v1/analytics/exports": {
             "post": {

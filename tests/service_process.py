@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import DOWNLOAD_KEY, TEST_REDIS_URL, delete_broker_objects, free_port
+from tests.conftest import AUDIT_KEY, DOWNLOAD_KEY, TEST_REDIS_URL, delete_broker_objects, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ANALYTICS = [sys.executable, "-m", "cli.main"]
@@ -53,6 +53,7 @@ def env_for(data: Path, **extra: str) -> dict[str, str]:
         RATE_LIMIT_EVENTS="100000000/minute",
         STORAGE_URL=f"file://{data / 'objects'}",
         DOWNLOAD_SIGNING_KEY=DOWNLOAD_KEY,
+        ERASURE_AUDIT_KEY=AUDIT_KEY,
         AMQP_EXCHANGE=name,
         AMQP_QUEUE=f"{name}.q",
     )

@@ -281,6 +281,14 @@ def admin() -> dict[str, str]:
     return bearer(token())
 
 
+async def test_without_an_audit_key_erasures_are_refused_naming_it(
+    make_server: Any, settings: Settings
+) -> None:
+    server: Running = await make_server(msgspec.structs.replace(settings, erasure_audit_key=""))
+    resp = await server.http.post(ERASURES, json={"userId": str(uuid.uuid4())}, headers=admin())
+    assert resp.status_code == 503 and "ERASURE_AUDIT_KEY" in resp.json()["error"]
+
+
 ERASURES = "/v1/analytics/erasures"
 
 

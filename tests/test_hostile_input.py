@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from api.openapi import DOCUMENT
 from ingest.schema import BodyError, decode_body
-from tests.conftest import DOWNLOAD_KEY, TEST_REDIS_URL, free_port
+from tests.conftest import AUDIT_KEY, DOWNLOAD_KEY, TEST_REDIS_URL, free_port
 from tests.hostile import HOSTILE
 from tests.service_process import query, start_service, stop
 
@@ -59,6 +59,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "RATE_LIMIT_EVENTS": "100000000/minute",
         "AUTH_JWT_SECRET": SECRET,
         "DOWNLOAD_SIGNING_KEY": DOWNLOAD_KEY,
+        "ERASURE_AUDIT_KEY": AUDIT_KEY,
         "STORAGE_URL": f"file://{data / 'objects'}",
         "TRACKING_LOG_DIR": str(data / "tracking-log"),
         "AMQP_EXCHANGE": "test.fuzz",
