@@ -25,6 +25,7 @@ from api import (
     erasures,
     exports,
     funnels,
+    ingest_ledger,
     openapi,
     ops,
     stats,
@@ -109,6 +110,7 @@ def create_app(settings: Settings, parts: Parts, name: str = "lomash_analytics")
     app.blueprint(admin_jobs.bp)
     app.blueprint(erasures.bp)
     app.blueprint(exports.bp)
+    app.blueprint(ingest_ledger.bp)
     app.blueprint(openapi.bp)
     app.blueprint(assets.bp)
     app.blueprint(admin_page.bp)

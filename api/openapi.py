@@ -27,6 +27,7 @@ from ingest.track import Accepted, AcceptedMany
 from materialized import journeys, retention
 from materialized.erasure import ErasureAnswer
 from materialized.funnel_definitions import FunnelCreated, FunnelDefinition, FunnelList
+from materialized.ingest_ledger import IngestLedger
 from materialized.journeys import Journeys
 from materialized.properties import MAX_KEY_CHARS, MAX_KEYS, PropertyKeys
 from materialized.retention import CohortBy, Retention
@@ -65,6 +66,7 @@ STRUCTS = [
     ErasureRequest,
     ErasureQueued,
     ErasureAnswer,
+    IngestLedger,
     FunnelDefinition,
     FunnelCreated,
     FunnelList,
@@ -388,6 +390,22 @@ DOCUMENT: dict[str, Any] = {
                     "503": _error("ClickHouse did not answer"),
                 },
             },
+        },
+        "/v1/analytics/ingest": {
+            "get": {
+                "summary": "The ledger of accepted tracking events per UTC hour (accepted ="
+                " stored + filtered + lost + pending) and the lags from 202 to queryable and"
+                " to announced on event.tracked",
+                "tags": ["operations"],
+                "security": ADMIN,
+                "parameters": RANGE,
+                "responses": {
+                    "200": _json(ref(IngestLedger), "the ledger"),
+                    "400": _error("a bad range, named in `parameter`"),
+                    **DENIED,
+                    "503": _error("ClickHouse did not answer"),
+                },
+            }
         },
         "/v1/analytics/erasures": {
             "post": {

@@ -41,6 +41,7 @@ SHARD_KEYS = {
     "funnel_definitions": "cityHash64(name)",
     # An erasure's versions meet in one shard's merges.
     "erasures": "cityHash64(erasure_id)",
+    "ingest_hourly": "rand()",
     "dashboard_snapshots": "rand()",
     "archive_log": "cityHash64(table_name, day)",
     "stats_hourly": "rand()",

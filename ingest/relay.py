@@ -35,6 +35,7 @@ from pathlib import Path
 from core.metrics import LOG_DAMAGE, PUBLISH_FAILURES, PUBLISHED
 from core.supervisor import Backoff, supervise
 from ingest.amqp_frames import ConfirmingPublisher, PublishError
+from ingest.announce_lags import AnnounceLags
 from ingest.log_files import (
     OWNER_LOCK,
     RELAY_FLOOR,
@@ -81,6 +82,7 @@ class Relay:
         self._poll = poll_s
         self._alive = alive  # a child relay stops when its parent is gone
         self._claims: dict[Path, _Claim] = {}
+        self._lags = AnnounceLags(root)
         self.published = 0
         self.connected = asyncio.Event()
 
@@ -113,6 +115,7 @@ class Relay:
             self.release()
 
     def release(self) -> None:
+        self._lags.flush()
         for claim in self._claims.values():
             os.close(claim.fd)
         self._claims.clear()
@@ -210,6 +213,7 @@ class Relay:
             except PublishError:
                 PUBLISH_FAILURES.labels(ROUTING_KEY).inc(len(chunk))
                 raise
+            self._lags.confirmed([body for _, body in chunk])
 
     def _remove_if_finished(self, claim: _Claim) -> None:
         """A directory whose process is gone and which holds no segment is removed."""

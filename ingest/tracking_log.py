@@ -36,8 +36,10 @@ import contextlib
 import logging
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -65,6 +67,7 @@ from ingest.log_files import (
     stem,
     write_mark,
 )
+from tracked.accounting import hour_of
 from tracked.message import ROUTING_KEY, envelope_lines
 from tracked.row import TrackingRow
 
@@ -188,6 +191,23 @@ class TrackingLog:
         if len(self._directories) == 1:  # asked per request: no stopped logs is the usual case
             return self._own.unread
         return sum(d.unread for d in self._directories)
+
+    def unread_by_hour(self) -> Counter[datetime]:
+        """`unread_rows` by the UTC hour they were received: the ledger's pending rows that
+        only the log holds. A segment whose rows are not in memory (another process's, or in
+        the writer's hands) counts at the hour it was opened."""
+        hours: Counter[datetime] = Counter()
+        for directory in self._directories:
+            for segment in directory.segments:
+                if segment.name < directory.placed or not segment.rows:
+                    continue
+                rows = directory.cache.get(segment.name)
+                if rows is not None and len(rows) == segment.rows:
+                    hours.update(hour_of(row.received_at) for row in rows)
+                else:
+                    opened = datetime.fromtimestamp(int(segment.name) / 1e9, UTC)
+                    hours[hour_of(opened)] += segment.rows
+        return hours
 
     async def append(self, rows: list[TrackingRow]) -> None:
         """Returns once `rows` are durable; raises OSError (then nothing of them is read)."""

@@ -18,6 +18,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import msgspec
 from redis.exceptions import RedisError
@@ -33,6 +35,7 @@ from core.metrics import (
 )
 from ingest.log_directory import Batch
 from ingest.tracking_log import TrackingLog
+from tracked import accounting
 from tracked.message import record_stored
 from tracked.retry_queue import RetryBatch
 from tracked.row import TRACKING_COLUMNS, TrackingRow
@@ -45,6 +48,14 @@ _encode_lines = msgspec.json.Encoder().encode_lines
 COMMIT_RETRY_S = 0.5
 
 Prepare = Callable[[list[TrackingRow], int], Awaitable[list[TrackingRow]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    rows: list[TrackingRow]  # stored, or queued for retry
+    refused: list[TrackingRow]  # refused by ClickHouse for their data, dead-lettered
+    queued: bool
+    at: datetime
 
 
 class LogWriter:
@@ -124,10 +135,20 @@ class LogWriter:
                     return
 
     async def _place(self, batch: Batch) -> bool:
-        """Store or hand off the batch, then commit it; False when shutdown comes first."""
+        """Store or hand off the batch and its ledger lines, then commit it; False when
+        shutdown comes first."""
         rows = await self._prepare(batch.rows, batch.owner)
         backoff = 0.5
-        while (placed := await self._store(batch.token, rows)) is None:
+        while (placement := await self._store(batch.token, rows)) is None:
+            WRITER_STALLED.inc()
+            if self._closing:
+                return False
+            await asyncio.sleep(backoff)
+            backoff = min(self._max_backoff, backoff * 2)
+        tally = accounting.placed(
+            batch.rows, rows, placement.rows, placement.refused, placement.queued, placement.at
+        )
+        while not await self._account(f"{batch.token}:ledger", tally.lines()):
             WRITER_STALLED.inc()
             if self._closing:
                 return False
@@ -135,7 +156,7 @@ class LogWriter:
             backoff = min(self._max_backoff, backoff * 2)
         while True:
             try:
-                await self._log.commit(batch, placed)
+                await self._log.commit(batch, placement.rows)
                 return True
             except OSError as error:  # the disk: the batch stays placed, its commit waits
                 if self._closing:
@@ -144,11 +165,39 @@ class LogWriter:
                 # Within a second of the space coming back: the relay waits for these.
                 await asyncio.sleep(COMMIT_RETRY_S)
 
-    async def _store(self, token: str, rows: list[TrackingRow]) -> list[TrackingRow] | None:
-        """The rows ClickHouse or the retry queue now holds (under `token`); None when neither
-        took them. Rows ClickHouse refuses for their data are isolated and dead-lettered."""
+    async def _account(self, token: str, lines: bytes) -> bool:
+        """The batch's ledger lines into ClickHouse, or into the retry queue beside it."""
+        if not lines:
+            return True
+        try:
+            await self._warehouse.insert_lines(
+                accounting.TABLE, accounting.COLUMNS, lines, dedup_token=token
+            )
+            return True
+        except WarehouseError as error:
+            INSERT_FAILURES.labels(accounting.TABLE).inc()
+            log.warning("ledger insert failed, queued for retry: %s", error)
+        batch = RetryBatch(
+            table=accounting.TABLE,
+            columns=accounting.COLUMNS,
+            token=token,
+            data=lines,
+            rows=lines.count(b"\n"),
+        )
+        try:
+            await self._hand_off(batch)
+            return True
+        except (RedisError, OSError) as error:
+            REDIS_FAILURES.labels("retry_hand_off").inc()
+            log.warning("retry queue unavailable; the batch's ledger waits: %s", error)
+            return False
+
+    async def _store(self, token: str, rows: list[TrackingRow]) -> Placement | None:
+        """Where the rows went: ClickHouse or the retry queue (under `token`); None when
+        neither took them. Rows ClickHouse refuses for their data are isolated and
+        dead-lettered."""
         if not rows:
-            return rows
+            return Placement(rows, [], False, datetime.now(UTC))
         data = _encode_lines(rows)
         started = time.perf_counter()
         try:
@@ -159,21 +208,24 @@ class LogWriter:
             INSERT_FAILURES.labels(TABLE).inc()
             log.warning("insert of %d rows into %s failed: %s", len(rows), TABLE, error)
         else:
+            at = datetime.now(UTC)
             FLUSH_SECONDS.observe(time.perf_counter() - started)
             BATCH_ROWS.observe(len(rows))
+            lost: list[TrackingRow] = []
             if refused:  # refused for their data: never retried, kept apart
                 INSERT_FAILURES.labels(TABLE).inc()
                 await self._dead_letter([(line, reason) for _, line, reason in refused])
-                dropped = {at for at, _, _ in refused}
-                rows = [row for at, row in enumerate(rows) if at not in dropped]
+                dropped = {i for i, _, _ in refused}
+                lost = [row for i, row in enumerate(rows) if i in dropped]
+                rows = [row for i, row in enumerate(rows) if i not in dropped]
             record_stored(rows)
-            return rows
+            return Placement(rows, lost, False, at)
         batch = RetryBatch(
             table=TABLE, columns=TRACKING_COLUMNS, token=token, data=data, rows=len(rows)
         )
         try:
             await self._hand_off(batch)
-            return rows
+            return Placement(rows, [], True, datetime.now(UTC))
         except (RedisError, OSError) as error:
             REDIS_FAILURES.labels("retry_hand_off").inc()
             log.warning("retry queue unavailable; the log keeps %d rows: %s", len(rows), error)

@@ -46,6 +46,7 @@ from materialized import (
     widgets,
 )
 from materialized.export_state import ExportStatus
+from tracked import accounting
 from tracked.message import record_stored
 from tracked.row import TrackingRow
 from workers.context import JobContext, job_context
@@ -82,19 +83,36 @@ async def retry_failed_batches(ctx: dict[str, Any]) -> str:
             except WarehouseError as error:
                 log.warning("retry of a batch of %d rows failed: %s", batch.rows, error)
                 return f"stored {stored} rows; ClickHouse still refusing"
+            at = datetime.now(UTC)
             data = batch.data
             if refused:
                 await queue.dead_letter(batch.table, [(line, why) for _, line, why in refused])
-                dropped = {at for at, _, _ in refused}
+                dropped = {i for i, _, _ in refused}
                 data = b"".join(
                     line
-                    for at, line in enumerate(data.splitlines(keepends=True))
-                    if at not in dropped
+                    for i, line in enumerate(data.splitlines(keepends=True))
+                    if i not in dropped
                 )
+            if batch.table == "tracking_events":
+                queued = _tracking_rows.decode_lines(batch.data)
+                kept = _tracking_rows.decode_lines(data)
+                lost = _tracking_rows.decode_lines(b"".join(line for _, line, _ in refused))
+                try:
+                    # Before the batch leaves the queue: a run cut short here counts it once
+                    # when the next run stores it again (the same token).
+                    await warehouse.insert_lines(
+                        accounting.TABLE,
+                        accounting.COLUMNS,
+                        accounting.retried(queued, kept, lost, at).lines(),
+                        dedup_token=f"{batch.token}:ledger-retry",
+                    )
+                except WarehouseError as error:
+                    log.warning("the ledger of a retried batch failed: %s", error)
+                    return f"stored {stored} rows; ClickHouse refusing the ledger"
             await queue.done(raw)
             stored += batch.rows - len(refused)
             if batch.table == "tracking_events":
-                record_stored(_tracking_rows.decode_lines(data))
+                record_stored(kept)
     return f"stored {stored} rows"
 
 
