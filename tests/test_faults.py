@@ -102,6 +102,7 @@ async def test_clickhouse_refusing_writes_under_load(
     published = await tracked_event_ids(tracked_queue, len(stored))
     result = Outcome.of("ClickHouse refusing writes", fault_seconds, sent, stored, published)
     result.note = f"{queued:,} batches in the retry queue at the end; all in {took:.1f} s later"
+    reconciled(await warehouse.rows(LEDGER), result)
     record_outcome(result)
     check(result)
 
@@ -170,6 +171,7 @@ async def test_clickhouse_and_redis_down_together_under_load(
         f"{unplaced:,} events in the log unplaced at the worst; log empty "
         f"{asyncio.get_running_loop().time() - started:.1f} s after settling"
     )
+    reconciled(await warehouse.rows(LEDGER), result)
     record_outcome(result)
     check(result)
 
@@ -262,6 +264,7 @@ async def test_rabbitmq_down_under_load_then_event_tracked_catches_up(
     # At least once: a message whose confirm the outage swallowed is sent again, with the same
     # eventId (message_id) for consumers to drop. Reported, never lost.
     result = Outcome.of("RabbitMQ down", fault_seconds, sent, stored, published)
+    reconciled(await warehouse.rows(LEDGER), result)
     record_outcome(result)
     check(result)
 
@@ -275,6 +278,37 @@ def tracked_backlog(server: Running) -> int:
 
 def stored_by_stopped_service(data: Path) -> list[str]:
     return [r[0] for r in query(data, "SELECT toString(event_id) FROM tracking_events")]
+
+
+LEDGER = (
+    "SELECT toString(hour), outcome, reason, toString(sum(events)) FROM ingest_hourly"
+    " GROUP BY hour, outcome, reason"
+)
+
+
+def reconciled(rows: list[Any], result: Outcome) -> None:
+    """The ledger (GET /v1/analytics/ingest's table) adds up hour by hour, holds nothing
+    pending once all is placed, and counts every stored event once; its sums join the
+    row's note."""
+    hours: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for hour, outcome, _, n in rows:
+        if not outcome.endswith("_ms"):
+            hours[str(hour)][outcome] += int(n)
+    for hour, c in hours.items():
+        assert c["accepted"] == c["stored"] + c["filtered"] + c["lost"] + c["queued"], (
+            f"the ledger's {hour} does not add up: {dict(c)}"
+        )
+    total: collections.Counter[str] = sum(hours.values(), collections.Counter())
+    assert total["queued"] == 0, f"the ledger counts {total['queued']} rows still queued"
+    assert total["stored"] == result.stored - result.duplicated, (
+        f"the ledger counts {total['stored']} stored, ClickHouse holds {result.stored}"
+    )
+    assert total["accepted"] >= result.accepted
+    ledger = (
+        f"ledger: {total['accepted']:,} accepted = {total['stored']:,} stored"
+        f" + {total['filtered']:,} filtered + {total['lost']:,} lost + 0 pending"
+    )
+    result.note = f"{result.note}; {ledger}" if result.note else ledger
 
 
 def broker_env(exchange_name: str) -> dict[str, str]:
@@ -309,6 +343,7 @@ async def test_sigterm_under_load(
     published = await tracked_event_ids(tracked_queue, len(stored))
     result = Outcome.of("SIGTERM under load", fault_seconds, sent, stored, published)
     result.note = f"exited 0, {shutdown:.1f} s after the signal"
+    reconciled(query(tmp_path, LEDGER), result)
     record_outcome(result)
     check(result)
     assert not list((tmp_path / "tracking-log").rglob("*.jsonl")), "log segments left behind"
@@ -340,6 +375,7 @@ async def test_kill_9_at_random_moments_under_load(
     stored = stored_by_stopped_service(tmp_path)
     published = await tracked_event_ids(tracked_queue, len(stored))
     result = Outcome.of("kill -9, 4 times", sent.seconds, sent, stored, published)
+    reconciled(query(tmp_path, LEDGER), result)
     record_outcome(result)
     check(result)
     assert result.accepted > 500
@@ -403,6 +439,7 @@ async def test_the_log_s_disk_full_under_load(
         f"{sent.statuses.get('503', 0):,} requests answered 503 while full; relay caught up "
         f"{behind:.1f} s after the space came back (load still running for part of it)"
     )
+    reconciled(await warehouse.rows(LEDGER), result)
     record_outcome(result)
     check(result)
 
@@ -439,6 +476,7 @@ async def test_the_log_s_disk_full_then_kill_9(
     published = await tracked_event_ids(tracked_queue, len(stored))
     result = Outcome.of("disk full, then kill -9", sent.seconds, sent, stored, published)
     result.note = f"{sent.statuses.get('503', 0):,} requests answered 503 while full"
+    reconciled(query(tmp_path, LEDGER), result)
     record_outcome(result)
     check(result)
     assert not list((small_disk / "tracking-log").rglob("*.jsonl")), "log segments left behind"
@@ -515,6 +553,7 @@ async def test_a_session_flood_on_a_small_ephemeral_redis_evicts_only_ephemeral_
             "session flood on a 4 MB ephemeral Redis", fault_seconds, sent, stored, published
         )
         result.note = f"{evicted:,} ephemeral keys evicted; the READY export kept"
+        reconciled(await warehouse.rows(LEDGER), result)
         record_outcome(result)
         check(result)
     finally:
@@ -558,6 +597,7 @@ async def test_one_full_redis_under_noeviction_refuses_writes_and_ingest_goes_on
         published = await tracked_event_ids(tracked_queue, len(stored))
         result = Outcome.of("one Redis full (noeviction)", fault_seconds, sent, stored, published)
         result.note = "stored without session data; export refused 503"
+        reconciled(await warehouse.rows(LEDGER), result)
         record_outcome(result)
         check(result)
     finally:
