@@ -58,8 +58,10 @@ def _condition(step: ChainStep, index: int, parameters: dict[str, Any]) -> str:
 
 def chain_sql(steps: tuple[ChainStep, ...], parameters: dict[str, Any]) -> str:
     size = len(steps)
-    conditions = ", ".join(
-        f"if({_condition(step, i, parameters)}, {i}, 0)" for i, step in enumerate(steps, start=1)
+    # The steps an event matches, as bits (bit i - 1: step i): no array per event.
+    mask = " + ".join(
+        f"if({_condition(step, i, parameters)}, {1 << (i - 1)}, 0)"
+        for i, step in enumerate(steps, start=1)
     )
     parts = []
     if any(step.source == "tracking" for step in steps):
@@ -86,19 +88,32 @@ def chain_sql(steps: tuple[ChainStep, ...], parameters: dict[str, Any]) -> str:
     # acc[i]: the step times of the latest chain that reached step i (empty: none yet).
     moved = (
         f"if(notEmpty(acc[{size}]), acc, arrayMap(i -> multiIf("
-        "has(e.2, i) AND i = 1, [e.1],"
-        " has(e.2, i) AND i > 1 AND notEmpty(acc[i - 1])"
+        "bitTest(e.2, i - 1) AND i = 1, [e.1],"
+        " bitTest(e.2, i - 1) AND i > 1 AND notEmpty(acc[i - 1])"
         " AND e.1 <= acc[i - 1][1] + {window:UInt64},"
         f" arrayPushBack(acc[i - 1], e.1), acc[i]), range(1, {size + 1})))"
+    )
+    # Only a visitor with an event of step 2 can go past step 1: the others' furthest chain
+    # is any step-1 event, and they are not folded. Of a run of events matching step 1 alone,
+    # only the last can start the chain that goes on (each replaces the one before).
+    first_only = "[[arrayFirst(e -> bitTest(e.2, 0), events).1]" + ", []" * (size - 1) + "]"
+    folded = (
+        f"arrayFold((acc, e) -> {moved}, if(deep, arrayFilter((e, i) -> NOT (e.2 = 1"
+        " AND i < length(events) AND events[i + 1].2 = 1), events, arrayEnumerate(events)),"
+        f" []), {empty})"
     )
     return (
         "SELECT step, count(), quantileExactInclusiveIf(0.5)(gap, step > 1) FROM ("
         " SELECT state[arrayCount(c -> notEmpty(c), state)] AS times FROM ("
-        f" SELECT arrayFold((acc, e) -> {moved},"
-        " arraySort(e -> (e.1, e.3, e.4), groupArray((ts, steps, arrayMin(steps), id))),"
-        f" {empty}) AS state FROM ("
-        f" SELECT visitor, ts, toString(event_id) AS id, arrayFilter(i -> i > 0, [{conditions}])"
-        f" AS steps FROM ({' UNION ALL '.join(parts)})) WHERE notEmpty(steps) GROUP BY visitor)"
+        f" SELECT if(deep, {folded}, if(arrayExists(e -> bitTest(e.2, 0), events),"
+        f" CAST({first_only} AS Array(Array(UInt64))), {empty})) AS state FROM ("
+        # Ties in time by the first step matched (its lowest bit), then by event id (as a
+        # number: the order of its text).
+        " SELECT arraySort(e -> (e.1, e.3, e.4),"
+        " groupArray((ts, steps, bitAnd(steps, bitNot(steps) + 1), id))) AS events,"
+        " max(bitTest(steps, 1)) = 1 AS deep FROM ("
+        f" SELECT visitor, ts, toUInt128(event_id) AS id, toUInt16({mask}) AS steps"
+        f" FROM ({' UNION ALL '.join(parts)})) WHERE steps > 0 GROUP BY visitor))"
         " WHERE notEmpty(state[1]))"
         " ARRAY JOIN arrayEnumerate(times) AS step,"
         " arrayMap(k -> if(k = 1, 0, times[k] - times[k - 1]), arrayEnumerate(times)) AS gap"

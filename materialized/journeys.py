@@ -42,24 +42,39 @@ class Journeys(msgspec.Struct):
     paths: list[Journey]  # most visitors first, then by pages
 
 
-_SESSIONS = (
-    "SELECT ifNull(arrayFirst(e -> isNotNull(e.3), events).3, session_id) AS visitor, events"
-    " FROM (SELECT session_id, arraySort(e -> (e.1, e.2), groupArray((toUnixTimestamp64Milli("
-    "occurred_at), toString(event_id), user_id, path, event_type))) AS events"
-    " FROM tracking_events WHERE {where} AND NOT is_bot"
-    " AND received_at >= {{start:DateTime64(3, 'UTC')}}"
-    " AND received_at < {{until:DateTime64(3, 'UTC')}}"
-    " AND ifNull(session_started_at, received_at) >= {{start:DateTime64(3, 'UTC')}}"
-    " AND ifNull(session_started_at, received_at) < {{end:DateTime64(3, 'UTC')}}"
-    " GROUP BY session_id, ifNull(session_started_at, received_at){having})"
+_STARTED = (
+    " AND ifNull(session_started_at, received_at) >= {start:DateTime64(3, 'UTC')}"
+    " AND ifNull(session_started_at, received_at) < {end:DateTime64(3, 'UTC')}"
 )
+_READ = (
+    " AND NOT is_bot AND received_at >= {start:DateTime64(3, 'UTC')}"
+    " AND received_at < {until:DateTime64(3, 'UTC')}" + _STARTED
+)
+
+
+def _sessions(where: str, having: str = "") -> str:
+    """Per session, its visitor and its events read (`where`) in time order, ties by event
+    id as a number (the order of its text)."""
+    return (
+        "SELECT ifNull(arrayFirst(e -> isNotNull(e.3), events).3, session_id) AS visitor, events"
+        " FROM (SELECT session_id, arraySort(e -> (e.1, e.2), groupArray((toUnixTimestamp64Milli("
+        "occurred_at), toUInt128(event_id), user_id, path, event_type))) AS events"
+        f" FROM tracking_events WHERE {where}{_READ}"
+        f" GROUP BY session_id, ifNull(session_started_at, received_at){having})"
+    )
+
+
 _COLLAPSED = "arrayFilter((p, i) -> i = 1 OR p != seen[i - 1], seen, arrayEnumerate(seen))"
+# The sessions with a goal event, found first from the goal's rows alone: only their pageviews
+# are then grouped.
+_REACHING = (
+    "session_id IN (SELECT session_id FROM tracking_events WHERE event_type = {goal:String}"
+    f"{_READ})"
+)
 
 
 def _entry_sql() -> str:
-    sessions = _SESSIONS.format(
-        where="event_type = 'PAGEVIEW' AND path(landing_page) = {entry:String}", having=""
-    )
+    sessions = _sessions("event_type = 'PAGEVIEW' AND path(landing_page) = {entry:String}")
     return (
         "SELECT visitor, arraySlice(if(collapsed[1] = {entry:String}, arrayPopFront(collapsed),"
         " collapsed), 1, {steps:UInt8}) AS pages FROM ("
@@ -69,9 +84,9 @@ def _entry_sql() -> str:
 
 
 def _goal_sql() -> str:
-    sessions = _SESSIONS.format(
-        where="event_type IN ('PAGEVIEW', {goal:String})",
-        having=" HAVING countIf(event_type = {goal:String}) > 0",
+    sessions = _sessions(
+        f"event_type IN ('PAGEVIEW', {{goal:String}}) AND {_REACHING}",
+        " HAVING countIf(event_type = {goal:String}) > 0",
     )
     return (
         "SELECT visitor, arraySlice(collapsed, -{steps:UInt8}) AS pages FROM ("
