@@ -340,7 +340,8 @@ async def test_tracker_script_is_served_small_and_cacheable(server: Running) -> 
     assert "lomash" in plain.text and "sendBeacon" in plain.text
     zipped = await server.http.get("/v1/analytics/tracker.js", headers={"accept-encoding": "gzip"})
     assert zipped.headers["content-encoding"] == "gzip"
-    assert len(gzip.compress(plain.content)) < 2500
+    # 2.4 KB before the opt-out and DNT/GPC (issue 29), 2.9 KB with them: a budget of 3 KB.
+    assert len(gzip.compress(plain.content)) < 3072
     again = await server.http.get(
         "/v1/analytics/tracker.js", headers={"if-none-match": plain.headers["etag"]}
     )

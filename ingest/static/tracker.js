@@ -1,6 +1,7 @@
 /* Lomash Wood first-party analytics tracker. No dependencies.
  * <script src="https://analytics.example/v1/analytics/tracker.js" async></script>
  * window.lomash.track(eventType, properties) | .identify(userId) | .flush()
+ *   | .optOut() | .optIn() | .isOptedOut(); script attributes data-endpoint, data-respect-dnt
  */
 (function (w, d) {
   "use strict";
@@ -10,6 +11,28 @@
     (script && script.src ? new URL(script.src).origin : "") + "/v1/analytics/track";
   var MAX_BATCH = 20, DELAY_MS = 1000, MAX_TRIES = 3, MAX_TEXT = 4096;
   var queue = [], timer = 0, userId = null, lastUrl = null;
+
+  // Opted out (optOut(), or with data-respect-dnt the browser's DNT or GPC, which optIn()
+  // cannot lift): nothing is sent. The choice is kept in localStorage, else for this page.
+  var KEY = "lomash.optOut", nav = navigator, optedOut = stored();
+  var signal = !!(script && script.hasAttribute("data-respect-dnt")) && (
+    [nav.doNotTrack, w.doNotTrack, nav.msDoNotTrack].some(function (v) {
+      return v === "1" || v === "yes";
+    }) || nav.globalPrivacyControl === true);
+  function stored() {
+    try { return localStorage.getItem(KEY) === "1"; } catch (e) { return false; }
+  }
+  function blocked() { return optedOut || signal; }
+
+  function optOut(other) {
+    optedOut = true;
+    queue = [];  // what waits is never sent; the user and the tab's session are forgotten
+    clearTimeout(timer);
+    timer = 0;
+    userId = w.__lomashSid = null;
+    try { sessionStorage.removeItem("lomash.sid"); } catch (e) { /* in memory, cleared */ }
+    try { if (!other) localStorage.setItem(KEY, "1"); } catch (e) { /* this page only */ }
+  }
 
   // A string cut in the middle of an emoji (by the page, or by us) holds half a UTF-16 pair,
   // which JSON.stringify writes as a lone \ud83d: replace each half by U+FFFD first.
@@ -88,6 +111,7 @@
   }
 
   function retry(batch) {
+    if (blocked()) return;  // opted out while it was out
     // Same eventIds on every try: the server stores each event once.
     batch = batch.filter(function (e) { return (e._tries = (e._tries || 0) + 1) < MAX_TRIES; });
     if (batch.length) { queue = batch.concat(queue); schedule(); }
@@ -96,6 +120,7 @@
   function flush(leaving) {
     clearTimeout(timer);
     timer = 0;
+    if (blocked()) queue = [];
     while (queue.length) {
       send(queue.splice(0, MAX_BATCH).map(function (e) {
         var copy = {}; for (var k in e) if (k !== "_tries") copy[k] = e[k]; return copy;
@@ -109,6 +134,7 @@
   }
 
   function track(eventType, properties) {
+    if (blocked()) return;
     queue.push({
       eventId: uuid(),
       eventType: eventType,
@@ -145,13 +171,24 @@
   d.addEventListener("visibilitychange", function () {
     if (d.visibilityState === "hidden") flush(true);
   });
+  w.addEventListener("storage", function (e) {  // another tab opted out or in
+    if (e.key !== KEY && e.key !== null) return;
+    if (stored()) optOut(true);
+    else optedOut = false;
+  });
 
   var pending = (w.lomash && w.lomash.q) || [];
   w.lomash = {
     loaded: true,
     track: track,
-    identify: function (id) { userId = id || null; },
-    flush: function () { flush(false); }
+    identify: function (id) { if (!blocked()) userId = id || null; },
+    flush: function () { flush(false); },
+    optOut: function () { optOut(); },
+    optIn: function () {
+      optedOut = false;
+      try { localStorage.removeItem(KEY); } catch (e) { /* this page only */ }
+    },
+    isOptedOut: blocked
   };
   pending.forEach(function (call) { w.lomash[call[0]].apply(null, call.slice(1)); });
   pageview();
