@@ -15,6 +15,7 @@ from api.assets import STATIC_DIR
 from api.funnels import DOMAIN_TYPES, TRACKING_TYPES
 from api.services import services
 from api.stats import EVENT_TYPES
+from core.jobs import WITHOUT_ARGUMENTS
 
 bp = Blueprint("admin_page")
 
@@ -23,6 +24,7 @@ PAGE = (
     .read_text()
     .replace("{{TRACKING_TYPES}}", " ".join(t for t in EVENT_TYPES if t in TRACKING_TYPES))
     .replace("{{DOMAIN_TYPES}}", " ".join(sorted(DOMAIN_TYPES)))
+    .replace("{{JOBS}}", " ".join(WITHOUT_ARGUMENTS))  # the jobs the panel runs: not export
 )
 HEADERS = {
     "Content-Security-Policy": (

@@ -15,13 +15,12 @@ from sanic.response import ResponseStream, file_stream
 from api.answer import answer
 from api.auth import admin_only
 from api.services import services
-from core.ids import new_event_id
-from core.jobs import Job, export_job_id
 from core.limits import MAX_RANGE_DAYS
 from core.storage import FileStorage
 from materialized import export_state
 from materialized.export_state import ExportState, ExportStatus
 from materialized.reports import MEDIA_TYPES, Format, ReportType
+from workers.runs import QueuedExport, enqueue_export
 
 bp = Blueprint("exports")
 
@@ -72,6 +71,15 @@ def requester(claims: dict[str, Any]) -> uuid.UUID | None:
 @bp.post("/v1/analytics/exports")
 @admin_only
 async def create_export(request: Request, claims: dict[str, Any]) -> HTTPResponse:
+    queued = await queue_export(request, claims)
+    if isinstance(queued, HTTPResponse):
+        return queued
+    return answer(ExportQueued(queued.export_id), status=202)
+
+
+async def queue_export(request: Request, claims: dict[str, Any]) -> QueuedExport | HTTPResponse:
+    """What `POST /v1/analytics/exports` does, for it and `POST /v1/admin/jobs/export`: the
+    body checked, the export's state saved and its job enqueued; or the answer refusing it."""
     requested_by = requester(claims)
     if requested_by is None:
         return json(
@@ -97,8 +105,6 @@ async def create_export(request: Request, claims: dict[str, Any]) -> HTTPRespons
         return json({"error": "`to` must be after `from`", "path": "$.dateRange.to"}, status=400)
     if end - start > timedelta(days=MAX_RANGE_DAYS):
         return json({"error": f"at most {MAX_RANGE_DAYS} days", "path": "$.dateRange"}, status=400)
-    svc = services(request)
-    export_id = str(new_event_id())
     state = ExportState(
         status=ExportStatus.QUEUED,
         report_type=body.report_type,
@@ -109,16 +115,12 @@ async def create_export(request: Request, claims: dict[str, Any]) -> HTTPRespons
         created_at=datetime.now(UTC),
     )
     try:
-        await export_state.save(svc.runtime.redis, export_id, state)
-        await svc.runtime.redis.enqueue_job(
-            Job.EXPORT_REPORT, export_id, _job_id=export_job_id(export_id)
-        )
+        return await enqueue_export(services(request).runtime.redis, state)
     except (RedisError, OSError) as error:  # down, or full (noeviction refuses the write)
-        return _queue_unavailable(error)
-    return answer(ExportQueued(export_id), status=202)
+        return queue_unavailable(error)
 
 
-def _queue_unavailable(error: Exception) -> HTTPResponse:
+def queue_unavailable(error: Exception) -> HTTPResponse:
     return json(
         {"error": f"job queue unavailable: {error}"}, status=503, headers={"Retry-After": "5"}
     )
@@ -134,7 +136,7 @@ async def export_status(request: Request, export_id: str, claims: dict[str, Any]
     try:
         state = await export_state.load(services(request).runtime.redis, export_id)
     except (RedisError, OSError) as error:
-        return _queue_unavailable(error)
+        return queue_unavailable(error)
     if state is None:
         return json({"error": f"no export {export_id!r}"}, status=404)
     found = ExportAnswer(

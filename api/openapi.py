@@ -21,6 +21,7 @@ from api.exports import ExportAnswer, ExportQueued, ExportRequest
 from api.funnels import FunnelReport
 from api.ops import Readiness
 from api.stats import EVENT_TYPES
+from core.jobs import BY_COMMAND, WITHOUT_ARGUMENTS
 from core.ops import Health
 from ingest.schema import MAX_EVENTS_PER_REQUEST, TrackingEvent
 from ingest.track import Accepted, AcceptedMany
@@ -40,6 +41,8 @@ from materialized.stats import (
     Timeseries,
 )
 from materialized.widgets import DashboardAnswer
+from workers import runs
+from workers.runs import JobList
 
 bp = Blueprint("openapi")
 
@@ -53,6 +56,7 @@ STRUCTS = [
     ExportQueued,
     ExportAnswer,
     JobQueued,
+    JobList,
     Health,
     Readiness,
     Overview,
@@ -515,15 +519,76 @@ DOCUMENT: dict[str, Any] = {
                 },
             }
         },
-        "/v1/admin/jobs/rebuild-dashboards": {
-            "post": {
-                "summary": "Rebuild the dashboards now",
-                "tags": ["dashboard"],
+        "/v1/admin/jobs": {
+            "get": {
+                "summary": "Recent runs of the background jobs: queued, running and finished"
+                " (finished ones for a day), newest first",
+                "tags": ["jobs"],
+                "operationId": "listJobs",
                 "security": ADMIN,
+                "parameters": [
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": runs.MAX_LIMIT},
+                        f"runs ({runs.DEFAULT_LIMIT} by default)",
+                        required=False,
+                    ),
+                    _query(
+                        "name",
+                        {"type": "string", "enum": list(BY_COMMAND)},
+                        "only the runs of this job",
+                        required=False,
+                    ),
+                ],
+                "responses": {
+                    "200": _json(ref(JobList), "the runs"),
+                    "400": _error("a bad parameter, named in `parameter`"),
+                    **DENIED,
+                    "503": _error("job queue unavailable"),
+                },
+            }
+        },
+        "/v1/admin/jobs/{name}": {
+            "post": {
+                "summary": "Run a job now (any `analytics jobs run` takes, but export: below)",
+                "tags": ["jobs"],
+                "operationId": "runJob",
+                "security": ADMIN,
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": list(WITHOUT_ARGUMENTS)},
+                    }
+                ],
                 "responses": {
                     "202": _json(ref(JobQueued), "queued"),
+                    "400": _error("a body was sent: these jobs take none"),
                     **DENIED,
+                    "404": _error("no such job; the error names the known ones"),
                     "409": _error("not enqueued"),
+                    "503": _error("job queue unavailable"),
+                },
+            }
+        },
+        "/v1/admin/jobs/export": {
+            "post": {
+                "summary": "Run a report export: what POST /v1/analytics/exports does",
+                "tags": ["jobs"],
+                "operationId": "runExportJob",
+                "security": ADMIN,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref(ExportRequest)}},
+                },
+                "responses": {
+                    "202": _json(ref(JobQueued), "queued, with the export's id"),
+                    "400": _error("invalid; `path` names the field"),
+                    **DENIED,
+                    "403": _error(
+                        "not an ADMIN, or the token's `sub` is not the admin's user id (a uuid)"
+                    ),
                     "503": _error("job queue unavailable"),
                 },
             }

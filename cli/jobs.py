@@ -1,4 +1,5 @@
-"""`analytics jobs`: recent runs and queued jobs, and enqueueing a job by name."""
+"""`analytics jobs`: recent runs and queued jobs, and enqueueing a job by name (workers/runs.py,
+as the admin API does)."""
 
 from __future__ import annotations
 
@@ -6,36 +7,31 @@ import asyncio
 import uuid
 from datetime import UTC, datetime
 
-from core.ids import new_event_id
-from core.jobs import BY_COMMAND, Job, erasure_job_id, export_job_id
+from core.jobs import BY_COMMAND, Job, erasure_job_id, unknown_job
 from core.runtime import redis_client
 from core.settings import MIN_SECRET_BYTES, Settings
-from materialized import export_state
 from materialized.export_state import ExportState, ExportStatus
+from workers.runs import enqueue, enqueue_export, recent_runs
 
 
 def list_jobs(settings: Settings, limit: int = 20) -> str:
     async def run() -> str:
         pool = redis_client(settings.redis_url)
         try:
-            results = sorted(
-                await pool.all_job_results(), key=lambda r: r.finish_time, reverse=True
-            )[:limit]
-            queued = await pool.queued_jobs()
+            runs = await recent_runs(pool, limit)
         finally:
             await pool.aclose()
-        lines = [f"queued: {len(queued)}"]
-        lines += [
-            f"  {job.function} (job {job.job_id}) at {job.enqueue_time:%Y-%m-%d %H:%M:%S}"
-            for job in queued
-        ]
-        lines.append(f"recent runs (newest first, up to {limit}):")
-        for r in results:
-            took = (r.finish_time - r.start_time).total_seconds()
-            outcome = "ok    " if r.success else "FAILED"
+        lines = [f"recent runs (queued, running and finished; newest first, up to {limit}):"]
+        for r in runs:
+            took = (
+                f"{(r.finished_at - r.started_at).total_seconds():7.2f}s"
+                if r.finished_at is not None and r.started_at is not None
+                else " " * 8
+            )
+            result = "" if r.result is None else str(r.result)[:80]
             lines.append(
-                f"  {r.finish_time:%Y-%m-%d %H:%M:%S} {r.function:<26} {outcome} {took:7.2f}s"
-                f"  {str(r.result)[:80]}"
+                f"  {r.enqueued_at:%Y-%m-%d %H:%M:%S} {r.name:<19} {r.status:<7} {took}"
+                f"  {result}  (job {r.job_id})"
             )
         return "\n".join(lines)
 
@@ -52,14 +48,13 @@ def run_job(
     requested_by: uuid.UUID | None = None,
 ) -> str:
     if name not in BY_COMMAND:
-        raise SystemExit(f"unknown job {name!r}; one of: {', '.join(BY_COMMAND)}")
+        raise SystemExit(unknown_job(name))
 
     async def run() -> str:
         pool = redis_client(settings.redis_url)
         try:
             if BY_COMMAND[name] is not Job.EXPORT_REPORT:
-                job = await pool.enqueue_job(BY_COMMAND[name])
-                return f"enqueued {name}: job {job.job_id if job else '?'}"
+                return f"enqueued {name}: job {await enqueue(pool, name) or '?'}"
             if not (report and fmt and start and end):
                 raise SystemExit("export needs --report, --format, --from and --to")
             if requested_by is None:
@@ -67,7 +62,6 @@ def run_job(
                     "export needs --requested-by: the admin's user id (a uuid), whom"
                     " report-generated names and notification-service emails"
                 )
-            export_id = str(new_event_id())
             state = ExportState(
                 status=ExportStatus.QUEUED,
                 report_type=report,
@@ -77,9 +71,8 @@ def run_job(
                 requested_by=str(requested_by),
                 created_at=datetime.now(UTC),
             )
-            await export_state.save(pool, export_id, state)
-            await pool.enqueue_job(Job.EXPORT_REPORT, export_id, _job_id=export_job_id(export_id))
-            return f"enqueued export {export_id}"
+            queued = await enqueue_export(pool, state)
+            return f"enqueued export {queued.export_id}"
         finally:
             await pool.aclose()
 

@@ -30,6 +30,19 @@ BY_COMMAND: dict[str, Job] = {
     "check-freshness": Job.CHECK_DASHBOARD_FRESHNESS,
     "export": Job.EXPORT_REPORT,
 }
+# And back: the name a run of a job is shown by (the admin API, `analytics jobs`).
+COMMAND_OF: dict[Job, str] = {job: name for name, job in BY_COMMAND.items()} | {
+    Job.ERASE_USER: "erase"  # `analytics erase USER_ID`: its own command, not `jobs run`
+}
+# The jobs that take no arguments (export takes a report, a format and a range).
+WITHOUT_ARGUMENTS: tuple[str, ...] = tuple(
+    name for name, job in BY_COMMAND.items() if job is not Job.EXPORT_REPORT
+)
+
+
+def unknown_job(name: str) -> str:
+    return f"unknown job {name!r}; one of: {', '.join(BY_COMMAND)}"
+
 
 # At most one run of the retry job waits at a time, however many batches are handed off.
 RETRY_JOB_ID = Job.RETRY_FAILED_BATCHES.value

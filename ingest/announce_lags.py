@@ -51,7 +51,12 @@ class AnnounceLags:
                 continue
             lag = (now - received).total_seconds() * 1000
             self._pending.setdefault(hour_of(received), Counter())[str(lag_bucket(lag))] += 1
-        if time.monotonic() - self._flushed >= FLUSH_S:
+        self.tick()
+
+    def tick(self) -> None:
+        """Write what is counted if a second has passed since the last write (the relay calls
+        this on every pass, so counts do not wait for the next confirm)."""
+        if self._pending and time.monotonic() - self._flushed >= FLUSH_S:
             self.flush()
 
     def flush(self) -> None:

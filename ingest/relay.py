@@ -122,6 +122,7 @@ class Relay:
 
     async def relay_once(self, publisher: ConfirmingPublisher) -> int:
         """One pass over every directory this relay holds (claiming new ones); messages sent."""
+        self._lags.tick()
         self._claim_new()
         sent = 0
         for claim in list(self._claims.values()):

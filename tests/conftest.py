@@ -67,7 +67,9 @@ AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 JWT_SECRET = "test-secret-0123456789-abcdefghijklmnop"
 DOWNLOAD_KEY = "test-download-key-made-for-the-tests-only-0123456789"
 AUDIT_KEY = "test-erasure-audit-key-made-for-the-tests-only-01234"
-TEST_REDIS_URL = "redis://127.0.0.1:6379/15"  # flushed before every test
+# Flushed before every test. TEST_REDIS_URL moves it (another database number, say), so that two
+# suites on one machine neither flush each other's keys nor run each other's jobs.
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 GEOIP_DB = Path(__file__).parent / "data" / "GeoLite2-City-Test.mmdb"
 
 

@@ -3,6 +3,7 @@ API reference at `/docs`, both working with no request leaving the service's ori
 
 Screenshots of /admin at desktop and phone width are kept in `test-artifacts/`."""
 
+import json
 import shutil
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from api.stats import EVENT_TYPES
 from cli.demo_traffic import default_start, generate, load
 from core.clickhouse import Warehouse
+from core.jobs import BY_COMMAND
 from materialized.stats import escape_filter_value
 from tests.conftest import Running, event
 from tests.test_dashboard_api import bearer, token
@@ -381,4 +383,97 @@ async def test_funnels_retention_and_journeys_on_the_admin_page(
 
     # The refused definition's 400 is the only console line.
     assert [p for p in tab.problems if "status of 400" not in p] == []
+    assert tab.outside == []
+
+
+def shown_duration(run: dict[str, Any]) -> str:
+    """The page's duration of a finished run: hundredths of a second under a minute."""
+    ms = round(
+        (
+            datetime.fromisoformat(run["finishedAt"]) - datetime.fromisoformat(run["startedAt"])
+        ).total_seconds()
+        * 1000
+    )
+    hundredths = (ms + 5) // 10  # JavaScript's Math.round of ms / 10: halves up
+    return f"{hundredths // 100}.{hundredths % 100:02d} s"
+
+
+@pytest.mark.timeout(120)
+async def test_a_job_run_from_the_admin_page_is_listed_as_the_api_lists_it(
+    server: Running, browser: Browser
+) -> None:
+    admin = bearer(token())
+    tab = await watched(browser, server.base_url, DESKTOP)
+    page = tab.page
+    await page.goto(f"{server.base_url}/admin")
+    await page.fill("#token", token())
+    await page.click("#sign-in button[type=submit]")
+    await loaded(page)
+
+    # Every job but export (which has its own button), by the names the CLI takes.
+    names = await page.locator("#job-name option").evaluate_all("os => os.map(o => o.value)")
+    assert names == [name for name in BY_COMMAND if name != "export"]
+    await page.select_option("#job-name", "rebuild-dashboards")
+    await page.click("#job-run")
+    state = page.locator("#job-state[data-job-id]")
+    await state.wait_for(timeout=15_000)
+    job_id = await state.get_attribute("data-job-id")
+    assert job_id
+    # The server's embedded worker runs it; the panel follows it to the end.
+    row = page.locator(f'#job-runs tr[data-job-id="{job_id}"]')
+    await page.wait_for_selector(
+        f'#job-runs tr[data-job-id="{job_id}"][data-status="DONE"]', timeout=60_000
+    )
+    assert await page.inner_text("#job-state") == "rebuild-dashboards: DONE"
+
+    listed = await server.http.get("/v1/admin/jobs", params={"limit": "20"}, headers=admin)
+    runs = {run["jobId"]: run for run in listed.json()["jobs"]}
+    run = runs[job_id]
+    assert (run["name"], run["status"], run["result"]) == (
+        "rebuild-dashboards",
+        "DONE",
+        "rebuilt 4 dashboards",
+    )
+    london = ZoneInfo("Europe/London")
+
+    async def cells_of(shown: Any) -> list[str]:
+        cells: list[str] = await shown.locator("td").all_inner_texts()
+        return cells
+
+    def expected_cells(run: dict[str, Any]) -> list[str]:
+        enqueued = datetime.fromisoformat(run["enqueuedAt"]).astimezone(london)
+        result = run["result"]
+        return [
+            run["name"],
+            run["status"],
+            f"{enqueued:%Y-%m-%d %H:%M:%S}",
+            shown_duration(run) if run["finishedAt"] else "\u2013",
+            # JSON.stringify's spacing for a result that is not text.
+            ""
+            if result is None
+            else result
+            if isinstance(result, str)
+            else json.dumps(result, separators=(",", ":")),
+        ]
+
+    assert await cells_of(row) == expected_cells(run)
+    assert await row.locator("time").get_attribute("datetime") == run["enqueuedAt"]
+    # Every finished run the page shows, the API lists alike (queued and running ones, such as
+    # the retry cron's every 10 s, come and go between the two reads).
+    shown_rows = page.locator("#job-runs tbody tr")
+    for n in range(await shown_rows.count()):
+        shown = shown_rows.nth(n)
+        shown_id = await shown.get_attribute("data-job-id")
+        if shown_id in runs and runs[shown_id]["finishedAt"]:
+            assert await cells_of(shown) == expected_cells(runs[shown_id])
+
+    # The table is read again with the rest of the page.
+    async with page.expect_response(lambda r: "/v1/admin/jobs?" in r.url):
+        await page.click('[data-range="30d"]')
+    await loaded(page)
+    assert await cells_of(row) == expected_cells(run)
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.locator("#jobs").screenshot(path=str(ARTIFACTS / "admin-jobs.png"))
+
+    assert tab.problems == []
     assert tab.outside == []

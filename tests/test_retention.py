@@ -192,7 +192,8 @@ async def test_jobs_command_lists_runs_and_enqueues_by_name(
 
     async def listed() -> bool:
         out = await asyncio.to_thread(analytics, "jobs", env=env)
-        return "rebuild_dashboards" in out.stdout and "ok" in out.stdout
+        # By the name it was run by, finished, with its result.
+        return "rebuild-dashboards  DONE" in out.stdout and "rebuilt 4 dashboards" in out.stdout
 
     for _ in range(100):
         if await listed():

@@ -1,6 +1,7 @@
 """The background work on arq: the jobs (by verb), their typed context, the cron schedule and
 WorkerSettings (`arq workers.WorkerSettings` runs them standalone), and the worker inside
-`analytics serve`."""
+`analytics serve`; and the jobs by the names people type: enqueued, and their recent runs
+(`runs`)."""
 
 from typing import Any
 

@@ -14,7 +14,7 @@ from arq.worker import Worker
 
 from core.supervisor import Backoff, supervise
 from workers.context import JobContext
-from workers.settings import CRON_JOBS, FUNCTIONS
+from workers.settings import CRON_JOBS, FUNCTIONS, JOB_TIMEOUT_SECONDS, KEEP_RESULT_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class EmbeddedWorker:
             redis_pool=self._pool,
             ctx={"job": self._job},
             handle_signals=False,
+            keep_result=KEEP_RESULT_SECONDS,  # as the standalone worker (workers/settings.py)
+            job_timeout=JOB_TIMEOUT_SECONDS,
         )
         await self._worker.async_run()
 

@@ -30,8 +30,18 @@ from workers.jobs import (
     retry_failed_batches,
 )
 
+# How long arq keeps a finished run's result (its default is an hour): a day, so that the
+# admin API's and `analytics jobs`' recent runs still show last night's archive, purge and
+# clean-up the next morning. About 220 results a day (the 10-second retry keeps none).
+KEEP_RESULT_SECONDS = 86_400
+# arq's default, pinned: a run's in-progress key is set for this plus 10 s when it starts (no
+# function sets a timeout of its own), which is how the listing tells when a RUNNING one began.
+JOB_TIMEOUT_SECONDS = 300
+IN_PROGRESS_SECONDS = JOB_TIMEOUT_SECONDS + 10
+
 FUNCTIONS: list[WorkerCoroutine | Function] = [
-    # No result kept: a kept result would block the next run queued under RETRY_JOB_ID.
+    # No result kept: a kept result would block the next run queued under RETRY_JOB_ID (and
+    # one every 10 s would be 8,640 results a day to read for a listing).
     func(retry_failed_batches, keep_result=0),
     recompute_funnels,
     rebuild_dashboards,
@@ -40,9 +50,9 @@ FUNCTIONS: list[WorkerCoroutine | Function] = [
     remove_old_exports,
     archive_historical_data,
     purge_old_events,
-    # The job's arguments hold the user id: no result keeps them once it is done. A long
-    # erasure saves each step, so a timeout costs only the step it cut.
-    func(erase_user, keep_result=0, timeout=3600, max_tries=ERASE_TRIES),
+    # The job's arguments hold the user id: no result keeps them once it is done. An erasure
+    # saves each step, so the job timeout costs only the step it cut (tried again).
+    func(erase_user, keep_result=0, max_tries=ERASE_TRIES),
 ]
 CRON_JOBS = [
     cron(retry_failed_batches, second=set(range(0, 60, 10)), run_at_startup=True),
@@ -90,6 +100,8 @@ def worker_settings() -> type:
     class WorkerSettings:
         functions = FUNCTIONS
         cron_jobs = CRON_JOBS
+        keep_result = KEEP_RESULT_SECONDS
+        job_timeout = JOB_TIMEOUT_SECONDS
         on_startup = open_clients
         on_shutdown = close_clients
         redis_settings = RedisSettings.from_dsn(settings.redis_url)

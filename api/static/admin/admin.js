@@ -1,5 +1,5 @@
 // The built-in dashboard: asks for an ADMIN token (kept in sessionStorage), then reads the stats,
-// funnels, dashboard and export APIs. Every value from the data is written with textContent:
+// funnels, dashboard, export and jobs APIs. Every value from the data is written with textContent:
 // page paths and UTM tags come from the public beacon endpoint.
 "use strict";
 
@@ -22,8 +22,11 @@
   const $ = (id) => document.getElementById(id);
   const TRACKING_TYPES = (document.body.dataset.trackingTypes || "").split(" ").filter(Boolean);
   const DOMAIN_TYPES = (document.body.dataset.domainTypes || "").split(" ").filter(Boolean);
+  const JOBS = (document.body.dataset.jobs || "").split(" ").filter(Boolean);  // not export
+  const JOB_RUNS = 20;  // recent runs in the jobs table
   const state = {
     range: "7d", custom: null, filters: {}, generation: 0, chart: null, propKey: null, funnel: null,
+    jobsGeneration: 0,
   };
   const MAX_FILTER_VALUE = 512;  // the API's cap on a filter's value
 
@@ -416,6 +419,94 @@
       : el("p", { className: "empty" }, "No journeys in this range"));
   }
 
+  // A moment in the report's zone as `YYYY-MM-DD HH:MM:SS`.
+  const CLOCK = new Intl.DateTimeFormat("en-GB", {
+    timeZone: TZ, year: "numeric", month: "2-digit", day: "2-digit",
+    hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+  });
+
+  function formatMoment(iso) {
+    const part = {};
+    for (const { type, value } of CLOCK.formatToParts(new Date(iso))) part[type] = value;
+    return `${part.year}-${part.month}-${part.day} ${part.hour}:${part.minute}:${part.second}`;
+  }
+
+  // A finished run's duration: hundredths of a second (rounded from whole milliseconds, so
+  // without a float's ties) under a minute, minutes and seconds beyond.
+  function runDuration(run) {
+    if (!run.startedAt || !run.finishedAt) return "–";
+    const ms = Date.parse(run.finishedAt) - Date.parse(run.startedAt);
+    if (ms >= 60000) return formatDuration(ms / 1000);
+    const hundredths = Math.round(ms / 10);
+    return `${Math.floor(hundredths / 100)}.${String(hundredths % 100).padStart(2, "0")} s`;
+  }
+
+  function runResult(result) {
+    if (result === null || result === undefined) return "";
+    return typeof result === "string" ? result : JSON.stringify(result);
+  }
+
+  // The recent runs, as GET /v1/admin/jobs lists them: the newest answer asked for is drawn.
+  async function refreshJobs() {
+    const generation = ++state.jobsGeneration;
+    let answer;
+    try {
+      answer = await api("/v1/admin/jobs", { limit: JOB_RUNS });
+    } catch (error) {
+      if (error instanceof Unauthorised) throw error;
+      if (generation === state.jobsGeneration) {
+        $("job-runs").replaceChildren(el("p", { className: "error" }, "Jobs unavailable: " + error.message));
+      }
+      return null;
+    }
+    if (generation !== state.jobsGeneration) return answer.jobs;
+    const body = el("tbody");
+    for (const run of answer.jobs) {
+      body.append(el("tr", { "data-job-id": run.jobId, "data-status": run.status },
+        el("td", {}, run.name),
+        el("td", { className: "status-" + run.status }, run.status),
+        el("td", {}, el("time", { datetime: run.enqueuedAt }, formatMoment(run.enqueuedAt))),
+        el("td", {}, runDuration(run)),
+        el("td", { className: "result" }, runResult(run.result))));
+    }
+    $("job-runs").replaceChildren(answer.jobs.length
+      ? el("table", { className: "runs" }, el("thead", {}, el("tr", {},
+        ...["Job", "Status", "Enqueued", "Duration", "Result"].map((h) => el("th", {}, h)))), body)
+      : el("p", { className: "empty" }, "No recent runs"));
+    return answer.jobs;
+  }
+
+  // Run a job now, then follow it in the table until it is done (or, keeping no result, gone).
+  async function runJob() {
+    const name = $("job-name").value;
+    const status = $("job-state");
+    status.removeAttribute("data-job-id");
+    status.textContent = "Requesting…";
+    $("job-run").disabled = true;
+    try {
+      const queued = await api("/v1/admin/jobs/" + encodeURIComponent(name), {}, { method: "POST" });
+      status.dataset.jobId = queued.jobId;
+      for (let attempt = 0; attempt < 120; attempt++) {
+        const runs = await refreshJobs();
+        const run = runs && runs.find((r) => r.jobId === queued.jobId);
+        if (runs && !run) { status.textContent = `${name}: finished`; return; }
+        if (run && (run.status === "DONE" || run.status === "FAILED")) {
+          status.textContent = `${name}: ${run.status}`;
+          return;
+        }
+        status.textContent = `${name}: ${run ? run.status : "…"}`;
+        if ($("dashboard").hidden) return;
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+      }
+      status.textContent = `${name}: still running; see the table`;
+    } catch (error) {
+      if (error instanceof Unauthorised) return showSignIn(error.message);
+      status.textContent = "Not run: " + error.message;
+    } finally {
+      $("job-run").disabled = false;
+    }
+  }
+
   function keyValues(title, id, pairs) {
     const list = el("dl", { className: "kv" });
     for (const [k, v] of pairs) list.append(el("dt", {}, k), el("dd", {}, v));
@@ -506,6 +597,7 @@
         refreshFunnels(params, generation),
         refreshRetention(generation),
         refreshJourneys(params, generation),
+        refreshJobs(),
       ]);
     } catch (error) {
       if (error instanceof Unauthorised) return showSignIn(error.message);
@@ -602,6 +694,8 @@
   });
   $("journey-steps").addEventListener("change", () => refresh());
   $("journey-apply").addEventListener("click", () => refresh());
+  $("job-name").replaceChildren(...JOBS.map((name) => el("option", { value: name }, name)));
+  $("job-run").addEventListener("click", runJob);
 
   function start() {
     if (!sessionStorage.getItem(TOKEN_KEY)) return showSignIn("");
