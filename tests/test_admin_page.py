@@ -152,6 +152,17 @@ async def test_the_admin_page_shows_the_apis_numbers_and_filters_by_a_click(
     platform = await page.inner_text("#widget-domain-events")
     for event_type, count in dashboard["domainEventsByType"].items():
         assert f"{event_type}\n{count:,}" in platform, platform
+    # The ingest ledger: the whole range's row adds up as the API's hours do.
+    ledger = (
+        await server.http.get("/v1/analytics/ingest", params=seven_days(), headers=admin)
+    ).json()
+    accepted = sum(h["accepted"] for h in ledger["hours"])
+    stored = sum(h["stored"] for h in ledger["hours"])
+    assert accepted == stored == 450, ledger
+    whole = await page.locator("#ingest-hours tbody tr").first.inner_text()
+    assert whole == f"Whole range\t{accepted:,}\t{stored:,}\t0\t0\t0"
+    assert await page.locator("#ingest-hours tbody tr").count() == 1 + len(ledger["hours"])
+    assert "202 to queryable: p50 " in await page.inner_text("#ingest-lag")
     assert hostile in await page.inner_text("#breakdown-page")
     assert "<script>" in await page.inner_text("#breakdown-utm_campaign")
     assert await page.title() == "Lomash Wood analytics"

@@ -507,6 +507,50 @@
     }
   }
 
+  function hourInZone(iso) {
+    return new Intl.DateTimeFormat("en-GB", {
+      timeZone: TZ, year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
+      minute: "2-digit", hourCycle: "h23",
+    }).format(new Date(iso));
+  }
+
+  function byReason(counts) {
+    const pairs = Object.entries(counts);
+    return pairs.length ? pairs.map(([reason, n]) => `${formatCount(n)} ${reason}`).join(", ") : "0";
+  }
+
+  function formatLag(ms) { return ms === null ? "–" : ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`; }
+
+  // The ingest ledger for the range: the whole range first, then its newest hours; accepted =
+  // stored + filtered + lost + pending in every row.
+  async function refreshIngest(params, generation) {
+    const answer = await api("/v1/analytics/ingest", params);
+    if (generation !== state.generation) return;
+    const lag = answer.lag;
+    $("ingest-lag").textContent =
+      `202 to queryable: p50 ${formatLag(lag.queryableP50Ms)}, p99 ${formatLag(lag.queryableP99Ms)}` +
+      ` · 202 to announced on event.tracked: p50 ${formatLag(lag.announcedP50Ms)},` +
+      ` p99 ${formatLag(lag.announcedP99Ms)}`;
+    if (!answer.hours.length) {
+      $("ingest-hours").replaceChildren(el("p", { className: "empty" }, "No events accepted in this range"));
+      return;
+    }
+    const total = { accepted: 0, stored: 0, pending: 0, filtered: {}, lost: {} };
+    for (const hour of answer.hours) {
+      for (const key of ["accepted", "stored", "pending"]) total[key] += hour[key];
+      for (const key of ["filtered", "lost"]) {
+        for (const [reason, n] of Object.entries(hour[key])) total[key][reason] = (total[key][reason] || 0) + n;
+      }
+    }
+    const row = (label, h) => [label, formatCount(h.accepted), formatCount(h.stored),
+      byReason(h.filtered), byReason(h.lost), formatCount(h.pending)];
+    const newest = answer.hours.slice(-48).reverse();
+    const shown = table(["Hour", "Accepted", "Stored", "Filtered", "Lost", "Pending"],
+      [row("Whole range", total), ...newest.map((h) => row(hourInZone(h.hour), h))]);
+    shown.className = "ledger";
+    $("ingest-hours").replaceChildren(shown);
+  }
+
   function keyValues(title, id, pairs) {
     const list = el("dl", { className: "kv" });
     for (const [k, v] of pairs) list.append(el("dt", {}, k), el("dd", {}, v));
@@ -597,6 +641,7 @@
         refreshFunnels(params, generation),
         refreshRetention(generation),
         refreshJourneys(params, generation),
+        refreshIngest(params, generation),
         refreshJobs(),
       ]);
     } catch (error) {
