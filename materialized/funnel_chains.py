@@ -3,10 +3,11 @@ drop-off from the step before and the median time from it (`GET /v1/analytics/fu
 built-in or defined).
 
 The chains are windowFunnel's (materialized/funnels.py), followed with the time of each step:
-per visitor (userId, else sessionId; a domain event's customerId), events in time order (ties
-in step order, then by event id), a chain per step, each the latest that reached it. An event
-of step 1 starts a chain; an event of step k extends the chain of step k-1 when it comes no
-later than the window after that chain's first event, and becomes the chain of step k. Every
+per visitor (userId, else sessionId; a domain event's customerId), events in time order
+(ties in step order, then by the steps matched), a chain per step, each the latest that
+reached it. An event of step 1 starts a chain; an event of step k extends the chain of step
+k-1 when it comes no later than the window after that chain's first event, and becomes the
+chain of step k. Every
 chain moves from the chains as they were before the event, so one event fills one place of a
 chain at most: with a repeated step (PAGEVIEW, then PAGEVIEW) a single pageview is not two.
 Once the last step is reached the visitor's chain is kept. Where steps never share an event
@@ -66,7 +67,7 @@ def chain_sql(steps: tuple[ChainStep, ...], parameters: dict[str, Any]) -> str:
     parts = []
     if any(step.source == "tracking" for step in steps):
         parts.append(
-            "SELECT 'tracking' AS source, ifNull(user_id, session_id) AS visitor, event_id,"
+            "SELECT 'tracking' AS source, ifNull(user_id, session_id) AS visitor,"
             " toUInt64(toUnixTimestamp64Milli(occurred_at)) AS ts, event_type, path, properties"
             " FROM tracking_events WHERE event_type IN {tracking_types:Array(String)}"
             " AND NOT is_bot AND occurred_at >= {start:DateTime64(3, 'UTC')}"
@@ -77,7 +78,7 @@ def chain_sql(steps: tuple[ChainStep, ...], parameters: dict[str, Any]) -> str:
         )
     if any(step.source == "domain" for step in steps):
         parts.append(
-            "SELECT 'domain' AS source, assumeNotNull(customer_id) AS visitor, event_id,"
+            "SELECT 'domain' AS source, assumeNotNull(customer_id) AS visitor,"
             " toUInt64(toUnixTimestamp64Milli(occurred_at)) AS ts, event_type, '' AS path,"
             " '{}' AS properties FROM analytics_events FINAL"
             " WHERE event_type IN {domain_types:Array(String)} AND customer_id IS NOT NULL"
@@ -85,34 +86,37 @@ def chain_sql(steps: tuple[ChainStep, ...], parameters: dict[str, Any]) -> str:
             " AND occurred_at < {end:DateTime64(3, 'UTC')}"
         )
     empty = "CAST([" + ", ".join(["[]"] * size) + "] AS Array(Array(UInt64)))"
+    # An event is one number: its time (ms) * 2^16 + its first step's bit * 2^8 + its steps'
+    # bits, so a visitor's events sort as plain numbers, in time, ties in step order. Events
+    # equal in all three have the same effect on the chains, so their order does not matter.
+    ts, bits = "intDiv(e, 65536)", "(e % 256)"
     # acc[i]: the step times of the latest chain that reached step i (empty: none yet).
     moved = (
         f"if(notEmpty(acc[{size}]), acc, arrayMap(i -> multiIf("
-        "bitTest(e.2, i - 1) AND i = 1, [e.1],"
-        " bitTest(e.2, i - 1) AND i > 1 AND notEmpty(acc[i - 1])"
-        " AND e.1 <= acc[i - 1][1] + {window:UInt64},"
-        f" arrayPushBack(acc[i - 1], e.1), acc[i]), range(1, {size + 1})))"
+        f"bitTest({bits}, i - 1) AND i = 1, [{ts}],"
+        f" bitTest({bits}, i - 1) AND i > 1 AND notEmpty(acc[i - 1])"
+        f" AND {ts} <= acc[i - 1][1] + {{window:UInt64}},"
+        f" arrayPushBack(acc[i - 1], {ts}), acc[i]), range(1, {size + 1})))"
     )
     # Only a visitor with an event of step 2 can go past step 1: the others' furthest chain
     # is any step-1 event, and they are not folded. Of a run of events matching step 1 alone,
     # only the last can start the chain that goes on (each replaces the one before).
-    first_only = "[[arrayFirst(e -> bitTest(e.2, 0), events).1]" + ", []" * (size - 1) + "]"
+    first_only = (
+        f"[[intDiv(arrayFirst(e -> bitTest({bits}, 0), events), 65536)]" + ", []" * (size - 1) + "]"
+    )
     folded = (
-        f"arrayFold((acc, e) -> {moved}, if(deep, arrayFilter((e, i) -> NOT (e.2 = 1"
-        " AND i < length(events) AND events[i + 1].2 = 1), events, arrayEnumerate(events)),"
+        f"arrayFold((acc, e) -> {moved}, if(deep, arrayFilter((e, i) -> NOT ({bits} = 1"
+        " AND i < length(events) AND events[i + 1] % 256 = 1), events, arrayEnumerate(events)),"
         f" []), {empty})"
     )
     return (
         "SELECT step, count(), quantileExactInclusiveIf(0.5)(gap, step > 1) FROM ("
         " SELECT state[arrayCount(c -> notEmpty(c), state)] AS times FROM ("
-        f" SELECT if(deep, {folded}, if(arrayExists(e -> bitTest(e.2, 0), events),"
+        f" SELECT if(deep, {folded}, if(arrayExists(e -> bitTest({bits}, 0), events),"
         f" CAST({first_only} AS Array(Array(UInt64))), {empty})) AS state FROM ("
-        # Ties in time by the first step matched (its lowest bit), then by event id (as a
-        # number: the order of its text).
-        " SELECT arraySort(e -> (e.1, e.3, e.4),"
-        " groupArray((ts, steps, bitAnd(steps, bitNot(steps) + 1), id))) AS events,"
-        " max(bitTest(steps, 1)) = 1 AS deep FROM ("
-        f" SELECT visitor, ts, toUInt128(event_id) AS id, toUInt16({mask}) AS steps"
+        " SELECT arraySort(groupArray(ts * 65536 + bitAnd(steps, bitNot(steps) + 1) * 256"
+        " + steps)) AS events, max(bitTest(steps, 1)) = 1 AS deep FROM ("
+        f" SELECT visitor, ts, toUInt64({mask}) AS steps"
         f" FROM ({' UNION ALL '.join(parts)})) WHERE steps > 0 GROUP BY visitor))"
         " WHERE notEmpty(state[1]))"
         " ARRAY JOIN arrayEnumerate(times) AS step,"

@@ -432,11 +432,14 @@ def funnel_chain(
 ) -> list[dict[str, Any]]:
     """The chains of materialized/funnel_chains.py, step by step: counts, drop-off, medians."""
     s, e, window = _ms(start), _ms(end), window_seconds * 1000
-    per_visitor: dict[str, list[tuple[int, int, str, list[int]]]] = defaultdict(list)
+    per_visitor: dict[str, list[tuple[int, int, int, list[int]]]] = defaultdict(list)
 
     def add(visitor: str, ts: int, event_id: str, matched: list[int]) -> None:
+        # Ties in time by the first step matched, then by the steps matched (as bits): events
+        # equal in all three act alike, so their order does not matter.
         if matched:
-            per_visitor[visitor].append((ts, min(matched), event_id, matched))
+            bits = sum(1 << (i - 1) for i in matched)
+            per_visitor[visitor].append((ts, min(matched), bits, matched))
 
     for r in traffic.tracking:
         if r.is_bot or not s <= _ms(r.occurred_at) < e:
