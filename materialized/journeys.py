@@ -52,15 +52,19 @@ _READ = (
 )
 
 
-def _sessions(where: str, having: str = "") -> str:
-    """Per session, its visitor and its events read (`where`) in time order, ties by event
-    id as a number (the order of its text)."""
+def _sessions(where: str, goal: bool) -> str:
+    """Per session: its visitor, its pageviews' paths in time order (ties by event id, as a
+    number: the order of its text) and, with `goal`, the time of its first goal event."""
+    goal_at = ", minIf(ts, event_type = {goal:String}) AS goal_at" if goal else ", 0 AS goal_at"
+    having = " HAVING countIf(event_type = {goal:String}) > 0" if goal else ""
     return (
-        "SELECT ifNull(arrayFirst(e -> isNotNull(e.3), events).3, session_id) AS visitor, events"
-        " FROM (SELECT session_id, arraySort(e -> (e.1, e.2), groupArray((toUnixTimestamp64Milli("
-        "occurred_at), toUInt128(event_id), user_id, path, event_type))) AS events"
-        f" FROM tracking_events WHERE {where}{_READ}"
-        f" GROUP BY session_id, ifNull(session_started_at, received_at){having})"
+        "SELECT ifNull(argMinIf(user_id, (ts, id), isNotNull(user_id)), session_id) AS visitor,"
+        " arraySort(e -> (e.1, e.2), groupArrayIf((ts, id, path), event_type = 'PAGEVIEW'))"
+        f" AS pageviews{goal_at} FROM (SELECT session_id, user_id, path, event_type,"
+        " toUnixTimestamp64Milli(occurred_at) AS ts, toUInt128(event_id) AS id,"
+        " ifNull(session_started_at, received_at) AS started"
+        f" FROM tracking_events WHERE {where}{_READ})"
+        f" GROUP BY session_id, started{having}"
     )
 
 
@@ -74,24 +78,20 @@ _REACHING = (
 
 
 def _entry_sql() -> str:
-    sessions = _sessions("event_type = 'PAGEVIEW' AND path(landing_page) = {entry:String}")
+    sessions = _sessions("event_type = 'PAGEVIEW' AND path(landing_page) = {entry:String}", False)
     return (
         "SELECT visitor, arraySlice(if(collapsed[1] = {entry:String}, arrayPopFront(collapsed),"
         " collapsed), 1, {steps:UInt8}) AS pages FROM ("
-        f"SELECT visitor, arrayMap(e -> e.4, events) AS seen, {_COLLAPSED} AS collapsed"
+        f"SELECT visitor, arrayMap(e -> e.3, pageviews) AS seen, {_COLLAPSED} AS collapsed"
         f" FROM ({sessions}))"
     )
 
 
 def _goal_sql() -> str:
-    sessions = _sessions(
-        f"event_type IN ('PAGEVIEW', {{goal:String}}) AND {_REACHING}",
-        " HAVING countIf(event_type = {goal:String}) > 0",
-    )
+    sessions = _sessions(f"event_type IN ('PAGEVIEW', {{goal:String}}) AND {_REACHING}", True)
     return (
         "SELECT visitor, arraySlice(collapsed, -{steps:UInt8}) AS pages FROM ("
-        f"SELECT visitor, arrayMap(e -> e.4, arrayFilter(e -> e.5 = 'PAGEVIEW' AND e.1 <="
-        " arrayFirst(g -> g.5 = {goal:String}, events).1, events)) AS seen,"
+        "SELECT visitor, arrayMap(e -> e.3, arrayFilter(e -> e.1 <= goal_at, pageviews)) AS seen,"
         f" {_COLLAPSED} AS collapsed FROM ({sessions}))"
     )
 
