@@ -160,3 +160,20 @@ async def test_a_batch_placed_twice_is_counted_once(server: Running, warehouse: 
             accounting.TABLE, accounting.COLUMNS, tally.lines(), dedup_token="replayed:ledger"
         )
     assert totals(await ledger(server))["accepted"] == 3
+
+
+def test_a_line_that_does_not_decode_as_a_row_still_has_its_receive_time() -> None:
+    at = datetime(2026, 12, 3, 10, 30, tzinfo=UTC)
+    lines = (
+        b'["a","PAGEVIEW","s",null,"2026-12-03T08:15:00.123Z",null,"x","u",1]\n'
+        b'["a","PAGEVIEW","s",null,"not a time"]\n'
+        b"not json\n"
+    )
+    assert accounting.received_times(lines, at) == [
+        datetime(2026, 12, 3, 8, 15, 0, 123000, tzinfo=UTC),
+        at,
+        at,
+    ]
+    tally = accounting.retried(accounting.received_times(lines, at), [], [at], at)
+    assert tally.counts[(datetime(2026, 12, 3, 8, tzinfo=UTC), "queued", "")] == -1
+    assert tally.counts[(datetime(2026, 12, 3, 10, tzinfo=UTC), "lost", "refused")] == 1

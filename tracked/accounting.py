@@ -16,7 +16,8 @@ import bisect
 import enum
 from collections import Counter
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
@@ -100,12 +101,34 @@ def placed(
 
 
 def retried(
-    queued: list[TrackingRow], stored: list[TrackingRow], refused: list[TrackingRow], at: datetime
+    queued: list[datetime], stored: list[datetime], refused: list[datetime], at: datetime
 ) -> Tally:
-    """The lines of a queued batch the retry job stored: out of the queue, stored or lost."""
+    """The lines of a queued batch the retry job stored (each row by its receive time): out of
+    the queue, stored or lost."""
     tally = Tally()
-    tally.add(queued, Outcome.QUEUED, n=-1)
-    tally.add(stored, Outcome.STORED)
-    tally.lags(stored, at, Outcome.QUERYABLE_MS)
-    tally.add(refused, Outcome.LOST, "refused")
+    for received in queued:
+        tally.counts[(hour_of(received), Outcome.QUEUED.value, "")] -= 1
+    for received in stored:
+        tally.counts[(hour_of(received), Outcome.STORED.value, "")] += 1
+        lag = (at - received).total_seconds() * 1000
+        tally.counts[(hour_of(received), Outcome.QUERYABLE_MS.value, str(lag_bucket(lag)))] += 1
+    for received in refused:
+        tally.counts[(hour_of(received), Outcome.LOST.value, "refused")] += 1
     return tally
+
+
+_row = msgspec.json.Decoder(list[Any])
+
+
+def received_times(lines: bytes, fallback: datetime) -> list[datetime]:
+    """Each row's receive time from its JSONCompactEachRow line (the fifth value), read
+    without decoding the rest: a line ClickHouse refused may not decode as a row. A line
+    without a readable one counts at `fallback`."""
+    times = []
+    for line in lines.splitlines():
+        try:
+            received = datetime.fromisoformat(_row.decode(line)[4])
+        except (msgspec.DecodeError, ValueError, IndexError, TypeError):
+            received = fallback
+        times.append(received if received.tzinfo else received.replace(tzinfo=UTC))
+    return times

@@ -94,16 +94,20 @@ async def retry_failed_batches(ctx: dict[str, Any]) -> str:
                     if i not in dropped
                 )
             if batch.table == "tracking_events":
-                queued = _tracking_rows.decode_lines(batch.data)
                 kept = _tracking_rows.decode_lines(data)
-                lost = _tracking_rows.decode_lines(b"".join(line for _, line, _ in refused))
+                ledger = accounting.retried(
+                    accounting.received_times(batch.data, at),
+                    [row.received_at for row in kept],
+                    accounting.received_times(b"".join(line for _, line, _ in refused), at),
+                    at,
+                )
                 try:
                     # Before the batch leaves the queue: a run cut short here counts it once
                     # when the next run stores it again (the same token).
                     await warehouse.insert_lines(
                         accounting.TABLE,
                         accounting.COLUMNS,
-                        accounting.retried(queued, kept, lost, at).lines(),
+                        ledger.lines(),
                         dedup_token=f"{batch.token}:ledger-retry",
                     )
                 except WarehouseError as error:
