@@ -3,7 +3,8 @@ response schemas (api/openapi.py), so what a handler sends is what the document 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 from sanic import HTTPResponse
@@ -27,3 +28,18 @@ class ErrorAnswer(msgspec.Struct, omit_defaults=True):
     path: str | None = None
     parameter: str | None = None
     rejected: list[Rejection] | None = None
+
+
+Body = TypeVar("Body")
+
+
+def decoded_body(decode: Callable[[bytes], Body], body: bytes | None) -> Body | HTTPResponse:
+    """The request body through a prebuilt decoder, or the 400 whose `path` names the field
+    that is wrong (`$` for the whole body)."""
+    try:
+        return decode(body or b"")
+    except msgspec.ValidationError as error:
+        message, _, path = str(error).partition(" - at `")
+        return answer(ErrorAnswer(message, path=path.rstrip("`") or "$"), status=400)
+    except msgspec.DecodeError as error:
+        return answer(ErrorAnswer(f"malformed JSON: {error}", path="$"), status=400)

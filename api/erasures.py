@@ -14,7 +14,7 @@ import msgspec
 from redis.exceptions import RedisError
 from sanic import Blueprint, HTTPResponse, Request, json
 
-from api.answer import answer
+from api.answer import answer, decoded_body
 from api.auth import admin_only
 from api.services import services
 from core.clickhouse import WarehouseError
@@ -43,13 +43,9 @@ def _unavailable(what: str, error: Exception) -> HTTPResponse:
 @bp.post("/v1/analytics/erasures")
 @admin_only
 async def request_erasure(request: Request, claims: dict[str, Any]) -> HTTPResponse:
-    try:
-        asked = _decode(request.body or b"")
-    except msgspec.ValidationError as error:
-        message, _, path = str(error).partition(" - at `")
-        return json({"error": message, "path": path.rstrip("`") or "$"}, status=400)
-    except msgspec.DecodeError as error:
-        return json({"error": f"malformed JSON: {error}", "path": "$"}, status=400)
+    asked = decoded_body(_decode, request.body)
+    if isinstance(asked, HTTPResponse):
+        return asked
     svc = services(request)
     key = svc.runtime.settings.erasure_audit_key.encode()
     if len(key) < MIN_SECRET_BYTES:

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from sanic import Blueprint, HTTPResponse, Request, json
 from sanic.response import ResponseStream, file_stream
 
-from api.answer import answer
+from api.answer import answer, decoded_body
 from api.auth import admin_only
 from api.services import services
 from core.limits import MAX_RANGE_DAYS
@@ -90,13 +90,9 @@ async def queue_export(request: Request, claims: dict[str, Any]) -> QueuedExport
             },
             status=403,
         )
-    try:
-        body = _decode(request.body or b"")
-    except msgspec.ValidationError as error:
-        message, _, path = str(error).partition(" - at `")
-        return json({"error": message, "path": path.rstrip("`") or "$"}, status=400)
-    except msgspec.DecodeError as error:
-        return json({"error": f"malformed JSON: {error}", "path": "$"}, status=400)
+    body = decoded_body(_decode, request.body)
+    if isinstance(body, HTTPResponse):
+        return body
     try:
         start, end = _utc(body.date_range.from_), _utc(body.date_range.to)
     except OverflowError:  # e.g. 0001-01-01T00:30+01:00: before the first representable time

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 from sanic import Blueprint, HTTPResponse, Request, empty, json
 
-from api.answer import answer
+from api.answer import answer, decoded_body
 from api.auth import admin_only
 from api.dashboard import RangeError, parse_range
 from api.services import services
@@ -78,13 +78,9 @@ def _check_types(definition: FunnelDefinition) -> HTTPResponse | None:
 @bp.post("/v1/analytics/funnels")
 @admin_only
 async def define(request: Request, claims: dict[str, Any]) -> HTTPResponse:
-    try:
-        definition = _decode(request.body or b"")
-    except msgspec.ValidationError as error:
-        message, _, path = str(error).partition(" - at `")
-        return _invalid(message, path.rstrip("`") or "$")
-    except msgspec.DecodeError as error:
-        return _invalid(f"malformed JSON: {error}", "$")
+    definition = decoded_body(_decode, request.body)
+    if isinstance(definition, HTTPResponse):
+        return definition
     if (refused := _check_types(definition)) is not None:
         return refused
     if definition.name in funnels.FUNNELS:

@@ -84,6 +84,12 @@ async def loaded(page: Page) -> None:
     await page.wait_for_selector("body[data-loading=false]", state="attached", timeout=30_000)
 
 
+async def sign_in(page: Page) -> None:
+    await page.fill("#token", token())
+    await page.click("#sign-in button[type=submit]")
+    await loaded(page)
+
+
 def seven_days() -> dict[str, str]:
     today = datetime.now(ZoneInfo("Europe/London")).date()
     return {
@@ -128,9 +134,7 @@ async def test_the_admin_page_shows_the_apis_numbers_and_filters_by_a_click(
     resp = await page.goto(f"{server.base_url}/admin")
     assert resp is not None and resp.status == 200
     assert "script-src 'self'" in resp.headers["content-security-policy"]
-    await page.fill("#token", token())
-    await page.click("#sign-in button[type=submit]")
-    await loaded(page)
+    await sign_in(page)
 
     expected = await overview()
     assert expected["pageviews"] > 100
@@ -305,9 +309,7 @@ async def test_funnels_retention_and_journeys_on_the_admin_page(
     tab = await watched(browser, server.base_url, DESKTOP)
     page = tab.page
     await page.goto(f"{server.base_url}/admin")
-    await page.fill("#token", token())
-    await page.click("#sign-in button[type=submit]")
-    await loaded(page)
+    await sign_in(page)
 
     # The retention grid: a row per cohort, each later week's members behind its share.
     cohorts = (await get("/v1/analytics/stats/retention", by="visit", weeks="7", **last_weeks(8)))[
@@ -417,9 +419,7 @@ async def test_a_job_run_from_the_admin_page_is_listed_as_the_api_lists_it(
     tab = await watched(browser, server.base_url, DESKTOP)
     page = tab.page
     await page.goto(f"{server.base_url}/admin")
-    await page.fill("#token", token())
-    await page.click("#sign-in button[type=submit]")
-    await loaded(page)
+    await sign_in(page)
 
     # Every job but export (which has its own button), by the names the CLI takes.
     names = await page.locator("#job-name option").evaluate_all("os => os.map(o => o.value)")

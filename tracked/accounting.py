@@ -15,7 +15,6 @@ from __future__ import annotations
 import bisect
 import enum
 from collections import Counter
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,22 +47,35 @@ def lag_bucket(lag_ms: float) -> int:
     return LAG_BOUNDS_MS[min(at, len(LAG_BOUNDS_MS) - 1)]
 
 
+def _hour(index: int) -> datetime:
+    return datetime.fromtimestamp(index * 3600, UTC)
+
+
 class Tally:
-    """Counts per (hour, outcome, reason), as lines for `ingest_hourly`."""
+    """Counts per (hour, outcome, reason), as lines for `ingest_hourly`. Rows come as their
+    receive times in Unix seconds, a whole list at a time, counted by the hour's index: this
+    runs on the writer's loop for every batch, and a datetime per row would cost more than
+    the rest of the batch's bookkeeping."""
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[datetime, str, str]] = Counter()
 
-    def add(
-        self, rows: Iterable[TrackingRow], outcome: Outcome, reason: str = "", n: int = 1
-    ) -> None:
-        for row in rows:
-            self.counts[(hour_of(row.received_at), outcome.value, reason)] += n
+    def add(self, stamps: list[float], outcome: Outcome, reason: str = "", sign: int = 1) -> None:
+        name = outcome.value
+        for hour, n in Counter([int(s // 3600) for s in stamps]).items():
+            self.counts[(_hour(hour), name, reason)] += sign * n
 
-    def lags(self, rows: Iterable[TrackingRow], at: datetime, outcome: Outcome) -> None:
-        for row in rows:
-            lag = (at - row.received_at).total_seconds() * 1000
-            self.counts[(hour_of(row.received_at), outcome.value, str(lag_bucket(lag)))] += 1
+    def lags(self, stamps: list[float], at: datetime, outcome: Outcome) -> None:
+        now, bounds, last = at.timestamp(), LAG_BOUNDS_MS, len(LAG_BOUNDS_MS) - 1
+        found = Counter(
+            [
+                (int(s // 3600), bounds[min(bisect.bisect_left(bounds, (now - s) * 1000), last)])
+                for s in stamps
+            ]
+        )
+        name = outcome.value
+        for (hour, bound), n in found.items():
+            self.counts[(_hour(hour), name, str(bound))] += n
 
     def lines(self) -> bytes:
         return _encode_lines(
@@ -72,6 +84,14 @@ class Tally:
 
 
 _encode_lines = msgspec.json.Encoder().encode_lines
+
+
+def stamps(received: list[datetime]) -> list[float]:
+    return [t.timestamp() for t in received]
+
+
+def _stamps(rows: list[TrackingRow]) -> list[float]:
+    return [row.received_at.timestamp() for row in rows]
 
 
 def placed(
@@ -85,18 +105,18 @@ def placed(
     """The lines of a batch the writer placed: `read` from the log, `kept` past the duplicate
     check, then `stored` (or, `queued`, handed to the retry queue) and `refused` for good."""
     tally = Tally()
-    tally.add(read, Outcome.ACCEPTED)
+    accepted = _stamps(read)
+    tally.add(accepted, Outcome.ACCEPTED)
     if len(kept) < len(read):
-        duplicates = Counter(hour_of(r.received_at) for r in read)
-        duplicates.subtract(hour_of(r.received_at) for r in kept)
-        for hour, n in duplicates.items():
-            tally.counts[(hour, Outcome.FILTERED.value, "duplicate")] += n
-    tally.add(refused, Outcome.LOST, "refused")
+        tally.add(accepted, Outcome.FILTERED, "duplicate")
+        tally.add(_stamps(kept), Outcome.FILTERED, "duplicate", sign=-1)
+    tally.add(_stamps(refused), Outcome.LOST, "refused")
+    placed_at = accepted if stored is read else _stamps(stored)
     if queued:
-        tally.add(stored, Outcome.QUEUED)
+        tally.add(placed_at, Outcome.QUEUED)
     else:
-        tally.add(stored, Outcome.STORED)
-        tally.lags(stored, at, Outcome.QUERYABLE_MS)
+        tally.add(placed_at, Outcome.STORED)
+        tally.lags(placed_at, at, Outcome.QUERYABLE_MS)
     return tally
 
 
@@ -106,14 +126,11 @@ def retried(
     """The lines of a queued batch the retry job stored (each row by its receive time): out of
     the queue, stored or lost."""
     tally = Tally()
-    for received in queued:
-        tally.counts[(hour_of(received), Outcome.QUEUED.value, "")] -= 1
-    for received in stored:
-        tally.counts[(hour_of(received), Outcome.STORED.value, "")] += 1
-        lag = (at - received).total_seconds() * 1000
-        tally.counts[(hour_of(received), Outcome.QUERYABLE_MS.value, str(lag_bucket(lag)))] += 1
-    for received in refused:
-        tally.counts[(hour_of(received), Outcome.LOST.value, "refused")] += 1
+    tally.add(stamps(queued), Outcome.QUEUED, sign=-1)
+    kept = stamps(stored)
+    tally.add(kept, Outcome.STORED)
+    tally.lags(kept, at, Outcome.QUERYABLE_MS)
+    tally.add(stamps(refused), Outcome.LOST, "refused")
     return tally
 
 
