@@ -85,40 +85,50 @@ def chain_sql(steps: tuple[ChainStep, ...], parameters: dict[str, Any]) -> str:
             " AND occurred_at >= {start:DateTime64(3, 'UTC')}"
             " AND occurred_at < {end:DateTime64(3, 'UTC')}"
         )
-    empty = "CAST([" + ", ".join(["[]"] * size) + "] AS Array(Array(UInt64)))"
     # An event is one number: its time (ms) * 2^16 + its first step's bit * 2^8 + its steps'
     # bits, so a visitor's events sort as plain numbers, in time, ties in step order. Events
     # equal in all three have the same effect on the chains, so their order does not matter.
     ts, bits = "intDiv(e, 65536)", "(e % 256)"
-    # acc[i]: the step times of the latest chain that reached step i (empty: none yet).
-    moved = (
-        f"if(notEmpty(acc[{size}]), acc, arrayMap(i -> multiIf("
-        f"bitTest({bits}, i - 1) AND i = 1, [{ts}],"
-        f" bitTest({bits}, i - 1) AND i > 1 AND notEmpty(acc[i - 1])"
-        f" AND {ts} <= acc[i - 1][1] + {{window:UInt64}},"
-        f" arrayPushBack(acc[i - 1], {ts}), acc[i]), range(1, {size + 1})))"
-    )
-    # Only a visitor with an event of step 2 can go past step 1: the others' furthest chain
-    # is any step-1 event, and they are not folded. Of a run of events matching step 1 alone,
-    # only the last can start the chain that goes on (each replaces the one before).
-    first_only = (
-        f"[[intDiv(arrayFirst(e -> bitTest({bits}, 0), events), 65536)]" + ", []" * (size - 1) + "]"
-    )
-    folded = (
-        f"arrayFold((acc, e) -> {moved}, if(deep, arrayFilter((e, i) -> NOT ({bits} = 1"
-        " AND i < length(events) AND events[i + 1] % 256 = 1), events, arrayEnumerate(events)),"
-        f" []), {empty})"
-    )
+
+    def zero(k: int) -> str:
+        return f"tuple({', '.join(['toUInt64(0)'] * k)})"
+
+    def times(k: int, chain: str) -> str:
+        return ", ".join(f"{chain}.{j}" for j in range(1, k + 1))
+
+    # The chains are followed a step at a time over the whole sorted array, not an event at a
+    # time (arrayFold's state per event cost about twice as much): ext{k}[p] is the chain of
+    # step k that event p makes, from chain k-1 as it stood before p (the array shifted by one);
+    # chain{k}[p] the latest of them up to p (arrayFill carries it forward). A chain is a tuple
+    # of its step times, zeros when there is none (no event is at time 0).
+    columns = [
+        f"arrayMap(e -> if(bitTest({bits}, 0), tuple({ts}), {zero(1)}), events) AS ext1",
+        "arrayFill(c -> c.1 > 0, ext1) AS chain1",
+    ]
+    for k in range(2, size + 1):
+        before = f"arrayPushFront(arrayPopBack(chain{k - 1}), {zero(k - 1)})"
+        columns.append(
+            f"arrayMap((e, c) -> if(bitTest({bits}, {k - 1}) AND c.1 > 0"
+            f" AND {ts} <= c.1 + {{window:UInt64}}, tuple({times(k - 1, 'c')}, {ts}),"
+            f" {zero(k)}), events, {before}) AS ext{k}"
+        )
+        if k < size:
+            columns.append(f"arrayFill(c -> c.1 > 0, ext{k}) AS chain{k}")
+    # The furthest chain: the first to reach the last step (kept from then on), else the
+    # latest chain of the furthest step reached.
+    done = f"arrayFirst(c -> c.1 > 0, ext{size})"
+    furthest = [f"{done}.1 > 0, [{times(size, done)}]"] + [
+        f"chain{k}[-1].1 > 0, [{times(k, f'chain{k}[-1]')}]" for k in range(size - 1, 0, -1)
+    ]
     return (
         "SELECT step, count(), quantileExactInclusiveIf(0.5)(gap, step > 1) FROM ("
-        " SELECT state[arrayCount(c -> notEmpty(c), state)] AS times FROM ("
-        f" SELECT if(deep, {folded}, if(arrayExists(e -> bitTest({bits}, 0), events),"
-        f" CAST({first_only} AS Array(Array(UInt64))), {empty})) AS state FROM ("
+        f" SELECT multiIf({', '.join(furthest)}, CAST([] AS Array(UInt64))) AS times FROM ("
+        f" SELECT {', '.join(columns)} FROM ("
         " SELECT arraySort(groupArray(ts * 65536 + bitAnd(steps, bitNot(steps) + 1) * 256"
-        " + steps)) AS events, max(bitTest(steps, 1)) = 1 AS deep FROM ("
+        " + steps)) AS events FROM ("
         f" SELECT visitor, ts, toUInt64({mask}) AS steps"
         f" FROM ({' UNION ALL '.join(parts)})) WHERE steps > 0 GROUP BY visitor))"
-        " WHERE notEmpty(state[1]))"
+        " WHERE notEmpty(times))"
         " ARRAY JOIN arrayEnumerate(times) AS step,"
         " arrayMap(k -> if(k = 1, 0, times[k] - times[k - 1]), arrayEnumerate(times)) AS gap"
         " GROUP BY step"

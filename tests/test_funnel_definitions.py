@@ -74,6 +74,19 @@ DEFINED = [
         ],
         windowSeconds=3600,
     ),
+    definition(  # the most steps a funnel may have, repeats among them
+        name="eight-steps",
+        steps=[
+            {"eventType": "PAGEVIEW"},
+            {"eventType": "PAGEVIEW"},
+            {"eventType": "PRODUCT_VIEW"},
+            {"eventType": "PAGEVIEW"},
+            {"eventType": "ADD_TO_WISHLIST"},
+            {"eventType": "PAGEVIEW"},
+            {"eventType": "BOOKING_START"},
+            {"eventType": "BOOKING_COMPLETE"},
+        ],
+    ),
     definition(
         name="order-pay-order",
         steps=[
