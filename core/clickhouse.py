@@ -8,11 +8,13 @@ Each pool thread keeps its own client, which keeps per-connection session state 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -25,6 +27,7 @@ from core.metrics import CLICKHOUSE_RETRIES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+STREAM_CHUNK_BYTES = 4 << 20
 
 
 def chdb_path(url: str) -> str:
@@ -262,6 +265,58 @@ class Warehouse:
 
         result: bytes = await self._run(query)
         return result
+
+    async def stream(
+        self, sql: str, parameters: dict[str, Any], fmt: str
+    ) -> AsyncGenerator[bytes, None]:
+        """The result as ClickHouse writes it in `fmt` (a format without a header: CSV,
+        JSONEachRow), in pieces of STREAM_CHUNK_BYTES cut anywhere, as ClickHouse makes them:
+        a result of any size costs a few pieces of memory. One pool thread reads the stream
+        for as long as it lasts (chDB's stream holds that thread's handle), handing pieces to
+        the loop through a queue of two, so a slow consumer slows the reading."""
+        loop = asyncio.get_running_loop()
+        chunk_bytes = STREAM_CHUNK_BYTES
+        pieces: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=2)
+        abandoned = threading.Event()
+
+        def hand(item: bytes | BaseException | None) -> bool:
+            if abandoned.is_set():  # the consumer left: stop reading
+                return False
+            handed = asyncio.run_coroutine_threadsafe(pieces.put(item), loop)
+            while True:
+                try:
+                    handed.result(timeout=0.2)
+                    return True
+                except FutureTimeout:
+                    if abandoned.is_set():
+                        handed.cancel()
+                        return False
+
+        def read() -> None:
+            try:
+                # A file-like either way: chDB's stream, or the HTTP response.
+                source: Any = self._client().raw_stream(sql, parameters=parameters, fmt=fmt)
+                with source:
+                    while piece := source.read(chunk_bytes):
+                        if not hand(piece):
+                            return
+            except Exception as error:
+                hand(WarehouseError(error))
+                return
+            hand(None)
+
+        reader = loop.run_in_executor(self._pool, read)
+        try:
+            while (item := await pieces.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            abandoned.set()
+            while not reader.done():  # let a reader blocked on a full queue see `abandoned`
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    pieces.get_nowait()
+                await asyncio.sleep(0.01)
 
     async def ping(self) -> bool:
         try:

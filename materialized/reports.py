@@ -1,10 +1,11 @@
-"""Report exports: each report's rows, formatted by ClickHouse, written in pages.
+"""Report exports: each report's rows, formatted by ClickHouse, written as they come.
 
 Formats: `CSV` (a header row, RFC 4180 quoting), `JSON` (one JSON document: an array of row
-objects, streamed page by page), `NDJSON` (one object per line).
+objects), `NDJSON` (one object per line).
 
-Row-level reports are cut into pages of at most PAGE_ROWS rows along UTC hours (counted from
-the rollups first), so memory stays the size of a page whatever the report's size. Columns:
+Row-level reports are one query streamed from ClickHouse in pieces of about a megabyte
+(Warehouse.stream), in primary-key order so that ClickHouse need not sort them either: memory
+stays a few pieces whatever the report's size. Columns:
 
 BOOKINGS  occurred_at, event_type (booking-created | booking-cancelled), booking_id,
           customer_id, showroom_id, appointment_type, scheduled_at
@@ -26,12 +27,14 @@ an empty CSV field or JSON null.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import re
 import zoneinfo
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -47,7 +50,6 @@ MEDIA_TYPES: dict[str, str] = {
     "json": "application/json",
     "ndjson": "application/x-ndjson",
 }
-PAGE_ROWS = 25_000
 
 # Per report, the columns whose text a client or a publisher chose (ids are UUIDs, amounts
 # and counts numbers, days and times dates: none of those can start a formula).
@@ -129,7 +131,7 @@ _SETTINGS = (
 )
 # The row reports' aliases reuse the column names: WHERE and ORDER BY must mean the columns.
 _ROW_SETTINGS = _SETTINGS + ", prefer_column_name_to_alias = 1"
-_PAGE = (
+_ORDERED = (
     " AND occurred_at >= {start:DateTime64(3, 'UTC')} AND occurred_at < {end:DateTime64(3, 'UTC')}"
     " ORDER BY occurred_at, event_id"
 )
@@ -157,64 +159,91 @@ _PRODUCTS = (
 Write = Callable[[bytes], Awaitable[None]]
 
 
-def _clickhouse_format(fmt: Format, first_page: bool) -> str:
-    if fmt != "CSV":
-        return "JSONEachRow"  # JSON arrays are made from these lines as they pass
-    return "CSVWithNames" if first_page else "CSV"
+# One-page reports as JSON: ClickHouse writes the whole array, `[\n{..},\n{..}\n]\n`.
+_JSON_ARRAY = ", output_format_json_array_of_rows = 1"
+# In ClickHouse's CSV every string is quoted and a quote inside one is doubled, so in a row
+# report (whose first column is a quoted local time, starting with a digit) a newline followed
+# by a quote and a digit can only be where a record starts: a value's own newline is followed
+# by its text (a quote in it doubled), or by the closing quote and then `,` or the record's end.
+_RECORD_START = re.compile(rb'\n"[0-9]')
 
 
-class _Output:
-    """Passes pages on to `write`, counting rows; for JSON it turns ClickHouse's lines of
-    objects into one array: `[` before the first page, commas between objects, `]` at close.
-    Every report writes at least one page, so the array is always opened."""
+def row_report_sql(report: str, fmt: Format) -> str:
+    """A row report's query over [start, end): the rows and text the export writes. (The
+    benchmark's baseline runs it as one INSERT INTO FUNCTION file.)"""
+    _, select = _ROW_REPORTS[report]
+    sql = _for_format(report, select + _ORDERED, fmt) + _ROW_SETTINGS
+    return sql + (_JSON_ARRAY if fmt == "JSON" else "")
+
+
+class _Rows:
+    """Counts the rows of a row report's stream, whose pieces are cut anywhere, and turns the
+    JSON objects' lines into one array as they pass."""
 
     def __init__(self, fmt: Format, write: Write) -> None:
         self._fmt, self._write = fmt, write
-        self.rows = 0
-        self._pages = 0
+        self.count = 0
+        self._tail = b"\n"  # CSV: what came before the piece (the header ended with a newline)
+        self._line = b""  # JSON: an object not yet ended
 
-    async def page(self, data: bytes) -> None:
-        before = self.rows
-        if self._fmt == "CSV":  # a quoted value may hold a newline: count records, not lines
-            records = sum(1 for _ in csv.reader(io.StringIO(data.decode(), newline="")))
-            self.rows += records - (1 if self._pages == 0 and records else 0)  # the header
+    async def piece(self, data: bytes) -> None:
+        if self._fmt == "CSV":
+            # A record start cut across two pieces is found in the tail of the first.
+            seen = self._tail + data
+            self.count += len(_RECORD_START.findall(seen))
+            self._tail = seen[-2:]
+        elif self._fmt == "NDJSON":
+            self.count += data.count(b"\n")  # JSON escapes newlines inside values
         else:
-            self.rows += data.count(b"\n")
-        if self._fmt == "JSON":
-            objects = b",\n".join(data.splitlines())
-            opening = b"[\n" if self._pages == 0 else b""
-            separator = b",\n" if objects and before else b""
-            data = opening + separator + objects
-        self._pages += 1
-        if data:
-            await self._write(data)
-
-    async def close(self) -> None:
-        if self._fmt == "JSON":
-            await self._write(b"\n]\n")
+            data = self._line + data
+            cut = data.rfind(b"\n")  # an object's line ends there: JSON has no raw newline
+            if cut < 0:
+                self._line = data
+                return
+            objects, self._line = data[:cut], data[cut + 1 :]
+            lines = objects.count(b"\n") + 1
+            data = (b",\n" if self.count else b"") + objects.replace(b"\n", b",\n")
+            self.count += lines
+        await self._write(data)
 
 
-async def _pages(
-    warehouse: Warehouse, event_types: tuple[str, ...], start: datetime, end: datetime
-) -> list[tuple[datetime, datetime]]:
-    """Consecutive hour spans of at most PAGE_ROWS rows each (an hour is never split)."""
-    hours = await warehouse.rows(
-        "SELECT hour, sum(events) FROM domain_events_hourly"
-        " WHERE event_type IN {types:Array(String)}"
-        " AND hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}"
-        " GROUP BY hour ORDER BY hour",
-        {"types": list(event_types), "start": start, "end": end},
+async def _row_report(
+    warehouse: Warehouse,
+    report: str,
+    fmt: Format,
+    parameters: dict[str, Any],
+    write: Write,
+) -> int:
+    _, select = _ROW_REPORTS[report]
+    query = _for_format(report, select + _ORDERED, fmt)
+    if fmt == "CSV":  # the header alone, then rows without one (a streamable format)
+        await write(
+            await warehouse.formatted(
+                f"SELECT * FROM ({query}) LIMIT 0{_ROW_SETTINGS}", parameters, "CSVWithNames"
+            )
+        )
+    elif fmt == "JSON":
+        await write(b"[\n")
+    rows = _Rows(fmt, write)
+    pieces = warehouse.stream(
+        query + _ROW_SETTINGS, parameters, "CSV" if fmt == "CSV" else "JSONEachRow"
     )
-    pages: list[tuple[datetime, datetime]] = []
-    page_start, rows = start, 0
-    for hour, count in hours:
-        hour = hour.replace(tzinfo=start.tzinfo)
-        if rows and rows + int(count) > PAGE_ROWS:
-            pages.append((page_start, hour))
-            page_start, rows = hour, 0
-        rows += int(count)
-    pages.append((page_start, end))
-    return pages
+    async with contextlib.aclosing(pieces):
+        async for piece in pieces:
+            await rows.piece(piece)
+    if fmt == "JSON":
+        await write(b"\n]\n")
+    return rows.count
+
+
+def _one_page_rows(fmt: Format, data: bytes) -> int:
+    if fmt == "NDJSON":
+        return data.count(b"\n")
+    if fmt == "JSON":  # `[\n`, a line per object, `\n]\n`; `[\n\n]\n` when empty
+        return 0 if data == b"[\n\n]\n" else data.count(b"\n") - 2
+    # Small (days, products), and a product id may start with anything: parsed. A quoted
+    # value may hold a newline: records, not lines; less the header.
+    return max(0, sum(1 for _ in csv.reader(io.StringIO(data.decode(), newline=""))) - 1)
 
 
 async def write_report(
@@ -229,38 +258,23 @@ async def write_report(
     funnel_window_seconds: int = funnels.DEFAULT_WINDOW_SECONDS,
     product_page: str = PRODUCT_PAGE_PATTERN,
 ) -> int:
-    """Write the report, page by page; nothing but one page is held in memory. Returns the
-    rows written. FUNNELS uses `funnel_window_seconds` (FUNNEL_WINDOW_SECONDS), as
-    recompute-funnels does."""
-    out = _Output(fmt, write)
+    """Write the report as it comes from ClickHouse; nothing but a few pieces is held in
+    memory. Returns the rows written. FUNNELS uses `funnel_window_seconds`
+    (FUNNEL_WINDOW_SECONDS), as recompute-funnels does."""
     params = {"start": start, "end": end, "zone": zone.key}
     if report in _ROW_REPORTS:
-        event_types, select = _ROW_REPORTS[report]
-        for number, (page_start, page_end) in enumerate(
-            await _pages(warehouse, event_types, start, end)
-        ):
-            await out.page(
-                await warehouse.formatted(
-                    _for_format(report, select + _PAGE, fmt) + _ROW_SETTINGS,
-                    {"start": page_start, "end": page_end, "zone": zone.key},
-                    _clickhouse_format(fmt, number == 0),
-                )
-            )
-    elif report in ("REVENUE", "PRODUCTS"):
+        return await _row_report(warehouse, report, fmt, params, write)
+    if report in ("REVENUE", "PRODUCTS"):
         select = _REVENUE if report == "REVENUE" else _PRODUCTS
-        await out.page(
-            await warehouse.formatted(
-                _for_format(report, select, fmt) + _SETTINGS,
-                params,
-                _clickhouse_format(fmt, True),
-            )
+        data = await warehouse.formatted(
+            _for_format(report, select, fmt) + _SETTINGS + (_JSON_ARRAY if fmt == "JSON" else ""),
+            params,
+            "CSVWithNames" if fmt == "CSV" else "JSONEachRow",
         )
     else:
-        await out.page(
-            await _funnel_report(warehouse, fmt, start, end, funnel_window_seconds, product_page)
-        )
-    await out.close()
-    return out.rows
+        data = await _funnel_report(warehouse, fmt, start, end, funnel_window_seconds, product_page)
+    await write(data)
+    return _one_page_rows(fmt, data)
 
 
 async def _funnel_report(
@@ -284,8 +298,10 @@ async def _funnel_report(
                     "conversion_rate": result.conversion_rate,
                 }
             )
-    if fmt != "CSV":
+    if fmt == "NDJSON":
         return msgspec.json.Encoder().encode_lines(rows)
+    if fmt == "JSON":  # as ClickHouse writes a one-page report (_JSON_ARRAY)
+        return b"[\n" + b",\n".join(msgspec.json.encode(row) for row in rows) + b"\n]\n"
     out = io.StringIO()
     table = csv.DictWriter(out, fieldnames=_FUNNEL_COLUMNS, lineterminator="\n")
     table.writeheader()

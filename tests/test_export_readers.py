@@ -2,6 +2,7 @@
 the types docs/reports.md states (amounts exact decimals, timestamps ISO 8601 with their offset
 in REPORT_TIMEZONE, NULL an empty CSV field), equal to the events that were published."""
 
+import csv
 import decimal
 import io
 import uuid
@@ -17,6 +18,7 @@ import pytest
 
 from cli.demo_traffic import generate
 from consumers.mapping import DomainRow, to_row
+from core import clickhouse
 from core.clickhouse import Warehouse
 from materialized import reports
 from tests.domain_events import booking_cancelled, booking_created, order_created, payment_succeeded
@@ -229,3 +231,38 @@ async def test_csv_writes_amounts_at_two_places_or_more_and_null_as_an_empty_fie
     assert bookings.splitlines()[-1].endswith(",,,")  # showroom, appointment type, scheduled
     revenue = (await exported(warehouse, "REVENUE", "JSON", tmp_path)).read_bytes()
     assert b'"average_order_value":"1249.50"' in revenue and b'"orders":1' in revenue
+
+
+# Appointment types a publisher may send (any text up to 64 characters) that look, to a
+# careless counter, like more or fewer CSV records: newlines, quotes, a newline then a digit.
+AWKWARD = ['a\n"1\n2', "\n", '"', '"\n"2026-10-10', "1\n", "=1+2", "", "plain"]
+
+
+@pytest.mark.parametrize("fmt", ["CSV", "JSON", "NDJSON"])
+async def test_rows_are_counted_exactly_whatever_the_values_hold(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    # Pieces of 5 bytes cut records, objects and the record starts the count looks for.
+    monkeypatch.setattr(clickhouse, "STREAM_CHUNK_BYTES", 5)
+    bookings = []
+    for hour, kind in enumerate(AWKWARD):
+        body = booking_created() | {"timestamp": f"2026-10-10T{hour:02d}:30:00Z"}
+        body["payload"]["appointmentType"] = kind or "x"
+        bookings.append(("lomash.bookings.created", body))
+    await publish(warehouse, bookings)
+    out = io.BytesIO()
+
+    async def write(data: bytes) -> None:
+        out.write(data)
+
+    rows = await reports.write_report(warehouse, "BOOKINGS", fmt, START, END, LONDON, write)  # type: ignore[arg-type]
+    text = out.getvalue().decode()
+    if fmt == "CSV":
+        found = [r["appointment_type"] for r in csv.DictReader(io.StringIO(text, newline=""))]
+    elif fmt == "JSON":
+        found = [r["appointment_type"] for r in msgspec.json.decode(text)]
+    else:
+        found = [msgspec.json.decode(line)["appointment_type"] for line in text.splitlines()]
+    expected = [reports.neutralised(k or "x") if fmt == "CSV" else (k or "x") for k in AWKWARD]
+    assert rows == len(AWKWARD) == len(found)
+    assert found == expected

@@ -300,7 +300,7 @@ def _requester_id(requested_by: str) -> uuid.UUID:
 
 
 async def export_report(ctx: dict[str, Any], export_id: str) -> str:
-    """Stream one report from ClickHouse into `exports/{id}.{csv|json}`, page by page."""
+    """Stream one report from ClickHouse into `exports/{id}.{csv|json}`."""
     started = time.perf_counter()
     job = job_context(ctx)
     redis, storage, settings = job.need_redis(), job.need_storage(), job.settings
