@@ -9,7 +9,11 @@
    the resident memory of the service and its relay;
 5. where the machine's CPU went, per event: the service's event loop, its other threads
    (chDB, fsync), the relay, Redis, RabbitMQ and the kernel, for the no-op, single events
-   and arrays.
+   and arrays;
+6. the engine's own limit (issue 30): chDB alone inserting the rows the arrays run stored,
+   read back from it, into a fresh `tracking_events` with every view, in batches of the
+   writer's size (FLUSH_MAX_ROWS) and encoding (JSONCompactEachRow lines, a token each): no
+   HTTP, no Redis, no relay. Arrays stored/s are compared with it (goal >= 0.8).
 Finally every 202 is checked against the rows in ClickHouse.
 
     .venv/bin/python bench/track_rps.py [--seconds 10] [--connections 32]
@@ -18,8 +22,13 @@ Finally every 202 is checked against the rows in ClickHouse.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import subprocess
+import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from bench.common import (
@@ -39,14 +48,57 @@ from bench.common import (
 
 PUBLISHED = "analytics_events_published_total"
 TRACK = "/v1/analytics/track"
+BATCH_ROWS = 10_000  # the writer's batch at full load: FLUSH_MAX_ROWS' default
+
+
+async def insert_limit(stored: str, fresh: str, seconds: float) -> dict[str, float]:
+    """chDB alone: a batch of the rows `stored` holds, inserted into `fresh` again and again."""
+    from core.clickhouse import Warehouse
+    from core.migrations import migrate
+    from tracked.row import TRACKING_COLUMNS
+
+    source = Warehouse(f"chdb://{stored}", "analytics")
+    batch = await source.formatted(
+        f"SELECT {', '.join(TRACKING_COLUMNS)} FROM tracking_events LIMIT {BATCH_ROWS}",
+        {},
+        "JSONCompactEachRow",
+    )
+    await source.close()
+    rows = batch.count(b"\n")
+    target = Warehouse(f"chdb://{fresh}", "analytics")
+    await target.open()
+    await migrate(target)
+
+    async def insert() -> None:
+        await target.insert_lines(
+            "tracking_events", TRACKING_COLUMNS, batch, dedup_token=uuid.uuid4().hex
+        )
+
+    for _ in range(3):  # the first parts of every view, as the service's warm-up
+        await insert()
+    cpu, started, stored_rows = time.process_time(), time.monotonic(), 0
+    while time.monotonic() - started < seconds:
+        await insert()
+        stored_rows += rows
+    elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
+    await target.close()
+    return {
+        "rows_per_s": stored_rows / elapsed,
+        "cpu_us_per_row": cpu / stored_rows * 1e6,
+        "batch_rows": rows,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--limit", nargs=2, metavar=("STORED", "FRESH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     secs, conns = args.seconds, args.connections
+    if args.limit:  # the child process of step 6 (chDB: one data path per process)
+        print(json.dumps(asyncio.run(insert_limit(*args.limit, secs))))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
@@ -89,6 +141,22 @@ def main() -> None:
             published_arrays = (metric(base, PUBLISHED) - published_before) / (ended - started)
             backlog_arrays = metric(base, "analytics_publish_backlog")
         arrays_rows = count_rows(data)
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.track_rps",
+                "--seconds",
+                str(secs),
+                "--limit",
+                str(data / "clickhouse"),
+                str(tmpdir / "limit"),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        limit = json.loads(child.stdout.strip().splitlines()[-1])
         # Only 202s count: a 503 (ingest behind) accepted nothing.
         arrays_answered = 100 * (
             warm["requests"] - warm["errors"] + arrays["requests"] - arrays["errors"]
@@ -122,6 +190,11 @@ def main() -> None:
         )
     print(f"\nservice / no-op (1 event/request):      {single['rps'] / baseline['rps']:.2f}")
     print(f"stored events/s with arrays of 100:     {stored_rate:,.0f}")
+    print(
+        f"chDB alone, batches of {limit['batch_rows']:,.0f} through the views:"
+        f" {limit['rows_per_s']:,.0f} rows/s ({limit['cpu_us_per_row']:.1f} µs CPU a row);"
+        f" arrays stored / that limit: {stored_rate / limit['rows_per_s']:.2f}"
+    )
     print(f"202 -> queryable at half rate: p50 <= {visible_p50}s, p99 <= {visible_p99}s")
     print(
         "event.tracked confirmed/s (backlog at the end): "
