@@ -123,7 +123,9 @@ class _FileWriter:
 
     async def close(self) -> None:
         await asyncio.to_thread(self._handle.close)
-        os.replace(self._partial, self._target)  # readers never see half a file
+        # Readers never see half a file. Off the loop: replacing an existing file makes ext4
+        # write the new one out first (auto_da_alloc), 0.1 s for a 100 MB export.
+        await asyncio.to_thread(os.replace, self._partial, self._target)
 
     async def abort(self) -> None:
         await asyncio.to_thread(self._handle.close)
