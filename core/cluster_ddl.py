@@ -50,6 +50,9 @@ SHARD_KEYS = {
     "stats_sessions": "cityHash64(session_id)",
     "stats_visits": "cityHash64(session_id)",
     "stats_pages": "cityHash64(session_id)",
+    # An hour's seals meet in one shard's merges; touches are read as a max, anywhere.
+    "stats_session_hours": "cityHash64(start_hour)",
+    "stats_session_touches": "rand()",
 }
 
 # ALTER actions a Distributed table takes too (its columns must match the locals'); the

@@ -16,6 +16,7 @@ class Job(enum.StrEnum):
     REMOVE_OLD_EXPORTS = "remove_old_exports"
     ARCHIVE_HISTORICAL_DATA = "archive_historical_data"
     PURGE_OLD_EVENTS = "purge_old_events"
+    SEAL_SESSION_HOURS = "seal_session_hours"
     ERASE_USER = "erase_user"  # `analytics erase USER_ID`, POST /v1/analytics/erasures
 
 
@@ -29,6 +30,7 @@ BY_COMMAND: dict[str, Job] = {
     "remove-old-exports": Job.REMOVE_OLD_EXPORTS,
     "check-freshness": Job.CHECK_DASHBOARD_FRESHNESS,
     "export": Job.EXPORT_REPORT,
+    "seal-sessions": Job.SEAL_SESSION_HOURS,
 }
 # And back: the name a run of a job is shown by (the admin API, `analytics jobs`).
 COMMAND_OF: dict[Job, str] = {job: name for name, job in BY_COMMAND.items()} | {

@@ -14,6 +14,8 @@ events (`customerId`). How, table by table (docs/privacy.md has the table):
   already purged from ClickHouse, from their rewritten archive; `domain_events_hourly` from
   the remaining domain events;
 - rewritten: every archived day holding their rows (materialized/archive_rewrite.py);
+- touched: the start hours of their sessions (`stats_session_touches`), so that no sealed
+  hour still counting them is read (materialized/session_hours.py) until it is sealed again;
 - Redis: their visitor key, their sessions' keys, the rows of theirs the retry queue
   dead-lettered; the stats and dashboard caches are dropped and the live counters of the
   days their domain events fell on marked for reconciling.
@@ -66,6 +68,11 @@ KEYED: dict[str, str] = {
 }
 
 
+# Views over the users' rows that keep nothing of them but hours and times: left as they are
+# (an erasure adds its own touches, see _pass).
+UNIDENTIFIED_VIEWS = ("stats_session_touches_mv",)
+
+
 class QueuedRows(Protocol):
     """The retry queue (tracked/retry_queue.py), as far as an erasure looks into it."""
 
@@ -87,6 +94,8 @@ class Progress(msgspec.Struct, kw_only=True, omit_defaults=True):
     passes: int = 0
     sessions: list[uuid.UUID] = []
     hot_hours: list[datetime] = []  # hours of raw rows removed, to rebuild from the rest
+    # The start hours of the sessions removed: touched once they are, so no seal counts them.
+    session_hours: list[datetime] = []
     domain_hours: list[datetime] = []
     archived_days: list[date] = []  # archived days holding the user's rows, to rewrite
     purged_days: list[date] = []  # of those, the days no longer in tracking_events
@@ -296,6 +305,11 @@ class Erasure:
                 self.warehouse, rollup_rebuild.DOMAIN_ROLLUPS, progress.domain_hours
             )
             await self._rebuild_purged()
+            await self.warehouse.command(
+                "INSERT INTO stats_session_touches (start_hour, touched_at)"
+                " SELECT arrayJoin({hours:Array(DateTime('UTC'))}), now64(3, 'UTC')",
+                {"hours": progress.session_hours},
+            )
             # The hours still being written wait for the next run (this pass stays open).
             progress.hot_hours = pending
             await self._did("rebuild")
@@ -342,6 +356,10 @@ class Erasure:
             self._parameters,
         )
         progress.hot_hours = sorted({*progress.hot_hours, *(_utc(r[0]) for r in hours)})
+        started = await self.warehouse.rows(
+            f"SELECT DISTINCT start_hour FROM stats_sessions WHERE {_SESSIONS}", self._parameters
+        )
+        progress.session_hours = sorted({*progress.session_hours, *(_utc(r[0]) for r in started)})
         domain = await self.warehouse.rows(
             "SELECT DISTINCT toStartOfHour(occurred_at) FROM analytics_events"
             " WHERE customer_id = {user:UUID}",

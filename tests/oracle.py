@@ -299,10 +299,10 @@ def _median(values: list[int]) -> float:
     return ordered[low] + (h - low) * (ordered[low + 1] - ordered[low])
 
 
-def stats_period(
+def _counted_sessions(
     traffic: Traffic, start: datetime, end: datetime, filters: dict[str, str]
-) -> dict[str, Any]:
-    events = _events(traffic, start, end, filters)
+) -> list[list[TrackingRow]]:
+    """The sessions the stats count: started in [start, end), with an event matching."""
     s, e = _ms(start), _ms(end)
     sessions: dict[Any, list[TrackingRow]] = defaultdict(list)
     for r in traffic.tracking:
@@ -319,11 +319,26 @@ def stats_period(
         if filters and not any(_matches(r, filters) and _ms(r.received_at) >= s for r in rows):
             continue
         counted.append(rows)
-    bounces = sum(1 for rows in counted if len(rows) == 1 and rows[0].event_type == "PAGEVIEW")
-    durations = [
+    return counted
+
+
+def session_durations_ms(
+    traffic: Traffic, start: datetime, end: datetime, filters: dict[str, str]
+) -> list[int]:
+    """Each counted session's last event - first event, in milliseconds."""
+    return [
         max(_ms(r.occurred_at) for r in rows) - min(_ms(r.occurred_at) for r in rows)
-        for rows in counted
+        for rows in _counted_sessions(traffic, start, end, filters)
     ]
+
+
+def stats_period(
+    traffic: Traffic, start: datetime, end: datetime, filters: dict[str, str]
+) -> dict[str, Any]:
+    events = _events(traffic, start, end, filters)
+    counted = _counted_sessions(traffic, start, end, filters)
+    bounces = sum(1 for rows in counted if len(rows) == 1 and rows[0].event_type == "PAGEVIEW")
+    durations = session_durations_ms(traffic, start, end, filters)
     return {
         "visitors": len({_visitor(r) for r in events}),
         "sessions": len(counted),

@@ -59,6 +59,7 @@ async def test_overview_agrees_with_the_oracle(loaded: Stats, traffic: Traffic) 
             got = msgspec.to_builtins(await loaded.overview(start, end, filters))
             previous = got.pop("previous")
             assert got.pop("visitorsExact") is previous.pop("visitorsExact") is True
+            assert got.pop("visitDurationExact") is previous.pop("visitDurationExact") is True
             assert got.pop("range") == {
                 "from": start.astimezone(LONDON).isoformat(),
                 "to": end.astimezone(LONDON).isoformat(),
@@ -89,7 +90,7 @@ async def test_ranges_cut_mid_hour_agree_with_the_oracle(loaded: Stats, traffic:
     for start, end in ranges:
         for filters in FILTERS:
             got = msgspec.to_builtins(await loaded.period(start, end, filters))
-            for key in ("range", "visitorsExact"):
+            for key in ("range", "visitorsExact", "visitDurationExact"):
                 got.pop(key)
             expected = oracle.stats_period(traffic, start, end, filters)
             assert got == expected, f"{start} to {end}, filter {filters}"

@@ -42,6 +42,7 @@ from materialized import (
     export_state,
     funnels,
     reports,
+    session_hours,
     snapshots,
     widgets,
 )
@@ -391,6 +392,12 @@ async def purge_old_events(ctx: dict[str, Any]) -> str:
     async with best_effort("archive_gauge"):
         await archive.days_behind(job.warehouse, today)
     return f"purged {len(days)} days"
+
+
+async def seal_session_hours(ctx: dict[str, Any]) -> str:
+    """Sum the sessions of every start hour old enough and touched since its last seal
+    (materialized/session_hours.py): the overview's sessions for long ranges."""
+    return f"sealed {await session_hours.seal(job_context(ctx).warehouse)} hours"
 
 
 ERASE_TRIES = 8  # a step failing (storage down) is tried again, 30 s more apart each time

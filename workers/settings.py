@@ -28,6 +28,7 @@ from workers.jobs import (
     recompute_funnels,
     remove_old_exports,
     retry_failed_batches,
+    seal_session_hours,
 )
 
 # How long arq keeps a finished run's result (its default is an hour): a day, so that the
@@ -50,6 +51,7 @@ FUNCTIONS: list[WorkerCoroutine | Function] = [
     remove_old_exports,
     archive_historical_data,
     purge_old_events,
+    seal_session_hours,
     # The job's arguments hold the user id: no result keeps them once it is done. An erasure
     # saves each step, so the job timeout costs only the step it cut (tried again).
     func(erase_user, keep_result=0, max_tries=ERASE_TRIES),
@@ -62,6 +64,7 @@ CRON_JOBS = [
     cron(remove_old_exports, hour={3}, minute={15}),
     cron(archive_historical_data, hour={2}, minute={30}),
     cron(purge_old_events, hour={4}, minute={0}),
+    cron(seal_session_hours, minute=set(range(2, 60, 10)), second={50}),
 ]
 
 

@@ -153,7 +153,10 @@
         change = `${pct >= 0 ? "+" : ""}${pct}%`;
         direction = pct > 0 ? "up" : pct < 0 ? "down" : "";
       }
-      const approx = key === "visitors" && !overview.visitorsExact ? "≈ " : "";
+      const estimated =
+        (key === "visitors" && !overview.visitorsExact) ||
+        (key === "visitDurationSeconds" && overview.visitDurationExact === false);
+      const approx = estimated ? "≈ " : "";
       box.append(
         el("div", { className: "card metric", id: "metric-" + key },
           el("div", { className: "label" }, label),

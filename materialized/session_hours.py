@@ -1,0 +1,83 @@
+"""Sealed session hours: the overview's sessions, bounces and visit duration for the whole
+hours of a long range from one row per hour (`stats_session_hours`, sql/0028) instead of a row
+per session (`stats_sessions`), which grows with the traffic.
+
+A session's row changes for as long as its events arrive, so an hour is summed only when it
+is old enough (SEAL_AFTER) and summed again whenever rows reach its sessions later: every
+insert into `tracking_events` stamps the start hours it touched with the server's clock
+(`stats_session_touches`), and a seal counts only while it is newer than the hour's last touch
+by IN_FLIGHT (an insert's rows become visible a moment after its stamp). A touched hour is read
+from `stats_sessions` until the next seal (`seal_session_hours`, every ten minutes), so an
+answer never waits for the job and never counts a session twice or misses one. An erasure
+touches the hours of the sessions it removes (materialized/erasure.py).
+
+Sessions and bounces stay exact (sums). The median duration merges `quantileBFloat16` states
+(a few thousand distinct values at most per hour): the lower of the two middle durations with
+its binary digits past the eighth cut, so at most 0.8% below it, and not interpolated with
+the upper one as the exact median is (`visitDurationExact: false` says so). Over the million
+events and more of a range that reads sealed hours, the two middle durations are as good as
+equal.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from core.clickhouse import Warehouse
+
+SEAL_AFTER = timedelta(hours=2)
+IN_FLIGHT_SECONDS = 60
+MAX_HOURS_PER_SEAL = 24 * 31  # a month a run: one query of a month's session rows at most
+
+_TOUCHED = (
+    "SELECT start_hour, max(touched_at) AS touched FROM stats_session_touches"
+    " WHERE start_hour >= {first:DateTime('UTC')} AND start_hour < {last:DateTime('UTC')}"
+    " GROUP BY start_hour"
+)
+_SEALED = (
+    "SELECT start_hour, max(sealed_at) AS sealed FROM stats_session_hours"
+    " WHERE start_hour >= {first:DateTime('UTC')} AND start_hour < {last:DateTime('UTC')}"
+    " GROUP BY start_hour"
+)
+_DURATION = "toUInt64(toUnixTimestamp64Milli(last_at) - toUnixTimestamp64Milli(first_at))"
+# Read by stats.py for sessions in hours that are not (validly) sealed.
+BOUNCE = "pageviews = 1 AND events = 1"
+DURATION_STATE = f"quantileBFloat16State(0.5)({_DURATION})"
+
+_SEAL = (
+    "INSERT INTO stats_session_hours (start_hour, sealed_at, sessions, bounces, durations)"
+    " SELECT h.start_hour, {sealed_at:DateTime64(3, 'UTC')}, a.sessions, a.bounces, a.durations"
+    " FROM (SELECT arrayJoin({hours:Array(DateTime('UTC'))}) AS start_hour) AS h"
+    " LEFT JOIN (SELECT start_hour, count() AS sessions,"
+    f" countIf({BOUNCE}) AS bounces, {DURATION_STATE} AS durations"
+    " FROM stats_sessions FINAL WHERE start_hour IN {hours:Array(DateTime('UTC'))}"
+    " GROUP BY start_hour) AS a USING start_hour"
+)
+
+
+async def sealed(warehouse: Warehouse, first: datetime, last: datetime) -> list[datetime]:
+    """The hours in [first, last) whose latest seal still counts."""
+    rows = await warehouse.rows(
+        f"SELECT s.start_hour FROM ({_SEALED}) AS s LEFT JOIN ({_TOUCHED}) AS t USING start_hour"
+        f" WHERE t.touched < s.sealed - toIntervalSecond({IN_FLIGHT_SECONDS})"
+        " ORDER BY s.start_hour",
+        {"first": first, "last": last},
+    )
+    return [row[0] for row in rows]
+
+
+async def seal(warehouse: Warehouse) -> int:
+    """Sum the hours that are old enough and were touched since their seal (or never sealed),
+    oldest first, up to MAX_HOURS_PER_SEAL; the number sealed."""
+    now = await warehouse.scalar("SELECT now64(3, 'UTC')")  # the clock touches are stamped by
+    horizon = now.replace(minute=0, second=0, microsecond=0) - SEAL_AFTER
+    hours = await warehouse.rows(
+        f"SELECT t.start_hour FROM ({_TOUCHED}) AS t LEFT JOIN ({_SEALED}) AS s USING start_hour"
+        f" WHERE t.touched >= s.sealed - toIntervalSecond({IN_FLIGHT_SECONDS})"
+        " ORDER BY t.start_hour LIMIT {limit:UInt32}",
+        {"first": datetime(1970, 1, 1), "last": horizon, "limit": MAX_HOURS_PER_SEAL},
+    )
+    if not hours:
+        return 0
+    await warehouse.command(_SEAL, {"hours": [row[0] for row in hours], "sealed_at": now})
+    return len(hours)

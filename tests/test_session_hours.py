@@ -1,0 +1,99 @@
+"""Sealed session hours (materialized/session_hours.py): a long range's overview from one row
+per sealed hour gives the sessions and bounce rate the sessions' rows give, the median within
+its stated bound; a late event or an erasure is counted at once, before any new seal."""
+
+import uuid
+import zoneinfo
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+
+from cli.demo_traffic import Traffic, generate
+from core.clickhouse import Warehouse
+from materialized import session_hours
+from materialized.stats import Stats
+from tests import oracle
+from tests.conftest import tracking_rows
+
+LONDON = zoneinfo.ZoneInfo("Europe/London")
+START = datetime(2026, 10, 20, tzinfo=UTC)
+DAYS = 10
+END = START + timedelta(days=DAYS)
+
+
+@pytest.fixture(scope="module")
+def traffic() -> Traffic:
+    return generate(START, DAYS, 80, seed=71)
+
+
+@pytest.fixture(autouse=True)
+def no_inserts_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every insert here has landed before the next step: no margin for one in flight, so a
+    seal made just after a load counts (in service it waits a minute more)."""
+    monkeypatch.setattr(session_hours, "IN_FLIGHT_SECONDS", 0)
+
+
+def exact(warehouse: Warehouse) -> Stats:
+    return Stats(warehouse, LONDON, exact_max_events=10**12)
+
+
+def long_range(warehouse: Warehouse) -> Stats:
+    """As past EXACT_VISITORS_MAX_EVENTS: the answer a month at scale gets."""
+    return Stats(warehouse, LONDON, exact_max_events=0)
+
+
+async def sealed_count(warehouse: Warehouse) -> int:
+    return len(await session_hours.sealed(warehouse, START - timedelta(days=1), END))
+
+
+async def test_sealed_hours_give_the_sessions_and_bounces_and_a_median_within_bound(
+    warehouse: Warehouse, traffic: Traffic
+) -> None:
+    await oracle.load_past(warehouse, traffic)
+    # A range that cuts hours at both ends: those hours are never read sealed.
+    start, end = START + timedelta(minutes=17), END - timedelta(minutes=43)
+    before = await exact(warehouse).period(start, end, {})
+    expected = oracle.stats_period(traffic, start, end, {})
+    assert (before.sessions, before.bounce_rate) == (expected["sessions"], expected["bounceRate"])
+    assert before.visit_duration_exact
+    assert await session_hours.seal(warehouse) > DAYS * 20
+    assert await session_hours.seal(warehouse) == 0  # nothing touched since
+    assert await sealed_count(warehouse) > DAYS * 20
+    got = await long_range(warehouse).period(start, end, {})
+    assert not got.visit_duration_exact
+    assert (got.sessions, got.bounce_rate) == (before.sessions, before.bounce_rate)
+    durations = sorted(oracle.session_durations_ms(traffic, start, end, {}))
+    low, high = durations[(len(durations) - 1) // 2], durations[len(durations) // 2]
+    assert low * (1 - 2**-7) / 1000 - 0.001 <= got.visit_duration_seconds <= high / 1000 + 0.001
+    # Filtered answers never read sealed hours: they stay exact.
+    filtered = await long_range(warehouse).period(start, end, {"country": "GB"})
+    assert filtered.visit_duration_exact
+
+
+async def test_a_late_event_counts_at_once_and_the_hour_is_sealed_again(
+    warehouse: Warehouse, traffic: Traffic
+) -> None:
+    await oracle.load_past(warehouse, traffic)
+    await session_hours.seal(warehouse)
+    sealed = await sealed_count(warehouse)
+    before = await long_range(warehouse).period(START, END, {})
+    # A new session that started on the third day, stored now.
+    late = msgspec.structs.replace(
+        tracking_rows(1)[0],
+        session_id=uuid.uuid4(),
+        user_id=None,
+        event_type="PAGEVIEW",
+        received_at=START + timedelta(days=2, hours=5, minutes=10),
+        occurred_at=START + timedelta(days=2, hours=5, minutes=10),
+        session_started_at=START + timedelta(days=2, hours=5, minutes=10),
+        is_bot=False,
+    )
+    await oracle.load_past(warehouse, Traffic([late], []))
+    assert await sealed_count(warehouse) == sealed - 1  # its hour no longer read sealed
+    after = await long_range(warehouse).period(START, END, {})
+    assert after.sessions == before.sessions + 1
+    assert after.bounce_rate > before.bounce_rate  # one pageview alone: a bounce
+    assert await session_hours.seal(warehouse) == 1
+    assert await sealed_count(warehouse) == sealed
+    assert (await long_range(warehouse).period(START, END, {})).sessions == after.sessions
