@@ -21,7 +21,7 @@ equal.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from core.clickhouse import Warehouse
 
@@ -63,7 +63,11 @@ async def sealed(warehouse: Warehouse, first: datetime, last: datetime) -> list[
         " ORDER BY s.start_hour",
         {"first": first, "last": last},
     )
-    return [row[0] for row in rows]
+    return [_utc(row[0]) for row in rows]
+
+
+def _utc(hour: datetime) -> datetime:
+    return hour.replace(tzinfo=UTC) if hour.tzinfo is None else hour.astimezone(UTC)
 
 
 async def seal(warehouse: Warehouse) -> int:
@@ -71,8 +75,16 @@ async def seal(warehouse: Warehouse) -> int:
     oldest first, up to MAX_HOURS_PER_SEAL; the number sealed."""
     now = await warehouse.scalar("SELECT now64(3, 'UTC')")  # the clock touches are stamped by
     horizon = now.replace(minute=0, second=0, microsecond=0) - SEAL_AFTER
+    # Hours whose sessions were stored before this table existed have no touch: never sealed,
+    # they are sealed as if touched at the epoch.
+    untouched = (
+        "SELECT DISTINCT start_hour, toDateTime64(0, 3, 'UTC') AS touched FROM stats_sessions"
+        " WHERE start_hour < {last:DateTime('UTC')}"
+    )
     hours = await warehouse.rows(
-        f"SELECT t.start_hour FROM ({_TOUCHED}) AS t LEFT JOIN ({_SEALED}) AS s USING start_hour"
+        f"SELECT t.start_hour FROM (SELECT start_hour, max(touched) AS touched FROM ({_TOUCHED}"
+        f" UNION ALL {untouched}) GROUP BY start_hour) AS t"
+        f" LEFT JOIN ({_SEALED}) AS s USING start_hour"
         f" WHERE t.touched >= s.sealed - toIntervalSecond({IN_FLIGHT_SECONDS})"
         " ORDER BY t.start_hour LIMIT {limit:UInt32}",
         {"first": datetime(1970, 1, 1), "last": horizon, "limit": MAX_HOURS_PER_SEAL},

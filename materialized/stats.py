@@ -337,6 +337,11 @@ def _floor_hour(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
+def _hours(first: datetime, last: datetime) -> list[datetime]:
+    """Every UTC hour from `first` up to `last` (both on the hour)."""
+    return [first + timedelta(hours=n) for n in range(int((last - first).total_seconds()) // 3600)]
+
+
 def whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
     """The whole UTC hours inside [start, end), or None."""
     first, last = _floor_hour(start), _floor_hour(end)
@@ -426,18 +431,24 @@ class Stats:
                 f"SELECT {SKETCH}, sum(pageviews) FROM ({rows})", parameters
             )
         sealed: list[datetime] = []
-        if not exact and not filters and where.whole is not None:
-            sealed = await session_hours.sealed(self.warehouse, *where.whole)
-        if sealed:
-            # The sealed hours' sums, the rest from the sessions' rows, one merged median.
+        whole = where.whole
+        if not exact and not filters and whole is not None:
+            sealed = await session_hours.sealed(self.warehouse, *whole)
+        if sealed and whole is not None:
+            # The sealed hours' sums, the rest from the sessions' rows, one merged median. The
+            # rest named as the hours it is (not as "not sealed"), so that only their rows
+            # are read: the ends of the range and the whole hours without a valid seal.
+            unsealed = sorted(set(_hours(*whole)) - set(sealed))
             sessions = self.warehouse.rows(
                 "SELECT sum(n), sum(b), quantileBFloat16Merge(0.5)(d) FROM ("
                 " SELECT sessions AS n, bounces AS b, durations AS d FROM stats_session_hours"
                 " FINAL WHERE start_hour IN {sealed:Array(DateTime('UTC'))}"
                 f" UNION ALL SELECT count(), countIf({session_hours.BOUNCE}),"
                 f" {session_hours.DURATION_STATE} FROM stats_sessions FINAL"
-                f" WHERE {where.sessions} AND start_hour NOT IN {{sealed:Array(DateTime('UTC'))}})",
-                {**where.parameters, "sealed": sealed},
+                f" WHERE {where.sessions} AND (start_hour < {{h1:DateTime('UTC')}}"
+                " OR start_hour >= {h2:DateTime('UTC')}"
+                " OR start_hour IN {unsealed:Array(DateTime('UTC'))}))",
+                {**where.parameters, "sealed": sealed, "unsealed": unsealed},
             )
         else:
             sessions = self.warehouse.rows(

@@ -97,3 +97,15 @@ async def test_a_late_event_counts_at_once_and_the_hour_is_sealed_again(
     assert await session_hours.seal(warehouse) == 1
     assert await sealed_count(warehouse) == sealed
     assert (await long_range(warehouse).period(START, END, {})).sessions == after.sessions
+
+
+async def test_hours_stored_before_the_seals_existed_are_sealed_too(
+    warehouse: Warehouse, traffic: Traffic
+) -> None:
+    await oracle.load_past(warehouse, traffic)
+    await warehouse.command("TRUNCATE TABLE stats_session_touches")  # as before sql/0028
+    before = await exact(warehouse).period(START, END, {})
+    assert await session_hours.seal(warehouse) > DAYS * 20
+    got = await long_range(warehouse).period(START, END, {})
+    assert not got.visit_duration_exact
+    assert (got.sessions, got.bounce_rate) == (before.sessions, before.bounce_rate)
