@@ -168,12 +168,16 @@ _JSON_ARRAY = ", output_format_json_array_of_rows = 1"
 _RECORD_START = re.compile(rb'\n"[0-9]')
 
 
+def _row_query(report: str, fmt: Format) -> str:
+    """A row report's rows over [start, end), in primary-key order, without SETTINGS."""
+    _, select = _ROW_REPORTS[report]
+    return _for_format(report, select + _ORDERED, fmt)
+
+
 def row_report_sql(report: str, fmt: Format) -> str:
     """A row report's query over [start, end): the rows and text the export writes. (The
     benchmark's baseline runs it as one INSERT INTO FUNCTION file.)"""
-    _, select = _ROW_REPORTS[report]
-    sql = _for_format(report, select + _ORDERED, fmt) + _ROW_SETTINGS
-    return sql + (_JSON_ARRAY if fmt == "JSON" else "")
+    return _row_query(report, fmt) + _ROW_SETTINGS + (_JSON_ARRAY if fmt == "JSON" else "")
 
 
 class _Rows:
@@ -214,8 +218,7 @@ async def _row_report(
     parameters: dict[str, Any],
     write: Write,
 ) -> int:
-    _, select = _ROW_REPORTS[report]
-    query = _for_format(report, select + _ORDERED, fmt)
+    query = _row_query(report, fmt)
     if fmt == "CSV":  # the header alone, then rows without one (a streamable format)
         await write(
             await warehouse.formatted(

@@ -39,10 +39,10 @@ _SEALED = (
     " WHERE start_hour >= {first:DateTime('UTC')} AND start_hour < {last:DateTime('UTC')}"
     " GROUP BY start_hour"
 )
-_DURATION = "toUInt64(toUnixTimestamp64Milli(last_at) - toUnixTimestamp64Milli(first_at))"
-# Read by stats.py for sessions in hours that are not (validly) sealed.
+# Over a stats_sessions row, here and in stats.py.
 BOUNCE = "pageviews = 1 AND events = 1"
-DURATION_STATE = f"quantileBFloat16State(0.5)({_DURATION})"
+DURATION_MS = "toUInt64(toUnixTimestamp64Milli(last_at) - toUnixTimestamp64Milli(first_at))"
+DURATION_STATE = f"quantileBFloat16State(0.5)({DURATION_MS})"
 
 _SEAL = (
     "INSERT INTO stats_session_hours (start_hour, sealed_at, sessions, bounces, durations)"

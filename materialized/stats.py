@@ -338,7 +338,7 @@ def _floor_hour(at: datetime) -> datetime:
 
 
 def _hours(first: datetime, last: datetime) -> list[datetime]:
-    """Every UTC hour from `first` up to `last` (both on the hour)."""
+    """Every hour from `first` (on the hour) up to `last`."""
     return [first + timedelta(hours=n) for n in range(int((last - first).total_seconds()) // 3600)]
 
 
@@ -453,8 +453,7 @@ class Stats:
         else:
             sessions = self.warehouse.rows(
                 f"SELECT count(), countIf({session_hours.BOUNCE}),"
-                " quantileExactInclusive(0.5)("
-                "toUnixTimestamp64Milli(last_at) - toUnixTimestamp64Milli(first_at))"
+                f" quantileExactInclusive(0.5)({session_hours.DURATION_MS})"
                 f" FROM stats_sessions FINAL WHERE {where.sessions}",
                 where.parameters,
             )
@@ -547,8 +546,7 @@ class Stats:
     def buckets(self, start: datetime, end: datetime, interval: Interval) -> list[datetime]:
         """Every bucket's start (UTC) meeting [start, end): hours, or local days."""
         if interval is Interval.HOUR:
-            count = int((end - start).total_seconds() // 3600)
-            return [start + timedelta(hours=n) for n in range(count)]
+            return _hours(start, end)
         day = start.astimezone(self.zone).replace(hour=0, minute=0, second=0, microsecond=0)
         found: list[datetime] = []
         while True:
