@@ -21,6 +21,9 @@ equal.
 
 from __future__ import annotations
 
+import math
+import struct
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from core.clickhouse import Warehouse
@@ -35,7 +38,8 @@ _TOUCHED = (
     " GROUP BY start_hour"
 )
 _SEALED = (
-    "SELECT start_hour, max(sealed_at) AS sealed FROM stats_session_hours"
+    "SELECT start_hour, max(sealed_at) AS sealed, argMax(unplaced, sealed_at) AS unplaced"
+    " FROM stats_session_hours"
     " WHERE start_hour >= {first:DateTime('UTC')} AND start_hour < {last:DateTime('UTC')}"
     " GROUP BY start_hour"
 )
@@ -43,27 +47,74 @@ _SEALED = (
 BOUNCE = "pageviews = 1 AND events = 1"
 DURATION_MS = "toUInt64(toUnixTimestamp64Milli(last_at) - toUnixTimestamp64Milli(first_at))"
 DURATION_STATE = f"quantileBFloat16State(0.5)({DURATION_MS})"
+# The duration's bfloat16 (the top 16 bits of its float32) and a histogram of them.
+DURATION_BUCKET = f"toUInt16(bitShiftRight(reinterpretAsUInt32(toFloat32({DURATION_MS})), 16))"
+DURATION_HISTOGRAM = f"sumMap(map({DURATION_BUCKET}, toUInt64(1)))"
 
+# The audience a filter on country, device, browser or os reads (sql/0029), as stats_visits
+# names them; the API's names in stats.py.
+AUDIENCE = ("country", "device_type", "browser", "os")
+_HOURS = "{hours:Array(DateTime('UTC'))}"
+# Each sealed session's audiences: the distinct ones its events came with.
+_AUDIENCES = (
+    f"SELECT session_id, groupUniqArray(({', '.join(AUDIENCE)})) AS audiences FROM stats_visits"
+    f" WHERE hour >= {{first:DateTime('UTC')}} AND toStartOfHour(started) IN {_HOURS}"
+    " GROUP BY session_id"
+)
+# Sessions that came with one audience, summed per hour and audience. Written before the hour's
+# row, which counts the sessions left out (`unplaced`): a seal whose second insert fails is
+# never read.
+_SEAL_AUDIENCE = (
+    f"INSERT INTO stats_session_audience (start_hour, sealed_at, {', '.join(AUDIENCE)},"
+    " sessions, bounces, durations)"
+    " SELECT start_hour, {sealed_at:DateTime64(3, 'UTC')},"
+    f" {', '.join(f'audience.{n + 1}' for n in range(len(AUDIENCE)))},"
+    " count(), countIf(bounce), sumMap(map(duration, toUInt64(1))) FROM ("
+    f" SELECT s.start_hour AS start_hour, ({BOUNCE}) AS bounce, {DURATION_BUCKET} AS duration,"
+    " a.audiences[1] AS audience"
+    f" FROM (SELECT * FROM stats_sessions FINAL WHERE start_hour IN {_HOURS}) AS s"
+    f" INNER JOIN ({_AUDIENCES}) AS a USING session_id WHERE length(a.audiences) = 1)"
+    " GROUP BY start_hour, audience"
+)
 _SEAL = (
-    "INSERT INTO stats_session_hours (start_hour, sealed_at, sessions, bounces, durations)"
-    " SELECT h.start_hour, {sealed_at:DateTime64(3, 'UTC')}, a.sessions, a.bounces, a.durations"
+    "INSERT INTO stats_session_hours"
+    " (start_hour, sealed_at, sessions, bounces, durations, unplaced)"
+    " SELECT h.start_hour, {sealed_at:DateTime64(3, 'UTC')}, a.sessions, a.bounces, a.durations,"
+    " a.sessions - p.placed"
     " FROM (SELECT arrayJoin({hours:Array(DateTime('UTC'))}) AS start_hour) AS h"
     " LEFT JOIN (SELECT start_hour, count() AS sessions,"
     f" countIf({BOUNCE}) AS bounces, {DURATION_STATE} AS durations"
     " FROM stats_sessions FINAL WHERE start_hour IN {hours:Array(DateTime('UTC'))}"
     " GROUP BY start_hour) AS a USING start_hour"
+    " LEFT JOIN (SELECT start_hour, sum(sessions) AS placed FROM stats_session_audience"
+    " WHERE start_hour IN {hours:Array(DateTime('UTC'))}"
+    " AND sealed_at = {sealed_at:DateTime64(3, 'UTC')} GROUP BY start_hour) AS p USING start_hour"
 )
 
 
-async def sealed(warehouse: Warehouse, first: datetime, last: datetime) -> list[datetime]:
-    """The hours in [first, last) whose latest seal still counts."""
+async def sealed(
+    warehouse: Warehouse, first: datetime, last: datetime, audience: bool = False
+) -> list[datetime]:
+    """The hours in [first, last) whose latest seal still counts; with `audience`, only those
+    whose every session is in its audience rows."""
+    placed = " AND s.unplaced = 0" if audience else ""
     rows = await warehouse.rows(
         f"SELECT s.start_hour FROM ({_SEALED}) AS s LEFT JOIN ({_TOUCHED}) AS t USING start_hour"
-        f" WHERE t.touched < s.sealed - toIntervalSecond({IN_FLIGHT_SECONDS})"
+        f" WHERE t.touched < s.sealed - toIntervalSecond({IN_FLIGHT_SECONDS}){placed}"
         " ORDER BY s.start_hour",
         {"first": first, "last": last},
     )
     return [_utc(row[0]) for row in rows]
+
+
+def histogram_median(histogram: Mapping[int, int]) -> float:
+    """The lower middle duration (ms) of a DURATION_HISTOGRAM, as cut; NaN when empty."""
+    position, seen = (sum(histogram.values()) - 1) // 2, 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        if seen > position:
+            return float(struct.unpack("<f", struct.pack("<I", bucket << 16))[0])
+    return math.nan
 
 
 def _utc(hour: datetime) -> datetime:
@@ -71,8 +122,8 @@ def _utc(hour: datetime) -> datetime:
 
 
 async def seal(warehouse: Warehouse) -> int:
-    """Sum the hours that are old enough and were touched since their seal (or never sealed),
-    oldest first, up to MAX_HOURS_PER_SEAL; the number sealed."""
+    """Sum the hours that are old enough and were touched since their seal (or never sealed, or
+    sealed without their audiences), oldest first, up to MAX_HOURS_PER_SEAL; the number sealed."""
     now = await warehouse.scalar("SELECT now64(3, 'UTC')")  # the clock touches are stamped by
     horizon = now.replace(minute=0, second=0, microsecond=0) - SEAL_AFTER
     # Hours whose sessions were stored before this table existed have no touch: never sealed,
@@ -86,10 +137,13 @@ async def seal(warehouse: Warehouse) -> int:
         f" UNION ALL {untouched}) GROUP BY start_hour) AS t"
         f" LEFT JOIN ({_SEALED}) AS s USING start_hour"
         f" WHERE t.touched >= s.sealed - toIntervalSecond({IN_FLIGHT_SECONDS})"
+        " OR s.unplaced < 0"  # sealed before its audiences were
         " ORDER BY t.start_hour LIMIT {limit:UInt32}",
         {"first": datetime(1970, 1, 1), "last": horizon, "limit": MAX_HOURS_PER_SEAL},
     )
     if not hours:
         return 0
-    await warehouse.command(_SEAL, {"hours": [row[0] for row in hours], "sealed_at": now})
+    parameters = {"hours": [row[0] for row in hours], "first": hours[0][0], "sealed_at": now}
+    await warehouse.command(_SEAL_AUDIENCE, parameters)
+    await warehouse.command(_SEAL, parameters)
     return len(hours)

@@ -58,6 +58,8 @@ DIMENSIONS: dict[str, str] = {
 }
 # What `stats_visits` (sql/0021) can filter on: every dimension but the event-level ones.
 VISIT_DIMENSIONS = frozenset(DIMENSIONS) - {"page", "event_type"}
+# What sealed audience rows (sql/0029) can filter a long range's sessions on.
+AUDIENCE_DIMENSIONS = frozenset(d for d in DIMENSIONS if DIMENSIONS[d] in session_hours.AUDIENCE)
 EXACT_VISITORS_MAX_EVENTS = 1_000_000
 MAX_FILTERS = len(DIMENSIONS)
 MAX_FILTER_VALUE_CHARS = 512
@@ -297,6 +299,19 @@ class _Where:
     @property
     def sessions(self) -> str:
         """Sessions that started in the range and hold an event matching the filter."""
+        return self.sessions_among()
+
+    def sessions_among(self, hours: str = "") -> str:
+        """`sessions`, or with `hours` (the name of an Array(DateTime) parameter) only those
+        that started in those hours: the ids a filter matches are then looked up there only."""
+        among = among_raw = among_rollup = ""
+        if hours:
+            among = f" AND start_hour IN {{{hours}:Array(DateTime('UTC'))}}"
+            among_rollup = f" AND toStartOfHour(started) IN {{{hours}:Array(DateTime('UTC'))}}"
+            among_raw = (
+                " AND toStartOfHour(ifNull(session_started_at, received_at))"
+                f" IN {{{hours}:Array(DateTime('UTC'))}}"
+            )
         started = "start_hour >= {start:DateTime('UTC')} AND start_hour < {end:DateTime('UTC')}"
         if not self.aligned:
             whole = (
@@ -311,11 +326,12 @@ class _Where:
                 " AND started >= {start:DateTime('UTC')} AND started < {end:DateTime('UTC')}"
                 " AND toStartOfHour(started) IN ({e1:DateTime('UTC')}, {e2:DateTime('UTC')}))))"
             )
+        started += among
         if not self.filtered:
             return started
         began = (
             " AND ifNull(session_started_at, received_at) >= {start:DateTime('UTC')}"
-            " AND ifNull(session_started_at, received_at) < {end:DateTime('UTC')}"
+            f" AND ifNull(session_started_at, received_at) < {{end:DateTime('UTC')}}{among_raw}"
         )
         table = self.rollup()
         if table is None:
@@ -327,6 +343,7 @@ class _Where:
             f"{started} AND session_id IN (SELECT session_id FROM {table}"
             f" WHERE {self.matches} AND hour >= {{h1:DateTime('UTC')}}"
             " AND started >= {start:DateTime('UTC')} AND started < {end:DateTime('UTC')}"
+            f"{among_rollup}"
             f" UNION ALL SELECT session_id FROM tracking_events WHERE {self.filters}"
             " AND received_at >= {start:DateTime('UTC')} AND received_at < {h1:DateTime('UTC')}"
             f"{began})"
@@ -399,21 +416,25 @@ class Stats:
             self.zone.key,
         )
 
-    async def _exact(self, start: datetime, end: datetime, filters: Mapping[str, str]) -> bool:
-        if filters:
-            return True
+    async def _large(self, start: datetime, end: datetime) -> bool:
+        """Whether the range holds more than exact_max_events events."""
         events = await self.warehouse.scalar(
             "SELECT sum(events) FROM tracking_events_hourly"
             " WHERE hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}",
             {"start": start, "end": end},
         )
-        return int(events or 0) <= self.exact_max_events
+        return int(events or 0) > self.exact_max_events
+
+    async def _exact(self, start: datetime, end: datetime, filters: Mapping[str, str]) -> bool:
+        return bool(filters) or not await self._large(start, end)
 
     async def period(
         self, start: datetime, end: datetime, filters: Mapping[str, str]
     ) -> PeriodStats:
         where = _Where(start, end, filters)
-        exact = await self._exact(start, end, filters)
+        audience = set(filters) <= AUDIENCE_DIMENSIONS  # unfiltered included
+        large = audience and await self._large(start, end)
+        exact = bool(filters) or not large
         visits = where.visits()
         if visits is not None:
             totals = self.warehouse.rows(
@@ -432,24 +453,27 @@ class Stats:
             )
         sealed: list[datetime] = []
         whole = where.whole
-        if not exact and not filters and whole is not None:
-            sealed = await session_hours.sealed(self.warehouse, *whole)
+        if large and whole is not None:
+            sealed = await session_hours.sealed(self.warehouse, *whole, audience=bool(filters))
         if sealed and whole is not None:
             # The sealed hours' sums, the rest from the sessions' rows, one merged median. The
             # rest named as the hours it is (not as "not sealed"), so that only their rows
-            # are read: the ends of the range and the whole hours without a valid seal.
-            unsealed = sorted(set(_hours(*whole)) - set(sealed))
-            sessions = self.warehouse.rows(
-                "SELECT sum(n), sum(b), quantileBFloat16Merge(0.5)(d) FROM ("
-                " SELECT sessions AS n, bounces AS b, durations AS d FROM stats_session_hours"
-                " FINAL WHERE start_hour IN {sealed:Array(DateTime('UTC'))}"
-                f" UNION ALL SELECT count(), countIf({session_hours.BOUNCE}),"
-                f" {session_hours.DURATION_STATE} FROM stats_sessions FINAL"
-                f" WHERE {where.sessions} AND (start_hour < {{h1:DateTime('UTC')}}"
-                " OR start_hour >= {h2:DateTime('UTC')}"
-                " OR start_hour IN {unsealed:Array(DateTime('UTC'))}))",
-                {**where.parameters, "sealed": sealed, "unsealed": unsealed},
-            )
+            # are read: the hours the range cuts and the whole hours without a valid seal.
+            ends = {where.parameters["e1"], where.parameters["e2"]}
+            rest = sorted((set(_hours(*whole)) | ends) - set(sealed))
+            parameters = {**where.parameters, "sealed": sealed, "rest": rest}
+            if filters:
+                sessions = self._audience_sessions(where, parameters)
+            else:
+                sessions = self.warehouse.rows(
+                    "SELECT sum(n), sum(b), quantileBFloat16Merge(0.5)(d) FROM ("
+                    " SELECT sessions AS n, bounces AS b, durations AS d FROM stats_session_hours"
+                    " FINAL WHERE start_hour IN {sealed:Array(DateTime('UTC'))}"
+                    f" UNION ALL SELECT count(), countIf({session_hours.BOUNCE}),"
+                    f" {session_hours.DURATION_STATE} FROM stats_sessions FINAL"
+                    f" WHERE {where.sessions_among('rest')})",
+                    parameters,
+                )
         else:
             sessions = self.warehouse.rows(
                 f"SELECT count(), countIf({session_hours.BOUNCE}),"
@@ -475,6 +499,28 @@ class Stats:
             ),
             visit_duration_exact=not sealed,
         )
+
+    async def _audience_sessions(
+        self, where: _Where, parameters: dict[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """[(sessions, bounces, median ms)] under an audience filter: each sealed hour's
+        audience rows of its latest seal that match, the rest from the sessions' rows, their
+        duration histograms added up."""
+        rows = await self.warehouse.rows(
+            "SELECT sum(n), sum(b), sumMap(d) FROM ("
+            " SELECT a.sessions AS n, a.bounces AS b, a.durations AS d"
+            " FROM stats_session_audience AS a FINAL INNER JOIN (SELECT start_hour,"
+            " max(sealed_at) AS sealed_at FROM stats_session_hours"
+            " WHERE start_hour IN {sealed:Array(DateTime('UTC'))} GROUP BY start_hour)"
+            " AS h ON a.start_hour = h.start_hour AND a.sealed_at = h.sealed_at"
+            f" WHERE a.start_hour IN {{sealed:Array(DateTime('UTC'))}} AND {where.matches}"
+            f" UNION ALL SELECT count(), countIf({session_hours.BOUNCE}),"
+            f" {session_hours.DURATION_HISTOGRAM} FROM stats_sessions FINAL"
+            f" WHERE {where.sessions_among('rest')})",
+            parameters,
+        )
+        count, bounces, histogram = rows[0]
+        return [(count, bounces, session_hours.histogram_median(histogram))]
 
     async def overview(
         self, start: datetime, end: datetime, filters: Mapping[str, str]
