@@ -26,6 +26,7 @@ from core.ops import Health
 from ingest.schema import MAX_EVENTS_PER_REQUEST, TrackingEvent
 from ingest.track import Accepted, AcceptedMany
 from materialized import journeys, retention
+from materialized.dimensions import DIMENSIONS
 from materialized.erasure import ErasureAnswer
 from materialized.funnel_definitions import FunnelCreated, FunnelDefinition, FunnelList
 from materialized.ingest_ledger import IngestLedger
@@ -33,7 +34,6 @@ from materialized.journeys import Journeys
 from materialized.properties import MAX_KEY_CHARS, MAX_KEYS, PropertyKeys
 from materialized.retention import CohortBy, Retention
 from materialized.stats import (
-    DIMENSIONS,
     MAX_BREAKDOWN_LIMIT,
     Breakdown,
     Overview,

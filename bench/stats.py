@@ -41,9 +41,10 @@ from materialized import (
     retention,
     session_hours,
 )
+from materialized.dimensions import DIMENSIONS
 from materialized.funnel_definitions import FunnelDefinition, chain_steps
 from materialized.retention import CohortBy
-from materialized.stats import DIMENSIONS, Interval, Stats
+from materialized.stats import Interval, Stats
 
 ZONE = zoneinfo.ZoneInfo("Europe/London")
 DAYS = 30

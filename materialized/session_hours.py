@@ -23,14 +23,19 @@ from __future__ import annotations
 
 import math
 import struct
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 from core.clickhouse import Warehouse
+from materialized.dimensions import DIMENSIONS, VISIT_DIMENSIONS
 
 SEAL_AFTER = timedelta(hours=2)
 IN_FLIGHT_SECONDS = 60
-MAX_HOURS_PER_SEAL = 24 * 31  # a month a run: one query of a month's session rows at most
+MAX_HOURS_PER_SEAL = 24 * 31  # a month a run at most
+SEAL_CHUNK_HOURS = 24  # summed per query: a day's sessions in one join at most
+SEAL_RUN_SECONDS = 120.0  # no chunk begun past this, well inside the job's timeout
 
 _TOUCHED = (
     "SELECT start_hour, max(touched_at) AS touched FROM stats_session_touches"
@@ -62,8 +67,8 @@ _AUDIENCES = (
     " GROUP BY session_id"
 )
 # Sessions that came with one audience, summed per hour and audience. Written before the hour's
-# row, which counts the sessions left out (`unplaced`): a seal whose second insert fails is
-# never read.
+# row, which counts the sessions left out (`unplaced`), as the values are: a seal whose last
+# insert fails is never read.
 _SEAL_AUDIENCE = (
     f"INSERT INTO stats_session_audience (start_hour, sealed_at, {', '.join(AUDIENCE)},"
     " sessions, bounces, durations)"
@@ -75,6 +80,37 @@ _SEAL_AUDIENCE = (
     f" FROM (SELECT * FROM stats_sessions FINAL WHERE start_hour IN {_HOURS}) AS s"
     f" INNER JOIN ({_AUDIENCES}) AS a USING session_id WHERE length(a.audiences) = 1)"
     " GROUP BY start_hour, audience"
+)
+
+
+def _pairs(table: str, dimensions: list[str]) -> str:
+    """(session_id, pair) rows of `table` for the sealed hours' sessions: each row's value of
+    every one of `dimensions`."""
+    values = ", ".join(f"('{name}', toString({DIMENSIONS[name]}))" for name in dimensions)
+    return (
+        f"SELECT session_id, arrayJoin([{values}]) AS pair FROM {table}"
+        f" WHERE hour >= {{first:DateTime('UTC')}} AND toStartOfHour(started) IN {_HOURS}"
+    )
+
+
+# Each sealed session's distinct (dimension, value) pairs over all its events: the session's
+# own from stats_visits, the page and event type from stats_pages (four times its rows).
+_VALUES = (
+    "SELECT session_id, groupUniqArray(pair) AS pairs FROM ("
+    f"{_pairs('stats_visits', sorted(VISIT_DIMENSIONS))} UNION ALL"
+    f" {_pairs('stats_pages', sorted(set(DIMENSIONS) - VISIT_DIMENSIONS))})"
+    " GROUP BY session_id"
+)
+_SEAL_VALUES = (
+    "INSERT INTO stats_session_values (start_hour, sealed_at, dimension, value, sessions,"
+    " bounces, durations)"
+    " SELECT start_hour, {sealed_at:DateTime64(3, 'UTC')}, pair.1, pair.2,"
+    " count(), countIf(bounce), sumMap(map(duration, toUInt64(1))) FROM ("
+    f" SELECT s.start_hour AS start_hour, ({BOUNCE}) AS bounce, {DURATION_BUCKET} AS duration,"
+    " v.pairs AS pairs"
+    f" FROM (SELECT * FROM stats_sessions FINAL WHERE start_hour IN {_HOURS}) AS s"
+    f" INNER JOIN ({_VALUES}) AS v USING session_id) ARRAY JOIN pairs AS pair"
+    " GROUP BY start_hour, pair"
 )
 _SEAL = (
     "INSERT INTO stats_session_hours"
@@ -92,19 +128,30 @@ _SEAL = (
 )
 
 
+class Rows(StrEnum):
+    """What a question reads of the sealed hours."""
+
+    HOURS = "hours"  # stats_session_hours
+    VALUES = "values"  # stats_session_values: hours sealed with them
+    AUDIENCE = "audience"  # stats_session_audience: hours whose every session is placed
+
+
 async def sealed(
-    warehouse: Warehouse, first: datetime, last: datetime, audience: bool = False
+    warehouse: Warehouse, first: datetime, last: datetime, rows: Rows = Rows.HOURS
 ) -> list[datetime]:
-    """The hours in [first, last) whose latest seal still counts; with `audience`, only those
-    whose every session is in its audience rows."""
-    placed = " AND s.unplaced = 0" if audience else ""
-    rows = await warehouse.rows(
+    """The hours in [first, last) whose latest seal still counts and holds `rows`."""
+    holds = {
+        Rows.HOURS: "",
+        Rows.VALUES: " AND s.unplaced >= 0",
+        Rows.AUDIENCE: " AND s.unplaced = 0",
+    }
+    found = await warehouse.rows(
         f"SELECT s.start_hour FROM ({_SEALED}) AS s LEFT JOIN ({_TOUCHED}) AS t USING start_hour"
-        f" WHERE t.touched < s.sealed - toIntervalSecond({IN_FLIGHT_SECONDS}){placed}"
+        f" WHERE t.touched < s.sealed - toIntervalSecond({IN_FLIGHT_SECONDS}){holds[rows]}"
         " ORDER BY s.start_hour",
         {"first": first, "last": last},
     )
-    return [_utc(row[0]) for row in rows]
+    return [_utc(row[0]) for row in found]
 
 
 def histogram_median(histogram: Mapping[int, int]) -> float:
@@ -123,7 +170,9 @@ def _utc(hour: datetime) -> datetime:
 
 async def seal(warehouse: Warehouse) -> int:
     """Sum the hours that are old enough and were touched since their seal (or never sealed, or
-    sealed without their audiences), oldest first, up to MAX_HOURS_PER_SEAL; the number sealed."""
+    sealed without their audiences), oldest first, up to MAX_HOURS_PER_SEAL a day at a time for
+    SEAL_RUN_SECONDS at most; the number sealed. A seal stamped before it reads is only ever
+    too old: a touch in between makes the next run seal the hour again."""
     now = await warehouse.scalar("SELECT now64(3, 'UTC')")  # the clock touches are stamped by
     horizon = now.replace(minute=0, second=0, microsecond=0) - SEAL_AFTER
     # Hours whose sessions were stored before this table existed have no touch: never sealed,
@@ -141,9 +190,14 @@ async def seal(warehouse: Warehouse) -> int:
         " ORDER BY t.start_hour LIMIT {limit:UInt32}",
         {"first": datetime(1970, 1, 1), "last": horizon, "limit": MAX_HOURS_PER_SEAL},
     )
-    if not hours:
-        return 0
-    parameters = {"hours": [row[0] for row in hours], "first": hours[0][0], "sealed_at": now}
-    await warehouse.command(_SEAL_AUDIENCE, parameters)
-    await warehouse.command(_SEAL, parameters)
-    return len(hours)
+    began, done = time.monotonic(), 0
+    for at in range(0, len(hours), SEAL_CHUNK_HOURS):
+        if done and time.monotonic() - began > SEAL_RUN_SECONDS:
+            break
+        chunk = [row[0] for row in hours[at : at + SEAL_CHUNK_HOURS]]
+        parameters = {"hours": chunk, "first": chunk[0], "sealed_at": now}
+        await warehouse.command(_SEAL_AUDIENCE, parameters)
+        await warehouse.command(_SEAL_VALUES, parameters)
+        await warehouse.command(_SEAL, parameters)
+        done += len(chunk)
+    return done

@@ -39,25 +39,9 @@ import msgspec
 
 from core.clickhouse import Warehouse
 from materialized import properties, session_hours
+from materialized.dimensions import DIMENSIONS, VISIT_DIMENSIONS
 from materialized.properties import DimensionError
 
-# Breakdown dimension -> its expression over a tracking_events row.
-DIMENSIONS: dict[str, str] = {
-    "page": "path",
-    "entry_page": "path(landing_page)",
-    "referrer": "domainWithoutWWW(entry_referrer)",
-    "utm_source": "utm_source",
-    "utm_medium": "utm_medium",
-    "utm_campaign": "utm_campaign",
-    "country": "country",
-    "city": "city",
-    "device": "device_type",
-    "browser": "browser",
-    "os": "os",
-    "event_type": "event_type",
-}
-# What `stats_visits` (sql/0021) can filter on: every dimension but the event-level ones.
-VISIT_DIMENSIONS = frozenset(DIMENSIONS) - {"page", "event_type"}
 # What sealed audience rows (sql/0029) can filter a long range's sessions on.
 AUDIENCE_DIMENSIONS = frozenset(d for d in DIMENSIONS if DIMENSIONS[d] in session_hours.AUDIENCE)
 EXACT_VISITORS_MAX_EVENTS = 1_000_000
@@ -350,6 +334,19 @@ class _Where:
         )
 
 
+def _sealed_rows(filters: Mapping[str, str]) -> session_hours.Rows | None:
+    """The sealed rows that answer a long range's sessions under `filters`: the hours' own
+    without a filter, a dimension's values for one, the audiences for several on audience
+    dimensions; None for any other filter (read per session) or a property (raw events)."""
+    if not filters:
+        return session_hours.Rows.HOURS
+    if any(properties.key_of(d) is not None for d in filters):
+        return None
+    if len(filters) == 1:
+        return session_hours.Rows.VALUES
+    return session_hours.Rows.AUDIENCE if set(filters) <= AUDIENCE_DIMENSIONS else None
+
+
 def _floor_hour(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
@@ -432,8 +429,8 @@ class Stats:
         self, start: datetime, end: datetime, filters: Mapping[str, str]
     ) -> PeriodStats:
         where = _Where(start, end, filters)
-        audience = set(filters) <= AUDIENCE_DIMENSIONS  # unfiltered included
-        large = audience and await self._large(start, end)
+        sealed_rows = _sealed_rows(filters)
+        large = sealed_rows is not None and await self._large(start, end)
         exact = bool(filters) or not large
         visits = where.visits()
         if visits is not None:
@@ -453,8 +450,8 @@ class Stats:
             )
         sealed: list[datetime] = []
         whole = where.whole
-        if large and whole is not None:
-            sealed = await session_hours.sealed(self.warehouse, *whole, audience=bool(filters))
+        if large and sealed_rows is not None and whole is not None:
+            sealed = await session_hours.sealed(self.warehouse, *whole, sealed_rows)
         if sealed and whole is not None:
             # The sealed hours' sums, the rest from the sessions' rows, one merged median. The
             # rest named as the hours it is (not as "not sealed"), so that only their rows
@@ -463,7 +460,7 @@ class Stats:
             rest = sorted((set(_hours(*whole)) | ends) - set(sealed))
             parameters = {**where.parameters, "sealed": sealed, "rest": rest}
             if filters:
-                sessions = self._audience_sessions(where, parameters)
+                sessions = self._sealed_sessions(where, filters, parameters)
             else:
                 sessions = self.warehouse.rows(
                     "SELECT sum(n), sum(b), quantileBFloat16Merge(0.5)(d) FROM ("
@@ -500,20 +497,29 @@ class Stats:
             visit_duration_exact=not sealed,
         )
 
-    async def _audience_sessions(
-        self, where: _Where, parameters: dict[str, Any]
+    async def _sealed_sessions(
+        self, where: _Where, filters: Mapping[str, str], parameters: dict[str, Any]
     ) -> list[tuple[Any, ...]]:
-        """[(sessions, bounces, median ms)] under an audience filter: each sealed hour's
-        audience rows of its latest seal that match, the rest from the sessions' rows, their
-        duration histograms added up."""
+        """[(sessions, bounces, median ms)] under a filter: each sealed hour's rows of its
+        latest seal that match (the filter's value, or its audiences), the rest from the
+        sessions' rows, their duration histograms added up."""
+        if len(filters) == 1:
+            ((dimension, value),) = filters.items()
+            table, matches = (
+                "stats_session_values",
+                "a.dimension = {d:String} AND a.value = {v:String}",
+            )
+            parameters = {**parameters, "d": dimension, "v": value}
+        else:
+            table, matches = "stats_session_audience", where.matches
         rows = await self.warehouse.rows(
             "SELECT sum(n), sum(b), sumMap(d) FROM ("
             " SELECT a.sessions AS n, a.bounces AS b, a.durations AS d"
-            " FROM stats_session_audience AS a FINAL INNER JOIN (SELECT start_hour,"
+            f" FROM {table} AS a FINAL INNER JOIN (SELECT start_hour,"
             " max(sealed_at) AS sealed_at FROM stats_session_hours"
             " WHERE start_hour IN {sealed:Array(DateTime('UTC'))} GROUP BY start_hour)"
             " AS h ON a.start_hour = h.start_hour AND a.sealed_at = h.sealed_at"
-            f" WHERE a.start_hour IN {{sealed:Array(DateTime('UTC'))}} AND {where.matches}"
+            f" WHERE a.start_hour IN {{sealed:Array(DateTime('UTC'))}} AND {matches}"
             f" UNION ALL SELECT count(), countIf({session_hours.BOUNCE}),"
             f" {session_hours.DURATION_HISTOGRAM} FROM stats_sessions FINAL"
             f" WHERE {where.sessions_among('rest')})",

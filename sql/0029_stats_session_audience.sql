@@ -23,8 +23,25 @@ CREATE TABLE IF NOT EXISTS stats_session_audience ${ON_CLUSTER}
 ENGINE = ${REPLICATED}ReplacingMergeTree(sealed_at)
 ORDER BY (start_hour, country, device_type, browser, os);
 
+-- The sealed hours' sessions once more, per value of each filterable dimension (page, entry
+-- page, referrer, UTM tags, place, device, browser, system, event type): a session counts
+-- under every value one of its events has, once, so one `dimension:value` filter reads its
+-- sessions from here exactly. As many rows an hour as values seen that hour.
+CREATE TABLE IF NOT EXISTS stats_session_values ${ON_CLUSTER}
+(
+    start_hour  DateTime('UTC'),
+    sealed_at   DateTime64(3, 'UTC'),
+    dimension   LowCardinality(String),
+    value       String,
+    sessions    UInt64,
+    bounces     UInt64,
+    durations   Map(UInt16, UInt64)  -- as in stats_session_audience
+)
+ENGINE = ${REPLICATED}ReplacingMergeTree(sealed_at)
+ORDER BY (dimension, value, start_hour);
+
 -- The sealed sessions an hour's audience rows leave out: those whose events came with more
 -- than one audience (a phone that changed country mid-session), which a filter would count
 -- under each. An hour with any is read per session under such a filter. -1: sealed before
--- audiences were.
+-- audiences and values were.
 ALTER TABLE stats_session_hours ${ON_CLUSTER} ADD COLUMN IF NOT EXISTS unplaced Int64 DEFAULT -1;

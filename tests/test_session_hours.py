@@ -2,6 +2,7 @@
 per sealed hour gives the sessions and bounce rate the sessions' rows give, the median within
 its stated bound; a late event or an erasure is counted at once, before any new seal."""
 
+import collections
 import uuid
 import zoneinfo
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ import pytest
 from cli.demo_traffic import Traffic, generate
 from core.clickhouse import Warehouse
 from materialized import session_hours
+from materialized.dimensions import DIMENSIONS
 from materialized.stats import Stats
 from tests import oracle
 from tests.conftest import tracking_rows
@@ -75,25 +77,21 @@ async def test_sealed_hours_give_the_sessions_and_bounces_and_a_median_within_bo
     assert_within_bound(got.visit_duration_seconds, traffic, start, end, {})
 
 
-@pytest.mark.parametrize(
-    "filters",
-    [
-        {"country": "GB"},
-        {"device": "mobile"},
-        {"country": "GB", "device": "desktop"},
-        {"browser": "Chrome", "os": "Windows"},
-        {"country": "ZZ"},  # nothing matches
-    ],
-)
-async def test_audience_filters_read_sealed_audiences_and_agree_with_the_oracle(
+def commonest(traffic: Traffic, dimension: str) -> str:
+    """The value of `dimension` most events of the traffic have: one that matches sessions."""
+    values = collections.Counter(oracle.STATS_DIMENSIONS[dimension](r) for r in traffic.tracking)
+    return values.most_common(1)[0][0]
+
+
+async def assert_sealed_and_exact(
     warehouse: Warehouse, traffic: Traffic, filters: dict[str, str]
 ) -> None:
-    await oracle.load_past(warehouse, traffic)
-    await session_hours.seal(warehouse)
+    """Over a range of whole hours and one cut at both ends: sessions, bounces, visitors and
+    pageviews equal to the oracle's, the median read sealed within its bound."""
     for start, end in ((START, END), (START + timedelta(minutes=17), END - timedelta(minutes=43))):
         expected = oracle.stats_period(traffic, start, end, filters)
         got = await long_range(warehouse).period(start, end, filters)
-        assert not got.visit_duration_exact
+        assert not got.visit_duration_exact, filters
         assert (got.sessions, got.bounce_rate) == (expected["sessions"], expected["bounceRate"])
         assert (got.visitors, got.pageviews) == (expected["visitors"], expected["pageviews"])
         assert got.visitors_exact
@@ -103,12 +101,45 @@ async def test_audience_filters_read_sealed_audiences_and_agree_with_the_oracle(
             assert got.visit_duration_seconds == 0.0
 
 
+async def test_one_filter_on_any_dimension_reads_sealed_values(
+    warehouse: Warehouse, traffic: Traffic
+) -> None:
+    await oracle.load_past(warehouse, traffic)
+    await session_hours.seal(warehouse)
+    for dimension in DIMENSIONS:
+        await assert_sealed_and_exact(
+            warehouse, traffic, {dimension: commonest(traffic, dimension)}
+        )
+    await assert_sealed_and_exact(warehouse, traffic, {"page": "/nowhere"})  # nothing matches
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"country": "GB", "device": "desktop"},
+        {"browser": "Chrome", "os": "Windows"},
+        {"country": "GB", "device": "mobile", "browser": "Mobile Safari", "os": "iOS"},
+        {"country": "ZZ", "device": "mobile"},  # nothing matches
+    ],
+)
+async def test_audience_filters_read_sealed_audiences(
+    warehouse: Warehouse, traffic: Traffic, filters: dict[str, str]
+) -> None:
+    await oracle.load_past(warehouse, traffic)
+    await session_hours.seal(warehouse)
+    await assert_sealed_and_exact(warehouse, traffic, filters)
+
+
 async def test_other_filters_never_read_sealed_hours(
     warehouse: Warehouse, traffic: Traffic
 ) -> None:
     await oracle.load_past(warehouse, traffic)
     await session_hours.seal(warehouse)
-    for filters in ({"page": "/kitchens"}, {"country": "GB", "entry_page": "/"}):
+    for filters in (
+        {"country": "GB", "entry_page": "/"},
+        {"page": "/kitchens", "device": "mobile"},
+        {"prop:productId": "shaker-oak"},
+    ):
         got = await long_range(warehouse).period(START, END, filters)
         expected = oracle.stats_period(traffic, START, END, filters)
         assert got.visit_duration_exact
@@ -120,7 +151,8 @@ async def test_an_hour_with_a_session_of_two_audiences_is_read_per_session_when_
     warehouse: Warehouse, traffic: Traffic
 ) -> None:
     """A session whose events came from two countries matches a filter on either, once: its
-    hour's audience rows cannot say so, so that hour is read from the sessions' rows."""
+    hour's audience rows cannot say so, so that hour is read from the sessions' rows under
+    several audience filters; one filter reads its values, which can."""
     moved = START + timedelta(days=4, hours=3, minutes=5)
     session = uuid.uuid4()
     rows = [
@@ -142,13 +174,22 @@ async def test_an_hour_with_a_session_of_two_audiences_is_read_per_session_when_
     mixed = Traffic([*traffic.tracking, *rows], traffic.domain)
     await oracle.load_past(warehouse, mixed)
     await session_hours.seal(warehouse)
-    audience = await session_hours.sealed(warehouse, START, END, audience=True)
+    audience = await session_hours.sealed(warehouse, START, END, session_hours.Rows.AUDIENCE)
     assert len(audience) == await sealed_count(warehouse) - 1
     assert moved.replace(minute=0) not in audience
-    for filters in ({"country": "GB"}, {"country": "FR"}, {"device": "mobile"}, {}):
+    values = await session_hours.sealed(warehouse, START, END, session_hours.Rows.VALUES)
+    assert moved.replace(minute=0) in values
+    for filters in (
+        {"country": "GB", "device": "mobile"},
+        {"country": "FR", "device": "mobile"},
+        {"country": "GB"},
+        {"country": "FR"},
+        {},
+    ):
         expected = oracle.stats_period(mixed, START, END, filters)
         got = await long_range(warehouse).period(START, END, filters)
         assert (got.sessions, got.bounce_rate) == (expected["sessions"], expected["bounceRate"])
+        assert not got.visit_duration_exact
 
 
 async def test_a_late_event_counts_at_once_and_the_hour_is_sealed_again(
@@ -202,7 +243,8 @@ async def test_hours_sealed_before_audiences_existed_are_read_per_session_when_f
         "INSERT INTO stats_session_hours SELECT start_hour, sealed_at + toIntervalMillisecond(1),"
         " sessions, bounces, durations, -1 FROM stats_session_hours FINAL"
     )
-    assert await session_hours.sealed(warehouse, START, END, audience=True) == []
+    for rows in (session_hours.Rows.VALUES, session_hours.Rows.AUDIENCE):
+        assert await session_hours.sealed(warehouse, START, END, rows) == []
     expected = oracle.stats_period(traffic, START, END, {"country": "GB"})
     got = await long_range(warehouse).period(START, END, {"country": "GB"})
     assert got.visit_duration_exact  # no sealed hour read
@@ -213,7 +255,25 @@ async def test_hours_sealed_before_audiences_existed_are_read_per_session_when_f
     assert not (await long_range(warehouse).period(START, END, {})).visit_duration_exact
     # The next seal gives them their audiences.
     assert await session_hours.seal(warehouse) == await sealed_count(warehouse)
-    assert len(await session_hours.sealed(warehouse, START, END, audience=True)) > DAYS * 20
+    audience = await session_hours.sealed(warehouse, START, END, session_hours.Rows.AUDIENCE)
+    assert len(audience) > DAYS * 20
     got = await long_range(warehouse).period(START, END, {"country": "GB"})
     assert not got.visit_duration_exact
     assert got.sessions == expected["sessions"]
+
+
+async def test_a_seal_past_its_time_stops_after_the_day_it_began_and_the_next_goes_on(
+    warehouse: Warehouse, traffic: Traffic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await oracle.load_past(warehouse, traffic)
+    monkeypatch.setattr(session_hours, "SEAL_RUN_SECONDS", 0.0)
+    assert await session_hours.seal(warehouse) == session_hours.SEAL_CHUNK_HOURS
+    assert await sealed_count(warehouse) == session_hours.SEAL_CHUNK_HOURS
+    assert await session_hours.seal(warehouse) == session_hours.SEAL_CHUNK_HOURS
+    monkeypatch.setattr(session_hours, "SEAL_RUN_SECONDS", 60.0)
+    await session_hours.seal(warehouse)
+    assert await session_hours.seal(warehouse) == 0
+    expected = oracle.stats_period(traffic, START, END, {"page": "/"})
+    assert (await long_range(warehouse).period(START, END, {"page": "/"})).sessions == (
+        expected["sessions"]
+    )

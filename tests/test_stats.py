@@ -11,8 +11,9 @@ import pytest
 
 from cli.demo_traffic import Traffic
 from core.clickhouse import Warehouse
+from materialized.dimensions import DIMENSIONS
 from materialized.funnels import FUNNELS
-from materialized.stats import DIMENSIONS, Interval, Stats, escape_filter_value, parse_filter
+from materialized.stats import Interval, Stats, escape_filter_value, parse_filter
 from tests import oracle
 from tests.conftest import Running, event, wait_for
 from tests.test_dashboard_api import bearer, token
