@@ -11,6 +11,14 @@ from `stats_sessions` until the next seal (`seal_session_hours`, every ten minut
 answer never waits for the job and never counts a session twice or misses one. An erasure
 touches the hours of the sessions it removes (materialized/erasure.py).
 
+The same seal sums each hour's sessions per value of every dimension (`stats_session_values`:
+a session under each value one of its events has, once) and per audience
+(`stats_session_audience`: country, device, browser and OS together, for the sessions whose
+events all share one; the rest are counted as `unplaced`), so that filtered overviews merge
+rows per hour too (materialized/stats.py says which filter reads which). Filtered medians add
+up histograms of the durations cut as quantileBFloat16 cuts them: merging thousands of
+quantile states (an hour's audiences) costs several times more.
+
 Sessions and bounces stay exact (sums). The median duration merges `quantileBFloat16` states
 (a few thousand distinct values at most per hour): the lower of the two middle durations with
 its binary digits past the eighth cut, so at most 0.8% below it, and not interpolated with

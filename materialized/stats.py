@@ -9,8 +9,10 @@ over sessions of last event - first event (client clocks where believable). A se
 page, referrer and UTM tags are those of its first event, stored on every event by the beacon path.
 
 Where the numbers come from:
-- pageviews, sessions, bounce rate and visit duration are exact, always (sums in the hourly
-  rollups; `stats_sessions`, one row per session);
+- pageviews, sessions and bounce rate are exact, always (sums in the hourly rollups;
+  `stats_sessions`, one row per session, or for the sealed hours of a range past
+  EXACT_VISITORS_MAX_EVENTS their sums, materialized/session_hours.py); the visit duration
+  too, but for those sealed hours: at most 0.8% low (`visitDurationExact`);
 - visitors are exact (`uniqExact` of ids) when a filter is given or the range holds at most
   EXACT_VISITORS_MAX_EVENTS events; filtered answers read `stats_visits` (session-level filter
   and dimension) or `stats_pages` (any other) for the whole hours of the range and raw events
