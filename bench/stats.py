@@ -132,6 +132,8 @@ STATS_TABLES = (
     "stats_visits",
     "stats_pages",
     "stats_session_hours",
+    "stats_session_values",
+    "stats_session_audience",
 )
 DOMAIN_TYPES = frozenset(c.event_type for c in CONTRACTS.values())  # as api/funnels.py
 # A funnel an admin would define: a kitchen page, a kitchen viewed, wishlisted, a booking begun.
@@ -187,7 +189,9 @@ async def main() -> None:
         # hours ago sealed. No insert is in flight, so no minute's margin for one.
         session_hours.IN_FLIGHT_SECONDS = 0
         started = time.perf_counter()
-        sealed = await session_hours.seal(warehouse)
+        sealed = 0
+        while done := await session_hours.seal(warehouse):  # a run stops after two minutes
+            sealed += done
         print(f"sealed {sealed} session hours in {time.perf_counter() - started:.1f} s")
         stats = Stats(warehouse, ZONE)
         start, end = now - timedelta(days=DAYS), now
@@ -307,6 +311,10 @@ async def main() -> None:
         exact_overview = await raw.period(start, end, {})
         page_sketch = await stats.breakdown("page", start, end, {}, 1000)
         page_exact = await raw.breakdown("page", start, end, {}, 1000)
+        filtered = {
+            name: (await stats.period(start, end, f), await raw.period(start, end, f))
+            for name, f in (("country+device", FILTER), ("page", PAGE_FILTER))
+        }
         await warehouse.close()
 
     for title, (rows, _) in rounds.items():
@@ -318,13 +326,17 @@ async def main() -> None:
     error = overview.visitors / exact_overview.visitors - 1
     exact_by_page = {r.value: r.visitors for r in page_exact.rows}
     errors = [abs(r.visitors / exact_by_page[r.value] - 1) for r in page_sketch.rows]
-    print(
-        f"\nsessions from sealed hours: {overview.sessions:,} vs exact {exact_overview.sessions:,};"
-        f" bounce rate {overview.bounce_rate} vs {exact_overview.bounce_rate}; median duration"
-        f" {overview.visit_duration_seconds} s vs {exact_overview.visit_duration_seconds} s"
-        f" ({overview.visit_duration_seconds / exact_overview.visit_duration_seconds - 1:+.3%},"
-        f" exact: {overview.visit_duration_exact})"
-    )
+    for name, (got, exact) in {"": (overview, exact_overview), **filtered}.items():
+        print(
+            f"\nsessions from sealed hours{f', filter {name}' if name else ''}:"
+            f" {got.sessions:,} vs exact {exact.sessions:,};"
+            f" bounce rate {got.bounce_rate} vs {exact.bounce_rate}; median duration"
+            f" {got.visit_duration_seconds} s vs {exact.visit_duration_seconds} s"
+            f" ({got.visit_duration_seconds / exact.visit_duration_seconds - 1:+.3%},"
+            f" exact: {got.visit_duration_exact})",
+            end="",
+        )
+    print()
     print(
         f"visitors from sketches: month {overview.visitors:,} vs exact"
         f" {exact_overview.visitors:,} ({error:+.2%}); per page, mean |error|"

@@ -52,6 +52,8 @@ SHARD_KEYS = {
     "stats_pages": "cityHash64(session_id)",
     # An hour's seals meet in one shard's merges; touches are read as a max, anywhere.
     "stats_session_hours": "cityHash64(start_hour)",
+    "stats_session_values": "cityHash64(start_hour)",
+    "stats_session_audience": "cityHash64(start_hour)",
     "stats_session_touches": "rand()",
 }
 
