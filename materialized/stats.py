@@ -13,13 +13,15 @@ Where the numbers come from:
   `stats_sessions`, one row per session, or for the sealed hours of a range past
   EXACT_VISITORS_MAX_EVENTS their sums, materialized/session_hours.py); the visit duration
   too, but for those sealed hours: at most 0.8% low (`visitDurationExact`);
-- visitors are exact (`uniqExact` of ids) when a filter is given or the range holds at most
-  EXACT_VISITORS_MAX_EVENTS events; filtered answers read `stats_visits` (session-level filter
-  and dimension) or `stats_pages` (any other) for the whole hours of the range and raw events
-  for the partial hours at its ends, both grouped by every filterable column, so a row matches
-  a filter exactly when its events do. Past that many events, unfiltered answers merge
-  `uniqCombined64(12)` sketches from `stats_daily` (whole UTC days) and `stats_hourly` (the
-  hours at both ends), whose standard error is about 1.6% (`visitorsExact` says which).
+- visitors are exact (`uniqExact` of ids) when the range holds at most
+  EXACT_VISITORS_MAX_EVENTS events or under several filters; filtered answers read
+  `stats_visits` (session-level filter and dimension) or `stats_pages` (any other) for the
+  whole hours of the range and raw events for the partial hours at its ends, both grouped by
+  every filterable column, so a row matches a filter exactly when its events do. Past that
+  many events, unfiltered overviews and breakdowns and overviews under one filter merge
+  `uniqCombined64(12)` sketches from `stats_daily` (whole UTC days), `stats_hourly` (the other
+  whole hours) and the raw events of the partial hours, whose standard error is about 1.6%
+  (`visitorsExact` says which).
 A filter is `dimension:value` pairs joined by `;` (in a value `\;`, `\:` and `\\` stand for
 `;`, `:` and `\`); an event matches when every pair does, and a session counts when one of its
 events matches. `prop:KEY` is a dimension too (`prop:filter:oak`, the key escaped alike): a
@@ -375,26 +377,53 @@ def _utc_days(start: datetime, end: datetime) -> tuple[datetime, datetime] | Non
     return (first, last) if first < last else None
 
 
-def _sketch_rows(dimension: str, start: datetime, end: datetime) -> tuple[str, dict[str, Any]]:
-    """A subquery of (value, visitors state, pageviews) covering [start, end) from the day
-    rollup where whole UTC days allow, from the hour rollup for the rest."""
-    parameters: dict[str, Any] = {"dimension": dimension, "start": start, "end": end}
-    hourly = (
-        "SELECT value, visitors, pageviews FROM stats_hourly WHERE dimension = {dimension:String}"
-        " AND hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}"
+def _sketch_rows(
+    dimension: str, start: datetime, end: datetime, value: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """A subquery of (value, visitors state, pageviews) covering [start, end): the day rollup
+    for its whole UTC days, the hour rollup for its other whole hours, the raw events for the
+    partial hours at its ends (the same sketch, so all merge); with `value`, that value's
+    rows only."""
+    expression = f"toString({DIMENSIONS[dimension]})" if dimension else "''"
+    whole = whole_hours(start, end)
+    h1, h2 = whole if whole is not None else (end, end)
+    parameters: dict[str, Any] = {
+        "dimension": dimension,
+        "start": start,
+        "end": end,
+        "h1": h1,
+        "h2": h2,
+    }
+    of_value = raw_value = ""
+    if value is not None:
+        parameters["value"] = value
+        of_value = " AND value = {value:String}"
+        raw_value = f" AND {expression} = {{value:String}}"
+    raw = (
+        f"SELECT {expression} AS value, uniqCombined64State(12)({VISITOR}) AS visitors,"
+        " countIf(event_type = 'PAGEVIEW') AS pageviews FROM tracking_events"
+        f" WHERE NOT is_bot{raw_value} AND ((received_at >= {{start:DateTime('UTC')}}"
+        " AND received_at < {h1:DateTime('UTC')}) OR (received_at >= {h2:DateTime('UTC')}"
+        " AND received_at < {end:DateTime('UTC')})) GROUP BY value"
     )
-    days = _utc_days(start, end)
+    hourly = (
+        "SELECT value, visitors, toUInt64(pageviews) AS pageviews FROM stats_hourly"
+        f" WHERE dimension = {{dimension:String}}{of_value}"
+    )
+    days = _utc_days(h1, h2)
     if days is None:
-        return hourly, parameters
-    parameters["days_from"], parameters["days_to"] = days
-    return (
-        "SELECT value, visitors, pageviews FROM stats_daily WHERE dimension = {dimension:String}"
-        " AND day >= {days_from:DateTime('UTC')} AND day < {days_to:DateTime('UTC')}"
-        " UNION ALL SELECT value, visitors, pageviews FROM stats_hourly"
-        " WHERE dimension = {dimension:String} AND ("
-        "(hour >= {start:DateTime('UTC')} AND hour < {days_from:DateTime('UTC')})"
-        " OR (hour >= {days_to:DateTime('UTC')} AND hour < {end:DateTime('UTC')}))"
-    ), parameters
+        rollups = f"{hourly} AND hour >= {{h1:DateTime('UTC')}} AND hour < {{h2:DateTime('UTC')}}"
+    else:
+        parameters["days_from"], parameters["days_to"] = days
+        rollups = (
+            "SELECT value, visitors, toUInt64(pageviews) AS pageviews FROM stats_daily"
+            f" WHERE dimension = {{dimension:String}}{of_value}"
+            " AND day >= {days_from:DateTime('UTC')} AND day < {days_to:DateTime('UTC')}"
+            f" UNION ALL {hourly} AND ("
+            "(hour >= {h1:DateTime('UTC')} AND hour < {days_from:DateTime('UTC')})"
+            " OR (hour >= {days_to:DateTime('UTC')} AND hour < {h2:DateTime('UTC')}))"
+        )
+    return f"{rollups} UNION ALL {raw}", parameters
 
 
 class Stats:
@@ -433,22 +462,25 @@ class Stats:
         where = _Where(start, end, filters)
         sealed_rows = _sealed_rows(filters)
         large = sealed_rows is not None and await self._large(start, end)
-        exact = bool(filters) or not large
+        # Visitors from sketches past the threshold, unfiltered or under one filter: the
+        # rollups keep one per hour and value (several filters need the visits' ids).
+        exact = not large or len(filters) > 1
         visits = where.visits()
-        if visits is not None:
+        if not exact:
+            dimension, value = next(iter(filters.items()), ("", None))
+            rows, parameters = _sketch_rows(dimension, start, end, value)
+            totals = self.warehouse.rows(
+                f"SELECT {SKETCH}, sum(pageviews) FROM ({rows})", parameters
+            )
+        elif visits is not None:
             totals = self.warehouse.rows(
                 f"SELECT uniqExact(v), sum(p) FROM ({visits})", where.parameters
             )
-        elif exact:
+        else:
             totals = self.warehouse.rows(
                 f"SELECT uniqExact({VISITOR}), countIf(event_type = 'PAGEVIEW')"
                 f" FROM tracking_events WHERE {where.events}",
                 where.parameters,
-            )
-        else:
-            rows, parameters = _sketch_rows("", start, end)
-            totals = self.warehouse.rows(
-                f"SELECT {SKETCH}, sum(pageviews) FROM ({rows})", parameters
             )
         sealed: list[datetime] = []
         whole = where.whole
