@@ -423,6 +423,8 @@ def _sketch_rows(
             "(hour >= {h1:DateTime('UTC')} AND hour < {days_from:DateTime('UTC')})"
             " OR (hour >= {days_to:DateTime('UTC')} AND hour < {h2:DateTime('UTC')}))"
         )
+    if (h1, h2) == (start, end):
+        return rollups, parameters  # no partial hour
     return f"{rollups} UNION ALL {raw}", parameters
 
 
