@@ -15,16 +15,15 @@ The same seal sums each hour's sessions per value of every dimension (`stats_ses
 a session under each value one of its events has, once) and per audience
 (`stats_session_audience`: country, device, browser and OS together, for the sessions whose
 events all share one; the rest are counted as `unplaced`), so that filtered overviews merge
-rows per hour too (materialized/stats.py says which filter reads which). Filtered medians add
-up histograms of the durations cut as quantileBFloat16 cuts them: merging thousands of
-quantile states (an hour's audiences) costs several times more.
+rows per hour too (materialized/stats.py says which filter reads which). Once an hour's row
+is in, the seal deletes the rows of its earlier seals.
 
-Sessions and bounces stay exact (sums). The median duration merges `quantileBFloat16` states
-(a few thousand distinct values at most per hour): the lower of the two middle durations with
-its binary digits past the eighth cut, so at most 0.8% below it, and not interpolated with
-the upper one as the exact median is (`visitDurationExact: false` says so). Over the million
-events and more of a range that reads sealed hours, the two middle durations are as good as
-equal.
+Sessions and bounces stay exact (sums). Durations are kept as histograms of their bfloat16
+(8 significant bits, as quantileBFloat16 cuts them), which merge by adding: thousands of
+quantile states (a month of an hour's audiences) cost several times more to merge. The
+median is read off the summed histogram as the exact one is taken (the two middle durations'
+mean when their number is even), each duration cut: at most 0.8% below the exact median,
+never above (`visitDurationExact: false` says so).
 """
 
 from __future__ import annotations
@@ -59,8 +58,7 @@ _SEALED = (
 # Over a stats_sessions row, here and in stats.py.
 BOUNCE = "pageviews = 1 AND events = 1"
 DURATION_MS = "toUInt64(toUnixTimestamp64Milli(last_at) - toUnixTimestamp64Milli(first_at))"
-DURATION_STATE = f"quantileBFloat16State(0.5)({DURATION_MS})"
-# The duration's bfloat16 (the top 16 bits of its float32) and a histogram of them.
+# The duration's bfloat16 (the top 16 bits of its float32), and a histogram of them (sql/0029).
 DURATION_BUCKET = f"toUInt16(bitShiftRight(reinterpretAsUInt32(toFloat32({DURATION_MS})), 16))"
 DURATION_HISTOGRAM = f"sumMap(map({DURATION_BUCKET}, toUInt64(1)))"
 
@@ -68,88 +66,98 @@ DURATION_HISTOGRAM = f"sumMap(map({DURATION_BUCKET}, toUInt64(1)))"
 # names them; the API's names in stats.py.
 AUDIENCE = ("country", "device_type", "browser", "os")
 _HOURS = "{hours:Array(DateTime('UTC'))}"
-# Each sealed session's audiences: the distinct ones its events came with.
-_AUDIENCES = (
-    f"SELECT session_id, groupUniqArray(({', '.join(AUDIENCE)})) AS audiences FROM stats_visits"
-    f" WHERE hour >= {{first:DateTime('UTC')}} AND toStartOfHour(started) IN {_HOURS}"
-    " GROUP BY session_id"
+# The rollup rows of the sealed hours' sessions: from their first hour to the last any row
+# reached them (`last`: the chunk's latest touch, past which no row of theirs was stored).
+_SESSION_ROWS = (
+    f"hour >= {{first:DateTime('UTC')}} AND hour <= {{last:DateTime('UTC')}}"
+    f" AND toStartOfHour(started) IN {_HOURS}"
 )
-# Sessions that came with one audience, summed per hour and audience. Written before the hour's
-# row, which counts the sessions left out (`unplaced`), as the values are: a seal whose last
-# insert fails is never read.
+_SESSIONS = f"(SELECT * FROM stats_sessions FINAL WHERE start_hour IN {_HOURS}) AS s"
+# Each sealed session's audiences: the distinct ones its events came with. A session is its
+# id and start hour, as in stats_sessions (an event stored without session data starts its own).
+_AUDIENCES = (
+    "SELECT session_id, toStartOfHour(started) AS start_hour,"
+    f" groupUniqArray(({', '.join(AUDIENCE)})) AS audiences FROM stats_visits"
+    f" WHERE {_SESSION_ROWS} GROUP BY session_id, start_hour"
+)
+# Sessions that came with one audience, summed per hour and audience. Written, as the values
+# are, before the hour's row, which counts the sessions left out (`unplaced`): a seal whose
+# last insert fails is never read.
 _SEAL_AUDIENCE = (
     f"INSERT INTO stats_session_audience (start_hour, sealed_at, {', '.join(AUDIENCE)},"
-    " sessions, bounces, durations)"
+    " sessions, bounces, histogram)"
     " SELECT start_hour, {sealed_at:DateTime64(3, 'UTC')},"
     f" {', '.join(f'audience.{n + 1}' for n in range(len(AUDIENCE)))},"
     " count(), countIf(bounce), sumMap(map(duration, toUInt64(1))) FROM ("
     f" SELECT s.start_hour AS start_hour, ({BOUNCE}) AS bounce, {DURATION_BUCKET} AS duration,"
-    " a.audiences[1] AS audience"
-    f" FROM (SELECT * FROM stats_sessions FINAL WHERE start_hour IN {_HOURS}) AS s"
-    f" INNER JOIN ({_AUDIENCES}) AS a USING session_id WHERE length(a.audiences) = 1)"
+    f" a.audiences[1] AS audience FROM {_SESSIONS}"
+    f" INNER JOIN ({_AUDIENCES}) AS a USING (start_hour, session_id)"
+    " WHERE length(a.audiences) = 1)"
     " GROUP BY start_hour, audience"
 )
 
 
 def _pairs(table: str, dimensions: list[str]) -> str:
-    """(session_id, pair) rows of `table` for the sealed hours' sessions: each row's value of
-    every one of `dimensions`."""
+    """(session_id, start_hour, pair) rows of `table` for the sealed hours' sessions: each
+    row's value of every one of `dimensions`."""
     values = ", ".join(f"('{name}', toString({DIMENSIONS[name]}))" for name in dimensions)
     return (
-        f"SELECT session_id, arrayJoin([{values}]) AS pair FROM {table}"
-        f" WHERE hour >= {{first:DateTime('UTC')}} AND toStartOfHour(started) IN {_HOURS}"
+        "SELECT session_id, toStartOfHour(started) AS start_hour,"
+        f" arrayJoin([{values}]) AS pair FROM {table} WHERE {_SESSION_ROWS}"
     )
 
 
 # Each sealed session's distinct (dimension, value) pairs over all its events: the session's
 # own from stats_visits, the page and event type from stats_pages (four times its rows).
 _VALUES = (
-    "SELECT session_id, groupUniqArray(pair) AS pairs FROM ("
+    "SELECT session_id, start_hour, groupUniqArray(pair) AS pairs FROM ("
     f"{_pairs('stats_visits', sorted(VISIT_DIMENSIONS))} UNION ALL"
     f" {_pairs('stats_pages', sorted(set(DIMENSIONS) - VISIT_DIMENSIONS))})"
-    " GROUP BY session_id"
+    " GROUP BY session_id, start_hour"
 )
 _SEAL_VALUES = (
     "INSERT INTO stats_session_values (start_hour, sealed_at, dimension, value, sessions,"
-    " bounces, durations)"
+    " bounces, histogram)"
     " SELECT start_hour, {sealed_at:DateTime64(3, 'UTC')}, pair.1, pair.2,"
     " count(), countIf(bounce), sumMap(map(duration, toUInt64(1))) FROM ("
     f" SELECT s.start_hour AS start_hour, ({BOUNCE}) AS bounce, {DURATION_BUCKET} AS duration,"
-    " v.pairs AS pairs"
-    f" FROM (SELECT * FROM stats_sessions FINAL WHERE start_hour IN {_HOURS}) AS s"
-    f" INNER JOIN ({_VALUES}) AS v USING session_id) ARRAY JOIN pairs AS pair"
+    f" v.pairs AS pairs FROM {_SESSIONS}"
+    f" INNER JOIN ({_VALUES}) AS v USING (start_hour, session_id)) ARRAY JOIN pairs AS pair"
     " GROUP BY start_hour, pair"
 )
 _SEAL = (
     "INSERT INTO stats_session_hours"
-    " (start_hour, sealed_at, sessions, bounces, durations, unplaced)"
-    " SELECT h.start_hour, {sealed_at:DateTime64(3, 'UTC')}, a.sessions, a.bounces, a.durations,"
+    " (start_hour, sealed_at, sessions, bounces, histogram, unplaced)"
+    " SELECT h.start_hour, {sealed_at:DateTime64(3, 'UTC')}, a.sessions, a.bounces, a.histogram,"
     " a.sessions - p.placed"
-    " FROM (SELECT arrayJoin({hours:Array(DateTime('UTC'))}) AS start_hour) AS h"
+    f" FROM (SELECT arrayJoin({_HOURS}) AS start_hour) AS h"
     " LEFT JOIN (SELECT start_hour, count() AS sessions,"
-    f" countIf({BOUNCE}) AS bounces, {DURATION_STATE} AS durations"
-    " FROM stats_sessions FINAL WHERE start_hour IN {hours:Array(DateTime('UTC'))}"
+    f" countIf({BOUNCE}) AS bounces, {DURATION_HISTOGRAM} AS histogram"
+    f" FROM stats_sessions FINAL WHERE start_hour IN {_HOURS}"
     " GROUP BY start_hour) AS a USING start_hour"
     " LEFT JOIN (SELECT start_hour, sum(sessions) AS placed FROM stats_session_audience"
-    " WHERE start_hour IN {hours:Array(DateTime('UTC'))}"
+    f" WHERE start_hour IN {_HOURS}"
     " AND sealed_at = {sealed_at:DateTime64(3, 'UTC')} GROUP BY start_hour) AS p USING start_hour"
 )
+# Once the hour's row is in: the rows of its earlier seals, which no read counts any more
+# (a value or audience the hour no longer has would otherwise stay for good).
+_SUPERSEDED = f"start_hour IN {_HOURS} AND sealed_at < {{sealed_at:DateTime64(3, 'UTC')}}"
 
 
 class Rows(StrEnum):
     """What a question reads of the sealed hours."""
 
-    HOURS = "hours"  # stats_session_hours
-    VALUES = "values"  # stats_session_values: hours sealed with them
-    AUDIENCE = "audience"  # stats_session_audience: hours whose every session is placed
+    ANY = "any"  # any valid seal
+    VALUES = "values"  # hours sealed with histograms and values (since sql/0029)
+    AUDIENCE = "audience"  # those whose every session is in the audience rows too
 
 
 async def sealed(
-    warehouse: Warehouse, first: datetime, last: datetime, rows: Rows = Rows.HOURS
+    warehouse: Warehouse, first: datetime, last: datetime, rows: Rows = Rows.ANY
 ) -> list[datetime]:
     """The hours in [first, last) whose latest seal still counts and holds `rows`."""
     holds = {
-        Rows.HOURS: "",
+        Rows.ANY: "",
         Rows.VALUES: " AND s.unplaced >= 0",
         Rows.AUDIENCE: " AND s.unplaced = 0",
     }
@@ -163,12 +171,19 @@ async def sealed(
 
 
 def histogram_median(histogram: Mapping[int, int]) -> float:
-    """The lower middle duration (ms) of a DURATION_HISTOGRAM, as cut; NaN when empty."""
-    position, seen = (sum(histogram.values()) - 1) // 2, 0
+    """The median duration (ms) of a DURATION_HISTOGRAM, as cut: the mean of the two middle
+    durations when their number is even, as quantileExactInclusive interpolates; NaN when
+    empty."""
+    count = sum(histogram.values())
+    low, high = (count - 1) // 2, count // 2
+    seen, lower = 0, math.nan
     for bucket in sorted(histogram):
-        seen += histogram[bucket]
-        if seen > position:
-            return float(struct.unpack("<f", struct.pack("<I", bucket << 16))[0])
+        before, seen = seen, seen + histogram[bucket]
+        value = float(struct.unpack("<f", struct.pack("<I", bucket << 16))[0])
+        if before <= low < seen:
+            lower = value
+        if seen > high:
+            return (lower + value) / 2
     return math.nan
 
 
@@ -177,10 +192,10 @@ def _utc(hour: datetime) -> datetime:
 
 
 async def seal(warehouse: Warehouse) -> int:
-    """Sum the hours that are old enough and were touched since their seal (or never sealed, or
-    sealed without their audiences), oldest first, up to MAX_HOURS_PER_SEAL a day at a time for
-    SEAL_RUN_SECONDS at most; the number sealed. A seal stamped before it reads is only ever
-    too old: a touch in between makes the next run seal the hour again."""
+    """Sum the hours that are old enough and were touched since their seal (or never sealed),
+    oldest first, then those sealed before sql/0029, up to MAX_HOURS_PER_SEAL, a day of hours
+    at a time for SEAL_RUN_SECONDS at most; the number sealed. A seal stamped before it reads
+    is only ever too old: a touch in between makes the next run seal the hour again."""
     now = await warehouse.scalar("SELECT now64(3, 'UTC')")  # the clock touches are stamped by
     horizon = now.replace(minute=0, second=0, microsecond=0) - SEAL_AFTER
     # Hours whose sessions were stored before this table existed have no touch: never sealed,
@@ -189,23 +204,44 @@ async def seal(warehouse: Warehouse) -> int:
         "SELECT DISTINCT start_hour, toDateTime64(0, 3, 'UTC') AS touched FROM stats_sessions"
         " WHERE start_hour < {last:DateTime('UTC')}"
     )
+    stale = f"t.touched >= s.sealed - toIntervalSecond({IN_FLIGHT_SECONDS})"
     hours = await warehouse.rows(
-        f"SELECT t.start_hour FROM (SELECT start_hour, max(touched) AS touched FROM ({_TOUCHED}"
-        f" UNION ALL {untouched}) GROUP BY start_hour) AS t"
-        f" LEFT JOIN ({_SEALED}) AS s USING start_hour"
-        f" WHERE t.touched >= s.sealed - toIntervalSecond({IN_FLIGHT_SECONDS})"
-        " OR s.unplaced < 0"  # sealed before its audiences were
-        " ORDER BY t.start_hour LIMIT {limit:UInt32}",
+        "SELECT t.start_hour, t.touched FROM (SELECT start_hour, max(touched) AS touched"
+        f" FROM ({_TOUCHED} UNION ALL {untouched}) GROUP BY start_hour) AS t"
+        f" LEFT JOIN ({_SEALED}) AS s USING start_hour WHERE {stale} OR s.unplaced < 0"
+        f" ORDER BY NOT ({stale}), t.start_hour LIMIT {{limit:UInt32}}",
         {"first": datetime(1970, 1, 1), "last": horizon, "limit": MAX_HOURS_PER_SEAL},
     )
     began, done = time.monotonic(), 0
-    for at in range(0, len(hours), SEAL_CHUNK_HOURS):
+    for chunk in _days(sorted((_utc(hour), _utc(touched)) for hour, touched in hours)):
         if done and time.monotonic() - began > SEAL_RUN_SECONDS:
             break
-        chunk = [row[0] for row in hours[at : at + SEAL_CHUNK_HOURS]]
-        parameters = {"hours": chunk, "first": chunk[0], "sealed_at": now}
+        first = chunk[0][0]
+        # No row reached these sessions after their latest touch (an hour since the start of
+        # it, for clocks apart); hours stored before touches existed bound nothing.
+        touched = max(touched for _, touched in chunk)
+        bound = touched if touched.year > 1970 else _utc(now)
+        parameters = {
+            "hours": [hour for hour, _ in chunk],
+            "first": first,
+            "last": bound.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1),
+            "sealed_at": now,
+        }
         await warehouse.command(_SEAL_AUDIENCE, parameters)
         await warehouse.command(_SEAL_VALUES, parameters)
         await warehouse.command(_SEAL, parameters)
+        for table in ("stats_session_values", "stats_session_audience"):
+            await warehouse.delete_where(table, _SUPERSEDED, parameters)
         done += len(chunk)
     return done
+
+
+def _days(hours: list[tuple[datetime, datetime]]) -> list[list[tuple[datetime, datetime]]]:
+    """`hours` (sorted) cut into runs within SEAL_CHUNK_HOURS of their first."""
+    chunks: list[list[tuple[datetime, datetime]]] = []
+    for hour in hours:
+        if chunks and hour[0] - chunks[-1][0][0] < timedelta(hours=SEAL_CHUNK_HOURS):
+            chunks[-1].append(hour)
+        else:
+            chunks.append([hour])
+    return chunks

@@ -340,10 +340,11 @@ class _Where:
 
 def _sealed_rows(filters: Mapping[str, str]) -> session_hours.Rows | None:
     """The sealed rows that answer a long range's sessions under `filters`: the hours' own
-    without a filter, a dimension's values for one, the audiences for several on audience
-    dimensions; None for any other filter (read per session) or a property (raw events)."""
+    (with their histograms) without a filter, a dimension's values for one, the audiences for
+    several on audience dimensions; None for any other filter (read per session) or a
+    property (raw events)."""
     if not filters:
-        return session_hours.Rows.HOURS
+        return session_hours.Rows.VALUES
     if any(properties.key_of(d) is not None for d in filters):
         return None
     if len(filters) == 1:
@@ -495,18 +496,7 @@ class Stats:
             ends = {where.parameters["e1"], where.parameters["e2"]}
             rest = sorted((set(_hours(*whole)) | ends) - set(sealed))
             parameters = {**where.parameters, "sealed": sealed, "rest": rest}
-            if filters:
-                sessions = self._sealed_sessions(where, filters, parameters)
-            else:
-                sessions = self.warehouse.rows(
-                    "SELECT sum(n), sum(b), quantileBFloat16Merge(0.5)(d) FROM ("
-                    " SELECT sessions AS n, bounces AS b, durations AS d FROM stats_session_hours"
-                    " FINAL WHERE start_hour IN {sealed:Array(DateTime('UTC'))}"
-                    f" UNION ALL SELECT count(), countIf({session_hours.BOUNCE}),"
-                    f" {session_hours.DURATION_STATE} FROM stats_sessions FINAL"
-                    f" WHERE {where.sessions_among('rest')})",
-                    parameters,
-                )
+            sessions = self._sealed_sessions(where, filters, parameters)
         else:
             sessions = self.warehouse.rows(
                 f"SELECT count(), countIf({session_hours.BOUNCE}),"
@@ -536,26 +526,23 @@ class Stats:
     async def _sealed_sessions(
         self, where: _Where, filters: Mapping[str, str], parameters: dict[str, Any]
     ) -> list[tuple[Any, ...]]:
-        """[(sessions, bounces, median ms)] under a filter: each sealed hour's rows of its
-        latest seal that match (the filter's value, or its audiences), the rest from the
-        sessions' rows, their duration histograms added up."""
+        """[(sessions, bounces, median ms)]: each sealed hour's rows of its latest seal (its
+        own without a filter, the filter's value's for one, the matching audiences' for
+        several), the rest from the sessions' rows, their duration histograms added up."""
+        table, matches = "stats_session_hours", "1"
         if len(filters) == 1:
             ((dimension, value),) = filters.items()
-            table, matches = (
-                "stats_session_values",
-                "a.dimension = {d:String} AND a.value = {v:String}",
-            )
+            table, matches = "stats_session_values", "dimension = {d:String} AND value = {v:String}"
             parameters = {**parameters, "d": dimension, "v": value}
-        else:
+        elif filters:
             table, matches = "stats_session_audience", where.matches
         rows = await self.warehouse.rows(
             "SELECT sum(n), sum(b), sumMap(d) FROM ("
-            " SELECT a.sessions AS n, a.bounces AS b, a.durations AS d"
-            f" FROM {table} AS a FINAL INNER JOIN (SELECT start_hour,"
-            " max(sealed_at) AS sealed_at FROM stats_session_hours"
-            " WHERE start_hour IN {sealed:Array(DateTime('UTC'))} GROUP BY start_hour)"
-            " AS h ON a.start_hour = h.start_hour AND a.sealed_at = h.sealed_at"
-            f" WHERE a.start_hour IN {{sealed:Array(DateTime('UTC'))}} AND {matches}"
+            f" SELECT sessions AS n, bounces AS b, histogram AS d FROM {table}"
+            f" WHERE start_hour IN {{sealed:Array(DateTime('UTC'))}} AND {matches}"
+            " AND (start_hour, sealed_at) IN (SELECT start_hour, max(sealed_at)"
+            " FROM stats_session_hours WHERE start_hour IN {sealed:Array(DateTime('UTC'))}"
+            " GROUP BY start_hour)"
             f" UNION ALL SELECT count(), countIf({session_hours.BOUNCE}),"
             f" {session_hours.DURATION_HISTOGRAM} FROM stats_sessions FINAL"
             f" WHERE {where.sessions_among('rest')})",

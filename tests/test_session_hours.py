@@ -52,10 +52,11 @@ async def sealed_count(warehouse: Warehouse) -> int:
 def assert_within_bound(
     got: float, traffic: Traffic, start: datetime, end: datetime, filters: dict[str, str]
 ) -> None:
-    """A sealed median: at most 2^-7 below the lower middle duration, never above the upper."""
-    durations = sorted(oracle.session_durations_ms(traffic, start, end, filters))
-    low, high = durations[(len(durations) - 1) // 2], durations[len(durations) // 2]
-    assert low * (1 - 2**-7) / 1000 - 0.001 <= got <= high / 1000 + 0.001
+    """A sealed median: the exact one (interpolated as it is) with each duration cut to 8
+    significant bits, so at most 2^-7 below it and never above (the oracle's is rounded to
+    the millisecond)."""
+    exact = oracle.stats_period(traffic, start, end, filters)["visitDurationSeconds"]
+    assert exact * (1 - 2**-7) - 0.001 <= got <= exact + 0.001
 
 
 async def test_sealed_hours_give_the_sessions_and_bounces_and_a_median_within_bound(
@@ -238,17 +239,20 @@ async def test_hours_stored_before_the_seals_existed_are_sealed_too(
     assert (got.sessions, got.bounce_rate) == (before.sessions, before.bounce_rate)
 
 
-async def test_hours_sealed_before_audiences_existed_are_read_per_session_when_filtered(
+async def test_hours_sealed_before_values_existed_are_read_per_session_then_sealed_again(
     warehouse: Warehouse, traffic: Traffic
 ) -> None:
     await oracle.load_past(warehouse, traffic)
     await session_hours.seal(warehouse)
     # As sealed before sql/0029: no audience rows, and the hours do not say what they left out.
     await warehouse.command("TRUNCATE TABLE stats_session_audience")
+    await warehouse.command("TRUNCATE TABLE stats_session_values")
     await warehouse.command(
-        "INSERT INTO stats_session_hours SELECT start_hour, sealed_at + toIntervalMillisecond(1),"
-        " sessions, bounces, durations, -1 FROM stats_session_hours FINAL"
+        "INSERT INTO stats_session_hours (start_hour, sealed_at, sessions, bounces, unplaced)"
+        " SELECT start_hour, sealed_at + toIntervalMillisecond(1), sessions, bounces, -1"
+        " FROM stats_session_hours FINAL"
     )
+    assert len(await session_hours.sealed(warehouse, START, END)) > DAYS * 20
     for rows in (session_hours.Rows.VALUES, session_hours.Rows.AUDIENCE):
         assert await session_hours.sealed(warehouse, START, END, rows) == []
     expected = oracle.stats_period(traffic, START, END, {"country": "GB"})
@@ -258,8 +262,8 @@ async def test_hours_sealed_before_audiences_existed_are_read_per_session_when_f
         expected["sessions"],
         expected["visitDurationSeconds"],
     )
-    assert not (await long_range(warehouse).period(START, END, {})).visit_duration_exact
-    # The next seal gives them their audiences.
+    assert (await long_range(warehouse).period(START, END, {})).visit_duration_exact
+    # The next seal gives them their histograms, values and audiences.
     assert await session_hours.seal(warehouse) == await sealed_count(warehouse)
     audience = await session_hours.sealed(warehouse, START, END, session_hours.Rows.AUDIENCE)
     assert len(audience) > DAYS * 20
@@ -273,9 +277,12 @@ async def test_a_seal_past_its_time_stops_after_the_day_it_began_and_the_next_go
 ) -> None:
     await oracle.load_past(warehouse, traffic)
     monkeypatch.setattr(session_hours, "SEAL_RUN_SECONDS", 0.0)
-    assert await session_hours.seal(warehouse) == session_hours.SEAL_CHUNK_HOURS
-    assert await sealed_count(warehouse) == session_hours.SEAL_CHUNK_HOURS
-    assert await session_hours.seal(warehouse) == session_hours.SEAL_CHUNK_HOURS
+    first = await session_hours.seal(warehouse)  # the hours with sessions of one day
+    assert 0 < first <= session_hours.SEAL_CHUNK_HOURS
+    assert await sealed_count(warehouse) == first
+    second = await session_hours.seal(warehouse)
+    assert 0 < second <= session_hours.SEAL_CHUNK_HOURS
+    assert await sealed_count(warehouse) == first + second
     monkeypatch.setattr(session_hours, "SEAL_RUN_SECONDS", 60.0)
     await session_hours.seal(warehouse)
     assert await session_hours.seal(warehouse) == 0
@@ -283,3 +290,93 @@ async def test_a_seal_past_its_time_stops_after_the_day_it_began_and_the_next_go
     assert (await long_range(warehouse).period(START, END, {"page": "/"})).sessions == (
         expected["sessions"]
     )
+
+
+def test_a_seal_sums_runs_of_hours_a_day_long_at_most() -> None:
+    at = START
+    hours = [(at + timedelta(hours=h), at) for h in (0, 1, 23, 24, 30, 71, 200)]
+    chunks = session_hours._days(hours)
+    assert [[int((h - at).total_seconds() // 3600) for h, _ in c] for c in chunks] == [
+        [0, 1, 23],
+        [24, 30],
+        [71],
+        [200],
+    ]
+
+
+async def test_the_median_of_few_sessions_far_apart_is_their_mean_as_exactly(
+    warehouse: Warehouse, traffic: Traffic
+) -> None:
+    """Two sessions of 5 s and 300 s under one filter: the sealed median is their mean (cut
+    to 8 bits each), not the shorter one."""
+    began = START + timedelta(days=3, hours=9, minutes=1)
+    rows = [
+        msgspec.structs.replace(
+            tracking_rows(1)[0],
+            event_id=uuid.uuid4(),
+            session_id=session,
+            user_id=None,
+            event_type="PAGEVIEW",
+            received_at=began + timedelta(seconds=offset),
+            occurred_at=began + timedelta(seconds=offset),
+            session_started_at=began,
+            is_bot=False,
+            utm_campaign="two-far-apart",
+        )
+        for session, length in ((uuid.uuid4(), 5), (uuid.uuid4(), 300))
+        for offset in (0, length)
+    ]
+    both = Traffic([*traffic.tracking, *rows], traffic.domain)
+    await oracle.load_past(warehouse, both)
+    await session_hours.seal(warehouse)
+    filters = {"utm_campaign": "two-far-apart"}
+    got = await long_range(warehouse).period(START, END, filters)
+    assert not got.visit_duration_exact
+    assert oracle.stats_period(both, START, END, filters)["visitDurationSeconds"] == 152.5
+    assert_within_bound(got.visit_duration_seconds, both, START, END, filters)
+
+
+async def test_a_seal_cut_before_its_hours_row_is_never_read_and_the_next_one_clears_it(
+    warehouse: Warehouse, traffic: Traffic
+) -> None:
+    await oracle.load_past(warehouse, traffic)
+    await session_hours.seal(warehouse)
+    late = msgspec.structs.replace(
+        tracking_rows(1)[0],
+        session_id=uuid.uuid4(),
+        user_id=None,
+        event_type="PAGEVIEW",
+        received_at=START + timedelta(days=6, hours=2, minutes=30),
+        occurred_at=START + timedelta(days=6, hours=2, minutes=30),
+        session_started_at=START + timedelta(days=6, hours=2, minutes=30),
+        is_bot=False,
+        utm_campaign="late",
+    )
+    both = Traffic([*traffic.tracking, late], traffic.domain)
+    await oracle.load_past(warehouse, Traffic([late], []))
+    # A seal of the touched hour that stopped after its values and audiences, with bogus sums.
+    hour = late.received_at.replace(minute=0)
+    for table in ("stats_session_values", "stats_session_audience"):
+        await warehouse.command(
+            f"INSERT INTO {table} SELECT * REPLACE (sessions * 1000 AS sessions,"
+            f" now64(3, 'UTC') AS sealed_at) FROM {table}"
+            " WHERE start_hour = {hour:DateTime('UTC')}",
+            {"hour": hour},
+        )
+    for filters in ({"utm_campaign": "late"}, {"country": "GB"}, {"country": "GB", "os": "iOS"}):
+        expected = oracle.stats_period(both, START, END, filters)
+        assert (await long_range(warehouse).period(START, END, filters)).sessions == expected[
+            "sessions"
+        ]
+    assert await session_hours.seal(warehouse) == 1
+    for table in ("stats_session_values", "stats_session_audience"):
+        versions = await warehouse.scalar(
+            f"SELECT uniqExact(sealed_at) FROM {table} WHERE start_hour = {{hour:DateTime('UTC')}}",
+            {"hour": hour},
+        )
+        assert versions == 1  # the earlier seals' rows deleted
+    for filters in ({"utm_campaign": "late"}, {"country": "GB"}, {"country": "GB", "os": "iOS"}):
+        expected = oracle.stats_period(both, START, END, filters)
+        assert (await long_range(warehouse).period(START, END, filters)).sessions == expected[
+            "sessions"
+        ]
