@@ -6,6 +6,7 @@ import collections
 import uuid
 import zoneinfo
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import pytest
@@ -17,6 +18,7 @@ from materialized.dimensions import DIMENSIONS
 from materialized.stats import Stats
 from tests import oracle
 from tests.conftest import tracking_rows
+from tracked.row import TrackingRow
 
 LONDON = zoneinfo.ZoneInfo("Europe/London")
 START = datetime(2026, 10, 20, tzinfo=UTC)
@@ -38,6 +40,22 @@ def no_inserts_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def exact(warehouse: Warehouse) -> Stats:
     return Stats(warehouse, LONDON, exact_max_events=10**12)
+
+
+def pageview(session: uuid.UUID, at: datetime, started: datetime, **fields: Any) -> TrackingRow:
+    """A human's pageview of `session` (which started at `started`) received at `at`."""
+    return msgspec.structs.replace(
+        tracking_rows(1)[0],
+        event_id=uuid.uuid4(),
+        session_id=session,
+        user_id=None,
+        event_type="PAGEVIEW",
+        received_at=at,
+        occurred_at=at,
+        session_started_at=started,
+        is_bot=False,
+        **fields,
+    )
 
 
 def long_range(warehouse: Warehouse) -> Stats:
@@ -163,18 +181,8 @@ async def test_an_hour_with_a_session_of_two_audiences_is_read_per_session_when_
     moved = START + timedelta(days=4, hours=3, minutes=5)
     session = uuid.uuid4()
     rows = [
-        msgspec.structs.replace(
-            tracking_rows(1)[0],
-            event_id=uuid.uuid4(),
-            session_id=session,
-            user_id=None,
-            event_type="PAGEVIEW",
-            received_at=moved + timedelta(minutes=n),
-            occurred_at=moved + timedelta(minutes=n),
-            session_started_at=moved,
-            is_bot=False,
-            country=country,
-            device_type="mobile",
+        pageview(
+            session, moved + timedelta(minutes=n), moved, country=country, device_type="mobile"
         )
         for n, country in enumerate(("GB", "FR"))
     ]
@@ -311,18 +319,7 @@ async def test_the_median_of_few_sessions_far_apart_is_their_mean_as_exactly(
     to 8 bits each), not the shorter one."""
     began = START + timedelta(days=3, hours=9, minutes=1)
     rows = [
-        msgspec.structs.replace(
-            tracking_rows(1)[0],
-            event_id=uuid.uuid4(),
-            session_id=session,
-            user_id=None,
-            event_type="PAGEVIEW",
-            received_at=began + timedelta(seconds=offset),
-            occurred_at=began + timedelta(seconds=offset),
-            session_started_at=began,
-            is_bot=False,
-            utm_campaign="two-far-apart",
-        )
+        pageview(session, began + timedelta(seconds=offset), began, utm_campaign="two-far-apart")
         for session, length in ((uuid.uuid4(), 5), (uuid.uuid4(), 300))
         for offset in (0, length)
     ]
