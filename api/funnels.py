@@ -15,11 +15,11 @@ from api.answer import answer, decoded_body
 from api.auth import admin_only
 from api.dashboard import RangeError, parse_range
 from api.services import services
-from api.stats import EVENT_TYPES, bad_parameter, cached_answer, report_zone
+from api.stats import EVENT_TYPES, BadParameter, bad_parameter, cached_answer, report_zone
 from consumers.schemas import CONTRACTS
 from core.clickhouse import WarehouseError
 from materialized import funnels
-from materialized.funnel_chains import StepResult, follow
+from materialized.funnel_chains import Followed, StepResult, estimate, follow
 from materialized.funnel_definitions import (
     FunnelCreated,
     FunnelDefinition,
@@ -40,13 +40,16 @@ _decode = msgspec.json.Decoder(FunnelDefinition).decode
 _defining = asyncio.Lock()  # one check-then-write at a time in this process
 
 
-class FunnelReport(msgspec.Struct, rename="camel", kw_only=True):
+class FunnelReport(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     funnel_name: str  # BOOKING or CHECKOUT for the built-ins (as funnel-completed), else the name
     period_from: datetime
     period_to: datetime
     steps: list[StepResult]
     conversion_rate: float  # percent of the first step reaching the last, two decimals
     window_seconds: int
+    # Only when estimated from a sample of the visitors: the share of them read (each step
+    # then has its `margin`); absent when every visitor was counted.
+    sample_share: float | None = None
 
 
 def _invalid(error: str, path: str) -> HTTPResponse:
@@ -177,16 +180,26 @@ async def compute(request: Request, claims: dict[str, Any], name: str) -> HTTPRe
         # A funnel removed and defined again under its name is another question.
         variant = msgspec.json.encode(definition).decode()
 
+    exact = request.args.get("exact", "false")
+    if exact not in ("true", "false"):
+        return bad_parameter(BadParameter("exact", "`exact` must be true or false"))
+
     async def report() -> FunnelReport:
-        followed = await follow(svc.runtime.warehouse, steps, start, end, window)
-        first, last = followed[0].count, followed[-1].count
+        warehouse = svc.runtime.warehouse
+        if exact == "true":
+            followed = Followed(await follow(warehouse, steps, start, end, window), 1.0)
+        else:
+            rows = settings.funnel_sample_rows
+            followed = await estimate(warehouse, steps, start, end, window, rows)
+        first, last = followed.steps[0].count, followed.steps[-1].count
         return FunnelReport(
             funnel_name=published,
             period_from=start,
             period_to=end,
-            steps=followed,
+            steps=followed.steps,
             conversion_rate=round(last / first * 100, 2) if first else 0.0,
             window_seconds=window,
+            sample_share=None if followed.share == 1.0 else followed.share,
         )
 
     return await cached_answer(request, start, end, report, variant)

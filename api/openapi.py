@@ -372,10 +372,19 @@ DOCUMENT: dict[str, Any] = {
                 " time from the step before",
                 "tags": ["funnels"],
                 "security": ADMIN,
-                "parameters": [FUNNEL_NAME, *RANGE],
+                "parameters": [
+                    FUNNEL_NAME,
+                    *RANGE,
+                    _query(
+                        "exact",
+                        {"type": "string", "enum": ["true", "false"], "default": "false"},
+                        "true: count every visitor even past the sampling threshold",
+                        required=False,
+                    ),
+                ],
                 "responses": {
                     "200": _json(ref(FunnelReport), "the funnel's steps"),
-                    "400": _error("bad range"),
+                    "400": _error("bad range or `exact`"),
                     **DENIED,
                     "404": _error("unknown funnel"),
                     "503": _error("ClickHouse did not answer"),

@@ -55,6 +55,8 @@ SHARD_KEYS = {
     "stats_session_values": "cityHash64(start_hour)",
     "stats_session_audience": "cityHash64(start_hour)",
     "stats_session_touches": "rand()",
+    # Read only as a whole (a funnel's sample spans every shard); the view writes it locally.
+    "visitor_events": "cityHash64(session_id)",
 }
 
 # ALTER actions a Distributed table takes too (its columns must match the locals'); the
@@ -73,6 +75,8 @@ _CREATE_VIEW = re.compile(
 )
 _ALTER = re.compile(r"^ALTER TABLE (?P<name>\w+) \$\{ON_CLUSTER\}\s*(?P<actions>.*)$", re.S)
 _DROP_VIEW = re.compile(r"^DROP VIEW IF EXISTS (?P<name>\w+) \$\{ON_CLUSTER\}\s*$")
+# A one-off copy between tables (a backfill): run once, through the Distributed tables.
+_INSERT_SELECT = re.compile(r"^INSERT INTO (?P<name>\w+)\s+SELECT\b.*$", re.S)
 _SOURCE = re.compile(r"\b(FROM|JOIN)\s+(\w+)\b(?!\s*\()", re.I)
 _AS_TABLE = re.compile(r"^AS (\w+)$")
 
@@ -126,6 +130,7 @@ class ClusterDDL:
             (_CREATE_VIEW, self._create_view),
             (_ALTER, self._alter),
             (_DROP_VIEW, self._drop_view),
+            (_INSERT_SELECT, self._insert_select),
         ):
             match = shape.match(statement.strip())
             if match is not None:
@@ -171,3 +176,15 @@ class ClusterDDL:
 
     def _drop_view(self, match: re.Match[str]) -> list[str]:
         return [f"DROP VIEW IF EXISTS {self._table(match['name'])} {self.on_cluster} SYNC"]
+
+    def _insert_select(self, match: re.Match[str]) -> list[str]:
+        # Through the Distributed tables, once: rows go where the target's shard key sends
+        # them. A subquery's set is built once and sent to every shard (GLOBAL), not run on
+        # each shard over the whole cluster again.
+        statement = _SOURCE.sub(lambda m: f"{m[1]} {self._table(m[2])}", match[0])
+        statement = re.sub(r"\b(NOT\s+)?IN\s*\(\s*SELECT\b", r"GLOBAL \g<0>", statement)
+        return [
+            statement.replace(
+                f"INSERT INTO {match['name']}", f"INSERT INTO {self._table(match['name'])}", 1
+            )
+        ]

@@ -113,6 +113,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     )
     # windowFunnel's window: how long after a funnel's first step later steps still count.
     funnel_window_seconds: Annotated[int, msgspec.Meta(ge=60, le=90 * 86400)] = 7 * 86400
+    # A funnel answered on the dashboard whose steps' browser events in the range number more
+    # than twice this is counted on a sample of visitors holding about this many, each count
+    # with its 95% margin (materialized/funnel_chains.py); 0: always every visitor.
+    funnel_sample_rows: Annotated[int, msgspec.Meta(ge=0)] = 4_000_000
     # The event.tracked messages the relay may leave unpublished in a tracking log; past it
     # the oldest are skipped and counted (analytics_publish_lost_total).
     tracked_backlog_max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = 1 << 30

@@ -6,7 +6,7 @@ seen with their userId on any event, in ClickHouse or in an archived day), and t
 events (`customerId`). How, table by table (docs/privacy.md has the table):
 - deleted by key (lightweight DELETE; counted first): `tracking_events` and
   `tracking_events_restored` (user or session), `analytics_events` (customer),
-  `stats_sessions`, `stats_visits`, `stats_pages` (session or visitor),
+  `stats_sessions`, `stats_visits`, `stats_pages`, `visitor_events` (session or visitor),
   `customer_orders_hourly`, `customer_first_order` (customer);
 - rebuilt for the hours their rows fell in (materialized/rollup_rebuild.py): the hourly counts
   `tracking_events_hourly`, `blog_views_hourly`, `product_views_hourly`, `stats_hourly` (and
@@ -59,6 +59,7 @@ _USER_OR_SESSIONS = f"(user_id = {{user:UUID}} OR {_SESSIONS})"
 KEYED: dict[str, str] = {
     "tracking_events": _USER_OR_SESSIONS,
     "tracking_events_restored": _USER_OR_SESSIONS,
+    "visitor_events": f"(visitor = {{user:UUID}} OR {_SESSIONS})",
     "analytics_events": "customer_id = {user:UUID}",
     "stats_sessions": _SESSIONS,
     "stats_visits": f"(visitor = {{user:UUID}} OR {_SESSIONS})",

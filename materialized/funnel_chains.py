@@ -18,6 +18,7 @@ measured on each visitor's furthest chain; its median is linear between the two 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,6 +28,8 @@ import msgspec
 from core.clickhouse import Warehouse
 from core.limits import TRUST_CLIENT_FUTURE, TRUST_CLIENT_PAST
 from materialized import properties
+
+SAMPLES = 256  # visitor_events.sample: cityHash64(visitor) % 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +41,18 @@ class ChainStep:
     properties: tuple[tuple[str, str], ...] = ()  # tracking: exact values (properties.py)
 
 
-class StepResult(msgspec.Struct, rename="camel", kw_only=True):
+class StepResult(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     step: str
     count: int
     drop_off: int  # visitors of the step before who did not reach this one (0 for the first)
     median_seconds_from_previous: float | None  # None for the first step or when none reached it
+    # Only from a sample: the half-width of the count's 95% interval (absent when exact).
+    margin: int | None = None
+
+
+class Followed(msgspec.Struct, frozen=True):
+    steps: list[StepResult]
+    share: float  # of the visitors read: 1.0 counted exactly, else the sample's share
 
 
 def _condition(step: ChainStep, index: int, parameters: dict[str, Any]) -> str:
@@ -57,7 +67,11 @@ def _condition(step: ChainStep, index: int, parameters: dict[str, Any]) -> str:
     return " AND ".join(parts)
 
 
-def chain_sql(steps: tuple[ChainStep, ...], parameters: dict[str, Any]) -> str:
+def chain_sql(
+    steps: tuple[ChainStep, ...], parameters: dict[str, Any], sample: int | None = None
+) -> str:
+    """`sample`: read only the visitors of visitor_events' samples below it (None: all, from
+    the raw events)."""
     size = len(steps)
     # The steps an event matches, as bits (bit i - 1: step i): no array per event.
     mask = " + ".join(
@@ -65,12 +79,19 @@ def chain_sql(steps: tuple[ChainStep, ...], parameters: dict[str, Any]) -> str:
         for i, step in enumerate(steps, start=1)
     )
     parts = []
+    if sample is None:
+        visitor, source, kept = "ifNull(user_id, session_id)", "tracking_events", "NOT is_bot"
+        customers = ""
+    else:  # bots are left out of visitor_events as it is written
+        parameters["sample"] = sample
+        visitor, source, kept = "visitor", "visitor_events", "sample < {sample:UInt16}"
+        customers = f" AND cityHash64(assumeNotNull(customer_id)) % {SAMPLES} < {{sample:UInt16}}"
     if any(step.source == "tracking" for step in steps):
         parts.append(
-            "SELECT 'tracking' AS source, ifNull(user_id, session_id) AS visitor,"
+            f"SELECT 'tracking' AS source, {visitor} AS visitor,"
             " toUInt64(toUnixTimestamp64Milli(occurred_at)) AS ts, event_type, path, properties"
-            " FROM tracking_events WHERE event_type IN {tracking_types:Array(String)}"
-            " AND NOT is_bot AND occurred_at >= {start:DateTime64(3, 'UTC')}"
+            f" FROM {source} WHERE {kept} AND event_type IN {{tracking_types:Array(String)}}"
+            " AND occurred_at >= {start:DateTime64(3, 'UTC')}"
             " AND occurred_at < {end:DateTime64(3, 'UTC')}"
             # Implied by the two above (core/limits.py); lets the scan skip parts.
             " AND received_at >= {received_from:DateTime64(3, 'UTC')}"
@@ -83,7 +104,7 @@ def chain_sql(steps: tuple[ChainStep, ...], parameters: dict[str, Any]) -> str:
             " '{}' AS properties FROM analytics_events FINAL"
             " WHERE event_type IN {domain_types:Array(String)} AND customer_id IS NOT NULL"
             " AND occurred_at >= {start:DateTime64(3, 'UTC')}"
-            " AND occurred_at < {end:DateTime64(3, 'UTC')}"
+            f" AND occurred_at < {{end:DateTime64(3, 'UTC')}}{customers}"
         )
     # An event is one number: its time (ms) * 2^16 + its first step's bit * 2^8 + its steps'
     # bits, so a visitor's events sort as plain numbers, in time, ties in step order. Events
@@ -142,6 +163,50 @@ async def follow(
     end: datetime,
     window_seconds: int,
 ) -> list[StepResult]:
+    """The funnel counted exactly, from every visitor's raw events."""
+    return (await _follow(warehouse, steps, start, end, window_seconds, None)).steps
+
+
+async def estimate(
+    warehouse: Warehouse,
+    steps: tuple[ChainStep, ...],
+    start: datetime,
+    end: datetime,
+    window_seconds: int,
+    rows: int,
+) -> Followed:
+    """The funnel counted exactly while its steps' browser events in the range number at most
+    twice `rows` (0: always); past that, from the share of visitors that holds about `rows` of
+    them."""
+    if rows == 0:
+        return await _follow(warehouse, steps, start, end, window_seconds, None)
+    found = await warehouse.rows(
+        # The decision needs only the size: the hourly counts (by receive time) of its types.
+        "SELECT sum(events) FROM tracking_events_hourly WHERE event_type IN {types:Array(String)}"
+        " AND hour >= toStartOfHour({start:DateTime64(3, 'UTC')})"
+        " AND hour < {end:DateTime64(3, 'UTC')}",
+        {
+            "types": sorted({s.event_type for s in steps if s.source == "tracking"}),
+            "start": start,
+            "end": end,
+        },
+    )
+    expected = int(found[0][0])
+    if expected <= 2 * rows:
+        return await _follow(warehouse, steps, start, end, window_seconds, None)
+    return await _follow(
+        warehouse, steps, start, end, window_seconds, max(1, math.ceil(SAMPLES * rows / expected))
+    )
+
+
+async def _follow(
+    warehouse: Warehouse,
+    steps: tuple[ChainStep, ...],
+    start: datetime,
+    end: datetime,
+    window_seconds: int,
+    sample: int | None,
+) -> Followed:
     parameters: dict[str, Any] = {
         "start": start,
         "end": end,
@@ -151,19 +216,29 @@ async def follow(
         "tracking_types": sorted({s.event_type for s in steps if s.source == "tracking"}),
         "domain_types": sorted({s.event_type for s in steps if s.source == "domain"}),
     }
-    rows = await warehouse.rows(chain_sql(steps, parameters), parameters)
+    rows = await warehouse.rows(chain_sql(steps, parameters, sample), parameters)
     found = {int(step): (int(n), float(median)) for step, n, median in rows}
+    share = 1.0 if sample is None else sample / SAMPLES
     results: list[StepResult] = []
     previous = 0
     for k, step in enumerate(steps, start=1):
-        count, median = found.get(k, (0, 0.0))
+        seen, median = found.get(k, (0, 0.0))
+        count = round(seen / share)
         results.append(
             StepResult(
                 step=step.name,
                 count=count,
                 drop_off=previous - count if k > 1 else 0,
-                median_seconds_from_previous=(round(median / 1000, 3) if k > 1 and count else None),
+                median_seconds_from_previous=(round(median / 1000, 3) if k > 1 and seen else None),
+                margin=None if sample is None else _margin(seen, share),
             )
         )
         previous = count
-    return results
+    return Followed(results, share)
+
+
+def _margin(seen: int, share: float) -> int:
+    """95% half-width of seen / share: each visitor is in the sample with probability `share`
+    (a hash of its id), so seen is binomial, its variance estimated as (seen + 1) * (1 - share):
+    the one more keeps a margin where few or none were seen."""
+    return math.ceil(1.96 * math.sqrt((seen + 1) * (1 - share)) / share)

@@ -144,3 +144,37 @@ async def test_the_tests_copy_of_the_schema_is_the_migrated_database(
         )
     assert copied.ledger == migrated.ledger
     assert await migrate(warehouse) == []
+
+
+async def test_the_funnels_visitor_copy_takes_the_events_stored_before_it_once(
+    empty_warehouse: Warehouse, sql_dir: Path
+) -> None:
+    """0030 adds visitor_events (a view from tracking_events): the events already stored are
+    copied into it, bots left out, and applying it again after a cut copies none twice."""
+    (sql_dir / "0030_visitor_events.sql").rename(sql_dir.parent / "0030_visitor_events.sql")
+    await migrate(empty_warehouse, directory=sql_dir)
+    await empty_warehouse.command(
+        "INSERT INTO tracking_events (event_id, event_type, session_id, user_id, received_at,"
+        " occurred_at, url, is_bot) SELECT generateUUIDv4(number), 'PAGEVIEW',"
+        " generateUUIDv4(number + 1000), if(number % 2 = 0, generateUUIDv4(number + 2000), NULL),"
+        " now64(3), now64(3), 'https://www.lomashwood.co.uk/kitchens', number % 10 = 0"
+        " FROM numbers(100)"
+    )
+    (sql_dir.parent / "0030_visitor_events.sql").rename(sql_dir / "0030_visitor_events.sql")
+    assert await migrate(empty_warehouse, directory=sql_dir) == ["0030_visitor_events.sql"]
+    # Cut after the copy, before the ledger row: the next start applies it all again.
+    await empty_warehouse.command("ALTER TABLE schema_migrations DELETE WHERE version = 30")
+    await empty_warehouse.command("OPTIMIZE TABLE schema_migrations FINAL")
+    assert await migrate(empty_warehouse, directory=sql_dir) == ["0030_visitor_events.sql"]
+    copied = await empty_warehouse.rows(
+        "SELECT count(), uniqExact(event_id), countIf(visitor = ifNull(user, session)) FROM"
+        " visitor_events AS v INNER JOIN (SELECT event_id, user_id AS user, session_id AS session"
+        " FROM tracking_events WHERE NOT is_bot) AS t USING event_id"
+    )
+    assert copied == [(90, 90, 90)]
+    # Events stored from now on reach it through the view.
+    await empty_warehouse.command(
+        "INSERT INTO tracking_events (event_id, event_type, session_id, received_at, occurred_at,"
+        " url) VALUES (generateUUIDv4(), 'CLICK', generateUUIDv4(), now64(3), now64(3), '')"
+    )
+    assert await empty_warehouse.rows("SELECT count() FROM visitor_events") == [(91,)]
