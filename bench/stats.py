@@ -33,6 +33,7 @@ from bench.common import quantiles, timed
 from consumers.schemas import CONTRACTS
 from core.clickhouse import Warehouse
 from core.migrations import migrate
+from core.settings import PRODUCT_PAGE_PATTERN, Settings
 from materialized import (
     funnel_chains,
     funnels,
@@ -42,7 +43,7 @@ from materialized import (
     session_hours,
 )
 from materialized.dimensions import DIMENSIONS
-from materialized.funnel_definitions import FunnelDefinition, chain_steps
+from materialized.funnel_definitions import FunnelDefinition, built_in_steps, chain_steps
 from materialized.retention import CohortBy
 from materialized.stats import Interval, Stats
 
@@ -151,6 +152,11 @@ CUSTOM_DEFINITION = msgspec.convert(
     FunnelDefinition,
 )
 CUSTOM_FUNNEL = chain_steps(CUSTOM_DEFINITION, DOMAIN_TYPES)
+WEEK = 7 * 86400
+BOOKING = built_in_steps(funnels.FUNNELS["booking"], PRODUCT_PAGE_PATTERN)
+CHECKOUT = built_in_steps(funnels.FUNNELS["checkout"], PRODUCT_PAGE_PATTERN)
+# The dashboard's funnels as the service is set up by default (FUNNEL_SAMPLE_ROWS).
+SAMPLE_ROWS = {f.name: f.default for f in msgspec.structs.fields(Settings)}["funnel_sample_rows"]
 CUSTOM_WINDOW = CUSTOM_DEFINITION.window_seconds
 RETENTION_WEEKS = 8
 
@@ -260,7 +266,12 @@ async def main() -> None:
             )
             await measure("realtime", 50, lambda: stats.realtime(realtime_at))
             await measure(
-                "booking funnel, 30 days",
+                "booking funnel, 30 days (dashboard)",
+                2000,
+                lambda: funnel_chains.estimate(warehouse, BOOKING, start, end, WEEK, SAMPLE_ROWS),
+            )
+            await measure(
+                "booking funnel, 30 days (published, exact)",
                 2000,
                 lambda: funnels.compute(warehouse, funnels.FUNNELS["booking"], start, end),
             )
@@ -275,9 +286,11 @@ async def main() -> None:
                 lambda: properties.keys(warehouse, start, end, None, 100),
             )
             await measure(
-                "custom 4-step funnel, 30 days",
+                "custom 4-step funnel, 30 days (dashboard)",
                 2000,
-                lambda: funnel_chains.follow(warehouse, CUSTOM_FUNNEL, start, end, CUSTOM_WINDOW),
+                lambda: funnel_chains.estimate(
+                    warehouse, CUSTOM_FUNNEL, start, end, CUSTOM_WINDOW, SAMPLE_ROWS
+                ),
             )
             for by in (CohortBy.VISIT, CohortBy.ORDER):
                 await measure(
@@ -315,6 +328,17 @@ async def main() -> None:
             name: (await stats.period(start, end, f), await raw.period(start, end, f))
             for name, f in (("country+device", FILTER), ("page", PAGE_FILTER))
         }
+        sampled_funnels = {
+            name: (
+                await funnel_chains.estimate(warehouse, steps, start, end, window, SAMPLE_ROWS),
+                await funnel_chains.follow(warehouse, steps, start, end, window),
+            )
+            for name, steps, window in (
+                ("booking", BOOKING, WEEK),
+                ("checkout", CHECKOUT, WEEK),
+                ("custom", CUSTOM_FUNNEL, CUSTOM_WINDOW),
+            )
+        }
         await warehouse.close()
 
     for title, (rows, _) in rounds.items():
@@ -342,6 +366,17 @@ async def main() -> None:
         f" {exact_overview.visitors:,} ({error:+.2%}); per page, mean |error|"
         f" {statistics.mean(errors):.2%}, worst {max(errors):.2%} over {len(errors)} pages"
     )
+    for name, (estimated, counted) in sampled_funnels.items():
+        print(f"\n{name} funnel on the dashboard: {estimated.share:.1%} of the visitors read")
+        for got, exact in zip(estimated.steps, counted, strict=True):
+            off = got.count - exact.count
+            held = "exact" if got.margin is None else f"±{got.margin:,}: {abs(off) <= got.margin}"
+            print(
+                f"  {got.step:20s} {got.count:>10,} vs {exact.count:>10,}"
+                f" ({off / exact.count if exact.count else 0:+.2%}; within {held});"
+                f" median from previous {got.median_seconds_from_previous}"
+                f" vs {exact.median_seconds_from_previous} s"
+            )
 
 
 if __name__ == "__main__":
