@@ -37,7 +37,19 @@ async def test_every_cluster_statement_parses_in_clickhouse(warehouse: Warehouse
     for name, statement in rendered():
         formatted = await warehouse.scalar("SELECT formatQuery({sql:String})", {"sql": statement})
         assert formatted, (name, statement)
+        if statement.startswith("INSERT"):  # a backfill: once, through the Distributed tables
+            assert "_local" not in statement and f"ON CLUSTER {CLUSTER}" not in formatted
+            continue
         assert f"ON CLUSTER {CLUSTER}" in formatted, (name, formatted)
+
+
+def test_a_backfill_runs_once_through_the_distributed_tables_its_set_sent_to_every_shard() -> None:
+    (backfill,) = [s for name, s in rendered() if s.startswith("INSERT")]
+    assert backfill.startswith(f"INSERT INTO `{DATABASE}`.`visitor_events`\nSELECT")
+    assert f"FROM `{DATABASE}`.`tracking_events`" in backfill
+    assert (
+        f"event_id GLOBAL NOT IN (SELECT event_id FROM `{DATABASE}`.`visitor_events`)" in backfill
+    )
 
 
 def test_every_table_is_replicated_locals_under_a_distributed_table() -> None:
