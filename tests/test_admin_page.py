@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
@@ -488,3 +489,29 @@ async def test_a_job_run_from_the_admin_page_is_listed_as_the_api_lists_it(
 
     assert tab.problems == []
     assert tab.outside == []
+
+
+@pytest.mark.timeout(120)
+async def test_a_sampled_funnel_shows_as_an_estimate_with_its_margins(
+    make_server: Any, settings: Any, warehouse: Warehouse, browser: Browser
+) -> None:
+    """Past FUNNEL_SAMPLE_ROWS (set low here) the page marks a funnel's figures as estimates
+    and shows each count's margin and the share of visitors read."""
+    await load(warehouse, generate(default_start(days=8), days=8, sessions_per_day=60, seed=5))
+    server = await make_server(msgspec.structs.replace(settings, funnel_sample_rows=50))
+    resp = await server.http.get(
+        "/v1/analytics/funnels/booking", params=seven_days(), headers=bearer(token())
+    )
+    report = resp.json()
+    assert 0 < report["sampleShare"] < 1, report
+    tab = await watched(browser, server.base_url, DESKTOP)
+    page = tab.page
+    await page.goto(f"{server.base_url}/admin")
+    await sign_in(page)
+    shown = await page.locator("#funnel-result tbody tr").all_inner_texts()
+    assert [row.split("\t")[:2] for row in shown] == [
+        [s["step"], f"≈ {s['count']:,} ± {s['margin']:,}"] for s in report["steps"]
+    ]
+    share = f"{report['sampleShare'] * 100:.1f}% of visitors"
+    assert share in await page.inner_text("#funnel-result")
+    assert tab.problems == [] and tab.outside == []

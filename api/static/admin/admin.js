@@ -290,12 +290,19 @@
     $("funnel-remove").hidden = listed.funnels[names.indexOf(state.funnel)].builtIn;
     const report = await api("/v1/analytics/funnels/" + encodeURIComponent(state.funnel), params);
     if (generation !== state.generation) return;
+    // A sampled answer (past FUNNEL_SAMPLE_ROWS) carries sampleShare and each step's margin.
+    const sampled = report.sampleShare !== undefined;
+    const approx = sampled ? "≈ " : "";
     box.replaceChildren(
       table(["Step", "Visitors", "Drop-off", "Time from previous"], report.steps.map((s) => [
-        s.step, formatCount(s.count), formatCount(s.dropOff),
-        s.medianSecondsFromPrevious === null ? "–" : formatDuration(s.medianSecondsFromPrevious),
+        s.step,
+        sampled ? `≈ ${formatCount(s.count)} ± ${formatCount(s.margin)}` : formatCount(s.count),
+        approx + formatCount(s.dropOff),
+        s.medianSecondsFromPrevious === null ? "–" : approx + formatDuration(s.medianSecondsFromPrevious),
       ])),
-      el("p", { className: "hint" }, `Conversion ${report.conversionRate}%`));
+      el("p", { className: "hint" }, sampled
+        ? `Conversion ≈ ${report.conversionRate}%, from ${(report.sampleShare * 100).toFixed(1)}% of visitors (± 95% interval)`
+        : `Conversion ${report.conversionRate}%`));
   }
 
   function stepRow() {
