@@ -26,7 +26,13 @@ from core.clickhouse import Warehouse
 from core.migrations import migrate
 from tracked.row import TrackingRow
 
-VIEWS = ("stats_hourly_mv", "stats_sessions_mv", "stats_visits_mv", "stats_pages_mv")
+VIEWS = (
+    "stats_hourly_mv",
+    "stats_sessions_mv",
+    "stats_visits_mv",
+    "stats_pages_mv",
+    "visitor_events_mv",
+)
 
 
 async def rows_per_second(warehouse: Warehouse, rows: int, batch: int, first: int) -> float:

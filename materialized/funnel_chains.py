@@ -14,6 +14,11 @@ Once the last step is reached the visitor's chain is kept. Where steps never sha
 (the built-ins), the counts are windowFunnel's own, which the recompute job publishes
 (tests/test_funnel_definitions.py checks both agree). The time from step k-1 to step k is
 measured on each visitor's furthest chain; its median is linear between the two middle values.
+
+`estimate` is what the dashboard asks: past a size it follows the same chains over a sample of
+whole visitors (visitor_events: every event of the visitors whose id hashes into the lowest
+buckets), scales the counts by the share read and states each count's 95% margin; the medians
+are the sample's own. `follow` is always exact.
 """
 
 from __future__ import annotations
