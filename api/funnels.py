@@ -19,7 +19,7 @@ from api.stats import EVENT_TYPES, BadParameter, bad_parameter, cached_answer, r
 from consumers.schemas import CONTRACTS
 from core.clickhouse import WarehouseError
 from materialized import funnels
-from materialized.funnel_chains import Followed, StepResult, estimate, follow
+from materialized.funnel_chains import StepResult, estimate
 from materialized.funnel_definitions import (
     FunnelCreated,
     FunnelDefinition,
@@ -40,7 +40,7 @@ _decode = msgspec.json.Decoder(FunnelDefinition).decode
 _defining = asyncio.Lock()  # one check-then-write at a time in this process
 
 
-class FunnelReport(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+class FunnelReport(msgspec.Struct, rename="camel", kw_only=True):
     funnel_name: str  # BOOKING or CHECKOUT for the built-ins (as funnel-completed), else the name
     period_from: datetime
     period_to: datetime
@@ -49,7 +49,7 @@ class FunnelReport(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=T
     window_seconds: int
     # Only when estimated from a sample of the visitors: the share of them read (each step
     # then has its `margin`); absent when every visitor was counted.
-    sample_share: float | None = None
+    sample_share: float | msgspec.UnsetType = msgspec.UNSET
 
 
 def _invalid(error: str, path: str) -> HTTPResponse:
@@ -184,13 +184,10 @@ async def compute(request: Request, claims: dict[str, Any], name: str) -> HTTPRe
     if exact not in ("true", "false"):
         return bad_parameter(BadParameter("exact", "`exact` must be true or false"))
 
+    rows = 0 if exact == "true" else settings.funnel_sample_rows
+
     async def report() -> FunnelReport:
-        warehouse = svc.runtime.warehouse
-        if exact == "true":
-            followed = Followed(await follow(warehouse, steps, start, end, window), 1.0)
-        else:
-            rows = settings.funnel_sample_rows
-            followed = await estimate(warehouse, steps, start, end, window, rows)
+        followed = await estimate(svc.runtime.warehouse, steps, start, end, window, rows)
         first, last = followed.steps[0].count, followed.steps[-1].count
         return FunnelReport(
             funnel_name=published,
@@ -199,7 +196,8 @@ async def compute(request: Request, claims: dict[str, Any], name: str) -> HTTPRe
             steps=followed.steps,
             conversion_rate=round(last / first * 100, 2) if first else 0.0,
             window_seconds=window,
-            sample_share=None if followed.share == 1.0 else followed.share,
+            sample_share=msgspec.UNSET if followed.share == 1.0 else followed.share,
         )
 
-    return await cached_answer(request, start, end, report, variant)
+    # A threshold changed since (FUNNEL_SAMPLE_ROWS) is another answer.
+    return await cached_answer(request, start, end, report, f"{variant}|{rows}")

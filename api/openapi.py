@@ -369,7 +369,8 @@ DOCUMENT: dict[str, Any] = {
         "/v1/analytics/funnels/{name}": {
             "get": {
                 "summary": "A funnel computed for a range now, with per-step drop-off and median"
-                " time from the step before",
+                " time from the step before; past FUNNEL_SAMPLE_ROWS estimated from a sample of"
+                " visitors (sampleShare, each step's margin) unless exact=true",
                 "tags": ["funnels"],
                 "security": ADMIN,
                 "parameters": [

@@ -55,7 +55,8 @@ SHARD_KEYS = {
     "stats_session_values": "cityHash64(start_hour)",
     "stats_session_audience": "cityHash64(start_hour)",
     "stats_session_touches": "rand()",
-    # Read only as a whole (a funnel's sample spans every shard); the view writes it locally.
+    # Its view writes on the shard that holds the events (tracking_events' key), so a row its
+    # backfill copies lands where the view would have put it.
     "visitor_events": "cityHash64(session_id)",
 }
 
@@ -182,7 +183,7 @@ class ClusterDDL:
         # them. A subquery's set is built once and sent to every shard (GLOBAL), not run on
         # each shard over the whole cluster again.
         statement = _SOURCE.sub(lambda m: f"{m[1]} {self._table(m[2])}", match[0])
-        statement = re.sub(r"\b(NOT\s+)?IN\s*\(\s*SELECT\b", r"GLOBAL \g<0>", statement)
+        statement = re.sub(r"(?<!GLOBAL )\b(NOT\s+)?IN\s*\(\s*SELECT\b", r"GLOBAL \g<0>", statement)
         return [
             statement.replace(
                 f"INSERT INTO {match['name']}", f"INSERT INTO {self._table(match['name'])}", 1

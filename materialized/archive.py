@@ -212,7 +212,28 @@ async def purge(warehouse: Warehouse, storage: Storage | None, today: date) -> l
         for table in ("visitor_events", "tracking_events"):
             await warehouse.delete_where(table, "toDate(received_at) = {day:Date}", {"day": day})
         purged.append(day)
+    await _purge_strays(warehouse, today)
     return purged
+
+
+async def _purge_strays(warehouse: Warehouse, today: date) -> None:
+    """Days past retention still in visitor_events that tracking_events no longer holds (a
+    purge by a version before it, a backfill's snapshot older than a purge): their verified
+    archive holds them, so the funnels' copy goes too."""
+    cutoff = datetime.combine(today - timedelta(days=RETENTION_DAYS), datetime.min.time(), UTC)
+    parameters = {"table": TABLE, "cutoff_ts": cutoff}
+    strays = await warehouse.rows(
+        "SELECT DISTINCT toDate(received_at) AS day FROM visitor_events"
+        " WHERE received_at < {cutoff_ts:DateTime('UTC')}"
+        " AND day IN (SELECT day FROM archive_log FINAL WHERE table_name = {table:String})"
+        " AND day NOT IN (SELECT DISTINCT toDate(received_at) FROM tracking_events"
+        " WHERE received_at < {cutoff_ts:DateTime('UTC')}) ORDER BY day",
+        parameters,
+    )
+    for (day,) in strays:
+        await warehouse.delete_where(
+            "visitor_events", "toDate(received_at) = {day:Date}", {"day": day}
+        )
 
 
 async def restore_day(warehouse: Warehouse, storage: Storage, day: date) -> int:

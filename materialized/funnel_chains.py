@@ -46,13 +46,13 @@ class ChainStep:
     properties: tuple[tuple[str, str], ...] = ()  # tracking: exact values (properties.py)
 
 
-class StepResult(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+class StepResult(msgspec.Struct, rename="camel", kw_only=True):
     step: str
     count: int
     drop_off: int  # visitors of the step before who did not reach this one (0 for the first)
     median_seconds_from_previous: float | None  # None for the first step or when none reached it
     # Only from a sample: the half-width of the count's 95% interval (absent when exact).
-    margin: int | None = None
+    margin: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class Followed(msgspec.Struct, frozen=True):
@@ -84,16 +84,21 @@ def chain_sql(
         for i, step in enumerate(steps, start=1)
     )
     parts = []
+    packed = "ts * 65536 + bitAnd(steps, bitNot(steps) + 1) * 256 + steps"
     if sample is None:
         visitor, source, kept = "ifNull(user_id, session_id)", "tracking_events", "NOT is_bot"
-        customers = ""
+        customers, events = "", f"groupArray({packed})"
     else:  # bots are left out of visitor_events as it is written
         parameters["sample"] = sample
         visitor, source, kept = "visitor", "visitor_events", "sample < {sample:UInt16}"
         customers = f" AND cityHash64(assumeNotNull(customer_id)) % {SAMPLES} < {{sample:UInt16}}"
+        # visitor_events is written apart from the raw events (its backfill may overlap the
+        # view): an event found there twice counts once, by its id (per visitor: a global
+        # LIMIT 1 BY event_id doubled the time at 100M).
+        events = f"arrayMap(e -> e.2, groupUniqArray((toUInt128(event_id), {packed})))"
     if any(step.source == "tracking" for step in steps):
         parts.append(
-            f"SELECT 'tracking' AS source, {visitor} AS visitor,"
+            f"SELECT 'tracking' AS source, {visitor} AS visitor, event_id,"
             " toUInt64(toUnixTimestamp64Milli(occurred_at)) AS ts, event_type, path, properties"
             f" FROM {source} WHERE {kept} AND event_type IN {{tracking_types:Array(String)}}"
             " AND occurred_at >= {start:DateTime64(3, 'UTC')}"
@@ -104,7 +109,7 @@ def chain_sql(
         )
     if any(step.source == "domain" for step in steps):
         parts.append(
-            "SELECT 'domain' AS source, assumeNotNull(customer_id) AS visitor,"
+            "SELECT 'domain' AS source, assumeNotNull(customer_id) AS visitor, event_id,"
             " toUInt64(toUnixTimestamp64Milli(occurred_at)) AS ts, event_type, '' AS path,"
             " '{}' AS properties FROM analytics_events FINAL"
             " WHERE event_type IN {domain_types:Array(String)} AND customer_id IS NOT NULL"
@@ -150,9 +155,8 @@ def chain_sql(
         "SELECT step, count(), quantileExactInclusiveIf(0.5)(gap, step > 1) FROM ("
         f" SELECT multiIf({', '.join(furthest)}, CAST([] AS Array(UInt64))) AS times FROM ("
         f" SELECT {', '.join(columns)} FROM ("
-        " SELECT arraySort(groupArray(ts * 65536 + bitAnd(steps, bitNot(steps) + 1) * 256"
-        " + steps)) AS events FROM ("
-        f" SELECT visitor, ts, toUInt64({mask}) AS steps"
+        f" SELECT arraySort({events}) AS events FROM ("
+        f" SELECT visitor, event_id, ts, toUInt64({mask}) AS steps"
         f" FROM ({' UNION ALL '.join(parts)})) WHERE steps > 0 GROUP BY visitor))"
         " WHERE notEmpty(times))"
         " ARRAY JOIN arrayEnumerate(times) AS step,"
@@ -180,21 +184,20 @@ async def estimate(
     window_seconds: int,
     rows: int,
 ) -> Followed:
-    """The funnel counted exactly while its steps' browser events in the range number at most
-    twice `rows` (0: always); past that, from the share of visitors that holds about `rows` of
-    them."""
-    if rows == 0:
+    """The funnel counted exactly while the browser events of its steps' types in the range
+    number at most twice `rows` (0: always); past that, from the share of visitors that holds
+    about `rows` of them."""
+    types = sorted({s.event_type for s in steps if s.source == "tracking"})
+    if rows == 0 or not types:  # domain events alone are few: counted whole
         return await _follow(warehouse, steps, start, end, window_seconds, None)
     found = await warehouse.rows(
-        # The decision needs only the size: the hourly counts (by receive time) of its types.
+        # The decision needs only the size, deterministic and cheap: the hourly counts (by
+        # receive time) of the steps' types, pages and properties aside. Those hours outlive
+        # the raw days, so a range reaching past them may be sampled on fewer events.
         "SELECT sum(events) FROM tracking_events_hourly WHERE event_type IN {types:Array(String)}"
         " AND hour >= toStartOfHour({start:DateTime64(3, 'UTC')})"
         " AND hour < {end:DateTime64(3, 'UTC')}",
-        {
-            "types": sorted({s.event_type for s in steps if s.source == "tracking"}),
-            "start": start,
-            "end": end,
-        },
+        {"types": types, "start": start, "end": end},
     )
     expected = int(found[0][0])
     if expected <= 2 * rows:
@@ -235,7 +238,7 @@ async def _follow(
                 count=count,
                 drop_off=previous - count if k > 1 else 0,
                 median_seconds_from_previous=(round(median / 1000, 3) if k > 1 and seen else None),
-                margin=None if sample is None else _margin(seen, share),
+                margin=msgspec.UNSET if sample is None else _margin(seen, share),
             )
         )
         previous = count

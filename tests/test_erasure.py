@@ -179,6 +179,16 @@ async def test_an_erasure_leaves_what_a_fresh_load_of_the_rest_would_build(
     await oracle.load_past(fresh, rest)
     for table, sql in CONTENTS.items():
         assert await contents(warehouse, table, sql) == await contents(fresh, table, sql), table
+    # The funnels' copy holds what the raw events still do: none of theirs, no purged day.
+    copy = await warehouse.rows(
+        "SELECT event_id, sample, visitor, event_type, occurred_at FROM visitor_events"
+        " ORDER BY event_id"
+    )
+    assert copy == await warehouse.rows(
+        "SELECT event_id, toUInt8(cityHash64(ifNull(user_id, session_id)) % 256),"
+        " ifNull(user_id, session_id), event_type, occurred_at FROM tracking_events"
+        " WHERE NOT is_bot ORDER BY event_id"
+    )
     # The archived days hold exactly the remaining rows, verified and logged so.
     for day in (purged, hot):
         kept = archive.file_fingerprint(await storage.read(archive.object_key(day)))

@@ -70,6 +70,10 @@ async def test_purge_removes_only_archived_days_past_retention(
         "SELECT DISTINCT toDate(received_at) FROM tracking_events ORDER BY 1"
     )
     assert [r[0] for r in remaining] == [days_ago(94).date()]  # not archived: kept
+    funnels_copy = await warehouse.rows(
+        "SELECT DISTINCT toDate(received_at) FROM visitor_events ORDER BY 1"
+    )
+    assert funnels_copy == remaining  # the funnels' copy of the day goes with it
     before = await warehouse.scalar("SELECT sum(events) FROM tracking_events_hourly")
     restored = await archive.restore_day(warehouse, server.services.runtime.storage, first)
     assert restored == sum(1 for r in old.tracking if r.received_at.date() == first)
@@ -231,3 +235,25 @@ def test_restore_day_refuses_a_bad_date(tmp_path: Path, day: str) -> None:
     result = analytics("restore-day", day, env=env)
     assert result.returncode == 2
     assert "is not a date" in result.stderr
+
+
+async def test_a_day_purged_from_the_raw_events_alone_leaves_the_funnels_copy_too(
+    warehouse: Warehouse,
+) -> None:
+    """A purge that did not know visitor_events (a version before it, running beside a newer
+    one) removed a verified day from tracking_events only: the next purge removes the stray
+    copy; a day not archived stays in both."""
+    old = generate(days_ago(95), days=2, sessions_per_day=20, seed=25)  # 95 and 94 days old
+    await load(warehouse, old)
+    first, second = days_ago(95).date(), days_ago(94).date()
+    await warehouse.command(
+        "INSERT INTO archive_log (table_name, day, rows, checksum, object_key)"
+        " VALUES ('tracking_events', {day:Date}, 0, '', 'x')",
+        {"day": first},
+    )
+    await warehouse.delete_where(
+        "tracking_events", "toDate(received_at) = {day:Date}", {"day": first}
+    )
+    assert await archive.purge(warehouse, None, date.today()) == []
+    left = await warehouse.rows("SELECT DISTINCT toDate(received_at) FROM visitor_events")
+    assert left == [(second,)]
