@@ -371,7 +371,11 @@ async def main() -> None:
         print(f"\n{name} funnel on the dashboard: {estimated.share:.1%} of the visitors read")
         for got, exact in zip(estimated.steps, counted, strict=True):
             off = got.count - exact.count
-            held = "exact" if got.margin is None else f"±{got.margin:,}: {abs(off) <= got.margin}"
+            held = (
+                f"±{got.margin:,}: {abs(off) <= got.margin}"
+                if isinstance(got.margin, int)
+                else "exact"
+            )
             print(
                 f"  {got.step:20s} {got.count:>10,} vs {exact.count:>10,}"
                 f" ({off / exact.count if exact.count else 0:+.2%}; within {held});"

@@ -26,11 +26,16 @@ class EmbeddedWorker:
         self._worker: Worker | None = None
         self._pool: ArqRedis | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(
             supervise(
-                "embedded_worker", self._run, backoff=Backoff(1.0, 30.0), on_failure=self._drop
+                "embedded_worker",
+                self._run,
+                backoff=Backoff(1.0, 30.0),
+                stop=self._closing,
+                on_failure=self._drop,
             ),
             name="arq-worker",
         )
@@ -57,6 +62,9 @@ class EmbeddedWorker:
             self._pool = None
 
     async def close(self) -> None:
+        # No restart once closing: arq's close drops its pool under the running worker, whose
+        # next health check then fails (`None.psetex`) and would otherwise start a new one.
+        self._closing.set()
         worker = self._worker
         if worker is not None:
             # arq's close cancels the jobs still running, and its gather then raises their
@@ -68,6 +76,10 @@ class EmbeddedWorker:
                 outcome, asyncio.CancelledError
             ):  # Redis gone: nothing more to tidy there
                 log.warning("arq worker did not close cleanly: %s", outcome)
-        if self._task is not None:
+        # A cancellation arq swallows (it runs its own close on the way out) would leave the
+        # task running and this wait forever: cancel until it is done.
+        while self._task is not None and not self._task.done():
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait({self._task}, timeout=1.0)
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)  # its outcome, taken
