@@ -207,19 +207,18 @@ async def purge(warehouse: Warehouse, storage: Storage | None, today: date) -> l
             done, _ = await archive_days(warehouse, storage, [day])
             if not done:
                 continue
-        # The funnels' copy goes first: a purge cut between the two leaves the day in
-        # tracking_events, so the next one deletes both.
-        for table in ("visitor_events", "tracking_events"):
-            await warehouse.delete_where(table, "toDate(received_at) = {day:Date}", {"day": day})
+        await warehouse.delete_where(
+            "tracking_events", "toDate(received_at) = {day:Date}", {"day": day}
+        )
         purged.append(day)
-    await _purge_strays(warehouse, today)
+    await _purge_funnels_copy(warehouse, today)
     return purged
 
 
-async def _purge_strays(warehouse: Warehouse, today: date) -> None:
-    """Days past retention still in visitor_events that tracking_events no longer holds (a
-    purge by a version before it, a backfill's snapshot older than a purge): their verified
-    archive holds them, so the funnels' copy goes too."""
+async def _purge_funnels_copy(warehouse: Warehouse, today: date) -> None:
+    """Days past retention still in visitor_events that tracking_events no longer holds: the
+    days just purged, and any a purge cut short, a version before visitor_events or a
+    backfill's older snapshot left there. Their verified archive holds them."""
     cutoff = datetime.combine(today - timedelta(days=RETENTION_DAYS), datetime.min.time(), UTC)
     parameters = {"table": TABLE, "cutoff_ts": cutoff}
     strays = await warehouse.rows(

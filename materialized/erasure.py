@@ -55,15 +55,16 @@ MAX_PASSES = 5
 SETTLE = timedelta(minutes=2)  # after an hour ends, before its rows are taken as complete
 _SESSIONS = "session_id IN (SELECT arrayJoin({sessions:Array(UUID)}))"
 _USER_OR_SESSIONS = f"(user_id = {{user:UUID}} OR {_SESSIONS})"
+_VISITOR_OR_SESSIONS = f"(visitor = {{user:UUID}} OR {_SESSIONS})"
 # Tables a user's rows are deleted from by key, with the condition.
 KEYED: dict[str, str] = {
     "tracking_events": _USER_OR_SESSIONS,
     "tracking_events_restored": _USER_OR_SESSIONS,
-    "visitor_events": f"(visitor = {{user:UUID}} OR {_SESSIONS})",
+    "visitor_events": _VISITOR_OR_SESSIONS,
     "analytics_events": "customer_id = {user:UUID}",
     "stats_sessions": _SESSIONS,
-    "stats_visits": f"(visitor = {{user:UUID}} OR {_SESSIONS})",
-    "stats_pages": f"(visitor = {{user:UUID}} OR {_SESSIONS})",
+    "stats_visits": _VISITOR_OR_SESSIONS,
+    "stats_pages": _VISITOR_OR_SESSIONS,
     "customer_orders_hourly": "customer_id = {user:UUID}",
     "customer_first_order": "customer_id = {user:UUID}",
 }
