@@ -309,6 +309,7 @@ class Erasure:
             await self._rebuild_purged()
             await self.warehouse.command(
                 "INSERT INTO stats_session_touches (start_hour, touched_at)"
+                " SETTINGS insert_deduplicate = 0"
                 " SELECT arrayJoin({hours:Array(DateTime('UTC'))}), now64(3, 'UTC')",
                 {"hours": progress.session_hours},
             )

@@ -33,6 +33,9 @@ DOMAIN_ROLLUPS = ("domain_events_hourly_mv",)
 DAILY = ("stats_daily_mv", "stats_hourly")
 SOURCE_TIME = {"tracking_events": "received_at", "analytics_events": "occurred_at"}
 _HOURS = "{hours:Array(DateTime('UTC'))}"
+# The targets drop a block they already hold (sql/0031); a rebuild run again after its delete
+# inserts the same rows on purpose.
+_FRESH = "SETTINGS insert_deduplicate = 0"
 
 
 class ViewError(RuntimeError):
@@ -90,7 +93,7 @@ async def rebuild(
         await warehouse.delete_where(target, f"hour IN (SELECT arrayJoin({_HOURS}))", parameters)
         # Inserting into stats_hourly refills stats_daily for these hours through its view.
         await warehouse.command(
-            f"INSERT INTO {target} {_replayed(select, source, rows)}", parameters
+            f"INSERT INTO {target} {_FRESH} {_replayed(select, source, rows)}", parameters
         )
     if daily_source in targets:
         _, source, select = await _definition(warehouse, daily_view)
@@ -100,5 +103,6 @@ async def rebuild(
             f" AND hour NOT IN (SELECT arrayJoin({_HOURS}))"
         )
         await warehouse.command(
-            f"INSERT INTO stats_daily {_replayed(select, source, untouched)}", parameters
+            f"INSERT INTO stats_daily {_FRESH} {_replayed(select, source, untouched)}",
+            parameters,
         )
