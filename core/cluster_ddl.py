@@ -55,6 +55,7 @@ SHARD_KEYS = {
     "stats_session_values": "cityHash64(start_hour)",
     "stats_session_audience": "cityHash64(start_hour)",
     "stats_session_touches": "rand()",
+    "stats_audience_hourly": "rand()",
     # Its view writes on the shard that holds the events (tracking_events' key), so a row its
     # backfill copies lands where the view would have put it.
     "visitor_events": "cityHash64(session_id)",

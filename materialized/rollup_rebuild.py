@@ -27,6 +27,7 @@ TRACKING_ROLLUPS = (
     "blog_views_hourly_mv",
     "product_views_hourly_mv",
     "stats_hourly_mv",
+    "stats_audience_hourly_mv",
 )
 DOMAIN_ROLLUPS = ("domain_events_hourly_mv",)
 # The view that sums a rebuilt rollup per UTC day, and the rollup it sums.

@@ -14,14 +14,16 @@ Where the numbers come from:
   EXACT_VISITORS_MAX_EVENTS their sums, materialized/session_hours.py); the visit duration
   too, but for those sealed hours: at most 0.8% low (`visitDurationExact`);
 - visitors are exact (`uniqExact` of ids) when the range holds at most
-  EXACT_VISITORS_MAX_EVENTS events or under several filters; filtered answers read
-  `stats_visits` (session-level filter and dimension) or `stats_pages` (any other) for the
-  whole hours of the range and raw events for the partial hours at its ends, both grouped by
-  every filterable column, so a row matches a filter exactly when its events do. Past that
-  many events, unfiltered overviews and breakdowns and overviews under one filter merge
-  `uniqCombined64(12)` sketches from `stats_daily` (whole UTC days), `stats_hourly` (the other
-  whole hours) and the raw events of the partial hours, whose standard error is about 1.6%
-  (`visitorsExact` says which).
+  EXACT_VISITORS_MAX_EVENTS events or under several filters not all on the audience (country,
+  device, browser, os); filtered answers read `stats_visits` (session-level filter and
+  dimension) or `stats_pages` (any other) for the whole hours of the range and raw events for
+  the partial hours at its ends, both grouped by every filterable column, so a row matches a
+  filter exactly when its events do. Past that many events, unfiltered overviews and
+  breakdowns and overviews under one filter merge `uniqCombined64(12)` sketches from
+  `stats_daily` (whole UTC days), `stats_hourly` (the other whole hours) and the raw events of
+  the partial hours, and overviews under several audience filters those of
+  `stats_audience_hourly` (per hour and audience) and the partial hours; a sketch's standard
+  error is about 1.6% (`visitorsExact` says which).
 A filter is `dimension:value` pairs joined by `;` (in a value `\;`, `\:` and `\\` stand for
 `;`, `:` and `\`); an event matches when every pair does, and a session counts when one of its
 events matches. `prop:KEY` is a dimension too (`prop:filter:oak`, the key escaped alike): a
@@ -429,6 +431,30 @@ def _sketch_rows(
     return f"{rollups} UNION ALL {raw}", parameters
 
 
+def _audience_rows(where: _Where) -> str:
+    """A subquery of (visitors state, pageviews) covering the range under filters on the
+    audience only: stats_audience_hourly for its whole hours, the raw events for the partial
+    hours at its ends (the same sketch, so all merge)."""
+    raw = (
+        f"SELECT uniqCombined64State(12)({VISITOR}) AS visitors,"
+        " countIf(event_type = 'PAGEVIEW') AS pageviews FROM tracking_events WHERE "
+    )
+    if where.whole is None:
+        return f"{raw}{where.events}"
+    rollup = (
+        "SELECT visitors, toUInt64(pageviews) AS pageviews FROM stats_audience_hourly"
+        f" WHERE {where.matches} AND hour >= {{h1:DateTime('UTC')}}"
+        " AND hour < {h2:DateTime('UTC')}"
+    )
+    if where.whole == (where.parameters["start"], where.parameters["end"]):
+        return rollup
+    return (
+        f"{rollup} UNION ALL {raw}{where.filters} AND ((received_at >= {{start:DateTime('UTC')}}"
+        " AND received_at < {h1:DateTime('UTC')}) OR (received_at >= {h2:DateTime('UTC')}"
+        " AND received_at < {end:DateTime('UTC')}))"
+    )
+
+
 class Stats:
     def __init__(
         self,
@@ -465,11 +491,18 @@ class Stats:
         where = _Where(start, end, filters)
         sealed_rows = _sealed_rows(filters)
         large = sealed_rows is not None and await self._large(start, end)
-        # Visitors from sketches past the threshold, unfiltered or under one filter: the
-        # rollups keep one per hour and value (several filters need the visits' ids).
-        exact = not large or len(filters) > 1
+        # Visitors from sketches past the threshold, unfiltered, under one filter (the rollups
+        # keep one per hour and value) or under several on the audience (one per hour and
+        # audience); any other pair of filters needs the visits' ids.
+        audience = len(filters) > 1 and set(filters) <= AUDIENCE_DIMENSIONS
+        exact = not large or (len(filters) > 1 and not audience)
         visits = where.visits()
-        if not exact:
+        if not exact and audience:
+            totals = self.warehouse.rows(
+                f"SELECT {SKETCH}, sum(pageviews) FROM ({_audience_rows(where)})",
+                where.parameters,
+            )
+        elif not exact:
             dimension, value = next(iter(filters.items()), ("", None))
             rows, parameters = _sketch_rows(dimension, start, end, value)
             totals = self.warehouse.rows(

@@ -44,11 +44,17 @@ async def test_every_cluster_statement_parses_in_clickhouse(warehouse: Warehouse
 
 
 def test_a_backfill_runs_once_through_the_distributed_tables_its_set_sent_to_every_shard() -> None:
-    (backfill,) = [s for name, s in rendered() if s.startswith("INSERT")]
-    assert backfill.startswith(f"INSERT INTO `{DATABASE}`.`visitor_events`\nSELECT")
-    assert f"FROM `{DATABASE}`.`tracking_events`" in backfill
+    visitors, audiences = [s for name, s in rendered() if s.startswith("INSERT")]
+    assert visitors.startswith(f"INSERT INTO `{DATABASE}`.`visitor_events`\nSELECT")
+    assert f"FROM `{DATABASE}`.`tracking_events`" in visitors
     assert (
-        f"event_id GLOBAL NOT IN (SELECT event_id FROM `{DATABASE}`.`visitor_events`)" in backfill
+        f"event_id GLOBAL NOT IN (SELECT event_id FROM `{DATABASE}`.`visitor_events`)" in visitors
+    )
+    assert audiences.startswith(f"INSERT INTO `{DATABASE}`.`stats_audience_hourly`\nSELECT")
+    assert f"FROM `{DATABASE}`.`tracking_events`" in audiences
+    assert (
+        "toYYYYMM(received_at) GLOBAL NOT IN (SELECT DISTINCT toYYYYMM(hour)"
+        f" FROM `{DATABASE}`.`stats_audience_hourly`)" in audiences
     )
 
 

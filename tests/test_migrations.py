@@ -183,3 +183,57 @@ async def test_the_funnels_visitor_copy_takes_the_events_stored_before_it_once(
         " url) VALUES (generateUUIDv4(), 'CLICK', generateUUIDv4(), now64(3), now64(3), '')"
     )
     assert await empty_warehouse.rows("SELECT count() FROM visitor_events") == [(91,)]
+
+
+async def test_the_audience_rollup_takes_the_events_stored_before_it_once(
+    empty_warehouse: Warehouse, sql_dir: Path
+) -> None:
+    """0032 adds stats_audience_hourly (a view from tracking_events): the events already
+    stored, over two months, are summed into it, bots left out; applied again after a cut it
+    adds nothing; events stored from then on reach it through the view."""
+    names = await asyncio.to_thread(lambda: [p.name for p in sql_dir.glob("*.sql")])
+    later = sorted(name for name in names if name >= "0032")
+    for name in later:
+        (sql_dir / name).rename(sql_dir.parent / name)
+    await migrate(empty_warehouse, directory=sql_dir)
+    await empty_warehouse.command(
+        "INSERT INTO tracking_events (event_id, event_type, session_id, user_id, received_at,"
+        " occurred_at, url, is_bot, country, device_type) SELECT generateUUIDv4(number),"
+        " if(number % 3 = 0, 'CLICK', 'PAGEVIEW'), generateUUIDv4(number % 40),"
+        " if(number % 4 = 0, generateUUIDv4(number % 7 + 1000), NULL),"
+        " toDateTime64('2026-09-30 20:00:00', 3, 'UTC') + toIntervalHour(number % 9),"
+        " toDateTime64('2026-09-30 20:00:00', 3, 'UTC'), 'https://www.lomashwood.co.uk/',"
+        " number % 10 = 0, ['GB', 'IE'][number % 2 + 1], ['mobile', 'desktop'][number % 5 % 2 + 1]"
+        " FROM numbers(200)"
+    )
+    for name in later:
+        (sql_dir.parent / name).rename(sql_dir / name)
+    assert await migrate(empty_warehouse, directory=sql_dir) == later
+    rollup = (
+        "SELECT toString(hour), country, device_type, sum(pageviews),"
+        " uniqCombined64Merge(12)(visitors) FROM stats_audience_hourly"
+        " GROUP BY hour, country, device_type ORDER BY ALL"
+    )
+    raw = (
+        "SELECT toString(toStartOfHour(received_at)) AS h, country AS c, device_type AS d,"
+        " countIf(event_type = 'PAGEVIEW'), uniqExact(ifNull(user_id, session_id))"
+        " FROM tracking_events WHERE NOT is_bot GROUP BY h, c, d ORDER BY ALL"
+    )
+    expected = await empty_warehouse.rows(raw)
+    assert {h[:7] for h, *_ in expected} == {"2026-09", "2026-10"}
+    assert await empty_warehouse.rows(rollup) == expected
+    # Cut after the copy, before the ledger row: the next start applies it all again.
+    await empty_warehouse.command("ALTER TABLE schema_migrations DELETE WHERE version = 32")
+    await empty_warehouse.command("OPTIMIZE TABLE schema_migrations FINAL")
+    assert await migrate(empty_warehouse, directory=sql_dir) == ["0032_stats_audience_hourly.sql"]
+    assert await empty_warehouse.rows(rollup) == expected
+    await empty_warehouse.command(
+        "INSERT INTO tracking_events (event_id, event_type, session_id, received_at, occurred_at,"
+        " url, country, device_type) VALUES (generateUUIDv4(), 'PAGEVIEW', generateUUIDv4(),"
+        " '2026-09-30 20:10:00', '2026-09-30 20:10:00', '', 'GB', 'mobile')"
+    )
+    assert await empty_warehouse.rows(
+        "SELECT sum(pageviews) FROM stats_audience_hourly"
+    ) == await empty_warehouse.rows(
+        "SELECT countIf(event_type = 'PAGEVIEW') FROM tracking_events WHERE NOT is_bot"
+    )

@@ -15,7 +15,7 @@ from cli.demo_traffic import Traffic, generate
 from core.clickhouse import Warehouse
 from materialized import session_hours
 from materialized.dimensions import DIMENSIONS
-from materialized.stats import Stats
+from materialized.stats import AUDIENCE_DIMENSIONS, Stats
 from tests import oracle
 from tests.conftest import tracking_rows
 from tracked.row import TrackingRow
@@ -114,7 +114,8 @@ async def assert_sealed_and_exact(
         assert not got.visit_duration_exact, filters
         assert (got.sessions, got.bounce_rate) == (expected["sessions"], expected["bounceRate"])
         assert got.pageviews == expected["pageviews"]
-        if len(filters) == 1:  # the value's sketches (exact at this size)
+        # A value's sketches or the audiences' (exact at this size).
+        if len(filters) == 1 or set(filters) <= AUDIENCE_DIMENSIONS:
             assert not got.visitors_exact
             assert abs(got.visitors - expected["visitors"]) <= expected["visitors"] * 0.02
         else:
@@ -168,6 +169,7 @@ async def test_other_filters_never_read_sealed_hours(
         got = await long_range(warehouse).period(START, END, filters)
         expected = oracle.stats_period(traffic, START, END, filters)
         assert got.visit_duration_exact
+        assert got.visitors_exact and got.visitors == expected["visitors"]
         assert got.visit_duration_seconds == expected["visitDurationSeconds"]
         assert got.sessions == expected["sessions"]
 
