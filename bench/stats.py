@@ -358,7 +358,9 @@ async def main() -> None:
             f" bounce rate {got.bounce_rate} vs {exact.bounce_rate}; median duration"
             f" {got.visit_duration_seconds} s vs {exact.visit_duration_seconds} s"
             f" ({got.visit_duration_seconds / exact.visit_duration_seconds - 1:+.3%},"
-            f" exact: {got.visit_duration_exact})",
+            f" exact: {got.visit_duration_exact}); visitors {got.visitors:,} vs"
+            f" {exact.visitors:,} ({got.visitors / max(exact.visitors, 1) - 1:+.2%},"
+            f" exact: {got.visitors_exact})",
             end="",
         )
     print()

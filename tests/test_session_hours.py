@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from cli.demo_traffic import Traffic, generate
-from core.clickhouse import Warehouse
+from core.clickhouse import Warehouse, WarehouseError
 from materialized import session_hours
 from materialized.dimensions import DIMENSIONS
 from materialized.stats import AUDIENCE_DIMENSIONS, Stats
@@ -379,3 +379,32 @@ async def test_a_seal_cut_before_its_hours_row_is_never_read_and_the_next_one_cl
         assert (await long_range(warehouse).period(START, END, filters)).sessions == expected[
             "sessions"
         ]
+
+
+async def test_a_retry_that_fills_a_failed_view_unseals_its_hours(
+    warehouse: Warehouse, traffic: Traffic
+) -> None:
+    """stats_sessions refuses a batch its source already stored; its hours are sealed without
+    those sessions; the retry under the same token fills stats_sessions and touches the hours
+    (the touches keep no deduplication window, sql/0031, so a replay touches them whatever
+    order the views ran in), so those seals no longer count and the long range's sessions
+    stay exact."""
+    late = {r.session_id for r in traffic.tracking[::40]}
+    rest = [r for r in traffic.tracking if r.session_id not in late]
+    batch = msgspec.json.Encoder().encode_lines(
+        [r for r in traffic.tracking if r.session_id in late]
+    )
+    columns = TrackingRow.__struct_fields__
+    await warehouse.insert_lines(
+        "tracking_events", columns, msgspec.json.Encoder().encode_lines(rest), dedup_token="rest"
+    )
+    await warehouse.command("ALTER TABLE stats_sessions ADD CONSTRAINT refused CHECK 0")
+    with pytest.raises(WarehouseError, match="refused"):
+        await warehouse.insert_lines("tracking_events", columns, batch, dedup_token="late")
+    await warehouse.command("ALTER TABLE stats_sessions DROP CONSTRAINT refused")
+    assert await session_hours.seal(warehouse) > DAYS * 20
+    await warehouse.insert_lines("tracking_events", columns, batch, dedup_token="late")
+    got = await long_range(warehouse).period(START, END, {})
+    expected = oracle.stats_period(traffic, START, END, {})
+    assert (got.sessions, got.bounce_rate) == (expected["sessions"], expected["bounceRate"])
+    assert got.pageviews == expected["pageviews"]
