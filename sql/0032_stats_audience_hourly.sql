@@ -20,18 +20,20 @@ PARTITION BY toYYYYMM(hour)
 ORDER BY (country, device_type, browser, os, hour)
 SETTINGS non_replicated_deduplication_window = 10000;
 
--- The events stored before the view exists, copied before it is created, into the months the
--- table holds nothing of: a migration cut after the copy and applied again copies nothing
--- twice (the service migrates before it inserts anything, so no event lands in between).
+-- The events stored before the view exists, summed from stats_pages (0022: the same hours,
+-- audiences and visitors, bots left out, erasures applied, and kept after the raw days are
+-- purged), before the view is created, into the months the table holds nothing of: a
+-- migration cut after the copy and applied again copies nothing twice. Exact when the
+-- migration runs alone (`analytics serve`, or `analytics migrate` before the other processes
+-- start); events stored by other processes between the copy and the view's creation would
+-- be missed, and a copy cut half-way leaves its months part-filled.
 INSERT INTO stats_audience_hourly
 SELECT
-    country, device_type, browser, os,
-    toStartOfHour(received_at) AS hour,
-    countIf(event_type = 'PAGEVIEW') AS pageviews,
-    uniqCombined64State(12)(ifNull(user_id, session_id)) AS visitors
-FROM tracking_events
-WHERE NOT is_bot
-    AND toYYYYMM(received_at) NOT IN (SELECT DISTINCT toYYYYMM(hour) FROM stats_audience_hourly)
+    country, device_type, browser, os, hour,
+    sum(pageviews) AS pageviews,
+    uniqCombined64State(12)(visitor) AS visitors
+FROM stats_pages
+WHERE toYYYYMM(hour) NOT IN (SELECT DISTINCT toYYYYMM(hour) FROM stats_audience_hourly)
 GROUP BY country, device_type, browser, os, hour;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS stats_audience_hourly_mv ${ON_CLUSTER}

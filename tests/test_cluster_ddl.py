@@ -51,9 +51,9 @@ def test_a_backfill_runs_once_through_the_distributed_tables_its_set_sent_to_eve
         f"event_id GLOBAL NOT IN (SELECT event_id FROM `{DATABASE}`.`visitor_events`)" in visitors
     )
     assert audiences.startswith(f"INSERT INTO `{DATABASE}`.`stats_audience_hourly`\nSELECT")
-    assert f"FROM `{DATABASE}`.`tracking_events`" in audiences
+    assert f"FROM `{DATABASE}`.`stats_pages`" in audiences
     assert (
-        "toYYYYMM(received_at) GLOBAL NOT IN (SELECT DISTINCT toYYYYMM(hour)"
+        "toYYYYMM(hour) GLOBAL NOT IN (SELECT DISTINCT toYYYYMM(hour)"
         f" FROM `{DATABASE}`.`stats_audience_hourly`)" in audiences
     )
 
