@@ -224,6 +224,19 @@ async def warehouse(settings: Settings, schema: Schema) -> AsyncIterator[Warehou
     await wh.close()
 
 
+@pytest.fixture
+async def fresh(schema: Schema, settings: Settings) -> AsyncIterator[Warehouse]:
+    """A second database of the same schema, beside `warehouse` (the same data loaded from
+    scratch, or inserted once, to compare with)."""
+    name = f"{settings.clickhouse_database}_fresh"
+    await schema.copy_to(name)
+    wh = Warehouse(settings.clickhouse_url, name)
+    await wh.open()
+    yield wh
+    await wh.command(f"DROP DATABASE IF EXISTS `{name}` SYNC")
+    await wh.close()
+
+
 class Running:
     """A started app: its base URL, an HTTP client and its services."""
 

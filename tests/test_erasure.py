@@ -7,7 +7,6 @@ twice; rows arriving meanwhile are erased too; the API audits with a keyed hash 
 import uuid
 import zoneinfo
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from materialized.erasure import (
 )
 from materialized.stats import Stats
 from tests import oracle
-from tests.conftest import AUDIT_KEY, DOWNLOAD_KEY, Running, Schema, event, wait_for
+from tests.conftest import AUDIT_KEY, DOWNLOAD_KEY, Running, event, wait_for
 from tests.test_dashboard_api import bearer, token
 from tracked.retry_queue import RetryQueue
 
@@ -95,18 +94,6 @@ CONTENTS = {
 
 async def contents(warehouse: Warehouse, table: str, sql: str) -> list[Any]:
     return sorted(map(tuple, await warehouse.rows(f"{sql.format(t=table)} ORDER BY ALL")))
-
-
-@pytest.fixture
-async def fresh(schema: Schema, settings: Settings) -> AsyncIterator[Warehouse]:
-    """A second database of the same schema, for the data that remains loaded from scratch."""
-    name = f"{settings.clickhouse_database}_fresh"
-    await schema.copy_to(name)
-    wh = Warehouse(settings.clickhouse_url, name)
-    await wh.open()
-    yield wh
-    await wh.command(f"DROP DATABASE IF EXISTS `{name}` SYNC")
-    await wh.close()
 
 
 def erasure_of(warehouse: Warehouse, storage: Storage, redis: ArqRedis, user: uuid.UUID) -> Erasure:

@@ -147,15 +147,26 @@ async def test_the_tests_copy_of_the_schema_is_the_migrated_database(
     assert await migrate(warehouse) == []
 
 
+async def set_aside(sql_dir: Path, first: str) -> list[str]:
+    """Move migration `first` and every later one out of `sql_dir`; their names, in order."""
+    names = await asyncio.to_thread(lambda: [p.name for p in sql_dir.glob("*.sql")])
+    later = sorted(name for name in names if name >= first)
+    for name in later:
+        (sql_dir / name).rename(sql_dir.parent / name)
+    return later
+
+
+def put_back(sql_dir: Path, names: list[str]) -> None:
+    for name in names:
+        (sql_dir.parent / name).rename(sql_dir / name)
+
+
 async def test_the_funnels_visitor_copy_takes_the_events_stored_before_it_once(
     empty_warehouse: Warehouse, sql_dir: Path
 ) -> None:
     """0030 adds visitor_events (a view from tracking_events): the events already stored are
     copied into it, bots left out, and applying it again after a cut copies none twice."""
-    names = await asyncio.to_thread(lambda: [p.name for p in sql_dir.glob("*.sql")])
-    later = sorted(name for name in names if name >= "0030")
-    for name in later:  # 0030 and the migrations after it, which may name its table
-        (sql_dir / name).rename(sql_dir.parent / name)
+    later = await set_aside(sql_dir, "0030")  # and the migrations after it, naming its table
     await migrate(empty_warehouse, directory=sql_dir)
     await empty_warehouse.command(
         "INSERT INTO tracking_events (event_id, event_type, session_id, user_id, received_at,"
@@ -164,8 +175,7 @@ async def test_the_funnels_visitor_copy_takes_the_events_stored_before_it_once(
         " now64(3), now64(3), 'https://www.lomashwood.co.uk/kitchens', number % 10 = 0"
         " FROM numbers(100)"
     )
-    for name in later:
-        (sql_dir.parent / name).rename(sql_dir / name)
+    put_back(sql_dir, later)
     assert await migrate(empty_warehouse, directory=sql_dir) == later
     # Cut after the copy, before the ledger row: the next start applies it all again.
     await empty_warehouse.command("ALTER TABLE schema_migrations DELETE WHERE version = 30")
@@ -192,10 +202,7 @@ async def test_the_audience_rollup_takes_the_events_stored_before_it_once(
     stored, over two months, are summed into it, bots left out, also those of a day the raw
     table no longer holds (purged: stats_pages keeps them); applied again after a cut it adds
     nothing; events stored from then on reach it through the view."""
-    names = await asyncio.to_thread(lambda: [p.name for p in sql_dir.glob("*.sql")])
-    later = sorted(name for name in names if name >= "0032")
-    for name in later:
-        (sql_dir / name).rename(sql_dir.parent / name)
+    later = await set_aside(sql_dir, "0032")
     await migrate(empty_warehouse, directory=sql_dir)
     await empty_warehouse.command(
         "INSERT INTO tracking_events (event_id, event_type, session_id, user_id, received_at,"
@@ -218,8 +225,7 @@ async def test_the_audience_rollup_takes_the_events_stored_before_it_once(
     await empty_warehouse.command(
         "DELETE FROM tracking_events WHERE toYYYYMM(received_at) = 202609"
     )
-    for name in later:
-        (sql_dir.parent / name).rename(sql_dir / name)
+    put_back(sql_dir, later)
     assert await migrate(empty_warehouse, directory=sql_dir) == later
     rollup = (
         "SELECT toString(hour), country, device_type, sum(pageviews),"

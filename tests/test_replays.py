@@ -8,7 +8,6 @@ Merges are stopped in these databases, so every table's row count shows every in
 
 import re
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import msgspec
@@ -17,9 +16,7 @@ import pytest
 from cli.demo_traffic import Traffic, generate
 from consumers.mapping import DomainRow
 from core.clickhouse import Warehouse, WarehouseError
-from core.settings import Settings
 from materialized import rollup_rebuild
-from tests.conftest import Schema
 from tracked.row import TrackingRow
 
 START = datetime(2026, 10, 24, tzinfo=UTC)  # across the October clock change
@@ -91,16 +88,10 @@ async def still(warehouse: Warehouse) -> Warehouse:
 
 
 @pytest.fixture
-async def reference(schema: Schema, settings: Settings) -> AsyncIterator[Warehouse]:
+async def reference(fresh: Warehouse) -> Warehouse:
     """A second database of the same schema, for each batch inserted once, cleanly."""
-    name = f"{settings.clickhouse_database}_reference"
-    await schema.copy_to(name)
-    wh = Warehouse(settings.clickhouse_url, name)
-    await wh.open()
-    await stop_merges(wh)
-    yield wh
-    await wh.command(f"DROP DATABASE IF EXISTS `{name}` SYNC")
-    await wh.close()
+    await stop_merges(fresh)
+    return fresh
 
 
 async def test_a_batch_replayed_under_its_token_is_counted_once_by_every_view(
