@@ -54,6 +54,7 @@ SHARD_KEYS = {
     "stats_session_hours": "cityHash64(start_hour)",
     "stats_session_values": "cityHash64(start_hour)",
     "stats_session_audience": "cityHash64(start_hour)",
+    "stats_session_journeys": "cityHash64(start_hour)",
     "stats_session_touches": "rand()",
     "stats_audience_hourly": "rand()",
     # Its view writes on the shard that holds the events (tracking_events' key), so a row its

@@ -212,6 +212,7 @@ async def purge(warehouse: Warehouse, storage: Storage | None, today: date) -> l
         )
         purged.append(day)
     await _purge_funnels_copy(warehouse, today)
+    await _purge_sealed_journeys(warehouse, today)
     return purged
 
 
@@ -232,6 +233,25 @@ async def _purge_funnels_copy(warehouse: Warehouse, today: date) -> None:
     for (day,) in strays:
         await warehouse.delete_where(
             "visitor_events", "toDate(received_at) = {day:Date}", {"day": day}
+        )
+
+
+async def _purge_sealed_journeys(warehouse: Warehouse, today: date) -> None:
+    """The sealed journeys (sql/0033) of the sessions that started on days past retention
+    that tracking_events no longer holds: journeys exist only for the raw days, and these rows
+    name visitors."""
+    cutoff = datetime.combine(today - timedelta(days=RETENTION_DAYS), datetime.min.time(), UTC)
+    strays = await warehouse.rows(
+        "SELECT DISTINCT toDate(start_hour) AS day FROM stats_session_journeys"
+        " WHERE start_hour < {cutoff_ts:DateTime('UTC')}"
+        " AND day IN (SELECT day FROM archive_log FINAL WHERE table_name = {table:String})"
+        " AND day NOT IN (SELECT DISTINCT toDate(received_at) FROM tracking_events"
+        " WHERE received_at < {cutoff_ts:DateTime('UTC')}) ORDER BY day",
+        {"table": TABLE, "cutoff_ts": cutoff},
+    )
+    for (day,) in strays:
+        await warehouse.delete_where(
+            "stats_session_journeys", "toDate(start_hour) = {day:Date}", {"day": day}
         )
 
 

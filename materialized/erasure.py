@@ -6,8 +6,8 @@ seen with their userId on any event, in ClickHouse or in an archived day), and t
 events (`customerId`). How, table by table (docs/privacy.md has the table):
 - deleted by key (lightweight DELETE; counted first): `tracking_events` and
   `tracking_events_restored` (user or session), `analytics_events` (customer),
-  `stats_sessions`, `stats_visits`, `stats_pages`, `visitor_events` (session or visitor),
-  `customer_orders_hourly`, `customer_first_order` (customer);
+  `stats_sessions`, `stats_visits`, `stats_pages`, `stats_session_journeys`, `visitor_events`
+  (session or visitor), `customer_orders_hourly`, `customer_first_order` (customer);
 - rebuilt for the hours their rows fell in (materialized/rollup_rebuild.py): the hourly counts
   `tracking_events_hourly`, `blog_views_hourly`, `product_views_hourly`, `stats_hourly` (and
   the days of `stats_daily` holding those hours) from the raw rows that remain, or, for days
@@ -65,6 +65,7 @@ KEYED: dict[str, str] = {
     "stats_sessions": _SESSIONS,
     "stats_visits": _VISITOR_OR_SESSIONS,
     "stats_pages": _VISITOR_OR_SESSIONS,
+    "stats_session_journeys": _VISITOR_OR_SESSIONS,
     "customer_orders_hourly": "customer_id = {user:UUID}",
     "customer_first_order": "customer_id = {user:UUID}",
 }

@@ -1,36 +1,40 @@
 """Journeys (`GET /v1/analytics/stats/journeys`): the pages sessions go through after an entry
 page, or before a goal, most common first.
 
-A session (bots excluded) is one that started in the range, as the stats count them, with its
-pageviews in time order (ties by event id) and repeats in a row collapsed (`/a /b /b /a` is
-`/a /b /a`: a reload is not a step). Events are read up to a day past the range's end
-(SESSION_SPAN), which is how long a session's events are taken to keep coming.
-- `entry=PATH`: sessions whose entry page (the path of their first event, the `entry_page`
-  dimension) is PATH; the journey is the next `steps` pages after it (the entry's own first
-  pageviews left out). A session that views nothing after its entry has no journey.
+The sessions are those that started in the range, as the stats count them, each as
+materialized/session_journeys.py takes it: its visitor, its entry page and its pages in time
+order with repeats in a row collapsed.
+- `entry=PATH`: sessions whose entry page is PATH; the journey is the next `steps` pages after
+  it (the entry's own first pageviews left out). A session that views nothing after its entry
+  has no journey.
 - `goal=EVENT_TYPE`: sessions with an event of that type; the journey is the last `steps`
   pages viewed up to the session's first such event (a pageview at the same instant counts).
   A session with no pageview before its goal has no journey.
-A shorter session gives a shorter journey. `visitors` counts distinct visitors per journey: a
-session's visitor is the userId of its first event read that carries one, else its sessionId.
-Read from the raw events (kept RAW_RETENTION_DAYS): only they keep each event's order.
+A shorter session gives a shorter journey; `visitors` counts distinct visitors per journey.
+The sealed hours of the range (materialized/session_hours.py) are read from their rows per
+session (`stats_session_journeys`), the others (the hours the range cuts, the recent ones and
+those touched since their seal) from the raw events, computed the same way; both exist only
+for the raw days (RAW_RETENTION_DAYS): only they keep each event's order.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
 from core.clickhouse import Warehouse
+from materialized import session_hours
+from materialized.session_journeys import COLUMNS, SESSION_SPAN, per_session
+from materialized.stats import whole_hours
 
 MAX_STEPS = 5
 DEFAULT_STEPS = 3
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_PATH_CHARS = 512
-SESSION_SPAN = timedelta(days=1)
+HOUR = timedelta(hours=1)
 
 
 class Journey(msgspec.Struct):
@@ -42,59 +46,57 @@ class Journeys(msgspec.Struct):
     paths: list[Journey]  # most visitors first, then by pages
 
 
+_SEALED_ROWS = (
+    f"SELECT {', '.join(COLUMNS)} FROM stats_session_journeys"
+    " WHERE start_hour IN {sealed:Array(DateTime('UTC'))}"
+    " AND (start_hour, sealed_at) IN (SELECT start_hour, max(sealed_at)"
+    " FROM stats_session_hours WHERE start_hour IN {sealed:Array(DateTime('UTC'))}"
+    " GROUP BY start_hour)"
+)
 _STARTED = (
-    " AND ifNull(session_started_at, received_at) >= {start:DateTime64(3, 'UTC')}"
-    " AND ifNull(session_started_at, received_at) < {end:DateTime64(3, 'UTC')}"
+    "started >= {start:DateTime64(3, 'UTC')} AND started < {end:DateTime64(3, 'UTC')}"
+    " AND toStartOfHour(started) IN {rest:Array(DateTime('UTC'))}"
 )
-_READ = (
-    " AND NOT is_bot AND received_at >= {start:DateTime64(3, 'UTC')}"
-    " AND received_at < {until:DateTime64(3, 'UTC')}" + _STARTED
+# What a journey is, over either kind of per-session row.
+_AFTER_ENTRY = (
+    "SELECT visitor, arraySlice(if(pages[1] = {entry:String}, arrayPopFront(pages), pages),"
+    " 1, {steps:UInt8}) AS journey FROM ({rows}) WHERE entry = {entry:String}"
 )
-
-
-def _sessions(where: str, goal: bool) -> str:
-    """Per session: its visitor, its pageviews' paths in time order (ties by event id, as a
-    number: the order of its text) and, with `goal`, the time of its first goal event."""
-    goal_at = ", minIf(ts, event_type = {goal:String}) AS goal_at" if goal else ", 0 AS goal_at"
-    having = " HAVING countIf(event_type = {goal:String}) > 0" if goal else ""
-    return (
-        "SELECT ifNull(argMinIf(user_id, (ts, id), isNotNull(user_id)), session_id) AS visitor,"
-        # Sorted as whole tuples: (time, id) is unique, so the path never decides.
-        " arraySort(groupArrayIf((ts, id, path), event_type = 'PAGEVIEW'))"
-        f" AS pageviews{goal_at} FROM (SELECT session_id, user_id, path, event_type,"
-        " toUnixTimestamp64Milli(occurred_at) AS ts, toUInt128(event_id) AS id,"
-        " ifNull(session_started_at, received_at) AS started"
-        f" FROM tracking_events WHERE {where}{_READ})"
-        f" GROUP BY session_id, started{having}"
-    )
-
-
-_COLLAPSED = "arrayFilter((p, i) -> i = 1 OR p != seen[i - 1], seen, arrayEnumerate(seen))"
-# The sessions with a goal event, found first from the goal's rows alone: only their pageviews
-# are then grouped.
-_REACHING = (
-    "session_id IN (SELECT session_id FROM tracking_events WHERE event_type = {goal:String}"
-    f"{_READ})"
+_BEFORE_GOAL = (
+    "SELECT visitor, arraySlice(arrayFilter((p, t) -> t <= type_at[indexOf(types, {goal:String})],"
+    " pages, page_at), -{steps:UInt8}) AS journey FROM ({rows}) WHERE has(types, {goal:String})"
 )
 
 
-def _entry_sql() -> str:
-    sessions = _sessions("event_type = 'PAGEVIEW' AND path(landing_page) = {entry:String}", False)
-    return (
-        "SELECT visitor, arraySlice(if(collapsed[1] = {entry:String}, arrayPopFront(collapsed),"
-        " collapsed), 1, {steps:UInt8}) AS pages FROM ("
-        f"SELECT visitor, arrayMap(e -> e.3, pageviews) AS seen, {_COLLAPSED} AS collapsed"
-        f" FROM ({sessions}))"
-    )
+def _runs(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
+    """`hours` (sorted) as runs of consecutive hours, each [first, end)."""
+    runs: list[tuple[datetime, datetime]] = []
+    for hour in hours:
+        if runs and runs[-1][1] == hour:
+            runs[-1] = (runs[-1][0], hour + HOUR)
+        else:
+            runs.append((hour, hour + HOUR))
+    return runs
 
 
-def _goal_sql() -> str:
-    sessions = _sessions(f"event_type IN ('PAGEVIEW', {{goal:String}}) AND {_REACHING}", True)
-    return (
-        "SELECT visitor, arraySlice(collapsed, -{steps:UInt8}) AS pages FROM ("
-        "SELECT visitor, arrayMap(e -> e.3, arrayFilter(e -> e.1 <= goal_at, pageviews)) AS seen,"
-        f" {_COLLAPSED} AS collapsed FROM ({sessions}))"
+def _raw_rows(rest: list[datetime], parameters: dict[str, Any], entry: bool) -> str:
+    """Per-session rows from the raw events for the sessions that started in the range in the
+    `rest` hours: read only where their events can be, and first narrowed to the sessions with
+    an event of the goal, or one landed on the entry page (the rows say which for sure)."""
+    received = []
+    for n, (first, last) in enumerate(_runs(rest)):
+        parameters[f"from{n}"], parameters[f"to{n}"] = first, last + SESSION_SPAN
+        received.append(
+            f"(received_at >= {{from{n}:DateTime64(3, 'UTC')}}"
+            f" AND received_at < {{to{n}:DateTime64(3, 'UTC')}})"
+        )
+    bounds = f"({' OR '.join(received)})"
+    narrow = "path(landing_page) = {entry:String}" if entry else "event_type = {goal:String}"
+    sessions = (
+        f"session_id IN (SELECT session_id FROM tracking_events WHERE {narrow} AND NOT is_bot"
+        f" AND {bounds})"
     )
+    return per_session(f"{bounds} AND {_STARTED} AND {sessions}")
 
 
 async def journeys(
@@ -113,16 +115,36 @@ async def journeys(
     parameters: dict[str, Any] = {
         "start": start,
         "end": end,
-        "until": end + SESSION_SPAN,
         "steps": steps,
         "limit": limit,
         "entry": entry or "",
         "goal": goal or "",
     }
-    per_session = _entry_sql() if entry is not None else _goal_sql()
+    whole = whole_hours(start, end)
+    sealed = (
+        await session_hours.sealed(warehouse, *whole, session_hours.Rows.JOURNEYS)
+        if whole is not None
+        else []
+    )
+    hour, kept = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0), set(sealed)
+    rest: list[datetime] = []
+    while hour < end:
+        if hour not in kept:
+            rest.append(hour)
+        hour += HOUR
+    parameters["sealed"], parameters["rest"] = sealed, rest
+    parts: list[str] = []
+    if sealed:
+        parts.append(_SEALED_ROWS)
+    if rest:
+        parts.append(_raw_rows(rest, parameters, entry is not None))
+    if not parts:
+        return Journeys([])
+    journey = _AFTER_ENTRY if entry is not None else _BEFORE_GOAL
+    per_session_journeys = " UNION ALL ".join(journey.replace("{rows}", part) for part in parts)
     rows = await warehouse.rows(
-        f"SELECT pages, uniqExact(visitor) AS visitors FROM ({per_session})"
-        " WHERE notEmpty(pages) GROUP BY pages ORDER BY visitors DESC, pages"
+        f"SELECT journey, uniqExact(visitor) AS visitors FROM ({per_session_journeys})"
+        " WHERE notEmpty(journey) GROUP BY journey ORDER BY visitors DESC, journey"
         " LIMIT {limit:UInt32}",
         parameters,
     )

@@ -15,8 +15,10 @@ The same seal sums each hour's sessions per value of every dimension (`stats_ses
 a session under each value one of its events has, once) and per audience
 (`stats_session_audience`: country, device, browser and OS together, for the sessions whose
 events all share one; the rest are counted as `unplaced`), so that filtered overviews merge
-rows per hour too (materialized/stats.py says which filter reads which). Once an hour's row
-is in, the seal deletes the rows of its earlier seals.
+rows per hour too (materialized/stats.py says which filter reads which), and keeps a row per
+session of what a journey needs (`stats_session_journeys`, materialized/session_journeys.py),
+so that a month's journeys read those instead of grouping the month's raw events by session.
+Once an hour's row is in, the seal deletes the rows of its earlier seals.
 
 Sessions and bounces stay exact (sums). Durations are kept as histograms of their bfloat16
 (8 significant bits, as quantileBFloat16 cuts them), which merge by adding: thousands of
@@ -36,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from core.clickhouse import Warehouse
+from materialized import session_journeys
 from materialized.dimensions import DIMENSIONS, VISIT_DIMENSIONS
 
 SEAL_AFTER = timedelta(hours=2)
@@ -50,8 +53,8 @@ _TOUCHED = (
     " GROUP BY start_hour"
 )
 _SEALED = (
-    "SELECT start_hour, max(sealed_at) AS sealed, argMax(unplaced, sealed_at) AS unplaced"
-    " FROM stats_session_hours"
+    "SELECT start_hour, max(sealed_at) AS sealed, argMax(unplaced, sealed_at) AS unplaced,"
+    " argMax(journeys, sealed_at) AS journeys FROM stats_session_hours"
     " WHERE start_hour >= {first:DateTime('UTC')} AND start_hour < {last:DateTime('UTC')}"
     " GROUP BY start_hour"
 )
@@ -127,9 +130,9 @@ _SEAL_VALUES = (
 )
 _SEAL = (
     "INSERT INTO stats_session_hours"
-    " (start_hour, sealed_at, sessions, bounces, histogram, unplaced)"
+    " (start_hour, sealed_at, sessions, bounces, histogram, unplaced, journeys)"
     " SELECT h.start_hour, {sealed_at:DateTime64(3, 'UTC')}, a.sessions, a.bounces, a.histogram,"
-    " a.sessions - p.placed"
+    " a.sessions - p.placed, j.journeys"
     f" FROM (SELECT arrayJoin({_HOURS}) AS start_hour) AS h"
     " LEFT JOIN (SELECT start_hour, count() AS sessions,"
     f" countIf({BOUNCE}) AS bounces, {DURATION_HISTOGRAM} AS histogram"
@@ -138,9 +141,13 @@ _SEAL = (
     " LEFT JOIN (SELECT start_hour, sum(sessions) AS placed FROM stats_session_audience"
     f" WHERE start_hour IN {_HOURS}"
     " AND sealed_at = {sealed_at:DateTime64(3, 'UTC')} GROUP BY start_hour) AS p USING start_hour"
+    " LEFT JOIN (SELECT start_hour, count() AS journeys FROM stats_session_journeys"
+    f" WHERE start_hour IN {_HOURS}"
+    " AND sealed_at = {sealed_at:DateTime64(3, 'UTC')} GROUP BY start_hour) AS j USING start_hour"
 )
 # Once the hour's row is in: the rows of its earlier seals, which no read counts any more
 # (a value or audience the hour no longer has would otherwise stay for good).
+SEALED_PER_HOUR = ("stats_session_values", "stats_session_audience", "stats_session_journeys")
 _SUPERSEDED = f"start_hour IN {_HOURS} AND sealed_at < {{sealed_at:DateTime64(3, 'UTC')}}"
 
 
@@ -150,6 +157,7 @@ class Rows(StrEnum):
     ANY = "any"  # any valid seal
     VALUES = "values"  # hours sealed with histograms and values (since sql/0029)
     AUDIENCE = "audience"  # those whose every session is in the audience rows too
+    JOURNEYS = "journeys"  # hours sealed with their sessions' journeys (since sql/0033)
 
 
 async def sealed(
@@ -160,6 +168,7 @@ async def sealed(
         Rows.ANY: "",
         Rows.VALUES: " AND s.unplaced >= 0",
         Rows.AUDIENCE: " AND s.unplaced = 0",
+        Rows.JOURNEYS: " AND s.journeys >= 0",
     }
     found = await warehouse.rows(
         f"SELECT s.start_hour FROM ({_SEALED}) AS s LEFT JOIN ({_TOUCHED}) AS t USING start_hour"
@@ -208,7 +217,8 @@ async def seal(warehouse: Warehouse) -> int:
     hours = await warehouse.rows(
         "SELECT t.start_hour, t.touched FROM (SELECT start_hour, max(touched) AS touched"
         f" FROM ({_TOUCHED} UNION ALL {untouched}) GROUP BY start_hour) AS t"
-        f" LEFT JOIN ({_SEALED}) AS s USING start_hour WHERE {stale} OR s.unplaced < 0"
+        f" LEFT JOIN ({_SEALED}) AS s USING start_hour"
+        f" WHERE {stale} OR s.unplaced < 0 OR s.journeys < 0"
         f" ORDER BY NOT ({stale}), t.start_hour LIMIT {{limit:UInt32}}",
         {"first": datetime(1970, 1, 1), "last": horizon, "limit": MAX_HOURS_PER_SEAL},
     )
@@ -229,9 +239,14 @@ async def seal(warehouse: Warehouse) -> int:
         }
         await warehouse.command(_SEAL_AUDIENCE, parameters)
         await warehouse.command(_SEAL_VALUES, parameters)
+        await warehouse.command(session_journeys.SEAL, parameters)
         await warehouse.command(_SEAL, parameters)
-        for table in ("stats_session_values", "stats_session_audience"):
-            await warehouse.delete_where(table, _SUPERSEDED, parameters)
+        for table in SEALED_PER_HOUR:
+            # A DELETE costs a mutation even when nothing matches, as on an hour's first seal.
+            if await warehouse.rows(
+                f"SELECT 1 FROM {table} WHERE {_SUPERSEDED} LIMIT 1", parameters
+            ):
+                await warehouse.delete_where(table, _SUPERSEDED, parameters)
         done += len(chunk)
     return done
 

@@ -572,31 +572,28 @@ def journeys(
     limit: int = 20,
 ) -> list[dict[str, Any]]:
     """Journeys session by session (materialized/journeys.py says what a journey is)."""
-    s, e, until = _ms(start), _ms(end), _ms(end + timedelta(days=1))
+    s, e = _ms(start), _ms(end)
     sessions: dict[tuple[Any, int], list[TrackingRow]] = defaultdict(list)
     for r in traffic.tracking:
         began = _ms(r.session_started_at or r.received_at)
-        if r.is_bot or not s <= began < e or not s <= _ms(r.received_at) < until:
+        received = _ms(r.received_at)
+        if r.is_bot or not s <= began < e or not began <= received < began + 86_400_000:
             continue
-        if r.event_type == "PAGEVIEW" or r.event_type == goal:
-            sessions[(r.session_id, began)].append(r)
+        sessions[(r.session_id, began)].append(r)
     visitors: dict[tuple[str, ...], set[Any]] = defaultdict(set)
     for (session_id, _), rows in sessions.items():
         rows.sort(key=lambda r: (_ms(r.occurred_at), str(r.event_id)))
+        viewed = [r for r in rows if r.event_type == "PAGEVIEW"]
         if entry is not None:
             if urlsplit(rows[0].landing_page).path != entry:
                 continue
-            seen = [urlsplit(r.url).path for r in rows]
+            seen = [urlsplit(r.url).path for r in viewed]
         else:
             goals = [r for r in rows if r.event_type == goal]
             if not goals:
                 continue
             at = _ms(goals[0].occurred_at)
-            seen = [
-                urlsplit(r.url).path
-                for r in rows
-                if r.event_type == "PAGEVIEW" and _ms(r.occurred_at) <= at
-            ]
+            seen = [urlsplit(r.url).path for r in viewed if _ms(r.occurred_at) <= at]
         collapsed = [p for i, p in enumerate(seen) if i == 0 or p != seen[i - 1]]
         if entry is not None:
             if collapsed and collapsed[0] == entry:

@@ -129,6 +129,8 @@ async def test_an_erasure_leaves_what_a_fresh_load_of_the_rest_would_build(
     # Sealed session hours that count the user's sessions (no insert is in flight here).
     monkeypatch.setattr(session_hours, "IN_FLIGHT_SECONDS", 0)
     assert await session_hours.seal(warehouse) > 0
+    kept = "SELECT count() FROM stats_session_journeys WHERE visitor = {user:UUID}"
+    assert await warehouse.scalar(kept, {"user": user}) > 0  # their sessions' journeys
     storage = FileStorage(tmp_path / "objects", DOWNLOAD_KEY.encode(), "")
     purged, hot = await archived(warehouse, storage, *days_of(traffic, user)[:2])
     sessions = {r.session_id for r in traffic.tracking if r.user_id == user}

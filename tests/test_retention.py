@@ -22,7 +22,7 @@ from cli.demo_traffic import generate, load
 from core.clickhouse import Warehouse
 from core.settings import Settings
 from core.storage import FileStorage
-from materialized import archive, export_state
+from materialized import archive, export_state, session_hours
 from tests.conftest import DOWNLOAD_KEY, TEST_REDIS_URL, Running, job_of
 from workers import jobs
 
@@ -58,10 +58,12 @@ async def test_days_near_the_ttl_are_archived_verified_and_only_once(
 
 
 async def test_purge_removes_only_archived_days_past_retention(
-    server: Running, warehouse: Warehouse
+    server: Running, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     old = generate(days_ago(95), days=2, sessions_per_day=20, seed=23)  # 95 and 94 days old
     await load(warehouse, old)
+    monkeypatch.setattr(session_hours, "IN_FLIGHT_SECONDS", 0)  # every insert here has landed
+    assert await session_hours.seal(warehouse) > 0  # the sessions' journeys kept per session
     ctx = {"job": job_of(server, warehouse)}
     first = days_ago(95).date()
     await archive.archive_day(warehouse, server.services.runtime.storage, first)
@@ -74,6 +76,10 @@ async def test_purge_removes_only_archived_days_past_retention(
         "SELECT DISTINCT toDate(received_at) FROM visitor_events ORDER BY 1"
     )
     assert funnels_copy == remaining  # the funnels' copy of the day goes with it
+    journeys = await warehouse.rows(
+        "SELECT DISTINCT toDate(start_hour) FROM stats_session_journeys ORDER BY 1"
+    )
+    assert journeys == remaining  # and the journeys of the sessions that started on it
     before = await warehouse.scalar("SELECT sum(events) FROM tracking_events_hourly")
     restored = await archive.restore_day(warehouse, server.services.runtime.storage, first)
     assert restored == sum(1 for r in old.tracking if r.received_at.date() == first)

@@ -12,7 +12,7 @@ import pytest
 
 from cli.demo_traffic import Traffic, generate
 from core.clickhouse import Warehouse
-from materialized import journeys, retention
+from materialized import journeys, retention, session_hours
 from materialized.retention import CohortBy
 from tests import oracle
 from tests.conftest import Running, tracking_rows
@@ -90,7 +90,9 @@ async def test_a_week_is_cut_at_london_midnight_on_monday(warehouse: Warehouse) 
         assert [(c["size"], c["returning"]) for c in got["cohorts"]] == [(1, [1]), (0, [])]
 
 
-async def test_journeys_agree_with_the_oracle(warehouse: Warehouse, traffic: Traffic) -> None:
+async def test_journeys_agree_with_the_oracle(
+    warehouse: Warehouse, traffic: Traffic, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await oracle.load_past(warehouse, traffic)
     asked: list[dict[str, Any]] = [
         {"entry": "/"},
@@ -101,15 +103,95 @@ async def test_journeys_agree_with_the_oracle(warehouse: Warehouse, traffic: Tra
         {"goal": "BROCHURE_REQUEST", "steps": 5, "limit": 3},
         {"goal": "ADD_TO_WISHLIST", "steps": 2},
     ]
-    for start, end in RANGES[:3]:
-        for question in asked:
-            got = await journeys.journeys(warehouse, start, end, **question)
-            assert msgspec.to_builtins(got)["paths"] == oracle.journeys(
-                traffic, start, end, **question
-            ), (start, question)
+    expected = {
+        (n, k): oracle.journeys(traffic, start, end, **question)
+        for n, (start, end) in enumerate(RANGES[:3])
+        for k, question in enumerate(asked)
+    }
+
+    async def assert_oracle_answers() -> None:
+        for n, (start, end) in enumerate(RANGES[:3]):
+            for k, question in enumerate(asked):
+                got = await journeys.journeys(warehouse, start, end, **question)
+                assert msgspec.to_builtins(got)["paths"] == expected[n, k], (start, question)
+
+    await assert_oracle_answers()  # from the raw events: no hour sealed yet
+    monkeypatch.setattr(session_hours, "IN_FLIGHT_SECONDS", 0)
+    assert await session_hours.seal(warehouse) > 0
+    assert await warehouse.scalar("SELECT count() FROM stats_session_journeys") > 0
+    await assert_oracle_answers()  # the sealed hours from their sessions' rows, the cut ones raw
     top = await journeys.journeys(warehouse, *RANGES[0], entry="/kitchens", steps=5, limit=100)
     assert top.paths[0].visitors > 1
     assert max(len(j.pages) for j in top.paths) == 4  # the demo's visits view 4 pages at most
+    # The sealed rows are what answers: without them the sealed hours' sessions are gone.
+    await warehouse.command("TRUNCATE TABLE stats_session_journeys")
+    assert (await journeys.journeys(warehouse, *RANGES[0], entry="/kitchens")).paths == []
+
+
+async def test_a_sealed_hour_touched_by_a_late_event_is_read_raw_until_sealed_again(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session_hours, "IN_FLIGHT_SECONDS", 0)
+    base = datetime(2026, 11, 20, 9, tzinfo=UTC)
+    session = uuid.uuid4()
+    rows = [
+        visit(row, session, base, minutes, kind, path)
+        for (minutes, kind, path), row in zip(
+            [(0, "PAGEVIEW", "/"), (2, "PAGEVIEW", "/kitchens"), (4, "BOOKING_COMPLETE", "/done")],
+            tracking_rows(3),
+            strict=True,
+        )
+    ]
+    await oracle.load_past(warehouse, Traffic(rows, []))
+    start, end = base - timedelta(hours=1), base + timedelta(hours=2)
+    assert await session_hours.seal(warehouse) > 0
+    before = await journeys.journeys(warehouse, start, end, goal="BOOKING_COMPLETE")
+    assert msgspec.to_builtins(before)["paths"] == [{"pages": ["/", "/kitchens"], "visitors": 1}]
+    # A pageview stored after the seal, earlier in the session (a phone back online), and one
+    # past the span a session's events are read for.
+    late = [
+        visit(row, session, base, minutes, "PAGEVIEW", path, received=received)
+        for (minutes, path, received), row in zip(
+            [(1, "/bedrooms", timedelta(hours=3)), (3, "/brochure", timedelta(days=1))],
+            tracking_rows(2),
+            strict=True,
+        )
+    ]
+    await oracle.load_past(warehouse, Traffic(late, []))
+    answer = [{"pages": ["/", "/bedrooms", "/kitchens"], "visitors": 1}]
+    assert answer == oracle.journeys(Traffic(rows + late, []), start, end, goal="BOOKING_COMPLETE")
+    got = await journeys.journeys(warehouse, start, end, goal="BOOKING_COMPLETE")
+    assert msgspec.to_builtins(got)["paths"] == answer  # at once, from the raw events
+    assert await session_hours.seal(warehouse) > 0
+    assert await warehouse.scalar("SELECT count() FROM stats_session_journeys FINAL") == 1
+    got = await journeys.journeys(warehouse, start, end, goal="BOOKING_COMPLETE")
+    assert msgspec.to_builtins(got)["paths"] == answer  # sealed again
+
+
+def visit(
+    row: Any,
+    session: uuid.UUID,
+    base: datetime,
+    minutes: int,
+    kind: str,
+    path: str,
+    received: timedelta = timedelta(seconds=1),
+) -> Any:
+    """`row` as an event of `session` (started at `base`) `minutes` after it, received
+    `received` after it happened."""
+    at = base + timedelta(minutes=minutes)
+    return msgspec.structs.replace(
+        row,
+        session_id=session,
+        user_id=None,
+        is_bot=False,
+        event_type=kind,
+        url=f"https://www.lomashwood.co.uk{path}",
+        landing_page="https://www.lomashwood.co.uk/",
+        occurred_at=at,
+        received_at=at + received,
+        session_started_at=base,
+    )
 
 
 async def test_journeys_collapse_repeats_and_follow_time_not_storage(

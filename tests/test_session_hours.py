@@ -13,7 +13,7 @@ import pytest
 
 from cli.demo_traffic import Traffic, generate
 from core.clickhouse import Warehouse, WarehouseError
-from materialized import session_hours
+from materialized import journeys, session_hours
 from materialized.dimensions import DIMENSIONS
 from materialized.stats import AUDIENCE_DIMENSIONS, Stats
 from tests import oracle
@@ -280,6 +280,36 @@ async def test_hours_sealed_before_values_existed_are_read_per_session_then_seal
     got = await long_range(warehouse).period(START, END, {"country": "GB"})
     assert not got.visit_duration_exact
     assert got.sessions == expected["sessions"]
+
+
+async def test_hours_sealed_before_journeys_existed_are_read_raw_then_sealed_again(
+    warehouse: Warehouse, traffic: Traffic
+) -> None:
+    await oracle.load_past(warehouse, traffic)
+    await session_hours.seal(warehouse)
+    # As sealed before sql/0033: no journey rows, and the hours do not say how many.
+    await warehouse.command("TRUNCATE TABLE stats_session_journeys")
+    await warehouse.command(
+        "INSERT INTO stats_session_hours (start_hour, sealed_at, sessions, bounces, histogram,"
+        " unplaced) SELECT start_hour, sealed_at + toIntervalMillisecond(1), sessions, bounces,"
+        " histogram, unplaced FROM stats_session_hours FINAL"
+    )
+    hours = await session_hours.sealed(warehouse, START, END, session_hours.Rows.AUDIENCE)
+    assert len(hours) > DAYS * 20  # still read for the stats
+    assert await session_hours.sealed(warehouse, START, END, session_hours.Rows.JOURNEYS) == []
+    questions: list[dict[str, Any]] = [{"entry": "/"}, {"goal": "BOOKING_COMPLETE", "steps": 2}]
+    expected = [oracle.journeys(traffic, START, END, **q) for q in questions]
+    assert expected[0] and expected[1]
+    for question, answer in zip(questions, expected, strict=True):
+        got = await journeys.journeys(warehouse, START, END, **question)
+        assert msgspec.to_builtins(got)["paths"] == answer  # from the raw events
+    # The next seal takes them again, journeys and all.
+    assert await session_hours.seal(warehouse) == await sealed_count(warehouse)
+    kept = await session_hours.sealed(warehouse, START, END, session_hours.Rows.JOURNEYS)
+    assert len(kept) > DAYS * 20
+    for question, answer in zip(questions, expected, strict=True):
+        got = await journeys.journeys(warehouse, START, END, **question)
+        assert msgspec.to_builtins(got)["paths"] == answer
 
 
 async def test_a_seal_past_its_time_stops_after_the_day_it_began_and_the_next_goes_on(
