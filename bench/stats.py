@@ -136,6 +136,7 @@ STATS_TABLES = (
     "stats_session_hours",
     "stats_session_values",
     "stats_session_audience",
+    "stats_session_journeys",
 )
 DOMAIN_TYPES = frozenset(c.event_type for c in CONTRACTS.values())  # as api/funnels.py
 # A funnel an admin would define: a kitchen page, a kitchen viewed, wishlisted, a booking begun.
