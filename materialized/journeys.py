@@ -26,7 +26,7 @@ import msgspec
 
 from core.clickhouse import Warehouse
 from materialized import session_hours
-from materialized.session_journeys import COLUMNS, SESSION_SPAN, per_session
+from materialized.session_journeys import COLUMNS, RECEIVED_EARLY, SESSION_SPAN, per_session
 from materialized.stats import whole_hours
 
 MAX_STEPS = 5
@@ -85,7 +85,8 @@ def _raw_rows(rest: list[datetime], parameters: dict[str, Any], entry: bool) -> 
     an event of the goal, or one landed on the entry page (the rows say which for sure)."""
     received = []
     for n, (first, last) in enumerate(_runs(rest)):
-        parameters[f"from{n}"], parameters[f"to{n}"] = first, last + SESSION_SPAN
+        parameters[f"from{n}"] = first - RECEIVED_EARLY
+        parameters[f"to{n}"] = last + SESSION_SPAN
         received.append(
             f"(received_at >= {{from{n}:DateTime64(3, 'UTC')}}"
             f" AND received_at < {{to{n}:DateTime64(3, 'UTC')}})"

@@ -3,8 +3,8 @@ seal that keeps it (`stats_session_journeys`, sql/0033) and the journeys read of
 seal covers (materialized/journeys.py), so the two can never disagree.
 
 A session is its id and start (`session_started_at`, else the event's own receipt, as the
-stats key it), bots left out, with the events received from its start to SESSION_SPAN after
-it (how long a session's events are taken to keep coming). Per session:
+stats key it), bots left out, with the events received from RECEIVED_EARLY before its start to
+SESSION_SPAN after it (how long a session's events are taken to keep coming). Per session:
 - `visitor`: the userId of its first event (in time order, ties by event id) that has one,
   else its sessionId;
 - `entry`: the path of the landing page stored on its first event (the `entry_page`);
@@ -18,10 +18,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 SESSION_SPAN = timedelta(days=1)
+# A session's start is the receipt of the first event its first batch held; an event another
+# process received a moment earlier may be enriched after it, received before its start.
+RECEIVED_EARLY = timedelta(hours=1)
 COLUMNS = ("session_id", "started", "visitor", "entry", "pages", "page_at", "types", "type_at")
 
 _STARTED = "ifNull(session_started_at, received_at)"
 _SPAN = f"toIntervalSecond({int(SESSION_SPAN.total_seconds())})"
+_EARLY = f"toIntervalSecond({int(RECEIVED_EARLY.total_seconds())})"
 
 
 def per_session(where: str) -> str:
@@ -40,20 +44,20 @@ def per_session(where: str) -> str:
         " FROM (SELECT session_id, user_id, path, event_type, path(landing_page) AS landing,"
         " toUnixTimestamp64Milli(occurred_at) AS ts, toUInt128(event_id) AS id,"
         f" {_STARTED} AS started FROM tracking_events WHERE NOT is_bot AND ({where})"
-        f" AND received_at >= started AND received_at < started + {_SPAN})"
+        f" AND received_at >= started - {_EARLY} AND received_at < started + {_SPAN})"
         " GROUP BY session_id, started"
     )
 
 
 # The seal's rows for its hours' sessions (materialized/session_hours.py): their events were
-# all received from the chunk's first hour, before the end of its latest touch's (`last`) and
-# within the span of its last hour.
+# all received from RECEIVED_EARLY before the chunk's first hour, before the end of its latest
+# touch's (`last`) and within the span of its last hour.
 SEAL = (
     f"INSERT INTO stats_session_journeys (start_hour, sealed_at, {', '.join(COLUMNS)})"
     " SELECT toStartOfHour(started), {sealed_at:DateTime64(3, 'UTC')},"
     f" {', '.join(COLUMNS)} FROM ("
     + per_session(
-        "received_at >= {first:DateTime('UTC')}"
+        f"received_at >= {{first:DateTime('UTC')}} - {_EARLY}"
         " AND received_at < least({last:DateTime('UTC')} + toIntervalHour(1),"
         f" arrayMax({{hours:Array(DateTime('UTC'))}}) + toIntervalHour(1) + {_SPAN})"
         " AND toStartOfHour(started) IN {hours:Array(DateTime('UTC'))}"

@@ -577,7 +577,7 @@ def journeys(
     for r in traffic.tracking:
         began = _ms(r.session_started_at or r.received_at)
         received = _ms(r.received_at)
-        if r.is_bot or not s <= began < e or not began <= received < began + 86_400_000:
+        if r.is_bot or not s <= began < e or not began - 3_600_000 <= received < began + 86_400_000:
             continue
         sessions[(r.session_id, began)].append(r)
     visitors: dict[tuple[str, ...], set[Any]] = defaultdict(set)

@@ -134,13 +134,16 @@ async def test_a_sealed_hour_touched_by_a_late_event_is_read_raw_until_sealed_ag
     monkeypatch.setattr(session_hours, "IN_FLIGHT_SECONDS", 0)
     base = datetime(2026, 11, 20, 9, tzinfo=UTC)
     session = uuid.uuid4()
+    # The first pageview received a moment before the session's start: another process took
+    # it in while the one that started the session was enriching its own batch.
+    plan = [
+        (0, "PAGEVIEW", "/", timedelta(seconds=-2)),
+        (2, "PAGEVIEW", "/kitchens", timedelta(seconds=1)),
+        (4, "BOOKING_COMPLETE", "/done", timedelta(seconds=1)),
+    ]
     rows = [
-        visit(row, session, base, minutes, kind, path)
-        for (minutes, kind, path), row in zip(
-            [(0, "PAGEVIEW", "/"), (2, "PAGEVIEW", "/kitchens"), (4, "BOOKING_COMPLETE", "/done")],
-            tracking_rows(3),
-            strict=True,
-        )
+        visit(row, session, base, minutes, kind, path, received=received)
+        for (minutes, kind, path, received), row in zip(plan, tracking_rows(3), strict=True)
     ]
     await oracle.load_past(warehouse, Traffic(rows, []))
     start, end = base - timedelta(hours=1), base + timedelta(hours=2)
