@@ -445,10 +445,16 @@ class Erasure:
 
     async def _left(self) -> int:
         """Rows of the user still stored (arrived since this pass planned). visitor_events is
-        derived from tracking_events but written apart (its backfill reads a snapshot), so a
-        row of theirs left there starts another pass too."""
+        derived from tracking_events but written apart (its backfill reads a snapshot), and
+        so is stats_session_journeys (a seal that read the raw events before this pass deleted
+        them may write after it), so a row of theirs left there starts another pass too."""
         left = 0
-        for table in ("tracking_events", "analytics_events", "visitor_events"):
+        for table in (
+            "tracking_events",
+            "analytics_events",
+            "visitor_events",
+            "stats_session_journeys",
+        ):
             left += int(
                 await self.warehouse.scalar(
                     f"SELECT count() FROM {table} WHERE {KEYED[table]}", self._parameters

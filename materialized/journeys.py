@@ -68,15 +68,17 @@ _BEFORE_GOAL = (
 )
 
 
-def _runs(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
-    """`hours` (sorted) as runs of consecutive hours, each [first, end)."""
-    runs: list[tuple[datetime, datetime]] = []
+def _windows(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
+    """Where the events of sessions started in `hours` (sorted) can have been received, as
+    few [from, to) spans as cover them: one per run of hours whose spans meet."""
+    windows: list[tuple[datetime, datetime]] = []
     for hour in hours:
-        if runs and runs[-1][1] == hour:
-            runs[-1] = (runs[-1][0], hour + HOUR)
+        first, last = hour - RECEIVED_EARLY, hour + HOUR + SESSION_SPAN
+        if windows and first <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], last)
         else:
-            runs.append((hour, hour + HOUR))
-    return runs
+            windows.append((first, last))
+    return windows
 
 
 def _raw_rows(rest: list[datetime], parameters: dict[str, Any], entry: bool) -> str:
@@ -84,9 +86,8 @@ def _raw_rows(rest: list[datetime], parameters: dict[str, Any], entry: bool) -> 
     `rest` hours: read only where their events can be, and first narrowed to the sessions with
     an event of the goal, or one landed on the entry page (the rows say which for sure)."""
     received = []
-    for n, (first, last) in enumerate(_runs(rest)):
-        parameters[f"from{n}"] = first - RECEIVED_EARLY
-        parameters[f"to{n}"] = last + SESSION_SPAN
+    for n, (first, last) in enumerate(_windows(rest)):
+        parameters[f"from{n}"], parameters[f"to{n}"] = first, last
         received.append(
             f"(received_at >= {{from{n}:DateTime64(3, 'UTC')}}"
             f" AND received_at < {{to{n}:DateTime64(3, 'UTC')}})"

@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from core.clickhouse import Warehouse
+from core.limits import RAW_RETENTION_DAYS
 from materialized import session_journeys
 from materialized.dimensions import DIMENSIONS, VISIT_DIMENSIONS
 
@@ -202,9 +203,10 @@ def _utc(hour: datetime) -> datetime:
 
 async def seal(warehouse: Warehouse) -> int:
     """Sum the hours that are old enough and were touched since their seal (or never sealed),
-    oldest first, then those sealed before sql/0029, up to MAX_HOURS_PER_SEAL, a day of hours
-    at a time for SEAL_RUN_SECONDS at most; the number sealed. A seal stamped before it reads
-    is only ever too old: a touch in between makes the next run seal the hour again."""
+    oldest first, then those sealed before sql/0029 (or, in the raw days, before sql/0033), up
+    to MAX_HOURS_PER_SEAL, a day of hours at a time for SEAL_RUN_SECONDS at most; the number
+    sealed. A seal stamped before it reads is only ever too old: a touch in between makes the
+    next run seal the hour again."""
     now = await warehouse.scalar("SELECT now64(3, 'UTC')")  # the clock touches are stamped by
     horizon = now.replace(minute=0, second=0, microsecond=0) - SEAL_AFTER
     # Hours whose sessions were stored before this table existed have no touch: never sealed,
@@ -218,9 +220,17 @@ async def seal(warehouse: Warehouse) -> int:
         "SELECT t.start_hour, t.touched FROM (SELECT start_hour, max(touched) AS touched"
         f" FROM ({_TOUCHED} UNION ALL {untouched}) GROUP BY start_hour) AS t"
         f" LEFT JOIN ({_SEALED}) AS s USING start_hour"
-        f" WHERE {stale} OR s.unplaced < 0 OR s.journeys < 0"
+        # Hours sealed before sql/0033 gain journeys only where raw events are kept: older
+        # ones are left as they are (read raw, where nothing is left to read).
+        f" WHERE {stale} OR s.unplaced < 0"
+        " OR (s.journeys < 0 AND t.start_hour >= {raw_from:DateTime('UTC')})"
         f" ORDER BY NOT ({stale}), t.start_hour LIMIT {{limit:UInt32}}",
-        {"first": datetime(1970, 1, 1), "last": horizon, "limit": MAX_HOURS_PER_SEAL},
+        {
+            "first": datetime(1970, 1, 1),
+            "last": horizon,
+            "limit": MAX_HOURS_PER_SEAL,
+            "raw_from": horizon - timedelta(days=RAW_RETENTION_DAYS + 1),
+        },
     )
     began, done = time.monotonic(), 0
     for chunk in _days(sorted((_utc(hour), _utc(touched)) for hour, touched in hours)):

@@ -392,13 +392,24 @@ async def test_a_seal_cut_before_its_hours_row_is_never_read_and_the_next_one_cl
             " WHERE start_hour = {hour:DateTime('UTC')}",
             {"hour": hour},
         )
+    await warehouse.command(
+        "INSERT INTO stats_session_journeys SELECT * REPLACE (['/bogus'] AS pages, [0] AS page_at,"
+        " now64(3, 'UTC') AS sealed_at) FROM stats_session_journeys"
+        " WHERE start_hour = {hour:DateTime('UTC')}",
+        {"hour": hour},
+    )
     for filters in ({"utm_campaign": "late"}, {"country": "GB"}, {"country": "GB", "os": "iOS"}):
         expected = oracle.stats_period(both, START, END, filters)
         assert (await long_range(warehouse).period(START, END, filters)).sessions == expected[
             "sessions"
         ]
+    for question in ({"entry": "/"}, {"goal": "BOOKING_COMPLETE"}):
+        got = await journeys.journeys(warehouse, START, END, limit=100, **question)
+        assert msgspec.to_builtins(got)["paths"] == oracle.journeys(
+            both, START, END, limit=100, **question
+        )
     assert await session_hours.seal(warehouse) == 1
-    for table in ("stats_session_values", "stats_session_audience"):
+    for table in session_hours.SEALED_PER_HOUR:
         versions = await warehouse.scalar(
             f"SELECT uniqExact(sealed_at) FROM {table} WHERE start_hour = {{hour:DateTime('UTC')}}",
             {"hour": hour},
